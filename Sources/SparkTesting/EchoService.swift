@@ -1,0 +1,145 @@
+public import GRPCCore
+import Foundation
+import SwiftProtobuf
+import NIOCore
+public import SparkProto
+public import SparkWire
+import Synchronization
+
+/// `sparkops.testing.v1.EchoService`, with test behaviours chosen by request metadata:
+///
+/// - `echo-fail-attempts: N` — fail with UNAVAILABLE until the call is on attempt N+1 (GRPCCore
+///   sends `grpc-previous-rpc-attempts` on retries);
+/// - `echo-delay-ms: N` — wait N ms before answering (cancellation ends the wait);
+/// - `echo-whoami: 1` — answer with the caller's certificate identity;
+/// - `echo-report-deadline: 1` — answer with the microseconds left of the call's deadline, or "none";
+/// - `echo-forward: 1` — make the same call (without `echo-forward`) to the downstream service and
+///   return its answer, to test that deadlines propagate.
+public final class EchoService: Sparkops_Testing_V1_EchoService.ServiceProtocol {
+    public typealias Downstream = Sparkops_Testing_V1_EchoService.Client<SparkWireClientTransport>
+
+    private let calls = Mutex<[String: Int]>([:])
+    private let downstream: Downstream?
+
+    public init(downstream: Downstream? = nil) {
+        self.downstream = downstream
+    }
+
+    /// How many times each method ("Get", "Record", …) was called, retries included.
+    public func callCount(_ method: String) -> Int {
+        self.calls.withLock { $0[method, default: 0] }
+    }
+
+    private func begin(_ method: String, _ metadata: Metadata) async throws {
+        self.calls.withLock { $0[method, default: 0] += 1 }
+        if let text = metadata[stringValues: "echo-fail-attempts"].first(where: { _ in true }), let failures = Int(text) {
+            let previous = metadata[stringValues: "grpc-previous-rpc-attempts"].first(where: { _ in true }).flatMap(Int.init) ?? 0
+            if previous < failures {
+                throw RPCError(code: .unavailable, message: "failing attempt \(previous + 1) of \(failures) on purpose")
+            }
+        }
+        if let text = metadata[stringValues: "echo-delay-ms"].first(where: { _ in true }), let millis = Int(text) {
+            try await Task.sleep(for: .milliseconds(millis))
+        }
+    }
+
+    private func answer(_ request: Sparkops_Testing_V1_EchoRequest, _ metadata: Metadata, _ context: ServerContext) async throws
+        -> Sparkops_Testing_V1_EchoResponse
+    {
+        if metadata[stringValues: "echo-forward"].first(where: { _ in true }) != nil, let downstream = self.downstream {
+            var forwarded = metadata
+            forwarded.removeAllValues(forKey: "echo-forward")
+            forwarded.removeAllValues(forKey: "grpc-previous-rpc-attempts")
+            return try await downstream.get(request, metadata: forwarded)
+        }
+        var response = Sparkops_Testing_V1_EchoResponse()
+        if metadata[stringValues: "echo-whoami"].first(where: { _ in true }) != nil {
+            response.text = context.sparkWirePeer?.identity ?? "anonymous"
+        } else if metadata[stringValues: "echo-report-deadline"].first(where: { _ in true }) != nil {
+            response.text = SparkWireDeadline.remaining.map { "\($0.components.seconds * 1_000_000 + $0.components.attoseconds / 1_000_000_000_000)" } ?? "none"
+        } else {
+            response.text = request.text
+        }
+        response.payload = request.payload
+        return response
+    }
+
+    public func get(request: ServerRequest<Sparkops_Testing_V1_EchoRequest>, context: ServerContext) async throws
+        -> ServerResponse<Sparkops_Testing_V1_EchoResponse>
+    {
+        try await self.begin("Get", request.metadata)
+        return ServerResponse(message: try await self.answer(request.message, request.metadata, context))
+    }
+
+    public func record(request: ServerRequest<Sparkops_Testing_V1_EchoRequest>, context: ServerContext) async throws
+        -> ServerResponse<Sparkops_Testing_V1_EchoResponse>
+    {
+        try await self.begin("Record", request.metadata)
+        return ServerResponse(message: try await self.answer(request.message, request.metadata, context))
+    }
+
+    public func expand(
+        request: ServerRequest<Sparkops_Testing_V1_EchoRequest>,
+        context: ServerContext
+    ) async throws -> StreamingServerResponse<Sparkops_Testing_V1_EchoResponse> {
+        try await self.begin("Expand", request.metadata)
+        let message = request.message
+        return StreamingServerResponse { writer in
+            if message.count > 0 {
+                var response = Sparkops_Testing_V1_EchoResponse()
+                response.payload = message.payload
+                response.text = message.text
+                for index in 0 ..< message.count {
+                    response.index = index
+                    try await writer.write(response)
+                }
+            } else {
+                for (index, word) in message.text.split(separator: " ").enumerated() {
+                    try await writer.write(.with {
+                        $0.text = String(word)
+                        $0.index = UInt32(index)
+                    })
+                }
+            }
+            return [:]
+        }
+    }
+
+    public func collect(
+        request: StreamingServerRequest<Sparkops_Testing_V1_EchoRequest>,
+        context: ServerContext
+    ) async throws -> ServerResponse<Sparkops_Testing_V1_EchoResponse> {
+        try await self.begin("Collect", request.metadata)
+        var texts: [String] = []
+        var payload: [UInt8] = []
+        for try await message in request.messages {
+            texts.append(message.text)
+            payload.append(contentsOf: message.payload)
+        }
+        let response = Sparkops_Testing_V1_EchoResponse.with {
+            $0.text = texts.joined(separator: " ")
+            $0.payload = .init(payload)
+            $0.index = UInt32(texts.count)
+        }
+        return ServerResponse(message: response)
+    }
+
+    public func update(
+        request: StreamingServerRequest<Sparkops_Testing_V1_EchoRequest>,
+        context: ServerContext
+    ) async throws -> StreamingServerResponse<Sparkops_Testing_V1_EchoResponse> {
+        try await self.begin("Update", request.metadata)
+        return StreamingServerResponse { writer in
+            var index: UInt32 = 0
+            for try await message in request.messages {
+                try await writer.write(.with {
+                    $0.text = message.text
+                    $0.payload = message.payload
+                    $0.index = index
+                })
+                index += 1
+            }
+            return [:]
+        }
+    }
+}

@@ -1,0 +1,68 @@
+public import GRPCCore
+import NIOCore
+public import SparkProto
+public import SparkWire
+
+/// Runs a GRPCServer over SparkWire on a free loopback port for the duration of `body`.
+public func withWireServer<Result: Sendable>(
+    services: [any RegistrableRPCService],
+    security: SparkWireSecurity,
+    configure: (inout SparkWireServerTransport.Config) -> Void = { _ in },
+    interceptors: [any ServerInterceptor] = [],
+    _ body: (_ transport: SparkWireServerTransport, _ port: Int) async throws -> Result
+) async throws -> Result {
+    var config = SparkWireServerTransport.Config(host: "127.0.0.1", port: 0, security: security, methods: SparkProtoMethods.all)
+    configure(&config)
+    let transport = SparkWireServerTransport(config: config)
+    return try await withGRPCServer(transport: transport, services: services, interceptors: interceptors) { _ in
+        let port = try await transport.listeningAddress.port!
+        return try await body(transport, port)
+    }
+}
+
+/// Runs a GRPCClient over SparkWire to `endpoints` for the duration of `body`.
+public func withWireClient<Result: Sendable>(
+    endpoints: [SparkWireEndpoint],
+    serverIdentity: String? = "echo",
+    security: SparkWireSecurity,
+    configure: (inout SparkWireClientTransport.Config) -> Void = { _ in },
+    _ body: (_ client: GRPCClient<SparkWireClientTransport>, _ transport: SparkWireClientTransport) async throws -> Result
+) async throws -> Result {
+    var config = SparkWireClientTransport.Config(
+        endpoints: endpoints,
+        serverIdentity: serverIdentity,
+        security: security,
+        methods: SparkProtoMethods.all
+    )
+    configure(&config)
+    let transport = try SparkWireClientTransport(config: config)
+    return try await withGRPCClient(transport: transport) { client in
+        try await body(client, transport)
+    }
+}
+
+/// A client and server pair on loopback: the common shape of SparkWire tests.
+public func withEchoPair<Result: Sendable>(
+    certificates: TestCertificates,
+    service: EchoService = EchoService(),
+    configureServer: (inout SparkWireServerTransport.Config) -> Void = { _ in },
+    configureClient: (inout SparkWireClientTransport.Config) -> Void = { _ in },
+    interceptors: [any ServerInterceptor] = [],
+    clientIdentity: String = "client",
+    _ body: (_ echo: Sparkops_Testing_V1_EchoService.Client<SparkWireClientTransport>, _ server: SparkWireServerTransport, _ port: Int) async throws -> Result
+) async throws -> Result {
+    try await withWireServer(
+        services: [service],
+        security: certificates.security("echo"),
+        configure: configureServer,
+        interceptors: interceptors
+    ) { server, port in
+        try await withWireClient(
+            endpoints: [SparkWireEndpoint(host: "127.0.0.1", port: port)],
+            security: certificates.security(clientIdentity),
+            configure: configureClient
+        ) { client, _ in
+            try await body(Sparkops_Testing_V1_EchoService.Client(wrapping: client), server, port)
+        }
+    }
+}

@@ -1,0 +1,475 @@
+import GRPCCore
+package import Logging
+package import NIOCore
+import NIOSSL
+import X509
+import SwiftASN1
+import NIOTLS
+
+/// A stream a client opened, handed from the event loop to the server transport.
+package struct InboundStreamOpen: Sendable {
+    package var channel: StreamChannel
+    package var method: String
+    package var deadline: ContinuousClock.Instant?
+    package var peer: SparkWirePeer
+}
+
+/// Events the client transport waits for.
+package struct ClientConnectionEvents: Sendable {
+    /// Succeeds when the server's Settings arrive; fails if the connection closes first.
+    package var ready: EventLoopFuture<Void>
+    /// Succeeds when the connection stops taking new streams: a GoAway arrived, or it closed.
+    package var goingAway: EventLoopFuture<Void>
+}
+
+/// Runs one SparkWire connection on its event loop: decoded frames go through the
+/// ``ConnectionStateMachine`` and reach their ``StreamChannel``s; streams' written parts leave
+/// through ``ConnectionOutbox`` drains, one flush per drain.
+package final class ConnectionHandler: ChannelDuplexHandler {
+    package typealias InboundIn = WireFrame
+    package typealias OutboundIn = ByteBuffer
+    package typealias OutboundOut = ByteBuffer
+
+    private let configuration: ConnectionConfiguration
+    private var stateMachine: ConnectionStateMachine
+    private var streams: [UInt32: StreamChannel] = [:]
+    private var deadlineTimers: [UInt32: Scheduled<Void>] = [:]
+    package let outbox: ConnectionOutbox
+    private var context: ChannelHandlerContext?
+    private let logger: Logger
+
+    private var started = false
+    private var peer = SparkWirePeer.anonymous
+    private let newStreams: AsyncStream<InboundStreamOpen>.Continuation?
+    private let readyPromise: EventLoopPromise<Void>?
+    private let goingAwayPromise: EventLoopPromise<Void>?
+
+    private var lastFrameReceived = NIODeadline.now()
+    private var keepaliveTask: RepeatedTask?
+    private var outstandingPing: (payload: UInt64, timeout: Scheduled<Void>)?
+    private var graceTimer: Scheduled<Void>?
+    private var closeReason: RPCError?
+
+    /// Server side: each opened stream is yielded to `newStreams`.
+    package init(
+        server configuration: ConnectionConfiguration,
+        eventLoop: any EventLoop,
+        newStreams: AsyncStream<InboundStreamOpen>.Continuation,
+        logger: Logger
+    ) {
+        self.configuration = configuration
+        self.stateMachine = ConnectionStateMachine(role: .server, local: configuration.limits.stateMachineLimits)
+        self.outbox = ConnectionOutbox(eventLoop: eventLoop)
+        self.newStreams = newStreams
+        self.readyPromise = nil
+        self.goingAwayPromise = nil
+        self.logger = logger
+    }
+
+    /// Client side.
+    package init(client configuration: ConnectionConfiguration, eventLoop: any EventLoop, logger: Logger) {
+        self.configuration = configuration
+        self.stateMachine = ConnectionStateMachine(role: .client, local: configuration.limits.stateMachineLimits)
+        self.outbox = ConnectionOutbox(eventLoop: eventLoop)
+        self.newStreams = nil
+        self.readyPromise = eventLoop.makePromise()
+        self.goingAwayPromise = eventLoop.makePromise()
+        self.logger = logger
+    }
+
+    package var clientEvents: ClientConnectionEvents {
+        ClientConnectionEvents(ready: self.readyPromise!.futureResult, goingAway: self.goingAwayPromise!.futureResult)
+    }
+
+    // MARK: Lifecycle
+
+    package func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        self.outbox.setDrainer { loopBound.value.drain() }
+        if context.channel.isActive && !self.configuration.usesTLS {
+            self.start(context: context)
+        }
+    }
+
+    package func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    package func channelActive(context: ChannelHandlerContext) {
+        if !self.configuration.usesTLS {
+            self.start(context: context)
+        }
+        context.fireChannelActive()
+    }
+
+    package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted(let negotiated) = event {
+            guard negotiated == SparkWireProtocol.alpn else {
+                self.logger.debug("closing connection: ALPN \(negotiated ?? "none") is not \(SparkWireProtocol.alpn)")
+                self.closeReason = RPCError(code: .unavailable, message: "the peer did not negotiate ALPN \(SparkWireProtocol.alpn)")
+                context.close(promise: nil)
+                return
+            }
+            if let certificate = try? context.pipeline.syncOperations.handler(type: NIOSSLHandler.self).peerCertificate,
+                let der = try? certificate.toDERBytes(),
+                let parsed = try? Certificate(derEncoded: der)
+            {
+                self.peer = SparkWirePeer(certificate: parsed)
+            }
+            self.start(context: context)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    private func start(context: ChannelHandlerContext) {
+        guard !self.started else { return }
+        self.started = true
+        self.lastFrameReceived = .now()
+        self.write(WireFrame(streamID: 0, settings: self.stateMachine.local.settings), context: context)
+        context.flush()
+        if let keepalive = self.configuration.keepalive {
+            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            let interval = keepalive.interval.timeAmount
+            self.keepaliveTask = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+                loopBound.value.keepaliveTick()
+            }
+        }
+    }
+
+    package func channelInactive(context: ChannelHandlerContext) {
+        let error = self.closeReason ?? RPCError(code: .unavailable, message: "the connection closed")
+        self.tearDown(error)
+        context.fireChannelInactive()
+    }
+
+    package func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let frameError = error as? WireFrameError {
+            let code: RPCError.Code = frameError.kind == .tooLarge ? .resourceExhausted : .internalError
+            self.connectionError(code: code, message: frameError.description, context: context)
+            return
+        }
+        if self.closeReason == nil {
+            self.closeReason = RPCError(code: .unavailable, message: "connection error: \(error)")
+        }
+        self.logger.debug("connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    private func tearDown(_ error: RPCError) {
+        _ = self.stateMachine.closed()
+        self.keepaliveTask?.cancel()
+        self.keepaliveTask = nil
+        self.outstandingPing?.timeout.cancel()
+        self.outstandingPing = nil
+        self.graceTimer?.cancel()
+        for timer in self.deadlineTimers.values { timer.cancel() }
+        self.deadlineTimers.removeAll()
+        let streams = self.streams
+        self.streams.removeAll()
+        for stream in streams.values {
+            stream.fail(error, keepReceived: false)
+        }
+        self.outbox.close(error)
+        self.newStreams?.finish()
+        self.readyPromise?.fail(error)
+        self.goingAwayPromise?.succeed()
+    }
+
+    // MARK: Receiving
+
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = self.unwrapInboundIn(data)
+        self.lastFrameReceived = .now()
+        switch self.stateMachine.receive(frame) {
+        case .none:
+            ()
+        case .settingsReceived(let limits):
+            self.outbox.setPeerLimits(limits)
+            self.readyPromise?.succeed()
+        case .sendPingAck(let payload):
+            self.write(WireFrame(streamID: 0, ping: .init(payload: payload, ack: true)), context: context)
+            context.flush()
+        case .pingAcknowledged(let payload):
+            if let outstanding = self.outstandingPing, outstanding.payload == payload {
+                outstanding.timeout.cancel()
+                self.outstandingPing = nil
+            }
+        case .openStream(let delivery):
+            self.openStream(delivery, context: context)
+        case .refuseStream(let id, let trailers):
+            self.write(WireFrame(streamID: id, trailers: trailers), context: context)
+            context.flush()
+        case .deliver(let delivery, let closes):
+            self.deliver(delivery, closes: closes)
+        case .streamCancelled(let id, let cancel):
+            let code = RPCError.Code(Status.Code(rawValue: Int(cancel.code)) ?? .cancelled) ?? .cancelled
+            let message = cancel.message.isEmpty ? "the peer cancelled the stream" : cancel.message
+            self.removeStream(id)?.fail(RPCError(code: code, message: message))
+            self.closeIfDrained(context: context)
+        case .resetStream(let id, let code, let message):
+            self.removeStream(id)?.fail(RPCError(code: code, message: message))
+            self.write(WireFrame(streamID: id, cancel: .init(code: UInt32(code.rawValue), message: message)), context: context)
+            context.flush()
+            self.closeIfDrained(context: context)
+        case .goAwayReceived(let goAway, let unprocessed):
+            self.outbox.stopAcceptingStreams()
+            let error = RPCError(
+                code: .unavailable,
+                message: "the server went away before processing the call; it is safe to retry"
+            )
+            for id in unprocessed {
+                self.removeStream(id)?.fail(error)
+            }
+            if goAway.code != 0 {
+                self.closeReason = RPCError(
+                    code: RPCError.Code(Status.Code(rawValue: Int(goAway.code)) ?? .unavailable) ?? .unavailable,
+                    message: "the peer closed the connection: \(goAway.message)"
+                )
+            }
+            self.goingAwayPromise?.succeed()
+            self.closeIfDrained(context: context)
+        case .connectionError(let code, let message):
+            self.connectionError(code: code, message: message, context: context)
+        }
+    }
+
+    private func openStream(_ delivery: ConnectionStateMachine.Delivery, context: ChannelHandlerContext) {
+        let headers = delivery.headers ?? .init()
+        let method = self.configuration.methods[path: headers.method]
+        let channel = StreamChannel(
+            id: delivery.streamID,
+            outbox: self.outbox,
+            sendCredit: Int(self.stateMachine.peer.initialWindow),
+            receiveWindow: self.stateMachine.local.initialWindow,
+            holdUntilEnd: method.map { !$0.responseStreaming } ?? false
+        )
+        var parts: [StreamChannel.InboundPart] = [.headers(headers.metadata)]
+        for message in delivery.messages {
+            parts.append(.message(message))
+        }
+        channel.deliver(parts, end: delivery.endStream)
+        self.streams[delivery.streamID] = channel
+
+        var deadline: ContinuousClock.Instant?
+        if headers.timeoutMicros > 0 {
+            let micros = Int64(clamping: min(headers.timeoutMicros, UInt64(Int64.max / 1000)))
+            deadline = ContinuousClock.now.advanced(by: .microseconds(micros))
+            self.scheduleDeadline(streamID: delivery.streamID, in: .microseconds(micros), context: context)
+        }
+        self.newStreams?.yield(
+            InboundStreamOpen(channel: channel, method: headers.method, deadline: deadline, peer: self.peer)
+        )
+    }
+
+    private func deliver(_ delivery: ConnectionStateMachine.Delivery, closes: Bool) {
+        guard let stream = closes ? self.removeStream(delivery.streamID) : self.streams[delivery.streamID] else { return }
+        if delivery.credit > 0 {
+            stream.grantCredit(delivery.credit)
+        }
+        var parts: [StreamChannel.InboundPart] = []
+        if let headers = delivery.headers {
+            parts.append(.headers(headers.metadata))
+        }
+        for message in delivery.messages {
+            parts.append(.message(message))
+        }
+        if let trailers = delivery.trailers {
+            let code = Status.Code(rawValue: Int(trailers.code)) ?? .unknown
+            parts.append(.trailers(Status(code: code, message: trailers.message), trailers.metadata))
+            stream.closeOutbound(RPCError(code: .cancelled, message: "the server has already ended the call"))
+        }
+        if !parts.isEmpty || delivery.endStream {
+            stream.deliver(parts, end: delivery.endStream || closes)
+        }
+    }
+
+    @discardableResult
+    private func removeStream(_ id: UInt32) -> StreamChannel? {
+        self.deadlineTimers.removeValue(forKey: id)?.cancel()
+        return self.streams.removeValue(forKey: id)
+    }
+
+    private func scheduleDeadline(streamID: UInt32, in delay: Duration, context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        self.deadlineTimers[streamID] = context.eventLoop.scheduleTask(in: delay.timeAmount) {
+            loopBound.value.deadlineExpired(streamID: streamID)
+        }
+    }
+
+    private func deadlineExpired(streamID: UInt32) {
+        self.deadlineTimers.removeValue(forKey: streamID)
+        guard let context = self.context, let stream = self.streams[streamID] else { return }
+        let message = "the deadline passed before the call completed"
+        let error = RPCError(code: .deadlineExceeded, message: message)
+        let frame: WireFrame
+        switch self.stateMachine.role {
+        case .server:
+            frame = WireFrame(streamID: streamID, trailers: .init(code: UInt32(Status.Code.deadlineExceeded.rawValue), message: message))
+        case .client:
+            frame = WireFrame(streamID: streamID, cancel: .init(code: UInt32(Status.Code.deadlineExceeded.rawValue), message: message))
+        }
+        if self.stateMachine.willSend(frame) {
+            self.write(frame, context: context)
+            context.flush()
+        }
+        self.removeStream(streamID)
+        stream.fail(error)
+        self.closeIfDrained(context: context)
+    }
+
+    // MARK: Sending
+
+    package func drain() {
+        guard let context = self.context else { return }
+        let queue = self.outbox.takeQueue()
+        guard !queue.isEmpty else { return }
+        var buffer = context.channel.allocator.buffer(capacity: 512)
+        for stream in queue {
+            let (pending, first) = stream.takePending()
+            guard !pending.isEmpty else { continue }
+            let id = stream.streamID
+            if self.stateMachine.role == .client {
+                if first {
+                    guard self.stateMachine.openLocalStream(id) else {
+                        stream.fail(RPCError(code: .unavailable, message: "the connection is going away; the call was not sent"))
+                        continue
+                    }
+                    self.streams[id] = stream
+                    if let timeout = pending.headers?.timeoutMicros, timeout > 0 {
+                        self.scheduleDeadline(streamID: id, in: .microseconds(Int64(clamping: timeout)), context: context)
+                    }
+                } else if self.streams[id] == nil {
+                    continue
+                }
+            }
+            self.encode(pending, streamID: id, into: &buffer)
+        }
+        if buffer.readableBytes > 0 {
+            context.writeAndFlush(self.wrapOutboundOut(buffer), promise: nil)
+        }
+        self.closeIfDrained(context: context)
+    }
+
+    /// Turns a stream's pending parts into as few frames as the peer's frame size allows.
+    private func encode(_ pending: StreamChannel.Pending, streamID: UInt32, into buffer: inout ByteBuffer) {
+        let maxSize = Int(self.stateMachine.peer.maxFrameSize)
+        var frame = WireFrame(
+            streamID: streamID,
+            headers: pending.headers,
+            windowUpdate: pending.windowUpdate > 0 ? pending.windowUpdate : nil
+        )
+        var size = frame.encodedSize
+        for message in pending.messages {
+            let added = ProtobufWire.lengthDelimitedSize(field: 3, payload: message.readableBytes)
+            if size + added > maxSize && (!frame.messages.isEmpty || frame.headers != nil) {
+                self.emit(frame, into: &buffer)
+                frame = WireFrame(streamID: streamID)
+                size = frame.encodedSize
+            }
+            frame.messages.append(message)
+            size += added
+        }
+        frame.endStream = pending.endStream
+        frame.cancel = pending.cancel
+        if var trailers = pending.trailers {
+            let trailerSize = ProtobufWire.lengthDelimitedSize(field: 5, payload: trailers.encodedSize)
+            if trailerSize + 16 > maxSize {
+                trailers = .init(code: UInt32(Status.Code.internalError.rawValue), message: "the call's trailers exceed the maximum frame size")
+            }
+            if size + trailerSize > maxSize {
+                self.emit(frame, into: &buffer)
+                frame = WireFrame(streamID: streamID)
+            }
+            frame.trailers = trailers
+        }
+        self.emit(frame, into: &buffer)
+    }
+
+    private func emit(_ frame: WireFrame, into buffer: inout ByteBuffer) {
+        guard self.stateMachine.willSend(frame) else { return }
+        frame.encode(into: &buffer)
+        if frame.trailers != nil || frame.cancel != nil {
+            self.removeStream(frame.streamID)
+        }
+    }
+
+    private func write(_ frame: WireFrame, context: ChannelHandlerContext) {
+        var buffer = context.channel.allocator.buffer(capacity: frame.encodedSize + SparkWireProtocol.prefixLength)
+        frame.encode(into: &buffer)
+        context.write(self.wrapOutboundOut(buffer), promise: nil)
+    }
+
+    package func channelWritabilityChanged(context: ChannelHandlerContext) {
+        self.outbox.setWritable(context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: Connection control
+
+    /// Sends GoAway and closes once the streams in flight finish (or the grace period ends).
+    package func beginGracefulShutdown() {
+        guard let context = self.context else { return }
+        self.outbox.stopAcceptingStreams()
+        guard self.started, let goAway = self.stateMachine.beginGoAway() else {
+            if !self.started { context.close(promise: nil) }
+            return
+        }
+        self.write(WireFrame(streamID: 0, goAway: goAway), context: context)
+        context.flush()
+        if let grace = self.configuration.gracePeriod, !self.stateMachine.canClose {
+            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            self.graceTimer = context.eventLoop.scheduleTask(in: grace.timeAmount) {
+                let handler = loopBound.value
+                handler.closeReason = RPCError(code: .unavailable, message: "the server shut down before the call completed")
+                handler.context?.close(promise: nil)
+            }
+        }
+        self.closeIfDrained(context: context)
+    }
+
+    private func closeIfDrained(context: ChannelHandlerContext) {
+        if self.stateMachine.canClose && self.streams.isEmpty && context.channel.isActive {
+            context.close(promise: nil)
+        }
+    }
+
+    private func connectionError(code: RPCError.Code, message: String, context: ChannelHandlerContext) {
+        self.logger.debug("closing connection after a protocol error", metadata: ["code": "\(code)", "reason": "\(message)"])
+        if self.closeReason == nil {
+            self.closeReason = RPCError(code: .unavailable, message: "connection closed after a protocol error: \(message)")
+        }
+        if context.channel.isActive {
+            let last = self.stateMachine.role == .server ? self.stateMachine.highestStreamID : 0
+            self.write(WireFrame(streamID: 0, goAway: .init(lastStreamID: last, code: UInt32(code.rawValue), message: message)), context: context)
+            context.flush()
+        }
+        _ = self.stateMachine.closed()
+        context.close(promise: nil)
+    }
+
+    private func keepaliveTick() {
+        guard let context = self.context, let keepalive = self.configuration.keepalive else { return }
+        guard self.outstandingPing == nil else { return }
+        let idle = NIODeadline.now() - self.lastFrameReceived
+        guard idle >= keepalive.interval.timeAmount else { return }
+        let payload = UInt64.random(in: 1 ... .max)
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let timeout = context.eventLoop.scheduleTask(in: keepalive.timeout.timeAmount) {
+            let handler = loopBound.value
+            handler.closeReason = RPCError(code: .unavailable, message: "keepalive: the peer did not answer a ping in time")
+            handler.logger.debug("closing connection: keepalive ping unanswered")
+            handler.context?.close(promise: nil)
+        }
+        self.outstandingPing = (payload, timeout)
+        self.write(WireFrame(streamID: 0, ping: .init(payload: payload)), context: context)
+        context.flush()
+    }
+
+    // MARK: Introspection (tests)
+
+    package var openStreamCount: Int { self.streams.count }
+
+    /// Whether the connection has begun speaking SparkWire (after the TLS handshake).
+    package var hasStarted: Bool { self.started }
+}

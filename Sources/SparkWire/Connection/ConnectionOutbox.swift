@@ -1,0 +1,225 @@
+import DequeModule
+package import GRPCCore
+package import NIOCore
+import Synchronization
+
+/// What the tasks of one connection share with its event loop: the queue of streams with parts to
+/// send, the socket's writability, and (clients) stream ids and concurrency slots.
+///
+/// Streams enqueue themselves when they have parts to send; the first enqueue schedules one drain
+/// on the event loop, which turns every queued stream's parts into frames and flushes once. Under
+/// load a drain carries many streams' frames in one write.
+package final class ConnectionOutbox: Sendable {
+    private struct State {
+        var queue: [StreamChannel] = []
+        var drainScheduled = false
+        var drainer: (@Sendable () -> Void)?
+        var writabilityWaiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
+        var nextWaiterID: UInt64 = 0
+        var closedError: RPCError?
+
+        // Client side.
+        var nextStreamID: UInt32 = 1
+        var openStreams = 0
+        var maxConcurrentStreams = Int(SparkWireProtocol.defaultMaxConcurrentStreams)
+        var slotWaiters = Deque<(UInt64, CheckedContinuation<Void, any Error>)>()
+        var acceptingStreams = true
+    }
+
+    package let eventLoop: any EventLoop
+    private let state = Mutex(State())
+    private let writable = Atomic<Bool>(true)
+    private let peerMaxFrameSize = Atomic<Int>(Int(SparkWireProtocol.defaultMaxFrameSize))
+    private let peerWindow = Atomic<Int>(Int(SparkWireProtocol.defaultInitialWindow))
+
+    package init(eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    /// The event loop's drain; set once by the connection handler.
+    package func setDrainer(_ drainer: @escaping @Sendable () -> Void) {
+        self.state.withLock { $0.drainer = drainer }
+    }
+
+    /// Largest message that fits in a frame the peer accepts, leaving room for the frame's other parts.
+    package var maxMessageSize: Int {
+        self.peerMaxFrameSize.load(ordering: .relaxed) - 64
+    }
+
+    /// Messages the peer accepts on a new stream before it grants more.
+    package var peerInitialWindow: Int {
+        self.peerWindow.load(ordering: .relaxed)
+    }
+
+    package func setPeerLimits(_ limits: ConnectionStateMachine.Limits) {
+        self.peerMaxFrameSize.store(Int(limits.maxFrameSize), ordering: .relaxed)
+        self.peerWindow.store(Int(limits.initialWindow), ordering: .relaxed)
+        let resumed: [CheckedContinuation<Void, any Error>] = self.state.withLock { state in
+            state.maxConcurrentStreams = Int(limits.maxConcurrentStreams)
+            var resumed: [CheckedContinuation<Void, any Error>] = []
+            while state.openStreams < state.maxConcurrentStreams, let (_, waiter) = state.slotWaiters.popFirst() {
+                state.openStreams += 1
+                resumed.append(waiter)
+            }
+            return resumed
+        }
+        for waiter in resumed { waiter.resume() }
+    }
+
+    // MARK: Draining
+
+    package func enqueue(_ stream: StreamChannel) {
+        let drainer: (@Sendable () -> Void)? = self.state.withLock { state in
+            guard state.closedError == nil else { return nil }
+            if stream.streamID == 0 {
+                stream.assignID(state.nextStreamID)
+                state.nextStreamID &+= 1
+            }
+            state.queue.append(stream)
+            guard !state.drainScheduled else { return nil }
+            state.drainScheduled = true
+            return state.drainer
+        }
+        if let drainer {
+            self.eventLoop.execute(drainer)
+        }
+    }
+
+    /// Event loop: the streams queued since the last drain, in the order they were queued (and so,
+    /// for a client, in increasing stream id for first frames).
+    package func takeQueue() -> [StreamChannel] {
+        self.state.withLock { state in
+            state.drainScheduled = false
+            var queue: [StreamChannel] = []
+            swap(&queue, &state.queue)
+            return queue
+        }
+    }
+
+    // MARK: Writability
+
+    package var isWritable: Bool { self.writable.load(ordering: .relaxed) }
+
+    package func setWritable(_ isWritable: Bool) {
+        self.writable.store(isWritable, ordering: .relaxed)
+        guard isWritable else { return }
+        let waiters = self.state.withLock { state in
+            defer { state.writabilityWaiters.removeAll() }
+            return Array(state.writabilityWaiters.values)
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    package func waitUntilWritable() async throws {
+        let id = self.state.withLock { state in
+            defer { state.nextWaiterID += 1 }
+            return state.nextWaiterID
+        }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let resume: Result<Void, any Error>? = self.state.withLock { state in
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    if let error = state.closedError { return .failure(error) }
+                    if self.writable.load(ordering: .relaxed) { return .success(()) }
+                    state.writabilityWaiters[id] = continuation
+                    return nil
+                }
+                if let resume { continuation.resume(with: resume) }
+            }
+        } onCancel: {
+            let waiter = self.state.withLock { $0.writabilityWaiters.removeValue(forKey: id) }
+            waiter?.resume(throwing: CancellationError())
+        }
+    }
+
+    // MARK: Client stream slots
+
+    /// Waits until the peer's concurrency limit allows one more stream.
+    package func acquireStreamSlot() async throws {
+        let waiterID = try self.state.withLock { state throws(RPCError) -> UInt64? in
+            if let error = state.closedError { throw error }
+            guard state.acceptingStreams else {
+                throw RPCError(code: .unavailable, message: "the connection is going away")
+            }
+            if state.openStreams < state.maxConcurrentStreams {
+                state.openStreams += 1
+                return nil
+            }
+            defer { state.nextWaiterID += 1 }
+            return state.nextWaiterID
+        }
+        guard let id = waiterID else { return }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let outcome: Result<Void, any Error>? = self.state.withLock { state in
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    if let error = state.closedError { return .failure(error) }
+                    if !state.acceptingStreams {
+                        return .failure(RPCError(code: .unavailable, message: "the connection is going away"))
+                    }
+                    if state.openStreams < state.maxConcurrentStreams {
+                        state.openStreams += 1
+                        return .success(())
+                    }
+                    state.slotWaiters.append((id, continuation))
+                    return nil
+                }
+                if let outcome { continuation.resume(with: outcome) }
+            }
+        } onCancel: {
+            let waiter = self.state.withLock { state -> CheckedContinuation<Void, any Error>? in
+                guard let index = state.slotWaiters.firstIndex(where: { $0.0 == id }) else { return nil }
+                return state.slotWaiters.remove(at: index).1
+            }
+            waiter?.resume(throwing: CancellationError())
+        }
+    }
+
+    package func releaseStreamSlot() {
+        let waiter: CheckedContinuation<Void, any Error>? = self.state.withLock { state in
+            state.openStreams -= 1
+            guard state.openStreams < state.maxConcurrentStreams, let (_, waiter) = state.slotWaiters.popFirst() else {
+                return nil
+            }
+            state.openStreams += 1
+            return waiter
+        }
+        waiter?.resume()
+    }
+
+    package var openStreamCount: Int {
+        self.state.withLock { $0.openStreams }
+    }
+
+    /// No new streams: a GoAway arrived or the client is shutting down.
+    package func stopAcceptingStreams() {
+        let waiters = self.state.withLock { state in
+            state.acceptingStreams = false
+            defer { state.slotWaiters.removeAll() }
+            return state.slotWaiters.map(\.1)
+        }
+        for waiter in waiters {
+            waiter.resume(throwing: RPCError(code: .unavailable, message: "the connection is going away"))
+        }
+    }
+
+    package var isAcceptingStreams: Bool {
+        self.state.withLock { $0.acceptingStreams && $0.closedError == nil }
+    }
+
+    /// The connection closed: everything waiting fails with `error`.
+    package func close(_ error: RPCError) {
+        let (writers, slots) = self.state.withLock { state in
+            state.closedError = error
+            state.acceptingStreams = false
+            state.queue.removeAll()
+            defer {
+                state.writabilityWaiters.removeAll()
+                state.slotWaiters.removeAll()
+            }
+            return (Array(state.writabilityWaiters.values), state.slotWaiters.map(\.1))
+        }
+        for waiter in writers { waiter.resume(throwing: error) }
+        for waiter in slots { waiter.resume(throwing: error) }
+    }
+}
