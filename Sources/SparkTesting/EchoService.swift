@@ -8,8 +8,8 @@ import Synchronization
 
 /// `sparkops.testing.v1.EchoService`, with test behaviours chosen by request metadata:
 ///
-/// - `echo-fail-attempts: N` — fail with UNAVAILABLE until the call is on attempt N+1 (GRPCCore
-///   sends `grpc-previous-rpc-attempts` on retries);
+/// - `echo-fail-attempts: N` — fail with UNAVAILABLE the first N calls that carry the same
+///   `echo-fail-key` (default: the method name), so that retries can be counted;
 /// - `echo-delay-ms: N` — wait N ms before answering (cancellation ends the wait);
 /// - `echo-whoami: 1` — answer with the caller's certificate identity;
 /// - `echo-report-deadline: 1` — answer with the microseconds left of the call's deadline, or "none";
@@ -19,6 +19,8 @@ public final class EchoService: Sparkops_Testing_V1_EchoService.ServiceProtocol 
     public typealias Downstream = Sparkops_Testing_V1_EchoService.Client<SparkWireClientTransport>
 
     private let calls = Mutex<[String: Int]>([:])
+    private let cancellations = Atomic<Int>(0)
+    private let attempts = Mutex<[String: Int]>([:])
     private let downstream: Downstream?
 
     public init(downstream: Downstream? = nil) {
@@ -30,16 +32,38 @@ public final class EchoService: Sparkops_Testing_V1_EchoService.ServiceProtocol 
         self.calls.withLock { $0[method, default: 0] }
     }
 
+    /// How many calls ended because they were cancelled (by the caller, a deadline or shutdown).
+    public var cancelledCount: Int {
+        self.cancellations.load(ordering: .relaxed)
+    }
+
+    /// Runs `body`, counting it as cancelled if it ends with the task cancelled.
+    private func observing<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch {
+            let code = (error as? RPCError)?.code
+            if Task.isCancelled || error is CancellationError || code == .cancelled || code == .deadlineExceeded {
+                self.cancellations.add(1, ordering: .relaxed)
+            }
+            throw error
+        }
+    }
+
     private func begin(_ method: String, _ metadata: Metadata) async throws {
         self.calls.withLock { $0[method, default: 0] += 1 }
         if let text = metadata[stringValues: "echo-fail-attempts"].first(where: { _ in true }), let failures = Int(text) {
-            let previous = metadata[stringValues: "grpc-previous-rpc-attempts"].first(where: { _ in true }).flatMap(Int.init) ?? 0
-            if previous < failures {
-                throw RPCError(code: .unavailable, message: "failing attempt \(previous + 1) of \(failures) on purpose")
+            let key = metadata[stringValues: "echo-fail-key"].first(where: { _ in true }) ?? method
+            let attempt = self.attempts.withLock { attempts in
+                attempts[key, default: 0] += 1
+                return attempts[key]!
+            }
+            if attempt <= failures {
+                throw RPCError(code: .unavailable, message: "failing attempt \(attempt) of \(failures) on purpose")
             }
         }
         if let text = metadata[stringValues: "echo-delay-ms"].first(where: { _ in true }), let millis = Int(text) {
-            try await Task.sleep(for: .milliseconds(millis))
+            try await self.observing { try await Task.sleep(for: .milliseconds(millis)) }
         }
     }
 
@@ -49,7 +73,6 @@ public final class EchoService: Sparkops_Testing_V1_EchoService.ServiceProtocol 
         if metadata[stringValues: "echo-forward"].first(where: { _ in true }) != nil, let downstream = self.downstream {
             var forwarded = metadata
             forwarded.removeAllValues(forKey: "echo-forward")
-            forwarded.removeAllValues(forKey: "grpc-previous-rpc-attempts")
             return try await downstream.get(request, metadata: forwarded)
         }
         var response = Sparkops_Testing_V1_EchoResponse()
@@ -84,7 +107,7 @@ public final class EchoService: Sparkops_Testing_V1_EchoService.ServiceProtocol 
     ) async throws -> StreamingServerResponse<Sparkops_Testing_V1_EchoResponse> {
         try await self.begin("Expand", request.metadata)
         let message = request.message
-        return StreamingServerResponse { writer in
+        return StreamingServerResponse { writer in try await self.observing {
             if message.count > 0 {
                 var response = Sparkops_Testing_V1_EchoResponse()
                 response.payload = message.payload
@@ -102,7 +125,7 @@ public final class EchoService: Sparkops_Testing_V1_EchoService.ServiceProtocol 
                 }
             }
             return [:]
-        }
+        } }
     }
 
     public func collect(
@@ -129,7 +152,7 @@ public final class EchoService: Sparkops_Testing_V1_EchoService.ServiceProtocol 
         context: ServerContext
     ) async throws -> StreamingServerResponse<Sparkops_Testing_V1_EchoResponse> {
         try await self.begin("Update", request.metadata)
-        return StreamingServerResponse { writer in
+        return StreamingServerResponse { writer in try await self.observing {
             var index: UInt32 = 0
             for try await message in request.messages {
                 try await writer.write(.with {
@@ -140,6 +163,6 @@ public final class EchoService: Sparkops_Testing_V1_EchoService.ServiceProtocol 
                 index += 1
             }
             return [:]
-        }
+        } }
     }
 }

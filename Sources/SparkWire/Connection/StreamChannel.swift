@@ -60,6 +60,8 @@ package final class StreamChannel: Sendable {
 
         var cancellationHandle: ServerContext.RPCCancellationHandle?
         var cancelRequested = false
+        var handlerFinished = false
+        var lifecycleWaiter: CheckedContinuation<Void, Never>?
         var cancelled = false
         var released = false
     }
@@ -356,11 +358,37 @@ package final class StreamChannel: Sendable {
             let waiter = state.creditWaiter
             state.creditWaiter = nil
             state.cancelRequested = true
-            return (reader, waiter, state.cancellationHandle)
+            let lifecycle = state.lifecycleWaiter
+            state.lifecycleWaiter = nil
+            return (reader, waiter, (state.cancellationHandle, lifecycle))
         }
         reader?.resume(throwing: error)
         waiter?.resume(throwing: error)
-        handle?.cancel()
+        handle.0?.cancel()
+        handle.1?.resume()
+    }
+
+    /// Server: returns when the handler has finished or the stream was cancelled under it,
+    /// whichever comes first.
+    package func waitForHandlerEndOrCancellation() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let ready = self.state.withLock { state in
+                if state.handlerFinished || state.cancelRequested { return true }
+                state.lifecycleWaiter = continuation
+                return false
+            }
+            if ready { continuation.resume() }
+        }
+    }
+
+    /// Server: the handler returned.
+    package func handlerFinished() {
+        let waiter = self.state.withLock { state in
+            state.handlerFinished = true
+            defer { state.lifecycleWaiter = nil }
+            return state.lifecycleWaiter
+        }
+        waiter?.resume()
     }
 
     /// Client: the server ended the call; later request writes are dropped.

@@ -68,6 +68,7 @@ public final class SparkWireServerTransport: ServerTransport {
     private let group: any EventLoopGroup
     private let logger: Logger
     private let state = Mutex(State())
+    private let accepted = Atomic<Int>(0)
     private let addressPromise: EventLoopPromise<SocketAddress>
 
     public init(
@@ -114,6 +115,7 @@ public final class SparkWireServerTransport: ServerTransport {
             try await withThrowingDiscardingTaskGroup { group in
                 try await serverChannel.executeThenClose { inbound in
                     for try await connection in inbound {
+                        self.accepted.add(1, ordering: .relaxed)
                         let key = ObjectIdentifier(connection)
                         let shuttingDown = self.state.withLock { state in
                             state.connections[key] = connection
@@ -204,6 +206,11 @@ public final class SparkWireServerTransport: ServerTransport {
         }
     }
 
+    /// Connections accepted since the transport started.
+    package var acceptedConnectionCount: Int {
+        self.accepted.load(ordering: .relaxed)
+    }
+
     /// Connections currently accepted.
     package var connectionCount: Int {
         self.state.withLock { $0.connections.count }
@@ -263,12 +270,18 @@ final class ServerConnection: Sendable {
                 inbound: RPCAsyncSequence(wrapping: ServerInboundParts(channel: open.channel)),
                 outbound: RPCWriter.Closable(wrapping: ServerOutboundWriter(channel: open.channel))
             )
-            if let deadline = open.deadline {
-                await SparkWireDeadline.$current.withValue(deadline) {
-                    await streamHandler(stream, context)
+            // The handler runs in a child task so that a cancelled stream (by the caller, its
+            // deadline or the connection closing) cancels the handler's work, not only its RPC.
+            let handlerContext = context
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    await SparkWireDeadline.$current.withValue(open.deadline) {
+                        await streamHandler(stream, handlerContext)
+                    }
+                    open.channel.handlerFinished()
                 }
-            } else {
-                await streamHandler(stream, context)
+                await open.channel.waitForHandlerEndOrCancellation()
+                group.cancelAll()
             }
         }
     }
