@@ -38,19 +38,18 @@ public final class EchoService: Sparkops_Testing_V1_EchoService.ServiceProtocol 
     }
 
     /// Runs `body`, counting it as cancelled if it ends with the task cancelled.
-    private func observing<T>(_ body: () async throws -> T) async throws -> T {
+    private func observing<T>(_ context: ServerContext, _ body: () async throws -> T) async throws -> T {
         do {
             return try await body()
         } catch {
-            let code = (error as? RPCError)?.code
-            if Task.isCancelled || error is CancellationError || code == .cancelled || code == .deadlineExceeded {
+            if Task.isCancelled || error is CancellationError || context.cancellation.isCancelled {
                 self.cancellations.add(1, ordering: .relaxed)
             }
             throw error
         }
     }
 
-    private func begin(_ method: String, _ metadata: Metadata) async throws {
+    private func begin(_ method: String, _ metadata: Metadata, _ context: ServerContext) async throws {
         self.calls.withLock { $0[method, default: 0] += 1 }
         if let text = metadata[stringValues: "echo-fail-attempts"].first(where: { _ in true }), let failures = Int(text) {
             let key = metadata[stringValues: "echo-fail-key"].first(where: { _ in true }) ?? method
@@ -63,7 +62,7 @@ public final class EchoService: Sparkops_Testing_V1_EchoService.ServiceProtocol 
             }
         }
         if let text = metadata[stringValues: "echo-delay-ms"].first(where: { _ in true }), let millis = Int(text) {
-            try await self.observing { try await Task.sleep(for: .milliseconds(millis)) }
+            try await self.observing(context) { try await Task.sleep(for: .milliseconds(millis)) }
         }
     }
 
@@ -90,14 +89,14 @@ public final class EchoService: Sparkops_Testing_V1_EchoService.ServiceProtocol 
     public func get(request: ServerRequest<Sparkops_Testing_V1_EchoRequest>, context: ServerContext) async throws
         -> ServerResponse<Sparkops_Testing_V1_EchoResponse>
     {
-        try await self.begin("Get", request.metadata)
+        try await self.begin("Get", request.metadata, context)
         return ServerResponse(message: try await self.answer(request.message, request.metadata, context))
     }
 
     public func record(request: ServerRequest<Sparkops_Testing_V1_EchoRequest>, context: ServerContext) async throws
         -> ServerResponse<Sparkops_Testing_V1_EchoResponse>
     {
-        try await self.begin("Record", request.metadata)
+        try await self.begin("Record", request.metadata, context)
         return ServerResponse(message: try await self.answer(request.message, request.metadata, context))
     }
 
@@ -105,9 +104,9 @@ public final class EchoService: Sparkops_Testing_V1_EchoService.ServiceProtocol 
         request: ServerRequest<Sparkops_Testing_V1_EchoRequest>,
         context: ServerContext
     ) async throws -> StreamingServerResponse<Sparkops_Testing_V1_EchoResponse> {
-        try await self.begin("Expand", request.metadata)
+        try await self.begin("Expand", request.metadata, context)
         let message = request.message
-        return StreamingServerResponse { writer in try await self.observing {
+        return StreamingServerResponse { writer in try await self.observing(context) {
             if message.count > 0 {
                 var response = Sparkops_Testing_V1_EchoResponse()
                 response.payload = message.payload
@@ -132,7 +131,7 @@ public final class EchoService: Sparkops_Testing_V1_EchoService.ServiceProtocol 
         request: StreamingServerRequest<Sparkops_Testing_V1_EchoRequest>,
         context: ServerContext
     ) async throws -> ServerResponse<Sparkops_Testing_V1_EchoResponse> {
-        try await self.begin("Collect", request.metadata)
+        try await self.begin("Collect", request.metadata, context)
         var texts: [String] = []
         var payload: [UInt8] = []
         for try await message in request.messages {
@@ -151,8 +150,8 @@ public final class EchoService: Sparkops_Testing_V1_EchoService.ServiceProtocol 
         request: StreamingServerRequest<Sparkops_Testing_V1_EchoRequest>,
         context: ServerContext
     ) async throws -> StreamingServerResponse<Sparkops_Testing_V1_EchoResponse> {
-        try await self.begin("Update", request.metadata)
-        return StreamingServerResponse { writer in try await self.observing {
+        try await self.begin("Update", request.metadata, context)
+        return StreamingServerResponse { writer in try await self.observing(context) {
             var index: UInt32 = 0
             for try await message in request.messages {
                 try await writer.write(.with {

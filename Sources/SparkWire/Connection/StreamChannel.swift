@@ -362,9 +362,11 @@ package final class StreamChannel: Sendable {
             state.lifecycleWaiter = nil
             return (reader, waiter, (state.cancellationHandle, lifecycle))
         }
+        // The RPC is marked cancelled before its reader wakes, so a handler that sees the error
+        // also sees `context.cancellation.isCancelled`.
+        handle.0?.cancel()
         reader?.resume(throwing: error)
         waiter?.resume(throwing: error)
-        handle.0?.cancel()
         handle.1?.resume()
     }
 
