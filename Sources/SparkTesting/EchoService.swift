@@ -4,6 +4,7 @@ import SwiftProtobuf
 import NIOCore
 public import SparkProto
 public import SparkWire
+import SparkKit
 import Synchronization
 
 /// `sparkops.testing.v1.EchoService`, with test behaviours chosen by request metadata:
@@ -76,7 +77,7 @@ public final class EchoService: Sparkops_Testing_V1_EchoService.ServiceProtocol 
         }
         var response = Sparkops_Testing_V1_EchoResponse()
         if metadata[stringValues: "echo-whoami"].first(where: { _ in true }) != nil {
-            response.text = context.sparkWirePeer?.identity ?? "anonymous"
+            response.text = context.callerIdentity ?? "anonymous"
         } else if metadata[stringValues: "echo-report-deadline"].first(where: { _ in true }) != nil {
             response.text = SparkWireDeadline.remaining.map { "\($0.components.seconds * 1_000_000 + $0.components.attoseconds / 1_000_000_000_000)" } ?? "none"
         } else {

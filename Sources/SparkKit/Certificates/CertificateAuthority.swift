@@ -106,7 +106,7 @@ public struct CertificateAuthority: Sendable {
         guard !serviceName.isEmpty, serviceName.count <= 63, serviceName.allSatisfy(allowed.contains),
             serviceName.first != "-", serviceName.last != "-"
         else {
-            throw CertificateError("service name \(serviceName.debugDescription) must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'")
+            throw CertificateDirectoryError("service name \(serviceName.debugDescription) must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'")
         }
     }
 
@@ -120,11 +120,11 @@ public struct CertificateAuthority: Sendable {
         extraDNSNames: [String] = [],
         overwrite: Bool = false
     ) throws {
-        guard !services.isEmpty else { throw CertificateError("--services names no service") }
+        guard !services.isEmpty else { throw CertificateDirectoryError("--services names no service") }
         for service in services { try Self.validate(serviceName: service) }
         let fileManager = FileManager.default
         if !overwrite && fileManager.fileExists(atPath: directory.appending(path: "ca.key").path) {
-            throw CertificateError("\(directory.path)/ca.key exists; pass --force to replace the CA")
+            throw CertificateDirectoryError("\(directory.path)/ca.key exists; pass --force to replace the CA")
         }
         try fileManager.createDirectory(at: directory, withIntermediateDirectories: true)
         let authority = try CertificateAuthority.create()
@@ -191,16 +191,16 @@ public struct CertificateAuthority: Sendable {
         let temporary = url.deletingLastPathComponent().appending(path: ".\(url.lastPathComponent).tmp")
         let attributes: [FileAttributeKey: Any] = [.posixPermissions: secret ? 0o600 : 0o644]
         guard FileManager.default.createFile(atPath: temporary.path, contents: Data(text.utf8), attributes: attributes) else {
-            throw CertificateError("cannot write \(url.path)")
+            throw CertificateDirectoryError("cannot write \(url.path)")
         }
         guard rename(temporary.path, url.path) == 0 else {
-            throw CertificateError("cannot move \(temporary.path) to \(url.path): errno \(errno)")
+            throw CertificateDirectoryError("cannot move \(temporary.path) to \(url.path): errno \(errno)")
         }
     }
 }
 
 /// A certificate directory that cannot be used as asked.
-public struct CertificateError: Error, CustomStringConvertible, Sendable {
+public struct CertificateDirectoryError: Error, CustomStringConvertible, Sendable {
     public var description: String
 
     public init(_ description: String) {

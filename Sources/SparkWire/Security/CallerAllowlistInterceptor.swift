@@ -71,9 +71,15 @@ public struct CallerAllowlist: Sendable, Hashable {
 /// A server interceptor enforcing a ``CallerAllowlist`` on every call.
 public struct CallerAllowlistInterceptor: ServerInterceptor {
     public let allowlist: CallerAllowlist
+    private let identity: @Sendable (ServerContext) -> String?
 
-    public init(_ allowlist: CallerAllowlist) {
+    /// - Parameter identity: How to read the caller's identity; by default its SparkWire certificate.
+    public init(
+        _ allowlist: CallerAllowlist,
+        identity: @escaping @Sendable (ServerContext) -> String? = { $0.sparkWirePeer?.identity }
+    ) {
         self.allowlist = allowlist
+        self.identity = identity
     }
 
     public func intercept<Input: Sendable, Output: Sendable>(
@@ -82,7 +88,7 @@ public struct CallerAllowlistInterceptor: ServerInterceptor {
         next: @Sendable (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
     ) async throws -> StreamingServerResponse<Output> {
         if let error = self.allowlist.check(
-            identity: context.sparkWirePeer?.identity,
+            identity: self.identity(context),
             descriptor: context.descriptor,
             metadata: request.metadata
         ) {

@@ -1,0 +1,97 @@
+import Foundation
+import GRPCCore
+import SparkKit
+import SparkProto
+import SparkTesting
+import SparkWire
+import SwiftProtobuf
+import Testing
+import X509
+import SwiftASN1
+
+@Suite("Certificates")
+struct CertificateAuthorityTests {
+    func temporaryDirectory() -> URL {
+        FileManager.default.temporaryDirectory.appending(path: "sparkops-ca-\(UUID().uuidString)")
+    }
+
+    @Test("init writes a CA, a trust bundle and a leaf per service, keys readable by the owner only")
+    func initialize() throws {
+        let directory = self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try CertificateAuthority.initialize(directory: directory, services: ["gateway", "project"], extraDNSNames: ["project.sparkops.svc"])
+        for file in ["ca.pem", "ca.key", "trust.pem", "gateway.pem", "gateway.key", "project.pem", "project.key"] {
+            #expect(FileManager.default.fileExists(atPath: directory.appending(path: file).path), "\(file)")
+        }
+        for key in ["ca.key", "gateway.key", "project.key"] {
+            let attributes = try FileManager.default.attributesOfItem(atPath: directory.appending(path: key).path)
+            #expect((attributes[.posixPermissions] as? Int) == 0o600, "\(key)")
+        }
+        let leaf = try Certificate(pemEncoded: String(contentsOf: directory.appending(path: "project.pem"), encoding: .utf8))
+        let peer = SparkWirePeer(certificate: leaf)
+        #expect(peer.identity == "project")
+        #expect(peer.dnsNames == ["project", "project.sparkops.svc"])
+        let usages = try leaf.extensions.extendedKeyUsage.map { Array($0) } ?? []
+        #expect(usages.contains(.serverAuth) && usages.contains(.clientAuth))
+        let ca = try CertificateAuthority.load(from: directory)
+        #expect(leaf.issuer == ca.certificate.subject)
+        #expect(try ca.certificate.extensions.basicConstraints == .isCertificateAuthority(maxPathLength: 0))
+
+        // A second init refuses to replace the CA.
+        #expect(throws: CertificateDirectoryError.self) {
+            try CertificateAuthority.initialize(directory: directory, services: ["gateway"])
+        }
+    }
+
+    @Test("bad service names are refused with the rule")
+    func serviceNames() throws {
+        let directory = self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        for name in ["", "Gateway", "-run", "run-", "a b", "x/y", String(repeating: "a", count: 64)] {
+            #expect(throws: CertificateDirectoryError.self, "\(name)") {
+                try CertificateAuthority.initialize(directory: directory, services: [name], overwrite: true)
+            }
+        }
+        #expect(throws: CertificateDirectoryError.self) {
+            try CertificateAuthority.initialize(directory: directory, services: [])
+        }
+    }
+
+    @Test("rotating the CA keeps old and new leaves working together until the old CA is pruned")
+    func rotation() async throws {
+        let directory = self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try CertificateAuthority.initialize(directory: directory, services: ["echo", "client"], extraDNSNames: ["localhost"])
+        let oldClient = try String(contentsOf: directory.appending(path: "client.pem"), encoding: .utf8)
+        let oldClientKey = try String(contentsOf: directory.appending(path: "client.key"), encoding: .utf8)
+
+        try CertificateAuthority.rotateAuthority(in: directory)
+        #expect(try CertificateAuthority.trustBundle(in: directory).count == 2)
+        try CertificateAuthority.issueLeaf(in: directory, service: "echo", extraDNSNames: ["localhost"])
+        let trust = try String(contentsOf: directory.appending(path: "trust.pem"), encoding: .utf8)
+
+        // A server with a leaf of the new CA accepts a client whose leaf the old CA signed.
+        let certificates = TestCertificates(directory: directory)
+        let oldSecurity = SparkWireSecurity.mutualTLS(.init(certificateChain: .pem(oldClient), privateKey: .pem(oldClientKey), trustBundle: .pem(trust)))
+        try await withWireServer(services: [EchoService()], security: certificates.security("echo")) { _, port in
+            try await withWireClient(endpoints: [.init(host: "127.0.0.1", port: port)], security: oldSecurity) { client, _ in
+                let response = try await Sparkops_Testing_V1_EchoService.Client(wrapping: client).get(.with { $0.text = "across CAs" })
+                #expect(response.text == "across CAs")
+            }
+        }
+
+        try CertificateAuthority.pruneTrust(in: directory)
+        #expect(try CertificateAuthority.trustBundle(in: directory).count == 1)
+        try await withWireServer(services: [EchoService()], security: certificates.security("echo")) { _, port in
+            try await withWireClient(
+                endpoints: [.init(host: "127.0.0.1", port: port)],
+                security: oldSecurity,
+                configure: { $0.backoff = SparkWireBackoff(initial: .seconds(5)) }
+            ) { client, _ in
+                await #expect(throws: RPCError.self) {
+                    _ = try await Sparkops_Testing_V1_EchoService.Client(wrapping: client).record(.with { $0.text = "x" })
+                }
+            }
+        }
+    }
+}
