@@ -240,7 +240,7 @@ public final class SparkWireClientTransport: ClientTransport {
                 )
             } catch {
                 attempt += 1
-                let reason = "connecting to \(address) failed: \(Self.describe(error))"
+                let reason = "connecting to \(ServerConnection.describe(address)) failed: \(Self.describe(error))"
                 self.logger.debug("\(reason)", metadata: ["attempt": "\(attempt)"])
                 self.pool.failed(id, reason: reason)
                 continue
@@ -253,7 +253,7 @@ public final class SparkWireClientTransport: ClientTransport {
             // Until the server says GoAway or the connection drops.
             try? await connection.events.goingAway.get()
             let closed = !connection.channel.isActive
-            self.pool.notReady(id, failure: closed ? "the connection to \(address) closed" : nil)
+            self.pool.notReady(id, failure: closed ? "the connection to \(ServerConnection.describe(address)) closed" : nil)
             if closed {
                 // A dropped connection is retried at once, then with backoff.
                 attempt = 0

@@ -34,22 +34,38 @@ public struct SparkWireCredentials: Sendable {
     }
 
     func loadChain() throws -> [NIOSSLCertificate] {
-        let chain = try Self.certificates(self.certificateChain)
+        let chain = try Self.loading("certificate chain", self.certificateChain) { try Self.certificates(self.certificateChain) }
         guard !chain.isEmpty else { throw SparkWireConfigurationError("the certificate chain holds no certificate") }
         return chain
     }
 
     func loadKey() throws -> NIOSSLPrivateKey {
-        switch self.privateKey {
-        case .file(let path): return try NIOSSLPrivateKey(file: path, format: .pem)
-        case .pem(let text): return try NIOSSLPrivateKey(bytes: Array(text.utf8), format: .pem)
+        try Self.loading("private key", self.privateKey) {
+            switch self.privateKey {
+            case .file(let path): return try NIOSSLPrivateKey(file: path, format: .pem)
+            case .pem(let text): return try NIOSSLPrivateKey(bytes: Array(text.utf8), format: .pem)
+            }
         }
     }
 
     func loadTrust() throws -> [NIOSSLCertificate] {
-        let roots = try Self.certificates(self.trustBundle)
+        let roots = try Self.loading("trust bundle", self.trustBundle) { try Self.certificates(self.trustBundle) }
         guard !roots.isEmpty else { throw SparkWireConfigurationError("the trust bundle holds no certificate") }
         return roots
+    }
+
+    /// Runs `load`, naming what failed to load and from where.
+    private static func loading<T>(_ what: String, _ source: Source, _ load: () throws -> T) throws -> T {
+        do {
+            return try load()
+        } catch {
+            let origin: String
+            switch source {
+            case .file(let path): origin = path
+            case .pem: origin = "inline PEM"
+            }
+            throw SparkWireConfigurationError("cannot load the \(what) from \(origin): \(error)")
+        }
     }
 
     private static func certificates(_ source: Source) throws -> [NIOSSLCertificate] {
