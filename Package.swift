@@ -102,9 +102,10 @@ let package = Package(
         // a corpus replayer; `make fuzz-wire` builds it with -sanitize=fuzzer and -DSPARKWIRE_FUZZ.
         .executableTarget(
             name: "SparkWireFuzz",
-            dependencies: ["SparkWire", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["SparkWire", "CSparkWireFuzz", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
+        .target(name: "CSparkWireFuzz"),
         // Test support shared by the tests and the benchmarks: the echo service, certificates.
         .target(
             name: "SparkTesting",

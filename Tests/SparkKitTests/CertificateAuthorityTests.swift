@@ -82,7 +82,7 @@ struct CertificateAuthorityTests {
 
         try CertificateAuthority.pruneTrust(in: directory)
         #expect(try CertificateAuthority.trustBundle(in: directory).count == 1)
-        try await withWireServer(services: [EchoService()], security: certificates.security("echo")) { _, port in
+        _ = try await withWireServer(services: [EchoService()], security: certificates.security("echo")) { _, port in
             try await withWireClient(
                 endpoints: [.init(host: "127.0.0.1", port: port)],
                 security: oldSecurity,

@@ -71,6 +71,24 @@ struct FrameCodecTests {
         #expect(try WireFrame.decode(ByteBuffer(bytes: bytes)) == frame)
     }
 
+    @Test("the byte-by-byte example in docs/wire-protocol.md is what the encoder writes")
+    func documentedExample() {
+        var request = ByteBuffer()
+        WireFrame(
+            streamID: 1,
+            headers: .init(method: "/sparkops.testing.v1.EchoService/Get", timeoutMicros: 1_000_000),
+            messages: [ByteBuffer(bytes: [0x0A, 0x02, 0x68, 0x69])],
+            endStream: true
+        ).encode(into: &request)
+        let method = Array("/sparkops.testing.v1.EchoService/Get".utf8)
+        let expected: [UInt8] = [0, 0, 0, 0x36, 0x08, 0x01, 0x12, 0x2A, 0x0A, 0x24] + method + [0x10, 0xC0, 0x84, 0x3D, 0x1A, 0x04, 0x0A, 0x02, 0x68, 0x69, 0x20, 0x01]
+        #expect(Array(buffer: request) == expected)
+
+        var response = ByteBuffer()
+        WireFrame(streamID: 1, headers: .init(), messages: [ByteBuffer(bytes: [0x0A, 0x02, 0x68, 0x69])], trailers: .init(code: 0)).encode(into: &response)
+        #expect(Array(buffer: response) == [0, 0, 0, 0x0C, 0x08, 0x01, 0x12, 0x00, 0x1A, 0x04, 0x0A, 0x02, 0x68, 0x69, 0x2A, 0x00])
+    }
+
     @Test("metadata keeps order, text and binary values")
     func metadataKinds() throws {
         var generated = Sparkops_Wire_V1_Frame()

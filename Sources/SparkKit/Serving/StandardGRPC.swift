@@ -2,7 +2,7 @@ public import GRPCCore
 public import GRPCNIOTransportHTTP2
 import NIOCore
 public import SparkWire
-public import X509
+import X509
 
 /// The optional standard gRPC listener of a SparkOps service: HTTP/2 with mutual TLS, the same
 /// services and interceptors as its SparkWire listener, so that grpcurl and gRPC clients in any

@@ -124,7 +124,7 @@ struct RawWireClient: Sendable {
     }
 
     static func connect(port: Int, tls: TLSOptions?) async throws -> RawWireClient {
-        var sslContext: NIOSSLContext?
+        var context: NIOSSLContext?
         if let tls, let certificates = tls.certificates {
             var config = TLSConfiguration.makeClientConfiguration()
             if let identity = tls.identity {
@@ -135,8 +135,9 @@ struct RawWireClient: Sendable {
             config.applicationProtocols = tls.alpn
             config.minimumTLSVersion = tls.minimumVersion
             config.maximumTLSVersion = tls.maximumVersion
-            sslContext = try NIOSSLContext(configuration: config)
+            context = try NIOSSLContext(configuration: config)
         }
+        let sslContext = context
         let log = FrameLog()
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelInitializer { channel in

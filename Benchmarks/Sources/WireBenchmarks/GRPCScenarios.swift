@@ -1,0 +1,234 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import NIOCore
+import SparkKit
+import SparkProto
+import SparkWire
+import SwiftProtobuf
+
+/// The transports compared.
+enum BenchTransport: String, CaseIterable {
+    case sparkwire
+    case http2
+    case rawtls
+
+    var title: String {
+        switch self {
+        case .sparkwire: return "SparkWire"
+        case .http2: return "gRPC HTTP/2"
+        case .rawtls: return "raw TLS"
+        }
+    }
+}
+
+enum Scenario: String, CaseIterable {
+    case unary1 = "unary-1"
+    case unary64 = "unary-64"
+    case stream
+
+    var title: String {
+        switch self {
+        case .unary1: return "unary 1 KiB, 1 call at a time"
+        case .unary64: return "unary 1 KiB, 64 concurrent calls"
+        case .stream: return "server streaming 100,000 × 256 B"
+        }
+    }
+}
+
+struct ScenarioResult: Codable {
+    var callsPerSecond: Double
+    var p50Micros: Double
+    var p99Micros: Double
+    var messagesPerSecond: Double
+    var clientPeakRSSKiB: Int
+}
+
+enum Settings {
+    static let payload = Data(repeating: 1, count: 1024)
+    static let streamCount = 100_000
+    static var warmup: Duration { .seconds(1) }
+    static var duration: Duration {
+        .seconds(Int(ProcessInfo.processInfo.environment["BENCH_SECONDS"] ?? "") ?? 5)
+    }
+}
+
+/// Serves the echo service over a gRPC transport until stdin closes or says "stop".
+func serveGRPC(_ transport: BenchTransport, certificates: String) async throws {
+    switch transport {
+    case .sparkwire:
+        let server = SparkWireServerTransport(config: .init(
+            host: "127.0.0.1", port: 0,
+            security: .mutualTLS(.directory(certificates, service: "echo")),
+            keepalive: nil,
+            methods: SparkProtoMethods.all
+        ))
+        try await runServer(server) { try await server.listeningAddress.port! }
+    case .http2:
+        let server = StandardGRPC.serverTransport(host: "127.0.0.1", port: 0, certificateDirectory: certificates, service: "echo")
+        try await runServer(server) { try await server.listeningAddress.ipv4!.port }
+    case .rawtls:
+        let channel = try await RawTLS.serve(certificates: certificates)
+        print("PORT \(channel.localAddress!.port!)")
+        fflush(stdout)
+        await waitForStop()
+        try? await channel.close()
+    }
+    print("RSS \(peakRSSKiB())")
+    fflush(stdout)
+}
+
+private func runServer<T: ServerTransport>(_ transport: T, port: @escaping @Sendable () async throws -> Int) async throws {
+    try await withGRPCServer(transport: transport, services: [BenchEchoService()]) { server in
+        print("PORT \(try await port())")
+        fflush(stdout)
+        await waitForStop()
+    }
+}
+
+/// Returns when stdin says "stop" or closes.
+func waitForStop() async {
+    await withCheckedContinuation { continuation in
+        Thread.detachNewThread {
+            while let line = readLine(), line != "stop" {}
+            continuation.resume()
+        }
+    }
+}
+
+/// Runs one scenario as a client in this process.
+func runClient(_ transport: BenchTransport, port: Int, scenario: Scenario, certificates: String) async throws -> ScenarioResult {
+    switch transport {
+    case .sparkwire:
+        let client = try SparkWireClientTransport(config: .init(
+            endpoints: [.init(host: "127.0.0.1", port: port)],
+            serverIdentity: "echo",
+            security: .mutualTLS(.directory(certificates, service: "gateway")),
+            keepalive: nil,
+            methods: SparkProtoMethods.all
+        ))
+        return try await withGRPCClient(transport: client) { try await runGRPCScenario(scenario, client: $0) }
+    case .http2:
+        let client = try StandardGRPC.clientTransport(
+            host: "127.0.0.1", port: port, certificateDirectory: certificates, identity: "gateway", serverIdentity: "echo"
+        )
+        return try await withGRPCClient(transport: client) { try await runGRPCScenario(scenario, client: $0) }
+    case .rawtls:
+        return try await runRawScenario(scenario, port: port, certificates: certificates)
+    }
+}
+
+private func runGRPCScenario<T: ClientTransport>(_ scenario: Scenario, client: GRPCClient<T>) async throws -> ScenarioResult {
+    let echo = Sparkops_Testing_V1_EchoService.Client(wrapping: client)
+    let request = Sparkops_Testing_V1_EchoRequest.with { $0.payload = Settings.payload }
+    // Connect before measuring.
+    _ = try await echo.get(request)
+    switch scenario {
+    case .unary1, .unary64:
+        let concurrency = scenario == .unary1 ? 1 : 64
+        let warmupEnd = ContinuousClock.now + Settings.warmup
+        let end = warmupEnd + Settings.duration
+        let latencies = try await withThrowingTaskGroup(of: [Int64].self) { group in
+            for _ in 0 ..< concurrency {
+                group.addTask {
+                    var latencies: [Int64] = []
+                    latencies.reserveCapacity(200_000)
+                    while true {
+                        let started = ContinuousClock.now
+                        if started >= end { break }
+                        _ = try await echo.get(request)
+                        let finished = ContinuousClock.now
+                        if started >= warmupEnd && finished <= end {
+                            latencies.append((finished - started).nanoseconds)
+                        }
+                    }
+                    return latencies
+                }
+            }
+            var all: [Int64] = []
+            for try await part in group { all += part }
+            return all
+        }
+        return ScenarioResult(latencies: latencies, over: Settings.duration)
+    case .stream:
+        let streamRequest = Sparkops_Testing_V1_EchoRequest.with {
+            $0.payload = Data(repeating: 7, count: 256)
+            $0.count = UInt32(Settings.streamCount)
+        }
+        var best = Duration.seconds(1_000)
+        for _ in 0 ..< 3 {
+            let started = ContinuousClock.now
+            let received = try await echo.expand(streamRequest) { response in
+                var count = 0
+                for try await _ in response.messages { count += 1 }
+                return count
+            }
+            precondition(received == Settings.streamCount)
+            best = min(best, ContinuousClock.now - started)
+        }
+        return ScenarioResult(streamed: Settings.streamCount, in: best)
+    }
+}
+
+private func runRawScenario(_ scenario: Scenario, port: Int, certificates: String) async throws -> ScenarioResult {
+    switch scenario {
+    case .unary1, .unary64:
+        let handler = RawUnaryClientHandler(
+            concurrency: scenario == .unary1 ? 1 : 64,
+            payloadSize: 1024 + 8,
+            warmup: Settings.warmup.timeAmount,
+            duration: Settings.duration.timeAmount,
+            eventLoop: MultiThreadedEventLoopGroup.singleton.next()
+        )
+        let channel = try await RawTLS.connect(port: port, certificates: certificates, handler: handler)
+        let (_, latencies) = try await handler.done.futureResult.get()
+        try? await channel.close()
+        return ScenarioResult(latencies: latencies, over: Settings.duration)
+    case .stream:
+        var best = Duration.seconds(1_000)
+        for _ in 0 ..< 3 {
+            let handler = RawStreamClientHandler(count: Settings.streamCount, eventLoop: MultiThreadedEventLoopGroup.singleton.next())
+            let channel = try await RawTLS.connect(port: port, certificates: certificates, handler: handler)
+            let elapsed = try await handler.done.futureResult.get()
+            try? await channel.close()
+            best = min(best, .nanoseconds(elapsed.nanoseconds))
+        }
+        return ScenarioResult(streamed: Settings.streamCount, in: best)
+    }
+}
+
+extension ScenarioResult {
+    init(latencies: [Int64], over duration: Duration) {
+        let sorted = latencies.sorted()
+        func percentile(_ p: Double) -> Double {
+            guard !sorted.isEmpty else { return 0 }
+            return Double(sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]) / 1000
+        }
+        self.init(
+            callsPerSecond: Double(sorted.count) / duration.seconds,
+            p50Micros: percentile(0.50),
+            p99Micros: percentile(0.99),
+            messagesPerSecond: 0,
+            clientPeakRSSKiB: peakRSSKiB()
+        )
+    }
+
+    init(streamed count: Int, in duration: Duration) {
+        self.init(callsPerSecond: 0, p50Micros: 0, p99Micros: 0, messagesPerSecond: Double(count) / duration.seconds, clientPeakRSSKiB: peakRSSKiB())
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(self.components.seconds) + Double(self.components.attoseconds) / 1e18 }
+    var nanoseconds: Int64 { self.components.seconds * 1_000_000_000 + self.components.attoseconds / 1_000_000_000 }
+    var timeAmount: TimeAmount { .nanoseconds(self.nanoseconds) }
+}
+
+/// The process's peak resident set size (VmHWM), in KiB.
+func peakRSSKiB() -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        return Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) ?? 0
+    }
+    return 0
+}

@@ -1,0 +1,69 @@
+# SparkOps. `make help` lists the targets.
+SHELL := /bin/bash
+SWIFT ?= swift
+SECONDS ?= 60
+
+# Debian packages the build, the tests and the polyglot clients need.
+DEBIAN_PACKAGES := protobuf-compiler protobuf-c-compiler libprotobuf-c-dev libssl-dev libpq-dev \
+	libhiredis-dev libsqlite3-dev pkg-config make gcc python3 python3-pip
+
+.PHONY: help deps build test test-swift proto proto-check clients fuzz-wire bench-wire format clean
+
+help:
+	@echo "make deps         install missing Debian packages and Python modules"
+	@echo "make build        build every executable"
+	@echo "make test         run every test"
+	@echo "make proto        regenerate Swift, C and Python code from proto/"
+	@echo "make proto-check  fail if the generated code is out of date"
+	@echo "make fuzz-wire    fuzz the SparkWire frame decoder and state machine (SECONDS=$(SECONDS))"
+	@echo "make bench-wire   SparkWire against gRPC HTTP/2 and raw TLS, side by side"
+
+# Installs only what is missing, with sudo when not root.
+deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing; \
+	fi
+	@python3 -c 'import google.protobuf' 2>/dev/null || python3 -m pip install -q -r clients/python/requirements.txt
+
+build: deps
+	$(SWIFT) build
+
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+proto:
+	scripts/proto-gen.sh
+
+proto-check:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	scripts/proto-gen.sh "$$tmp" && \
+	for dir in Sources/SparkProto/Generated clients/c/gen clients/python/gen; do \
+		diff -r "$$tmp/$$dir" "$$dir" || { echo "$$dir is out of date with proto/: run make proto"; exit 1; }; \
+	done && echo "generated code is in sync with proto/"
+
+clients:
+	$(MAKE) -C clients/c
+
+# libFuzzer over the frame decoder and connection state machine, from the committed seed corpus.
+# New inputs go to .build-fuzz/corpus; findings are written as crash-* files.
+fuzz-wire:
+	$(SWIFT) build --scratch-path .build-fuzz --product SparkWireFuzz \
+		-Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xswiftc -DSPARKWIRE_FUZZ
+	mkdir -p .build-fuzz/corpus
+	SWIFT_BACKTRACE=enable=no .build-fuzz/debug/SparkWireFuzz .build-fuzz/corpus Tests/FuzzCorpus/wire \
+		-max_total_time=$(SECONDS) -max_len=65536 -print_final_stats=1
+
+bench-wire:
+	cd Benchmarks && $(SWIFT) build -c release --product WireBenchmarks
+	Benchmarks/.build/release/WireBenchmarks
+
+format:
+	$(SWIFT) format --in-place --recursive Sources Tests Benchmarks/Sources
+
+clean:
+	rm -rf .build .build-fuzz .build-protoc Benchmarks/.build
+	$(MAKE) -C clients/c clean
