@@ -49,17 +49,22 @@ public struct SparkWireMethod: Hashable, Sendable {
 
 /// A lookup table of method traits by path.
 package struct SparkWireMethodTable: Sendable {
-    private let byPath: [String: SparkWireMethod]
+    private let byPath: [String: (method: SparkWireMethod, descriptor: MethodDescriptor)]
 
     package init(_ methods: [SparkWireMethod]) {
-        var byPath: [String: SparkWireMethod] = [:]
+        var byPath: [String: (method: SparkWireMethod, descriptor: MethodDescriptor)] = [:]
         for method in methods {
-            byPath[method.path] = method
+            byPath[method.path] = (method, method.descriptor)
         }
         self.byPath = byPath
     }
 
     package subscript(path path: String) -> SparkWireMethod? {
-        self.byPath[path]
+        self.byPath[path]?.method
+    }
+
+    /// The descriptor of a known method without parsing its path again.
+    package func descriptor(path: String) -> MethodDescriptor? {
+        self.byPath[path]?.descriptor
     }
 }

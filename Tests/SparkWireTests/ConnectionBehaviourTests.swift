@@ -126,7 +126,7 @@ struct ConnectionBehaviourTests {
         // A live server answers: after several intervals the same single connection still serves calls.
         try await withEchoPair(
             certificates: self.certificates,
-            configureClient: { $0.keepalive = SparkWireKeepalive(interval: .milliseconds(50), timeout: .milliseconds(200)) }
+            configureClient: { $0.keepalive = SparkWireKeepalive(interval: .milliseconds(50), timeout: .seconds(2)) }
         ) { echo, server, _ in
             _ = try await echo.get(.with { $0.text = "a" })
             try await Task.sleep(for: .milliseconds(600))

@@ -248,6 +248,36 @@ struct StreamBehaviourTests {
         }
     }
 
+    @Test("a slow reader's connection holds at most its byte limit of unread messages")
+    func bufferedBytesAreBounded() async throws {
+        let limit = 1 << 20
+        let frame = 256 << 10
+        try await withWireServer(services: [EchoService()], security: self.certificates.security("echo")) { _, port in
+            try await withWireClient(
+                endpoints: [.init(host: "127.0.0.1", port: port)],
+                security: self.certificates.security("client"),
+                configure: { $0.limits = SparkWireConnectionLimits(maxFrameSize: frame, initialWindow: 1024, maxBufferedBytes: limit) }
+            ) { client, transport in
+                let echo = Sparkops_Testing_V1_EchoService.Client(wrapping: client)
+                // 1,024 messages of 100 KiB would be allowed by the window: 100 MiB.
+                let received = try await echo.expand(.with {
+                    $0.count = 200
+                    $0.payload = Data(repeating: 5, count: 100 << 10)
+                }) { response in
+                    var count = 0
+                    for try await _ in response.messages {
+                        count += 1
+                        if count % 10 == 0 { try await Task.sleep(for: .milliseconds(10)) }
+                    }
+                    return count
+                }
+                #expect(received == 200)
+                #expect(transport.peakBufferedBytes > 0)
+                #expect(transport.peakBufferedBytes <= limit + 2 * frame, "peak \(transport.peakBufferedBytes)")
+            }
+        }
+    }
+
     @Test("a message larger than the peer's frame limit fails the call locally with RESOURCE_EXHAUSTED")
     func oversizedMessage() async throws {
         try await withEchoPair(

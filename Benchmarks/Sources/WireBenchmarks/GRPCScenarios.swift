@@ -1,7 +1,9 @@
 import Foundation
 import GRPCCore
+import GRPCInProcessTransport
 import GRPCNIOTransportHTTP2
 import NIOCore
+import NIOPosix
 import SparkKit
 import SparkProto
 import SparkWire
@@ -12,12 +14,15 @@ enum BenchTransport: String, CaseIterable {
     case sparkwire
     case http2
     case rawtls
+    /// GRPCCore with its in-process transport: no network, no TLS; GRPCCore's own cost per call.
+    case inprocess
 
     var title: String {
         switch self {
         case .sparkwire: return "SparkWire"
         case .http2: return "gRPC HTTP/2"
         case .rawtls: return "raw TLS"
+        case .inprocess: return "GRPCCore in-process"
         }
     }
 }
@@ -67,21 +72,21 @@ func serveGRPC(_ transport: BenchTransport, certificates: String) async throws {
     case .http2:
         let server = StandardGRPC.serverTransport(host: "127.0.0.1", port: 0, certificateDirectory: certificates, service: "echo")
         try await runServer(server) { try await server.listeningAddress.ipv4!.port }
+    case .inprocess:
+        emit("PORT 0")
+        await waitForStop()
     case .rawtls:
         let channel = try await RawTLS.serve(certificates: certificates)
-        print("PORT \(channel.localAddress!.port!)")
-        fflush(stdout)
+        emit("PORT \(channel.localAddress!.port!)")
         await waitForStop()
         try? await channel.close()
     }
-    print("RSS \(peakRSSKiB())")
-    fflush(stdout)
+    emit("RSS \(peakRSSKiB())")
 }
 
 private func runServer<T: ServerTransport>(_ transport: T, port: @escaping @Sendable () async throws -> Int) async throws {
     try await withGRPCServer(transport: transport, services: [BenchEchoService()]) { server in
-        print("PORT \(try await port())")
-        fflush(stdout)
+        emit("PORT \(try await port())")
         await waitForStop()
     }
 }
@@ -104,6 +109,7 @@ func runClient(_ transport: BenchTransport, port: Int, scenario: Scenario, certi
             endpoints: [.init(host: "127.0.0.1", port: port)],
             serverIdentity: "echo",
             security: .mutualTLS(.directory(certificates, service: "gateway")),
+            limits: SparkWireConnectionLimits(initialWindow: Int(ProcessInfo.processInfo.environment["BENCH_WINDOW"] ?? "") ?? SparkWireConnectionLimits.defaults.initialWindow),
             keepalive: nil,
             methods: SparkProtoMethods.all
         ))
@@ -115,6 +121,11 @@ func runClient(_ transport: BenchTransport, port: Int, scenario: Scenario, certi
         return try await withGRPCClient(transport: client) { try await runGRPCScenario(scenario, client: $0) }
     case .rawtls:
         return try await runRawScenario(scenario, port: port, certificates: certificates)
+    case .inprocess:
+        let pair = InProcessTransport()
+        return try await withGRPCServer(transport: pair.server, services: [BenchEchoService()]) { _ in
+            try await withGRPCClient(transport: pair.client) { try await runGRPCScenario(scenario, client: $0) }
+        }
     }
 }
 
@@ -231,4 +242,9 @@ func peakRSSKiB() -> Int {
         return Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) ?? 0
     }
     return 0
+}
+
+/// Writes a line to stdout at once (print buffers when stdout is a pipe).
+func emit(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }

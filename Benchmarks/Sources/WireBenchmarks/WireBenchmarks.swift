@@ -22,7 +22,7 @@ struct WireBenchmarks {
                 scenario: Scenario(rawValue: arguments[3])!,
                 certificates: arguments[4]
             )
-            print("RESULT " + String(decoding: try JSONEncoder().encode(result), as: UTF8.self))
+            emit("RESULT " + String(decoding: try JSONEncoder().encode(result), as: UTF8.self))
         default:
             try await Orchestrator().run()
         }
@@ -75,20 +75,20 @@ struct Report {
         func ratio(_ a: Double, _ b: Double) -> String { b == 0 ? "-" : String(format: "%.2f×", a / b) }
 
         var lines: [String] = []
-        lines.append("| scenario | metric | SparkWire | gRPC HTTP/2 | raw TLS | SparkWire / HTTP/2 | SparkWire / raw TLS |")
-        lines.append("|---|---|---:|---:|---:|---:|---:|")
+        lines.append("| scenario | metric | SparkWire | gRPC HTTP/2 | raw TLS | GRPCCore in-process | SparkWire / HTTP/2 | SparkWire / raw TLS | SparkWire / in-process |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for scenario in Scenario.allCases {
-            let wire = value(.sparkwire, scenario), h2 = value(.http2, scenario), raw = value(.rawtls, scenario)
+            let wire = value(.sparkwire, scenario), h2 = value(.http2, scenario), raw = value(.rawtls, scenario), local = value(.inprocess, scenario)
             let unit = scenario == .stream ? "messages/s" : "calls/s"
-            lines.append("| \(scenario.title) | \(unit) | \(number(rate(wire, scenario))) | \(number(rate(h2, scenario))) | \(number(rate(raw, scenario))) | \(ratio(rate(wire, scenario), rate(h2, scenario))) | \(ratio(rate(wire, scenario), rate(raw, scenario))) |")
+            lines.append("| \(scenario.title) | \(unit) | \(number(rate(wire, scenario))) | \(number(rate(h2, scenario))) | \(number(rate(raw, scenario))) | \(number(rate(local, scenario))) | \(ratio(rate(wire, scenario), rate(h2, scenario))) | \(ratio(rate(wire, scenario), rate(raw, scenario))) | \(ratio(rate(wire, scenario), rate(local, scenario))) |")
             if scenario != .stream {
-                lines.append("| | p50 µs | \(number(wire.p50Micros)) | \(number(h2.p50Micros)) | \(number(raw.p50Micros)) | \(ratio(wire.p50Micros, h2.p50Micros)) | |")
-                lines.append("| | p99 µs | \(number(wire.p99Micros)) | \(number(h2.p99Micros)) | \(number(raw.p99Micros)) | \(ratio(wire.p99Micros, h2.p99Micros)) | |")
+                lines.append("| | p50 µs | \(number(wire.p50Micros)) | \(number(h2.p50Micros)) | \(number(raw.p50Micros)) | \(number(local.p50Micros)) | \(ratio(wire.p50Micros, h2.p50Micros)) | | |")
+                lines.append("| | p99 µs | \(number(wire.p99Micros)) | \(number(h2.p99Micros)) | \(number(raw.p99Micros)) | \(number(local.p99Micros)) | \(ratio(wire.p99Micros, h2.p99Micros)) | | |")
             }
         }
         let clientPeak = { (t: BenchTransport) in Scenario.allCases.map { value(t, $0).clientPeakRSSKiB }.max() ?? 0 }
-        lines.append("| peak RSS, server | MiB | \(self.serverRSS[.sparkwire]! / 1024) | \(self.serverRSS[.http2]! / 1024) | \(self.serverRSS[.rawtls]! / 1024) | \(ratio(Double(self.serverRSS[.sparkwire]!), Double(self.serverRSS[.http2]!))) | |")
-        lines.append("| peak RSS, client (largest scenario) | MiB | \(clientPeak(.sparkwire) / 1024) | \(clientPeak(.http2) / 1024) | \(clientPeak(.rawtls) / 1024) | \(ratio(Double(clientPeak(.sparkwire)), Double(clientPeak(.http2)))) | |")
+        lines.append("| peak RSS, server | MiB | \(self.serverRSS[.sparkwire]! / 1024) | \(self.serverRSS[.http2]! / 1024) | \(self.serverRSS[.rawtls]! / 1024) | (in client) | \(ratio(Double(self.serverRSS[.sparkwire]!), Double(self.serverRSS[.http2]!))) | | |")
+        lines.append("| peak RSS, client (largest scenario) | MiB | \(clientPeak(.sparkwire) / 1024) | \(clientPeak(.http2) / 1024) | \(clientPeak(.rawtls) / 1024) | \(clientPeak(.inprocess) / 1024) | \(ratio(Double(clientPeak(.sparkwire)), Double(clientPeak(.http2)))) | | |")
         return lines.joined(separator: "\n")
     }
 }

@@ -12,6 +12,7 @@ final class ClientConnection: Sendable {
     let remotePeer: String
     let localPeer: String
     let localWindow: UInt32
+    let executor: EventLoopTaskExecutor
     private let handler: NIOLoopBound<ConnectionHandler>
 
     private init(channel: any Channel, handler: ConnectionHandler, localWindow: UInt32) {
@@ -20,6 +21,7 @@ final class ClientConnection: Sendable {
         self.events = handler.clientEvents
         self.handler = NIOLoopBound(handler, eventLoop: channel.eventLoop)
         self.localWindow = localWindow
+        self.executor = EventLoopTaskExecutor(channel.eventLoop)
         self.remotePeer = channel.remoteAddress.map(ServerConnection.describe) ?? "unknown"
         self.localPeer = channel.localAddress.map(ServerConnection.describe) ?? "unknown"
     }

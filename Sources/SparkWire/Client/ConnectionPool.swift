@@ -266,6 +266,11 @@ final class ConnectionPool: Sendable {
         for connection in connections { connection.close() }
     }
 
+    /// The most unread bytes any live connection has held; for tests.
+    var peakBufferedBytes: Int {
+        self.state.withLock { state in state.live.values.map(\.outbox.peakBufferedBytes).max() ?? 0 }
+    }
+
     /// Subchannels ready now; for tests.
     var readyCount: Int { self.state.withLock { $0.ready.count } }
 }

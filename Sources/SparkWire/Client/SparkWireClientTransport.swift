@@ -50,6 +50,9 @@ public final class SparkWireClientTransport: ClientTransport {
         public var methods: [SparkWireMethod]
         /// Retry policy for idempotent methods; nil disables retries.
         public var retryPolicy: RetryPolicy?
+        /// Run the transport side of each call (GRPCCore's executor, serialization) on the
+        /// connection's event loop thread, avoiding thread hops per message.
+        public var runsCallsOnEventLoop: Bool
 
         public init(
             endpoints: [SparkWireEndpoint],
@@ -62,8 +65,10 @@ public final class SparkWireClientTransport: ClientTransport {
             connectionsPerAddress: Int = 1,
             resolutionInterval: Duration = .seconds(30),
             methods: [SparkWireMethod] = [],
-            retryPolicy: RetryPolicy? = SparkWireClientTransport.defaultRetryPolicy
+            retryPolicy: RetryPolicy? = SparkWireClientTransport.defaultRetryPolicy,
+            runsCallsOnEventLoop: Bool = true
         ) {
+            self.runsCallsOnEventLoop = runsCallsOnEventLoop
             self.endpoints = endpoints
             self.serverIdentity = serverIdentity
             self.security = security
@@ -296,7 +301,13 @@ public final class SparkWireClientTransport: ClientTransport {
         )
         let result: Result<T, any Error>
         do {
-            result = .success(try await closure(rpcStream, context))
+            if self.config.runsCallsOnEventLoop {
+                result = .success(try await withTaskExecutorPreference(connection.executor) {
+                    try await closure(rpcStream, context)
+                })
+            } else {
+                result = .success(try await closure(rpcStream, context))
+            }
         } catch {
             result = .failure(error)
         }
@@ -320,6 +331,9 @@ public final class SparkWireClientTransport: ClientTransport {
             }
         }
     }
+
+    /// The most unread message bytes a connection has held; for tests.
+    package var peakBufferedBytes: Int { self.pool.peakBufferedBytes }
 
     /// Connections ready for new calls; for tests.
     package var readyConnectionCount: Int { self.pool.readyCount }

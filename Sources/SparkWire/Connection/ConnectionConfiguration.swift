@@ -17,19 +17,25 @@ public struct SparkWireKeepalive: Hashable, Sendable {
 public struct SparkWireConnectionLimits: Hashable, Sendable {
     /// Largest frame accepted, in bytes without the prefix; announced to the peer. Default 4 MiB.
     public var maxFrameSize: Int
-    /// Messages the peer may send on a stream before this side grants more. Default 64.
+    /// Messages the peer may send on a stream before this side grants more. Default 256.
     public var initialWindow: Int
     /// Streams the peer may have open at once on this connection (servers). Default 100.
     public var maxConcurrentStreams: Int
+    /// Bytes of received messages a connection may hold that no call has read yet. Above it the
+    /// connection stops reading from its socket (TCP pushes back on the sender) until readers have
+    /// drained it below half. Default 16 MiB. Memory per connection is bounded by this plus one frame.
+    public var maxBufferedBytes: Int
 
     public init(
         maxFrameSize: Int = Int(SparkWireProtocol.defaultMaxFrameSize),
         initialWindow: Int = Int(SparkWireProtocol.defaultInitialWindow),
-        maxConcurrentStreams: Int = Int(SparkWireProtocol.defaultMaxConcurrentStreams)
+        maxConcurrentStreams: Int = Int(SparkWireProtocol.defaultMaxConcurrentStreams),
+        maxBufferedBytes: Int = 16 << 20
     ) {
         self.maxFrameSize = maxFrameSize
         self.initialWindow = initialWindow
         self.maxConcurrentStreams = maxConcurrentStreams
+        self.maxBufferedBytes = maxBufferedBytes
     }
 
     public static let defaults = SparkWireConnectionLimits()

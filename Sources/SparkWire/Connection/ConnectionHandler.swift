@@ -1,4 +1,4 @@
-import GRPCCore
+package import GRPCCore
 package import Logging
 package import NIOCore
 import NIOSSL
@@ -10,6 +10,8 @@ import NIOTLS
 package struct InboundStreamOpen: Sendable {
     package var channel: StreamChannel
     package var method: String
+    /// The method's descriptor when the method table knows it.
+    package var descriptor: MethodDescriptor?
     package var deadline: ContinuousClock.Instant?
     package var peer: SparkWirePeer
 }
@@ -59,7 +61,7 @@ package final class ConnectionHandler: ChannelDuplexHandler {
     ) {
         self.configuration = configuration
         self.stateMachine = ConnectionStateMachine(role: .server, local: configuration.limits.stateMachineLimits)
-        self.outbox = ConnectionOutbox(eventLoop: eventLoop)
+        self.outbox = ConnectionOutbox(eventLoop: eventLoop, maxBufferedBytes: configuration.limits.maxBufferedBytes)
         self.newStreams = newStreams
         self.readyPromise = nil
         self.goingAwayPromise = nil
@@ -70,7 +72,7 @@ package final class ConnectionHandler: ChannelDuplexHandler {
     package init(client configuration: ConnectionConfiguration, eventLoop: any EventLoop, logger: Logger) {
         self.configuration = configuration
         self.stateMachine = ConnectionStateMachine(role: .client, local: configuration.limits.stateMachineLimits)
-        self.outbox = ConnectionOutbox(eventLoop: eventLoop)
+        self.outbox = ConnectionOutbox(eventLoop: eventLoop, maxBufferedBytes: configuration.limits.maxBufferedBytes)
         self.newStreams = nil
         self.readyPromise = eventLoop.makePromise()
         self.goingAwayPromise = eventLoop.makePromise()
@@ -86,7 +88,7 @@ package final class ConnectionHandler: ChannelDuplexHandler {
     package func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        self.outbox.setDrainer { loopBound.value.drain() }
+        self.outbox.setDrainer({ loopBound.value.drain() }, resumeReads: { loopBound.value.resumeReads() })
         if context.channel.isActive && !self.configuration.usesTLS {
             self.start(context: context)
         }
@@ -237,6 +239,7 @@ package final class ConnectionHandler: ChannelDuplexHandler {
     private func openStream(_ delivery: ConnectionStateMachine.Delivery, context: ChannelHandlerContext) {
         let headers = delivery.headers ?? .init()
         let method = self.configuration.methods[path: headers.method]
+        let descriptor = method == nil ? nil : self.configuration.methods.descriptor(path: headers.method)
         let channel = StreamChannel(
             id: delivery.streamID,
             outbox: self.outbox,
@@ -258,7 +261,7 @@ package final class ConnectionHandler: ChannelDuplexHandler {
             self.scheduleDeadline(streamID: delivery.streamID, in: .microseconds(micros), context: context)
         }
         self.newStreams?.yield(
-            InboundStreamOpen(channel: channel, method: headers.method, deadline: deadline, peer: self.peer)
+            InboundStreamOpen(channel: channel, method: headers.method, descriptor: descriptor, deadline: deadline, peer: self.peer)
         )
     }
 
@@ -398,6 +401,25 @@ package final class ConnectionHandler: ChannelDuplexHandler {
         var buffer = context.channel.allocator.buffer(capacity: frame.encodedSize + SparkWireProtocol.prefixLength)
         frame.encode(into: &buffer)
         context.write(self.wrapOutboundOut(buffer), promise: nil)
+    }
+
+    // MARK: Read pausing
+
+    private var readHeld = false
+
+    /// Holds socket reads while the connection buffers more unread bytes than it may.
+    package func read(context: ChannelHandlerContext) {
+        if self.outbox.shouldPauseReads() {
+            self.readHeld = true
+        } else {
+            context.read()
+        }
+    }
+
+    package func resumeReads() {
+        guard self.readHeld, let context = self.context else { return }
+        self.readHeld = false
+        context.read()
     }
 
     package func channelWritabilityChanged(context: ChannelHandlerContext) {

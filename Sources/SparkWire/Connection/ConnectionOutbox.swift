@@ -14,6 +14,7 @@ package final class ConnectionOutbox: Sendable {
         var queue: [StreamChannel] = []
         var drainScheduled = false
         var drainer: (@Sendable () -> Void)?
+        var resumeReads: (@Sendable () -> Void)?
         var writabilityWaiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
         var nextWaiterID: UInt64 = 0
         var closedError: RPCError?
@@ -32,14 +33,60 @@ package final class ConnectionOutbox: Sendable {
     private let peerMaxFrameSize = Atomic<Int>(Int(SparkWireProtocol.defaultMaxFrameSize))
     private let peerWindow = Atomic<Int>(Int(SparkWireProtocol.defaultInitialWindow))
 
-    package init(eventLoop: any EventLoop) {
+    // Received message bytes not yet read by a call, and the read pause they cause.
+    private let buffered = Atomic<Int>(0)
+    private let bufferedPeak = Atomic<Int>(0)
+    private let readsPaused = Atomic<Bool>(false)
+    package let maxBufferedBytes: Int
+
+    package init(eventLoop: any EventLoop, maxBufferedBytes: Int = 16 << 20) {
         self.eventLoop = eventLoop
+        self.maxBufferedBytes = maxBufferedBytes
     }
 
-    /// The event loop's drain; set once by the connection handler.
-    package func setDrainer(_ drainer: @escaping @Sendable () -> Void) {
-        self.state.withLock { $0.drainer = drainer }
+    /// The event loop's drain and read resumption; set once by the connection handler.
+    package func setDrainer(_ drainer: @escaping @Sendable () -> Void, resumeReads: @escaping @Sendable () -> Void) {
+        self.state.withLock {
+            $0.drainer = drainer
+            $0.resumeReads = resumeReads
+        }
     }
+
+    // MARK: Received bytes
+
+    /// Event loop: messages of `bytes` were handed to a stream.
+    package func received(bytes: Int) {
+        let total = self.buffered.add(bytes, ordering: .relaxed).newValue
+        if total > self.bufferedPeak.load(ordering: .relaxed) {
+            self.bufferedPeak.store(total, ordering: .relaxed)
+        }
+    }
+
+    /// A call read (or a failed stream dropped) messages of `bytes`.
+    package func consumed(bytes: Int) {
+        guard bytes > 0 else { return }
+        let total = self.buffered.subtract(bytes, ordering: .relaxed).newValue
+        if total <= self.maxBufferedBytes / 2, self.readsPaused.compareExchange(expected: true, desired: false, ordering: .relaxed).exchanged {
+            if let resume = self.state.withLock({ $0.resumeReads }) {
+                self.eventLoop.execute(resume)
+            }
+        }
+    }
+
+    /// Event loop: whether to hold the next socket read, and if so marks reads as paused.
+    package func shouldPauseReads() -> Bool {
+        guard self.buffered.load(ordering: .relaxed) > self.maxBufferedBytes else { return false }
+        self.readsPaused.store(true, ordering: .relaxed)
+        // A reader may have drained the buffer between the check and the flag.
+        if self.buffered.load(ordering: .relaxed) <= self.maxBufferedBytes / 2 {
+            self.readsPaused.store(false, ordering: .relaxed)
+            return false
+        }
+        return true
+    }
+
+    /// The most bytes ever held unread on this connection; for tests.
+    package var peakBufferedBytes: Int { self.bufferedPeak.load(ordering: .relaxed) }
 
     /// Largest message that fits in a frame the peer accepts, leaving room for the frame's other parts.
     package var maxMessageSize: Int {

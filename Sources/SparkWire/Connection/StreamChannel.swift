@@ -153,6 +153,7 @@ package final class StreamChannel: Sendable {
     /// Abandons the stream from the call's side: unsent parts are dropped, the peer gets a Cancel
     /// if it ever saw the stream, readers and writers fail with `error`.
     package func cancel(_ error: RPCError) {
+        var droppedBytes = 0
         let (flush, reader, waiter) = self.state.withLock { state in
             if state.cancelled {
                 return (false, nil as CheckedContinuation<InboundPart?, any Error>?, nil as CheckedContinuation<Void, any Error>?)
@@ -162,16 +163,31 @@ package final class StreamChannel: Sendable {
             state.pending = Pending()
             state.pending.cancel = WireFrame.Cancel(code: UInt32(error.code.rawValue), message: error.message)
             if state.inboundEnd == nil { state.inboundEnd = .failed(error) }
-            state.inbound.removeAll()
+            droppedBytes = Self.dropInbound(&state)
             let reader = state.reader
             state.reader = nil
             let waiter = state.creditWaiter
             state.creditWaiter = nil
             return (self.requestFlush(&state, force: true), reader, waiter)
         }
+        self.outbox.consumed(bytes: droppedBytes)
         reader?.resume(throwing: error)
         waiter?.resume(throwing: error)
         if flush { self.outbox.enqueue(self) }
+    }
+
+    /// Empties the inbound buffer; returns the message bytes it held.
+    private static func dropInbound(_ state: inout State) -> Int {
+        var bytes = 0
+        for case .message(let message) in state.inbound { bytes += message.readableBytes }
+        state.inbound.removeAll()
+        return bytes
+    }
+
+    deinit {
+        // Messages no call read still count against the connection's buffer until released here.
+        let leftover = self.state.withLock { Self.dropInbound(&$0) }
+        self.outbox.consumed(bytes: leftover)
     }
 
     private static func checkWritable(_ phase: OutboundPhase) throws(RPCError) {
@@ -266,6 +282,7 @@ package final class StreamChannel: Sendable {
     private func takeInbound(_ state: inout State) -> TakeResult? {
         if let part = state.inbound.popFirst() {
             var enqueue = false
+            if case .message(let message) = part { self.outbox.consumed(bytes: message.readableBytes) }
             if case .message = part, state.inboundEnd == nil {
                 state.consumedSinceUpdate += 1
                 if state.consumedSinceUpdate >= self.updateThreshold, !state.cancelled {
@@ -307,14 +324,23 @@ package final class StreamChannel: Sendable {
     package func deliver(_ parts: some Sequence<InboundPart>, end: Bool) {
         let reader: CheckedContinuation<InboundPart?, any Error>?
         let result: TakeResult?
+        let parts = Array(parts)
+        var bytes = 0
+        for case .message(let message) in parts { bytes += message.readableBytes }
+        self.outbox.received(bytes: bytes)
+        var dropped = false
         (reader, result) = self.state.withLock { state in
-            guard state.inboundEnd == nil else { return (nil, nil) }
+            guard state.inboundEnd == nil else {
+                dropped = true
+                return (nil, nil)
+            }
             state.inbound.append(contentsOf: parts)
             if end { state.inboundEnd = .finished }
             guard let reader = state.reader, let result = self.takeInbound(&state) else { return (nil, nil) }
             state.reader = nil
             return (reader, result)
         }
+        if dropped { self.outbox.consumed(bytes: bytes) }
         guard let reader, let result else { return }
         switch result {
         case .part(let part, let enqueue):
@@ -341,13 +367,14 @@ package final class StreamChannel: Sendable {
     /// connection closed. Readers and writers fail with `error`; a server handler is cancelled.
     /// Parts already received stay readable when `keepReceived` is set.
     package func fail(_ error: RPCError, keepReceived: Bool = false) {
+        var droppedBytes = 0
         let (reader, waiter, handle) = self.state.withLock { state in
             if case .open = state.outbound { state.outbound = .failed(error) }
             state.pending = Pending()
             state.cancelled = true
             if state.inboundEnd == nil {
                 state.inboundEnd = .failed(error)
-                if !keepReceived { state.inbound.removeAll() }
+                if !keepReceived { droppedBytes = Self.dropInbound(&state) }
             }
             var reader = state.reader
             state.reader = nil
@@ -362,6 +389,7 @@ package final class StreamChannel: Sendable {
             state.lifecycleWaiter = nil
             return (reader, waiter, (state.cancellationHandle, lifecycle))
         }
+        self.outbox.consumed(bytes: droppedBytes)
         // The RPC is marked cancelled before its reader wakes, so a handler that sees the error
         // also sees `context.cancellation.isCancelled`.
         handle.0?.cancel()

@@ -125,7 +125,7 @@ public enum SparkWireProtocol {
     public static let alpn = "sparkwire/1"
     public static let version: UInt32 = 1
     /// Messages a peer may send on a new stream before it receives a WindowUpdate, unless Settings say otherwise.
-    public static let defaultInitialWindow: UInt32 = 64
+    public static let defaultInitialWindow: UInt32 = 256
     /// Bytes of a frame, without its 4-byte prefix, unless Settings say otherwise.
     public static let defaultMaxFrameSize: UInt32 = 4 * 1024 * 1024
     /// Streams a peer may have open at once, unless Settings say otherwise.

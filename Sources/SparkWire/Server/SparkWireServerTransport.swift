@@ -36,6 +36,9 @@ public final class SparkWireServerTransport: ServerTransport {
         public var handshakeTimeout: Duration
         /// Method traits, so that single responses travel as one frame.
         public var methods: [SparkWireMethod]
+        /// Run each connection's handlers on its event loop thread (no thread hop per call). Turn
+        /// off for handlers that do long blocking work.
+        public var runsHandlersOnEventLoop: Bool
 
         public init(
             host: String,
@@ -45,8 +48,10 @@ public final class SparkWireServerTransport: ServerTransport {
             keepalive: SparkWireKeepalive? = SparkWireKeepalive(interval: .seconds(60), timeout: .seconds(20)),
             gracePeriod: Duration = .seconds(30),
             handshakeTimeout: Duration = .seconds(10),
-            methods: [SparkWireMethod] = []
+            methods: [SparkWireMethod] = [],
+            runsHandlersOnEventLoop: Bool = true
         ) {
+            self.runsHandlersOnEventLoop = runsHandlersOnEventLoop
             self.host = host
             self.port = port
             self.security = security
@@ -150,6 +155,7 @@ public final class SparkWireServerTransport: ServerTransport {
         )
         let maxFrameSize = self.config.limits.maxFrameSize
         let handshakeTimeout = self.config.handshakeTimeout.timeAmount
+        let runsOnEventLoop = self.config.runsHandlersOnEventLoop
         let logger = self.logger
         return try await ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 256)
@@ -178,7 +184,7 @@ public final class SparkWireServerTransport: ServerTransport {
                             }
                         }
                     }
-                    return ServerConnection(channel: channel, handler: handler, streams: streams)
+                    return ServerConnection(channel: channel, handler: handler, streams: streams, onEventLoop: runsOnEventLoop)
                 }
             }
     }
@@ -224,9 +230,11 @@ final class ServerConnection: Sendable {
     private let streams: AsyncStream<InboundStreamOpen>
     private let remotePeer: String
     private let localPeer: String
+    private let executor: EventLoopTaskExecutor?
 
-    init(channel: any Channel, handler: ConnectionHandler, streams: AsyncStream<InboundStreamOpen>) {
+    init(channel: any Channel, handler: ConnectionHandler, streams: AsyncStream<InboundStreamOpen>, onEventLoop: Bool) {
         self.channel = channel
+        self.executor = onEventLoop ? EventLoopTaskExecutor(channel.eventLoop) : nil
         self.handler = NIOLoopBound(handler, eventLoop: channel.eventLoop)
         self.streams = streams
         self.remotePeer = channel.remoteAddress.map(Self.describe) ?? "unknown"
@@ -239,10 +247,12 @@ final class ServerConnection: Sendable {
             _ context: ServerContext
         ) async -> Void
     ) async {
-        await withDiscardingTaskGroup { group in
-            for await open in self.streams {
-                group.addTask {
-                    await self.handle(open, streamHandler: streamHandler)
+        await withTaskExecutorPreference(self.executor) {
+            await withDiscardingTaskGroup { group in
+                for await open in self.streams {
+                    group.addTask {
+                        await self.handle(open, streamHandler: streamHandler)
+                    }
                 }
             }
         }
@@ -255,7 +265,7 @@ final class ServerConnection: Sendable {
             _ context: ServerContext
         ) async -> Void
     ) async {
-        let descriptor = MethodDescriptor(path: open.method)
+        let descriptor = open.descriptor ?? MethodDescriptor(path: open.method)
         await withServerContextRPCCancellationHandle { handle in
             open.channel.setCancellationHandle(handle)
             var context = ServerContext(
