@@ -47,6 +47,8 @@ struct ScenarioResult: Codable {
     var p99Micros: Double
     var messagesPerSecond: Double
     var clientPeakRSSKiB: Int
+    /// Calls that failed during the measurement (each is retried by the loop, not counted as done).
+    var failedCalls: Int = 0
 }
 
 enum Settings {
@@ -111,7 +113,10 @@ func runClient(_ transport: BenchTransport, port: Int, scenario: Scenario, certi
             security: .mutualTLS(.directory(certificates, service: "gateway")),
             limits: SparkWireConnectionLimits(initialWindow: Int(ProcessInfo.processInfo.environment["BENCH_WINDOW"] ?? "") ?? SparkWireConnectionLimits.defaults.initialWindow),
             keepalive: nil,
-            methods: SparkProtoMethods.all
+            methods: SparkProtoMethods.all,
+            // Every transport runs GRPCCore's one-shot executor: the HTTP/2 client has no retry
+            // policy, so neither does SparkWire here (GRPCCore's retry executor costs ~20 %).
+            retryPolicy: nil
         ))
         return try await withGRPCClient(transport: client) { try await runGRPCScenario(scenario, client: $0) }
     case .http2:
@@ -139,28 +144,41 @@ private func runGRPCScenario<T: ClientTransport>(_ scenario: Scenario, client: G
         let concurrency = scenario == .unary1 ? 1 : 64
         let warmupEnd = ContinuousClock.now + Settings.warmup
         let end = warmupEnd + Settings.duration
-        let latencies = try await withThrowingTaskGroup(of: [Int64].self) { group in
+        let (latencies, failures) = try await withThrowingTaskGroup(of: ([Int64], Int).self) { group in
             for _ in 0 ..< concurrency {
                 group.addTask {
                     var latencies: [Int64] = []
+                    var failures = 0
                     latencies.reserveCapacity(200_000)
                     while true {
                         let started = ContinuousClock.now
                         if started >= end { break }
-                        _ = try await echo.get(request)
+                        do {
+                            _ = try await echo.get(request)
+                        } catch {
+                            failures += 1
+                            if failures == 1 { FileHandle.standardError.write(Data("call failed: \(error)\n".utf8)) }
+                            continue
+                        }
                         let finished = ContinuousClock.now
                         if started >= warmupEnd && finished <= end {
                             latencies.append((finished - started).nanoseconds)
                         }
                     }
-                    return latencies
+                    return (latencies, failures)
                 }
             }
             var all: [Int64] = []
-            for try await part in group { all += part }
-            return all
+            var failures = 0
+            for try await part in group {
+                all += part.0
+                failures += part.1
+            }
+            return (all, failures)
         }
-        return ScenarioResult(latencies: latencies, over: Settings.duration)
+        var result = ScenarioResult(latencies: latencies, over: Settings.duration)
+        result.failedCalls = failures
+        return result
     case .stream:
         let streamRequest = Sparkops_Testing_V1_EchoRequest.with {
             $0.payload = Data(repeating: 7, count: 256)

@@ -86,6 +86,8 @@ struct Report {
                 lines.append("| | p99 µs | \(number(wire.p99Micros)) | \(number(h2.p99Micros)) | \(number(raw.p99Micros)) | \(number(local.p99Micros)) | \(ratio(wire.p99Micros, h2.p99Micros)) | | |")
             }
         }
+        let failures = BenchTransport.allCases.map { t in (t, Scenario.allCases.reduce(0) { $0 + value(t, $1).failedCalls }) }
+        lines.append("| failed calls | count | \(failures[0].1) | \(failures[1].1) | \(failures[2].1) | \(failures[3].1) | | | |")
         let clientPeak = { (t: BenchTransport) in Scenario.allCases.map { value(t, $0).clientPeakRSSKiB }.max() ?? 0 }
         lines.append("| peak RSS, server | MiB | \(self.serverRSS[.sparkwire]! / 1024) | \(self.serverRSS[.http2]! / 1024) | \(self.serverRSS[.rawtls]! / 1024) | (in client) | \(ratio(Double(self.serverRSS[.sparkwire]!), Double(self.serverRSS[.http2]!))) | | |")
         lines.append("| peak RSS, client (largest scenario) | MiB | \(clientPeak(.sparkwire) / 1024) | \(clientPeak(.http2) / 1024) | \(clientPeak(.rawtls) / 1024) | \(clientPeak(.inprocess) / 1024) | \(ratio(Double(clientPeak(.sparkwire)), Double(clientPeak(.http2)))) | | |")
