@@ -1,5 +1,6 @@
 public import GRPCCore
-import NIOCore
+public import NIOCore
+public import NIOPosix
 public import SparkProto
 public import SparkWire
 
@@ -9,11 +10,12 @@ public func withWireServer<Result: Sendable>(
     security: SparkWireSecurity,
     configure: (inout SparkWireServerTransport.Config) -> Void = { _ in },
     interceptors: [any ServerInterceptor] = [],
+    eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
     _ body: (_ transport: SparkWireServerTransport, _ port: Int) async throws -> Result
 ) async throws -> Result {
     var config = SparkWireServerTransport.Config(host: "127.0.0.1", port: 0, security: security, methods: SparkProtoMethods.all)
     configure(&config)
-    let transport = SparkWireServerTransport(config: config)
+    let transport = SparkWireServerTransport(config: config, eventLoopGroup: eventLoopGroup)
     return try await withGRPCServer(transport: transport, services: services, interceptors: interceptors) { _ in
         let port = try await transport.listeningAddress.port!
         return try await body(transport, port)
@@ -26,6 +28,7 @@ public func withWireClient<Result: Sendable>(
     serverIdentity: String? = "echo",
     security: SparkWireSecurity,
     configure: (inout SparkWireClientTransport.Config) -> Void = { _ in },
+    eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
     _ body: (_ client: GRPCClient<SparkWireClientTransport>, _ transport: SparkWireClientTransport) async throws -> Result
 ) async throws -> Result {
     var config = SparkWireClientTransport.Config(
@@ -35,7 +38,7 @@ public func withWireClient<Result: Sendable>(
         methods: SparkProtoMethods.all
     )
     configure(&config)
-    let transport = try SparkWireClientTransport(config: config)
+    let transport = try SparkWireClientTransport(config: config, eventLoopGroup: eventLoopGroup)
     return try await withGRPCClient(transport: transport) { client in
         try await body(client, transport)
     }
@@ -49,18 +52,21 @@ public func withEchoPair<Result: Sendable>(
     configureClient: (inout SparkWireClientTransport.Config) -> Void = { _ in },
     interceptors: [any ServerInterceptor] = [],
     clientIdentity: String = "client",
+    eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
     _ body: (_ echo: Sparkops_Testing_V1_EchoService.Client<SparkWireClientTransport>, _ server: SparkWireServerTransport, _ port: Int) async throws -> Result
 ) async throws -> Result {
     try await withWireServer(
         services: [service],
         security: certificates.security("echo"),
         configure: configureServer,
-        interceptors: interceptors
+        interceptors: interceptors,
+        eventLoopGroup: eventLoopGroup
     ) { server, port in
         try await withWireClient(
             endpoints: [SparkWireEndpoint(host: "127.0.0.1", port: port)],
             security: certificates.security(clientIdentity),
-            configure: configureClient
+            configure: configureClient,
+            eventLoopGroup: eventLoopGroup
         ) { client, _ in
             try await body(Sparkops_Testing_V1_EchoService.Client(wrapping: client), server, port)
         }

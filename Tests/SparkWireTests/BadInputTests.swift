@@ -24,9 +24,15 @@ struct BadInputTests {
     func withServerUnderAttack(
         service: EchoService = EchoService(),
         configure: (inout SparkWireServerTransport.Config) -> Void = { _ in },
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         _ attack: (_ port: Int, _ server: SparkWireServerTransport) async throws -> Void
     ) async throws {
-        try await withEchoPair(certificates: self.certificates, service: service, configureServer: configure) { echo, server, port in
+        try await withEchoPair(
+            certificates: self.certificates,
+            service: service,
+            configureServer: configure,
+            eventLoopGroup: eventLoopGroup
+        ) { echo, server, port in
             _ = try await echo.get(.with { $0.text = "before" })
             try await attack(port, server)
             let after = try await echo.get(.with { $0.text = "after" })
@@ -249,8 +255,11 @@ struct BadInputTests {
 
     @Test("10,000 streams opened and abandoned leave the server clean")
     func abandonedStreams() async throws {
+        // Event loops of its own, so that this load does not slow the other tests' connections.
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { group.shutdownGracefully { _ in } }
         let service = EchoService()
-        try await self.withServerUnderAttack(service: service) { port, server in
+        try await self.withServerUnderAttack(service: service, eventLoopGroup: group) { port, server in
             let client = try await RawWireClient.handshake(port: port, certificates: self.certificates)
             let update = "/sparkops.testing.v1.EchoService/Update"
             for batch in 0 ..< 100 {
@@ -275,7 +284,7 @@ struct BadInputTests {
         }
 
         // The same through the real client: 10,000 calls started and then cancelled.
-        try await withEchoPair(certificates: self.certificates, service: service) { echo, server, _ in
+        try await withEchoPair(certificates: self.certificates, service: service, eventLoopGroup: group) { echo, server, _ in
             await withTaskGroup { group in
                 for _ in 0 ..< 10_000 {
                     group.addTask {

@@ -56,8 +56,9 @@ struct ConnectionBehaviourTests {
         try await withWireServer(services: [service], security: self.certificates.security("echo")) { transport, port in
             let client = try await RawWireClient.handshake(port: port, certificates: self.certificates)
             defer { Task { await client.close() } }
+            // Long enough that the connection is still draining when stream 3 arrives.
             var metadata = Metadata()
-            metadata.addString("300", forKey: "echo-delay-ms")
+            metadata.addString("2000", forKey: "echo-delay-ms")
             try await client.send(WireFrame(
                 streamID: 1,
                 headers: .init(method: "/sparkops.testing.v1.EchoService/Get", metadata: metadata),
@@ -74,7 +75,7 @@ struct ConnectionBehaviourTests {
                 messages: [ByteBuffer()],
                 endStream: true
             ))
-            let frames = try await client.log.wait { frames, closed in closed }
+            let frames = try await client.log.wait(timeout: .seconds(10)) { frames, closed in closed }
             #expect(frames.first { $0.streamID == 3 }?.trailers?.code == UInt32(Status.Code.unavailable.rawValue))
             #expect(frames.first { $0.streamID == 1 }?.trailers?.code == 0)
             #expect(service.callCount("Get") == 1)

@@ -82,14 +82,14 @@ struct StreamBehaviourTests {
             // Connect first, so that the deadline covers the call and not the TLS handshake.
             _ = try await echo.get(.with { $0.text = "warm up" })
             var options = CallOptions.defaults
-            options.timeout = .milliseconds(300)
+            options.timeout = .seconds(1)
             let started = ContinuousClock.now
             await #expect {
                 _ = try await echo.get(.with { $0.text = "slow" }, metadata: ["echo-delay-ms": "5000"], options: options)
             } throws: { error in
                 (error as? RPCError)?.code == .deadlineExceeded
             }
-            #expect(ContinuousClock.now - started < .seconds(3))
+            #expect(ContinuousClock.now - started < .seconds(4))
             #expect(service.callCount("Get") == 2)
             // The server gave up too: the handler was cancelled and the stream is gone.
             try await eventually { service.cancelledCount == 1 }
