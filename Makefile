@@ -41,7 +41,7 @@ proto:
 proto-check:
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	scripts/proto-gen.sh "$$tmp" && \
-	for dir in Sources/SparkProto/Generated clients/c/gen clients/python/gen; do \
+	for dir in Sources/SparkProto/Generated clients/c/gen clients/python/gen docs/api tools/protoc-plugins/Sources/protoc-gen-sparkops/Generated; do \
 		diff -r "$$tmp/$$dir" "$$dir" || { echo "$$dir is out of date with proto/: run make proto"; exit 1; }; \
 	done && echo "generated code is in sync with proto/"
 

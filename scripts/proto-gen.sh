@@ -3,24 +3,35 @@
 #   Sources/SparkProto/Generated   Swift messages (protoc-gen-swift), grpc-swift-2 stubs, SparkWire method table
 #   clients/c/gen                  C messages (protoc-c)
 #   clients/python/gen             Python messages (protoc --python_out)
+#   docs/api/openapi.json          the gateway's OpenAPI 3.1 document
+#   tools/protoc-plugins/…/Generated  http.proto for protoc-gen-sparkops itself
 # The plugins are built from the pinned packages in tools/protoc-plugins, in their own scratch folder.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root}
 scratch="$root/.build-protoc"
 
-(cd "$root/tools/protoc-plugins" && for p in protoc-gen-swift protoc-gen-grpc-swift-2 protoc-gen-sparkops; do
-    swift build --scratch-path "$scratch" --product "$p" >&2
-done)
-bin=$(cd "$root/tools/protoc-plugins" && swift build --scratch-path "$scratch" --show-bin-path)
+plugins="$root/tools/protoc-plugins"
+build_plugin() { (cd "$plugins" && swift build --scratch-path "$scratch" --product "$1" >&2); }
+build_plugin protoc-gen-swift
+build_plugin protoc-gen-grpc-swift-2
+bin=$(cd "$plugins" && swift build --scratch-path "$scratch" --show-bin-path)
+
+# protoc-gen-sparkops reads the (sparkops.api.v1.http) option through Swift generated from
+# http.proto: generate that first (into $out, and into the plugin's sources when $out is the repository).
+plugin_gen="$out/tools/protoc-plugins/Sources/protoc-gen-sparkops/Generated"
+rm -rf "$plugin_gen" && mkdir -p "$plugin_gen"
+protoc -I "$root/proto" --plugin=protoc-gen-swift="$bin/protoc-gen-swift" --swift_out="$plugin_gen" \
+    sparkops/api/v1/http.proto
+build_plugin protoc-gen-sparkops
 
 cd "$root/proto"
 mapfile -t protos < <(find sparkops -name '*.proto' | LC_ALL=C sort)
 mapfile -t services < <(grep -l '^service ' "${protos[@]}" | LC_ALL=C sort)
 
 swift_out="$out/Sources/SparkProto/Generated"
-rm -rf "$swift_out" "$out/clients/c/gen" "$out/clients/python/gen"
-mkdir -p "$swift_out" "$out/clients/c/gen" "$out/clients/python/gen"
+rm -rf "$swift_out" "$out/clients/c/gen" "$out/clients/python/gen" "$out/docs/api"
+mkdir -p "$swift_out" "$out/clients/c/gen" "$out/clients/python/gen" "$out/docs/api"
 
 protoc -I . \
     --plugin=protoc-gen-swift="$bin/protoc-gen-swift" \
@@ -33,6 +44,10 @@ protoc -I . \
 protoc -I . \
     --plugin=protoc-gen-sparkops="$bin/protoc-gen-sparkops" \
     --sparkops_out="$swift_out" \
+    "${protos[@]}"
+protoc -I . \
+    --plugin=protoc-gen-sparkops="$bin/protoc-gen-sparkops" \
+    --sparkops_out=openapi:"$out/docs/api" \
     "${protos[@]}"
 
 # The polyglot clients need the wire, health and echo messages only.

@@ -6,6 +6,9 @@ struct SparkOpsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sparkops",
         abstract: "SparkOps: a control plane for AI-agent workflows.",
-        subcommands: [CertsCommand.self, WireCommand.self]
+        subcommands: [
+            DevCommand.self, ServeCommand.self, MigrateCommand.self, CertsCommand.self, WireCommand.self,
+            LoginCommand.self, LogoutCommand.self, UserCommand.self, ProjectCommand.self, MemberCommand.self, APIKeyCommand.self,
+        ]
     )
 }

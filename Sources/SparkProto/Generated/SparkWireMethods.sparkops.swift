@@ -22,6 +22,138 @@ public enum SparkProtoMethods {
             idempotency: .noSideEffects
         ),
         SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/Login",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/Refresh",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/Logout",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/CreateUser",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/GetCurrentUser",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/ChangePassword",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/CreateProject",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/GetProject",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/ListProjects",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/UpdateProject",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/DeleteProject",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/AddMember",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/ListMembers",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/RemoveMember",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/CreateApiKey",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/ListApiKeys",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/RevokeApiKey",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/ListAuditEvents",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/Authenticate",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/Authorize",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/GetSigningKeys",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/RecordAuditEvent",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
             path: "/sparkops.testing.v1.EchoService/Get",
             requestStreaming: false,
             responseStreaming: false,

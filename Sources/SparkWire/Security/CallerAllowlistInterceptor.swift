@@ -65,7 +65,7 @@ public struct CallerAllowlist: Sendable, Hashable {
     }
 
     /// The metadata key that carries the end user's principal.
-    public static let principalKey = "sparkops-principal"
+    public static let principalKey = "sparkops-principal-bin"
 }
 
 /// A server interceptor enforcing a ``CallerAllowlist`` on every call.

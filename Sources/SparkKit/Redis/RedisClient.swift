@@ -1,0 +1,203 @@
+import DequeModule
+public import Logging
+public import NIOCore
+public import NIOPosix
+public import ServiceLifecycle
+import Synchronization
+import Foundation
+
+/// A Redis client: one pipelined connection over SwiftNIO, RESP encoded and decoded by libhiredis,
+/// reconnected with backoff when it drops. No call blocks an event loop.
+///
+/// ```swift
+/// let redis = try RedisClient(url: "redis://127.0.0.1:6379/0")
+/// // run `redis` in the service group, then:
+/// let count = try await redis.send(["INCR", "hits"]).integer
+/// ```
+public final class RedisClient: Service, Sendable {
+    public struct Endpoint: Sendable, Hashable {
+        public var host: String
+        public var port: Int
+        public var password: String?
+        public var database: Int
+    }
+
+    private struct State {
+        var channel: (any Channel)?
+        var waiters: [CheckedContinuation<any Channel, any Error>] = []
+        var lastError: String?
+        var shutdown = false
+    }
+
+    public let endpoint: Endpoint
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let state = Mutex(State())
+
+    /// - Parameter url: `redis://[:password@]host[:port][/database]`.
+    public init(url: String, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "sparkops.redis")) throws {
+        self.endpoint = try Self.parse(url)
+        self.group = eventLoopGroup
+        self.logger = logger
+    }
+
+    static func parse(_ url: String) throws -> Endpoint {
+        guard let components = URLComponents(string: url), components.scheme == "redis", let host = components.host, !host.isEmpty else {
+            throw RedisError("SPARKOPS_REDIS_URL must look like redis://[:password@]host[:port][/database]")
+        }
+        let database = Int(components.path.drop { $0 == "/" }) ?? 0
+        return Endpoint(host: host, port: components.port ?? 6379, password: components.password, database: database)
+    }
+
+    // MARK: Commands
+
+    /// Sends a command and returns its reply; a Redis error reply throws ``RedisError``.
+    public func send(_ arguments: [String]) async throws -> RESPValue {
+        try await self.send(bytes: arguments.map { Array($0.utf8) })
+    }
+
+    public func send(bytes arguments: [[UInt8]]) async throws -> RESPValue {
+        let command = try RESPEncoder.encode(arguments)
+        let channel = try await self.connectedChannel()
+        let promise = channel.eventLoop.makePromise(of: RESPValue.self)
+        channel.writeAndFlush(RedisCommand(bytes: command, promise: promise), promise: nil)
+        let reply = try await promise.futureResult.get()
+        if case .error(let message) = reply { throw RedisError(message) }
+        return reply
+    }
+
+    // MARK: Connection
+
+    public func run() async throws {
+        var attempt = 0
+        await withGracefulShutdownHandler {
+            while !Task.isCancelled && !self.state.withLock({ $0.shutdown }) {
+                do {
+                    let channel = try await self.connect()
+                    attempt = 0
+                    let waiters = self.state.withLock { state in
+                        state.channel = channel
+                        state.lastError = nil
+                        defer { state.waiters.removeAll() }
+                        return state.waiters
+                    }
+                    for waiter in waiters { waiter.resume(returning: channel) }
+                    try? await channel.closeFuture.get()
+                    self.state.withLock { $0.channel = nil }
+                } catch {
+                    attempt += 1
+                    let reason = "\(error)"
+                    let waiters = self.state.withLock { state in
+                        state.lastError = reason
+                        defer { state.waiters.removeAll() }
+                        return state.waiters
+                    }
+                    for waiter in waiters { waiter.resume(throwing: RedisError("Redis at \(self.endpoint.host):\(self.endpoint.port) is unreachable: \(reason)")) }
+                    self.logger.warning("redis connection failed", metadata: ["error": "\(reason)", "attempt": "\(attempt)"])
+                }
+                let delay = min(5.0, 0.1 * pow(2.0, Double(min(attempt, 6))))
+                try? await Task.sleep(for: .milliseconds(Int(delay * 1000)))
+            }
+        } onGracefulShutdown: {
+            let channel = self.state.withLock { state in
+                state.shutdown = true
+                return state.channel
+            }
+            channel?.close(promise: nil)
+        }
+    }
+
+    private func connectedChannel() async throws -> any Channel {
+        enum Next { case ready(any Channel), failed(String), wait }
+        let next = self.state.withLock { state -> Next in
+            if let channel = state.channel, channel.isActive { return .ready(channel) }
+            if state.shutdown { return .failed("the Redis client is shut down") }
+            if let error = state.lastError { return .failed("Redis at \(self.endpoint.host):\(self.endpoint.port) is unreachable: \(error)") }
+            return .wait
+        }
+        switch next {
+        case .ready(let channel): return channel
+        case .failed(let reason): throw RedisError(reason)
+        case .wait:
+            return try await withCheckedThrowingContinuation { continuation in
+                self.state.withLock { $0.waiters.append(continuation) }
+            }
+        }
+    }
+
+    private func connect() async throws -> any Channel {
+        let channel = try await ClientBootstrap(group: self.group)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.seconds(5))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(RedisCommandHandler())
+                }
+            }
+            .connect(host: self.endpoint.host, port: self.endpoint.port)
+            .get()
+        do {
+            func command(_ arguments: [String]) async throws {
+                let promise = channel.eventLoop.makePromise(of: RESPValue.self)
+                channel.writeAndFlush(RedisCommand(bytes: try RESPEncoder.encode(arguments.map { Array($0.utf8) }), promise: promise), promise: nil)
+                if case .error(let message) = try await promise.futureResult.get() { throw RedisError(message) }
+            }
+            if let password = self.endpoint.password { try await command(["AUTH", password]) }
+            if self.endpoint.database != 0 { try await command(["SELECT", "\(self.endpoint.database)"]) }
+        } catch {
+            try? await channel.close()
+            throw error
+        }
+        return channel
+    }
+}
+
+struct RedisCommand {
+    var bytes: ByteBuffer
+    var promise: EventLoopPromise<RESPValue>
+}
+
+/// Writes commands and answers their promises in order as replies arrive (Redis answers in order).
+final class RedisCommandHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = RedisCommand
+    typealias OutboundOut = ByteBuffer
+
+    private let decoder = RESPDecoder()
+    private var pending = Deque<EventLoopPromise<RESPValue>>()
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let command = self.unwrapOutboundIn(data)
+        self.pending.append(command.promise)
+        context.write(self.wrapOutboundOut(command.bytes), promise: promise)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        do {
+            try self.decoder.feed(self.unwrapInboundIn(data))
+            while let reply = try self.decoder.next() {
+                guard let promise = self.pending.popFirst() else {
+                    throw RedisError("a reply arrived with no command waiting for it")
+                }
+                promise.succeed(reply)
+            }
+        } catch {
+            context.fireErrorCaught(error)
+            context.close(promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.failAll(RedisError("redis connection error: \(error)"))
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.failAll(RedisError("the Redis connection closed"))
+        context.fireChannelInactive()
+    }
+
+    private func failAll(_ error: RedisError) {
+        while let promise = self.pending.popFirst() { promise.fail(error) }
+    }
+}

@@ -1,0 +1,154 @@
+import Foundation
+public import Logging
+import NIOCore
+import NIOPosix
+import PostgresKit
+import PostgresNIO
+public import SQLKit
+import SQLiteKit
+public import ServiceLifecycle
+
+/// The database of one service: a SQLite file (the embedded default) or a schema of its own in
+/// PostgreSQL. Both speak sql-kit, so a service's queries and migrations are written once.
+///
+/// ```swift
+/// let store = try SparkStore(service: "project", location: .sqlite(directory: home + "/data"))
+/// try await store.migrate(ProjectMigrations.all)
+/// let name = try await store.sql { db in
+///     try await db.raw("SELECT name FROM projects WHERE id = \(bind: id)").first(decoding: String.self)
+/// }
+/// ```
+///
+/// It is a `Service`: run it in the service group (PostgreSQL connections live in its `run()`).
+public final class SparkStore: Service, Sendable {
+    public enum Dialect: String, Sendable {
+        case sqlite
+        case postgres
+    }
+
+    public enum Location: Sendable {
+        /// `<directory>/<service>.sqlite`.
+        case sqlite(directory: String)
+        /// A `postgres://user:password@host:port/database` URL; the service gets the schema named after it.
+        case postgres(url: String)
+    }
+
+    private enum Backend: Sendable {
+        case sqlite(SQLitePool)
+        case postgres(PostgresClient)
+    }
+
+    public let service: String
+    public let dialect: Dialect
+    private let backend: Backend
+    private let logger: Logger
+
+    /// - Parameter service: the owning service; names the SQLite file or the PostgreSQL schema.
+    public init(service: String, location: Location, logger: Logger = Logger(label: "sparkops.store")) throws {
+        guard service.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }), !service.isEmpty else {
+            throw SparkStoreError("service name \(service.debugDescription) is not a valid schema name")
+        }
+        self.service = service
+        self.logger = logger
+        switch location {
+        case .sqlite(let directory):
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            self.dialect = .sqlite
+            self.backend = .sqlite(SQLitePool(path: "\(directory)/\(service).sqlite", logger: logger))
+        case .postgres(let url):
+            var configuration = try Self.postgresConfiguration(url: url)
+            configuration.options.additionalStartupParameters = [("search_path", service)]
+            configuration.options.maximumConnections = 20
+            self.dialect = .postgres
+            self.backend = .postgres(PostgresClient(configuration: configuration, backgroundLogger: logger))
+        }
+    }
+
+    private static func postgresConfiguration(url: String) throws -> PostgresClient.Configuration {
+        let sqlConfiguration: SQLPostgresConfiguration
+        do {
+            sqlConfiguration = try SQLPostgresConfiguration(url: url)
+        } catch {
+            throw SparkStoreError("SPARKOPS_DATABASE_URL is not a postgres:// URL")
+        }
+        let core = sqlConfiguration.coreConfiguration
+        guard let host = core.host else { throw SparkStoreError("the database URL names no host") }
+        let tls: PostgresClient.Configuration.TLS
+        switch (core.tls.isEnforced, core.tls.isAllowed) {
+        case (true, _): tls = .require(core.tls.sslContext.map { _ in .makeClientConfiguration() } ?? .makeClientConfiguration())
+        case (false, true): tls = .prefer(.makeClientConfiguration())
+        case (false, false): tls = .disable
+        }
+        return PostgresClient.Configuration(
+            host: host,
+            port: core.port ?? 5432,
+            username: core.username,
+            password: core.password,
+            database: core.database,
+            tls: tls
+        )
+    }
+
+    public func run() async throws {
+        switch self.backend {
+        case .postgres(let client):
+            await cancelWhenGracefulShutdown {
+                await client.run()
+            }
+        case .sqlite(let pool):
+            try? await gracefulShutdown()
+            await pool.close()
+        }
+    }
+
+    /// Runs `body` with a database connection.
+    public func sql<T: Sendable>(_ body: (any SQLDatabase) async throws -> T) async throws -> T {
+        switch self.backend {
+        case .sqlite(let pool):
+            return try await pool.withConnection { try await body($0.sql()) }
+        case .postgres(let client):
+            return try await client.withConnection { try await body($0.sql()) }
+        }
+    }
+
+    /// Runs `body` in a transaction: committed when it returns, rolled back when it throws.
+    public func transaction<T: Sendable>(_ body: (any SQLDatabase) async throws -> T) async throws -> T {
+        switch self.backend {
+        case .sqlite(let pool):
+            return try await pool.withConnection { connection in
+                let db = connection.sql()
+                try await db.raw("BEGIN IMMEDIATE").run()
+                do {
+                    let result = try await body(db)
+                    try await db.raw("COMMIT").run()
+                    return result
+                } catch {
+                    try? await db.raw("ROLLBACK").run()
+                    throw error
+                }
+            }
+        case .postgres(let client):
+            return try await client.withConnection { connection in
+                let db = connection.sql()
+                try await db.raw("BEGIN").run()
+                do {
+                    let result = try await body(db)
+                    try await db.raw("COMMIT").run()
+                    return result
+                } catch {
+                    try? await db.raw("ROLLBACK").run()
+                    throw error
+                }
+            }
+        }
+    }
+}
+
+/// A store that cannot be used as configured.
+public struct SparkStoreError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+
+    public init(_ description: String) {
+        self.description = description
+    }
+}

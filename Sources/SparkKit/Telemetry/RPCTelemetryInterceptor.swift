@@ -1,0 +1,71 @@
+public import GRPCCore
+public import Logging
+import Metrics
+import Foundation
+
+/// Counts and times every RPC a service serves, by method and status
+/// (`sparkops_rpc_server_calls_total{service,method,code}`,
+/// `sparkops_rpc_server_duration_seconds{service,method}`), and logs failures with the call's
+/// request and trace ids (`x-request-id` and W3C `traceparent` metadata).
+public struct RPCTelemetryInterceptor: ServerInterceptor {
+    public let service: String
+    private let logger: Logger
+
+    public init(service: String, logger: Logger) {
+        self.service = service
+        self.logger = logger
+    }
+
+    public func intercept<Input: Sendable, Output: Sendable>(
+        request: StreamingServerRequest<Input>,
+        context: ServerContext,
+        next: @Sendable (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
+    ) async throws -> StreamingServerResponse<Output> {
+        let method = context.descriptor.method
+        let started = ContinuousClock.now
+        let timer = Metrics.Timer(
+            label: "sparkops_rpc_server_duration_seconds",
+            dimensions: [("service", self.service), ("method", method)],
+            preferredDisplayUnit: .seconds
+        )
+        func record(_ code: String) {
+            Counter(label: "sparkops_rpc_server_calls_total", dimensions: [("service", self.service), ("method", method), ("code", code)]).increment()
+            timer.recordInterval(since: started)
+        }
+        do {
+            let response = try await next(request, context)
+            // Unary and server-streaming responses complete later; record acceptance here.
+            switch response.accepted {
+            case .success: record("OK")
+            case .failure(let error): record("\(error.code)")
+            }
+            return response
+        } catch let error as RPCError {
+            record("\(error.code)")
+            if error.code == .internalError || error.code == .unknown {
+                var logger = self.logger
+                logger[metadataKey: "request_id"] = "\(request.metadata[stringValues: "x-request-id"].first(where: { _ in true }) ?? "")"
+                logger[metadataKey: "trace_id"] = "\(Self.traceID(request.metadata) ?? "")"
+                logger.error("rpc failed", metadata: ["method": "\(method)", "code": "\(error.code)", "error": "\(error.message)"])
+            }
+            throw error
+        } catch {
+            record("unknown")
+            throw error
+        }
+    }
+
+    /// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
+    static func traceID(_ metadata: Metadata) -> String? {
+        guard let parent = metadata[stringValues: "traceparent"].first(where: { _ in true }) else { return nil }
+        let parts = parent.split(separator: "-")
+        return parts.count == 4 ? String(parts[1]) : nil
+    }
+}
+
+extension Metrics.Timer {
+    func recordInterval(since start: ContinuousClock.Instant) {
+        let (seconds, attoseconds) = (ContinuousClock.now - start).components
+        self.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}

@@ -1,0 +1,89 @@
+public import GRPCCore
+public import SparkWire
+public import SwiftProtobuf
+
+/// An RPC the gateway exposes over HTTP/JSON, generated from the method's
+/// `(sparkops.api.v1.http)` option (`SparkHTTPRoute.all`, written by `make proto`).
+public struct SparkHTTPRoute: Sendable {
+    public enum Verb: String, Sendable {
+        case get = "GET"
+        case post = "POST"
+        case put = "PUT"
+        case patch = "PATCH"
+        case delete = "DELETE"
+    }
+
+    /// A request field a query parameter may fill.
+    public struct QueryField: Sendable {
+        public enum Kind: String, Sendable {
+            case string, integer, boolean, enumeration
+        }
+
+        /// The field's canonical JSON name (lowerCamelCase).
+        public var jsonName: String
+        public var kind: Kind
+
+        public init(jsonName: String, kind: Kind) {
+            self.jsonName = jsonName
+            self.kind = kind
+        }
+    }
+
+    public typealias Decode = @Sendable ([UInt8], JSONDecodingOptions) throws -> any SwiftProtobuf.Message
+    public typealias Call = @Sendable (
+        GRPCClient<SparkWireClientTransport>,
+        any SwiftProtobuf.Message,
+        Metadata,
+        CallOptions
+    ) async throws -> any SwiftProtobuf.Message
+
+    public var verb: Verb
+    /// A template such as `/api/v1/projects/{project_id}`.
+    public var path: String
+    /// Path segment names and the JSON names of the request fields they fill.
+    public var pathFields: [String: String]
+    /// Query parameter names (proto field names) of routes without a body.
+    public var queryFields: [String: QueryField]
+    /// Whether the JSON body fills the request.
+    public var hasBody: Bool
+    /// The project permission the caller needs, or empty.
+    public var permission: String
+    public var isPublic: Bool
+    public var adminOnly: Bool
+    public var successStatus: Int
+    /// The owning service's short name, such as `project`.
+    public var service: String
+    public var descriptor: MethodDescriptor
+    public var decodeRequest: Decode
+    public var call: Call
+
+    public init(
+        verb: Verb,
+        path: String,
+        pathFields: [String: String],
+        queryFields: [String: QueryField],
+        hasBody: Bool,
+        permission: String,
+        isPublic: Bool,
+        adminOnly: Bool,
+        successStatus: Int,
+        service: String,
+        descriptor: MethodDescriptor,
+        decodeRequest: @escaping Decode,
+        call: @escaping Call
+    ) {
+        self.verb = verb
+        self.path = path
+        self.pathFields = pathFields
+        self.queryFields = queryFields
+        self.hasBody = hasBody
+        self.permission = permission
+        self.isPublic = isPublic
+        self.adminOnly = adminOnly
+        self.successStatus = successStatus
+        self.service = service
+        self.descriptor = descriptor
+        self.decodeRequest = decodeRequest
+        self.call = call
+    }
+}

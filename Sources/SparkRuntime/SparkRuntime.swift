@@ -1,0 +1,132 @@
+public import Configuration
+import Foundation
+public import Logging
+public import ServiceLifecycle
+public import SparkKit
+import SparkGateway
+import SparkProjectService
+import SparkWire
+import UnixSignals
+
+/// The composition root: builds any SparkOps service from configuration. `sparkops dev`,
+/// `sparkops serve <service>` and every `sparkops-<service>` executable go through here, so a
+/// service runs the same way alone or with the others in one process.
+public enum SparkRuntime {
+    /// The lifecycle services that make up `service`.
+    public static func services(
+        for service: ServiceName,
+        host: HostConfig,
+        config: ConfigReader,
+        logger: Logger
+    ) async throws -> [any ServiceLifecycle.Service] {
+        switch service {
+        case .gateway:
+            return try await Gateway.services(host: host, config: config, logger: logger)
+        case .project:
+            return ServiceHost.services(try await ProjectService.definition(host: host, config: config, logger: logger), config: host, logger: logger)
+        case .agent, .workflow, .run, .tool, .policy, .budget, .scheduler:
+            throw SparkConfigurationError("the \(service.rawValue) service is not available yet; available: \(ServiceName.available.map(\.rawValue).joined(separator: ", "))")
+        }
+    }
+
+    /// Runs the services in one service group until SIGTERM or SIGINT, then shuts them down
+    /// gracefully: calls in flight finish, new ones are refused.
+    public static func run(_ names: [ServiceName], host: HostConfig, config: ConfigReader, logger: Logger) async throws {
+        var services: [any ServiceLifecycle.Service] = []
+        for name in names {
+            var serviceLogger = logger
+            serviceLogger[metadataKey: "service"] = "\(name.rawValue)"
+            services += try await Self.services(for: name, host: host, config: config, logger: serviceLogger)
+        }
+        let group = ServiceGroup(configuration: .init(
+            services: services.map { .init(service: $0) },
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
+        ))
+        try await group.run()
+    }
+
+    /// Applies every pending migration of the services that own a database, then returns.
+    public static func migrate(_ names: [ServiceName], host: HostConfig, config: ConfigReader, logger: Logger) async throws -> [String: [String]] {
+        var applied: [String: [String]] = [:]
+        for name in names where name == .project {
+            let definition = try await ProjectService.definition(host: host, config: config, logger: logger)
+            guard let store = definition.store else { continue }
+            applied[name.rawValue] = try await withThrowingTaskGroup(of: [String]?.self) { group in
+                group.addTask {
+                    try await store.run()
+                    return nil
+                }
+                let result = try await store.migrate(definition.migrations)
+                group.cancelAll()
+                return result
+            }
+        }
+        return applied
+    }
+
+    /// Creates the embedded mode's certificates under `<home>/certs` on first start.
+    public static func ensureCertificates(host: HostConfig, logger: Logger) throws {
+        let directory = URL(filePath: host.certificateDirectory)
+        guard !FileManager.default.fileExists(atPath: directory.appending(path: "ca.pem").path) else { return }
+        try CertificateAuthority.initialize(
+            directory: directory,
+            services: ServiceName.allCases.map(\.rawValue),
+            extraDNSNames: ["localhost"]
+        )
+        logger.info("created certificates", metadata: ["directory": "\(host.certificateDirectory)"])
+    }
+
+    /// Logging and metrics for a process: JSON lines (`log.format=json`, the default) or plain text.
+    public static func bootstrapTelemetry(config: ConfigReader, defaultFormat: String = "json") -> Logger {
+        let level = Logger.Level(rawValue: config.string(forKey: "log.level", default: "info")) ?? .info
+        let format = config.string(forKey: "log.format", default: defaultFormat)
+        SparkTelemetry.bootstrap(logLevel: level, jsonLogs: format == "json")
+        var logger = Logger(label: "sparkops")
+        logger.logLevel = level
+        return logger
+    }
+
+    /// The `main` of every `sparkops-<service>` executable: `--config FILE`, `--set key=value`
+    /// (repeatable), `--help`.
+    public static func main(serving names: [ServiceName]) async {
+        var overrides: [String: String] = [:]
+        var file: String?
+        var arguments = Array(CommandLine.arguments.dropFirst())[...]
+        while let argument = arguments.popFirst() {
+            switch argument {
+            case "--config":
+                file = arguments.popFirst()
+            case "--set":
+                guard let pair = arguments.popFirst(), let equals = pair.firstIndex(of: "=") else {
+                    Self.fail("--set takes key=value")
+                }
+                overrides[String(pair[..<equals])] = String(pair[pair.index(after: equals)...])
+            case "--help", "-h":
+                print("""
+                    usage: sparkops-\(names.map(\.rawValue).joined(separator: "+")) [--config FILE] [--set key=value]...
+
+                    Runs the SparkOps \(names.map(\.rawValue).joined(separator: ", ")) service until SIGTERM or SIGINT.
+                    Configuration: --set > SPARKOPS_* environment > --config/SPARKOPS_CONFIG JSON file > defaults;
+                    docs/configuration.md lists the keys.
+                    """)
+                return
+            default:
+                Self.fail("unknown argument \(argument); see --help")
+            }
+        }
+        do {
+            let config = try await SparkConfiguration.reader(overrides: overrides, file: file)
+            let logger = Self.bootstrapTelemetry(config: config)
+            let host = try HostConfig(config: config)
+            try await Self.run(names, host: host, config: config, logger: logger)
+        } catch {
+            Self.fail("\(error)")
+        }
+    }
+
+    static func fail(_ message: String) -> Never {
+        FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+        exit(1)
+    }
+}

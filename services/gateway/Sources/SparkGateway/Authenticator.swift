@@ -1,0 +1,183 @@
+import HTTPTypes
+import SwiftProtobuf
+import Foundation
+import GRPCCore
+import JWTKit
+import Logging
+import SparkKit
+import SparkProto
+import SparkWire
+import Synchronization
+
+/// Turns an `Authorization: Bearer …` credential into a principal, and checks a principal's
+/// permission in a project, asking the project service and caching its answers briefly
+/// (API keys 5 s, access tokens 2 s, permissions 2 s) so that most requests cost no extra call.
+/// A revocation through this gateway takes effect at once; through another gateway within the
+/// cache time.
+final class Authenticator: Sendable {
+    private struct CachedPrincipal {
+        var principal: Sparkops_Common_V1_Principal
+        var until: Date
+    }
+
+    private struct CachedDecision {
+        var allowed: Bool
+        var role: Sparkops_Common_V1_Role
+        var until: Date
+    }
+
+    private struct State {
+        var principals: [String: CachedPrincipal] = [:]
+        var decisions: [String: CachedDecision] = [:]
+        var knownKeyIDs: Set<String> = []
+        var lastKeyRefresh = Date.distantPast
+    }
+
+    private let project: Sparkops_Project_V1_ProjectService.Client<SparkWireClientTransport>
+    private let keys = JWTKeyCollection()
+    private let state = Mutex(State())
+    private let logger: Logger
+
+    init(client: GRPCClient<SparkWireClientTransport>, logger: Logger) {
+        self.project = .init(wrapping: client)
+        self.logger = logger
+    }
+
+    // MARK: Credentials
+
+    func authenticate(bearer credential: String, requestMetadata: Metadata) async throws -> Sparkops_Common_V1_Principal {
+        let cacheKey = SparkSecrets.digest(credential)
+        let now = Date()
+        if let cached = self.state.withLock({ $0.principals[cacheKey] }), cached.until > now {
+            return cached.principal
+        }
+        let request: Sparkops_Project_V1_AuthenticateRequest
+        if credential.hasPrefix("spk_") {
+            request = .with { $0.apiKey = credential }
+        } else if credential.split(separator: ".", omittingEmptySubsequences: false).count == 3 {
+            let claims = try await self.verify(accessToken: credential)
+            request = .with {
+                $0.accessToken = .with {
+                    $0.userID = claims.sub.value
+                    $0.tokenID = claims.jti.value
+                    $0.issueTime = .init(date: claims.iat.value)
+                }
+            }
+        } else {
+            throw APIError(.unauthenticated, "the bearer credential is neither an access token nor an API key", headers: [.wwwAuthenticate: "Bearer"])
+        }
+        do {
+            let response = try await self.project.authenticate(request, metadata: requestMetadata)
+            let until = min(response.cacheUntil.date, now.addingTimeInterval(5))
+            self.state.withLock { state in
+                if state.principals.count > 100_000 { state.principals.removeAll() }
+                state.principals[cacheKey] = CachedPrincipal(principal: response.principal, until: until)
+            }
+            return response.principal
+        } catch let error as RPCError where error.code == .unauthenticated {
+            throw APIError(.unauthenticated, error.message, headers: [.wwwAuthenticate: "Bearer"])
+        }
+    }
+
+    /// Forgets what the gateway knew of a credential (after a revocation or logout).
+    func forget(credential: String) {
+        let key = SparkSecrets.digest(credential)
+        _ = self.state.withLock { $0.principals.removeValue(forKey: key) }
+    }
+
+    /// Forgets every cached principal and decision (after an API key revocation, whose key text
+    /// the gateway does not have).
+    func forgetAll() {
+        self.state.withLock { state in
+            state.principals.removeAll()
+            state.decisions.removeAll()
+        }
+    }
+
+    /// Checks an access token: algorithm EdDSA only, a key the project service published, the
+    /// signature, and the claims (expiry, not-before, issuer, audience, type).
+    private func verify(accessToken token: String) async throws -> SparkAccessClaims {
+        let unauthenticated = { (message: String) in APIError(.unauthenticated, message, headers: [.wwwAuthenticate: "Bearer"]) }
+        let header = try Self.header(of: token)
+        guard header.alg == "EdDSA" else {
+            throw unauthenticated("the access token's algorithm \((header.alg ?? "none").debugDescription) is not accepted")
+        }
+        guard let kid = header.kid else { throw unauthenticated("the access token names no key") }
+        if !self.state.withLock({ $0.knownKeyIDs.contains(kid) }) {
+            try await self.refreshKeys()
+            guard self.state.withLock({ $0.knownKeyIDs.contains(kid) }) else {
+                throw unauthenticated("the access token was signed by an unknown key")
+            }
+        }
+        do {
+            return try await self.keys.verify(token, as: SparkAccessClaims.self)
+        } catch let error as JWTError {
+            switch error.errorType {
+            case .claimVerificationFailure:
+                throw unauthenticated("the access token is expired or not valid here (\(error.reason ?? "claims"))")
+            default:
+                throw unauthenticated("the access token's signature does not verify")
+            }
+        } catch {
+            throw unauthenticated("the access token does not parse")
+        }
+    }
+
+    private static func header(of token: String) throws -> (alg: String?, kid: String?) {
+        struct Header: Decodable { var alg: String?; var kid: String? }
+        let first = token.split(separator: ".", omittingEmptySubsequences: false)[0]
+        guard let data = Data(base64URL: String(first)), let header = try? JSONDecoder().decode(Header.self, from: data) else {
+            throw APIError(.unauthenticated, "the access token's header does not parse", headers: [.wwwAuthenticate: "Bearer"])
+        }
+        return (header.alg, header.kid)
+    }
+
+    /// Fetches the project service's signing keys; at most once every 10 seconds.
+    func refreshKeys() async throws {
+        let due = self.state.withLock { state -> Bool in
+            guard Date().timeIntervalSince(state.lastKeyRefresh) > 10 else { return false }
+            state.lastKeyRefresh = Date()
+            return true
+        }
+        guard due else { return }
+        let response = try await self.project.getSigningKeys(.init())
+        for key in try SparkJWKS.decode(response.jwks) {
+            await self.keys.add(eddsa: try EdDSA.PublicKey(x: key.x, curve: .ed25519), kid: JWKIdentifier(string: key.id))
+            _ = self.state.withLock { $0.knownKeyIDs.insert(key.id) }
+        }
+    }
+
+    // MARK: Permissions
+
+    /// Whether the principal holds the permission in the project; nil role when it cannot see the project.
+    func authorize(_ principal: Sparkops_Common_V1_Principal, projectID: String, permission: String) async throws -> (allowed: Bool, role: Sparkops_Common_V1_Role) {
+        // An API key's project and role travel with it: no call needed.
+        if principal.kind == .apiKey {
+            guard principal.projectID == projectID else { return (false, .unspecified) }
+            return (Permission.role(principal.role, allows: permission), principal.role)
+        }
+        let key = "\(principal.id)|\(projectID)|\(permission)"
+        let now = Date()
+        if let cached = self.state.withLock({ $0.decisions[key] }), cached.until > now {
+            return (cached.allowed, cached.role)
+        }
+        let response = try await self.project.authorize(.with {
+            $0.principal = principal
+            $0.projectID = projectID
+            $0.permission = permission
+        })
+        self.state.withLock { state in
+            if state.decisions.count > 100_000 { state.decisions.removeAll() }
+            state.decisions[key] = CachedDecision(allowed: response.allowed, role: response.role, until: now.addingTimeInterval(2))
+        }
+        return (response.allowed, response.role)
+    }
+}
+
+extension Data {
+    init?(base64URL: String) {
+        var base64 = base64URL.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        while base64.count % 4 != 0 { base64 += "=" }
+        self.init(base64Encoded: base64)
+    }
+}

@@ -1,0 +1,98 @@
+public import Configuration
+import Foundation
+public import GRPCCore
+import HTTPTypes
+public import Hummingbird
+import HummingbirdWebSocket
+public import Logging
+import NIOCore
+public import ServiceLifecycle
+public import SparkKit
+import SparkProto
+public import SparkWire
+
+/// The HTTP/JSON and WebSocket edge of SparkOps (Hummingbird 2).
+///
+/// Routes come from the protos' `(sparkops.api.v1.http)` options (`SparkHTTPRoute.all`); each
+/// authenticates the caller, checks its permission and calls the owning service over SparkWire.
+/// It also serves `/api/v1/openapi.json`, WebSocket tickets and `/api/v1/ws`.
+public enum Gateway {
+    /// Everything the gateway runs: its HTTP listener, its admin listener, its SparkWire clients
+    /// and, with `redis.url`, its Redis client.
+    public static func services(host: HostConfig, config: ConfigReader, logger: Logger) async throws -> [any ServiceLifecycle.Service] {
+        var logger = logger
+        logger[metadataKey: "service"] = "gateway"
+        let gatewayConfig = GatewayConfig(config: config)
+        let peers = try PeerClients(caller: .gateway, peers: [.project], config: host)
+        var services: [any ServiceLifecycle.Service] = peers.services
+        let limiter: any RateLimiter
+        if let url = host.redisURL, !url.isEmpty {
+            let redis = try RedisClient(url: url, logger: logger)
+            services.append(redis)
+            limiter = RedisRateLimiter(redis: redis)
+        } else {
+            limiter = InMemoryRateLimiter()
+        }
+        let clients = Dictionary(uniqueKeysWithValues: peers.clients.map { ($0.key.rawValue, $0.value) })
+        services.append(Self.application(clients: clients, limiter: limiter, config: gatewayConfig, logger: logger))
+        services.append(AdminServer.application(service: .gateway, host: gatewayConfig.host, port: gatewayConfig.adminPort, ready: { true }, logger: logger))
+        return services
+    }
+
+    /// The HTTP application, over the given service clients (by service name: `project`, …).
+    public static func application(
+        clients: [String: GRPCClient<SparkWireClientTransport>],
+        redis: RedisClient? = nil,
+        config: GatewayConfig,
+        logger: Logger,
+        onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) -> some ApplicationProtocol {
+        let limiter: any RateLimiter = redis.map { RedisRateLimiter(redis: $0) } ?? InMemoryRateLimiter()
+        return Self.application(clients: clients, limiter: limiter, config: config, logger: logger, onServerRunning: onServerRunning)
+    }
+
+    static func application(
+        clients: [String: GRPCClient<SparkWireClientTransport>],
+        limiter: any RateLimiter,
+        config: GatewayConfig,
+        logger: Logger,
+        onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) -> some ApplicationProtocol {
+        GatewayRequestContext.maxBodyBytes = config.maxBodyBytes
+        let authenticator = Authenticator(client: clients["project"]!, logger: logger)
+        let webSockets = WebSocketGateway(authenticator: authenticator, config: config, logger: logger)
+
+        let router = Router(context: GatewayRequestContext.self)
+        router.add(middleware: RequestMiddleware(config: config, limiter: limiter, logger: logger))
+        router.add(middleware: CORSAllowlistMiddleware(origins: config.corsOrigins))
+        for route in SparkHTTPRoute.all {
+            guard let client = clients[route.service] else { continue }
+            let dispatcher = RouteDispatcher(route: route, client: client, authenticator: authenticator, limiter: limiter, config: config, logger: logger)
+            router.on(RouterPath(route.path), method: HTTPRequest.Method(rawValue: route.verb.rawValue)!) { request, context in
+                try await dispatcher.handle(request, context: context)
+            }
+        }
+        router.get("/api/v1/openapi.json") { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: SparkOpenAPI.json)))
+        }
+        router.post("/api/v1/ws/tickets") { request, context in
+            try await webSockets.issueTicket(request, context: context)
+        }
+
+        let webSocketRouter = Router(context: GatewayRequestContext.self)
+        webSocketRouter.add(middleware: RequestMiddleware(config: config, limiter: limiter, logger: logger))
+        webSocketRouter.ws("/api/v1/ws") { request, context in
+            try webSockets.shouldUpgrade(request, context: context)
+        } onUpgrade: { inbound, outbound, context in
+            try await webSockets.run(inbound: inbound, outbound: outbound, request: context.request)
+        }
+
+        return Application(
+            router: router,
+            server: .http1WebSocketUpgrade(webSocketRouter: webSocketRouter),
+            configuration: .init(address: .hostname(config.host, port: config.port), serverName: "sparkops-gateway"),
+            onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? 0) },
+            logger: logger
+        )
+    }
+}

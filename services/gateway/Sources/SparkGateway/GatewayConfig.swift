@@ -1,0 +1,90 @@
+public import Configuration
+
+/// Settings of the HTTP gateway.
+///
+/// ## Configuration keys
+/// - `gateway.host` (string, default `127.0.0.1`; `0.0.0.0` for every interface).
+/// - `gateway.port` (int, default 8000): the HTTP/JSON and WebSocket port (`SPARKOPS_GATEWAY_PORT`).
+/// - `gateway.adminPort` (int, default 9000): `/healthz`, `/readyz`, `/metrics`.
+/// - `gateway.corsOrigins` (strings, default `http://localhost:8000,http://127.0.0.1:8000`): origins
+///   browsers may call from; WebSocket handshakes from other origins are refused.
+/// - `gateway.maxBodyBytes` (int, default 1048576): larger request bodies get 413.
+/// - `gateway.rateLimit.principalPerMinute` (int, default 6000) and `.principalBurst` (default 600).
+/// - `gateway.rateLimit.ipPerMinute` (int, default 12000) and `.ipBurst` (default 1200).
+/// - `gateway.rateLimit.authPerMinute` (int, default 30) and `.authBurst` (default 10): login and
+///   refresh, per IP.
+/// - `gateway.trustedProxies` (strings, default none): peers whose `X-Forwarded-For` names the client.
+/// - `gateway.callTimeoutSeconds` (int, default 30): deadline of each call to a service.
+public struct GatewayConfig: Sendable {
+    public struct Limit: Sendable, Hashable {
+        public var perMinute: Int
+        public var burst: Int
+
+        public init(perMinute: Int, burst: Int) {
+            self.perMinute = perMinute
+            self.burst = burst
+        }
+    }
+
+    public var host: String
+    public var port: Int
+    public var adminPort: Int
+    public var corsOrigins: Set<String>
+    public var maxBodyBytes: Int
+    public var principalLimit: Limit
+    public var ipLimit: Limit
+    public var authLimit: Limit
+    public var trustedProxies: Set<String>
+    public var callTimeout: Duration
+
+    public init(
+        host: String = "127.0.0.1",
+        port: Int = 8000,
+        adminPort: Int = 9000,
+        corsOrigins: Set<String> = ["http://localhost:8000", "http://127.0.0.1:8000"],
+        maxBodyBytes: Int = 1 << 20,
+        principalLimit: Limit = Limit(perMinute: 6000, burst: 600),
+        ipLimit: Limit = Limit(perMinute: 12000, burst: 1200),
+        authLimit: Limit = Limit(perMinute: 30, burst: 10),
+        trustedProxies: Set<String> = [],
+        callTimeout: Duration = .seconds(30)
+    ) {
+        self.host = host
+        self.port = port
+        self.adminPort = adminPort
+        self.corsOrigins = corsOrigins
+        self.maxBodyBytes = maxBodyBytes
+        self.principalLimit = principalLimit
+        self.ipLimit = ipLimit
+        self.authLimit = authLimit
+        self.trustedProxies = trustedProxies
+        self.callTimeout = callTimeout
+    }
+
+    public init(config: ConfigReader) {
+        let defaults = GatewayConfig()
+        let gateway = config.scoped(to: "gateway")
+        let port = gateway.int(forKey: "port", default: defaults.port)
+        self.init(
+            host: gateway.string(forKey: "host", default: defaults.host),
+            port: port,
+            adminPort: gateway.int(forKey: "adminPort", default: 9000 + (port - 8000)),
+            corsOrigins: Set(gateway.stringArray(forKey: "corsOrigins", default: ["http://localhost:\(port)", "http://127.0.0.1:\(port)"])),
+            maxBodyBytes: gateway.int(forKey: "maxBodyBytes", default: defaults.maxBodyBytes),
+            principalLimit: Limit(
+                perMinute: gateway.int(forKey: "rateLimit.principalPerMinute", default: defaults.principalLimit.perMinute),
+                burst: gateway.int(forKey: "rateLimit.principalBurst", default: defaults.principalLimit.burst)
+            ),
+            ipLimit: Limit(
+                perMinute: gateway.int(forKey: "rateLimit.ipPerMinute", default: defaults.ipLimit.perMinute),
+                burst: gateway.int(forKey: "rateLimit.ipBurst", default: defaults.ipLimit.burst)
+            ),
+            authLimit: Limit(
+                perMinute: gateway.int(forKey: "rateLimit.authPerMinute", default: defaults.authLimit.perMinute),
+                burst: gateway.int(forKey: "rateLimit.authBurst", default: defaults.authLimit.burst)
+            ),
+            trustedProxies: Set(gateway.stringArray(forKey: "trustedProxies", default: [])),
+            callTimeout: .seconds(gateway.int(forKey: "callTimeoutSeconds", default: 30))
+        )
+    }
+}

@@ -1,0 +1,126 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import SparkKit
+
+/// Assigns the request id (kept from `X-Request-Id` if the client sent a sane one), works out the
+/// client's address (from `X-Forwarded-For` only when the peer is a trusted proxy), applies the
+/// per-IP rate limit and the body limit, and logs each request as one JSON line.
+struct RequestMiddleware: RouterMiddleware {
+    typealias Context = GatewayRequestContext
+    let config: GatewayConfig
+    let limiter: any RateLimiter
+    let logger: Logger
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var context = context
+        let started = ContinuousClock.now
+        if let given = request.headers[.requestID], given.count <= 64, given.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) {
+            context.requestID = given
+        } else {
+            context.requestID = SparkID.make("req")
+        }
+        context.clientIP = Self.clientIP(request, peer: context.peerAddress, trusted: self.config.trustedProxies)
+        var response: Response
+        do {
+            if let length = request.headers[.contentLength].flatMap(Int.init), length > self.config.maxBodyBytes {
+                throw APIError(.invalidArgument, "the body is larger than \(self.config.maxBodyBytes) bytes", field: "body")
+            }
+            if let wait = try await self.limiter.check(key: "ip:\(context.clientIP)", limit: self.config.ipLimit) {
+                throw RouteDispatcher.tooManyRequests(wait)
+            }
+            response = try await next(request, context)
+        } catch let error as APIError {
+            response = try error.response(from: request, context: context)
+            if error.field == "body" && error.message.hasPrefix("the body is larger") {
+                response.status = .contentTooLarge
+            }
+        } catch let error as HTTPError where error.status == .contentTooLarge {
+            response = try APIError(.invalidArgument, "the body is larger than \(self.config.maxBodyBytes) bytes", field: "body").response(from: request, context: context)
+            response.status = .contentTooLarge
+        } catch let error as HTTPError {
+            let code: GRPCCodeFromHTTP = .init(error.status)
+            response = try APIError(code.code, error.body ?? error.status.reasonPhrase).response(from: request, context: context)
+            response.status = error.status
+        } catch {
+            self.logger.error("request failed", metadata: ["request_id": "\(context.requestID)", "error": "\(error)"])
+            response = try APIError(.internalError, "internal error (request id \(context.requestID))").response(from: request, context: context)
+        }
+        response.headers[.requestID] = context.requestID
+        let elapsed = ContinuousClock.now - started
+        self.logger.debug("request", metadata: [
+            "request_id": "\(context.requestID)",
+            "method": "\(request.method.rawValue)",
+            "path": "\(request.uri.path)",
+            "status": "\(response.status.code)",
+            "ip": "\(context.clientIP)",
+            "micros": "\(elapsed.components.seconds * 1_000_000 + elapsed.components.attoseconds / 1_000_000_000_000)",
+        ])
+        return response
+    }
+
+    static func clientIP(_ request: Request, peer: String, trusted: Set<String>) -> String {
+        guard trusted.contains(peer), let forwarded = request.headers[.forwardedFor] else { return peer }
+        // The right-most address a trusted proxy did not add.
+        let hops = forwarded.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        return hops.last(where: { !trusted.contains($0) }) ?? peer
+    }
+}
+
+/// Translates an HTTP status Hummingbird raised (404 for an unknown route, say) into a gRPC code.
+struct GRPCCodeFromHTTP {
+    let code: GRPCCore.RPCError.Code
+
+    init(_ status: HTTPResponse.Status) {
+        switch status.code {
+        case 400: self.code = .invalidArgument
+        case 401: self.code = .unauthenticated
+        case 403: self.code = .permissionDenied
+        case 404: self.code = .notFound
+        case 405: self.code = .unimplemented
+        case 409: self.code = .alreadyExists
+        case 413: self.code = .invalidArgument
+        case 429: self.code = .resourceExhausted
+        case 503: self.code = .unavailable
+        default: self.code = .unknown
+        }
+    }
+}
+
+/// CORS for the origins in `gateway.corsOrigins` only: preflight requests from them are answered,
+/// and their responses carry `Access-Control-Allow-Origin`; other origins get no CORS headers, so
+/// browsers refuse them.
+struct CORSAllowlistMiddleware: RouterMiddleware {
+    typealias Context = GatewayRequestContext
+    let origins: Set<String>
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard let origin = request.headers[.origin] else {
+            return try await next(request, context)
+        }
+        let allowed = self.origins.contains(origin)
+        if request.method == .options && request.headers[.accessControlRequestMethod] != nil {
+            guard allowed else {
+                return Response(status: .forbidden)
+            }
+            return Response(status: .noContent, headers: [
+                .accessControlAllowOrigin: origin,
+                .accessControlAllowMethods: "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+                .accessControlAllowHeaders: "Authorization, Content-Type, X-Request-Id, traceparent",
+                .accessControlMaxAge: "600",
+                .vary: "Origin",
+            ])
+        }
+        var response = try await next(request, context)
+        if allowed {
+            response.headers[.accessControlAllowOrigin] = origin
+            response.headers[.accessControlExposeHeaders] = "X-Request-Id, Retry-After"
+            response.headers[.vary] = "Origin"
+        }
+        return response
+    }
+}
+
+import GRPCCore

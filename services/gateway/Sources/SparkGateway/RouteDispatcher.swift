@@ -1,0 +1,195 @@
+import Foundation
+import GRPCCore
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import SparkKit
+import SparkProto
+import SparkWire
+import SwiftProtobuf
+
+/// Serves one generated route: authenticates, checks the route's permission for the project in the
+/// path, builds the request message from the JSON body, the path and the query, calls the owning
+/// service over SparkWire, and answers with the response as JSON.
+///
+/// JSON follows protobuf's canonical mapping (lowerCamelCase names out, either spelling in).
+/// **Unknown fields are rejected** with 400 naming the field, so that a typo is not silently ignored.
+struct RouteDispatcher: Sendable {
+    let route: SparkHTTPRoute
+    let client: GRPCClient<SparkWireClientTransport>
+    let authenticator: Authenticator
+    let limiter: any RateLimiter
+    let config: GatewayConfig
+    let logger: Logger
+
+    static let decodingOptions: JSONDecodingOptions = {
+        var options = JSONDecodingOptions()
+        options.ignoreUnknownFields = false
+        return options
+    }()
+
+    static let encodingOptions: JSONEncodingOptions = {
+        var options = JSONEncodingOptions()
+        options.alwaysPrintInt64sAsNumbers = false
+        return options
+    }()
+
+    func handle(_ request: Request, context: GatewayRequestContext) async throws -> Response {
+        var metadata: Metadata = [
+            "x-request-id": "\(context.requestID)",
+            "sparkops-client-ip": "\(context.clientIP)",
+        ]
+        if let traceparent = request.headers[.traceparent] {
+            metadata.addString(traceparent, forKey: "traceparent")
+        }
+        if let agent = request.headers[.userAgent] {
+            metadata.addString(String(agent.prefix(200)), forKey: "sparkops-user-agent")
+        }
+
+        // Who is calling, and may they?
+        var credential: String?
+        if self.route.isPublic {
+            if let wait = try await self.limiter.check(key: "auth:\(context.clientIP)", limit: self.config.authLimit) {
+                throw Self.tooManyRequests(wait)
+            }
+        } else {
+            guard let bearer = Self.bearer(request) else {
+                throw APIError(.unauthenticated, "this route needs Authorization: Bearer <access token or API key>", headers: [.wwwAuthenticate: "Bearer"])
+            }
+            credential = bearer
+            let principal = try await self.authenticator.authenticate(bearer: bearer, requestMetadata: metadata)
+            if let wait = try await self.limiter.check(key: "principal:\(principal.id)", limit: self.config.principalLimit) {
+                throw Self.tooManyRequests(wait)
+            }
+            if self.route.adminOnly && !(principal.kind == .user && principal.isAdmin) {
+                throw APIError(.permissionDenied, "only administrators may do this")
+            }
+            if !self.route.permission.isEmpty, let projectID = context.parameters.get("project_id") {
+                let decision = try await self.authenticator.authorize(principal, projectID: projectID, permission: self.route.permission)
+                if decision.role == .unspecified {
+                    // Not a member: the project might as well not exist.
+                    throw APIError(.notFound, "project not found")
+                }
+                guard decision.allowed else {
+                    throw APIError(.permissionDenied, "\(self.route.permission) needs a higher role than \(decision.role.name)")
+                }
+            }
+            metadata.add(contentsOf: principal.metadata)
+        }
+
+        let message = try await self.requestMessage(request, context: context)
+        var options = CallOptions.defaults
+        options.timeout = self.config.callTimeout
+        let response: any SwiftProtobuf.Message
+        do {
+            response = try await self.route.call(self.client, message, metadata, options)
+        } catch let error as RPCError {
+            if error.code == .internalError || error.code == .unknown {
+                self.logger.error("call failed", metadata: ["request_id": "\(context.requestID)", "rpc": "\(self.route.descriptor)", "error": "\(error)"])
+            }
+            throw APIError(error, requestID: context.requestID)
+        }
+        self.afterSuccess(credential: credential)
+        let bytes: [UInt8] = try response.jsonUTF8Bytes(options: Self.encodingOptions)
+        return Response(
+            status: .init(code: self.route.successStatus),
+            headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(bytes: bytes))
+        )
+    }
+
+    /// Revocations through this gateway take effect here at once.
+    private func afterSuccess(credential: String?) {
+        switch self.route.descriptor.method {
+        case "Logout":
+            if let credential { self.authenticator.forget(credential: credential) }
+        case "RevokeApiKey", "ChangePassword", "RemoveMember", "AddMember", "DeleteProject":
+            self.authenticator.forgetAll()
+        default:
+            break
+        }
+    }
+
+    // MARK: Building the request
+
+    func requestMessage(_ request: Request, context: GatewayRequestContext) async throws -> any SwiftProtobuf.Message {
+        var object: [String: Any] = [:]
+        if self.route.hasBody {
+            let body = try await request.body.collect(upTo: self.config.maxBodyBytes)
+            if body.readableBytes > 0 {
+                guard let parsed = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView), options: [.fragmentsAllowed]) else {
+                    throw APIError(.invalidArgument, "the body is not valid JSON", field: "body")
+                }
+                guard let dictionary = parsed as? [String: Any] else {
+                    throw APIError(.invalidArgument, "the body must be a JSON object", field: "body")
+                }
+                object = dictionary
+            }
+        } else {
+            for (name, value) in request.uri.queryParameters {
+                let key = String(name)
+                guard let field = self.route.queryFields[key] ?? self.route.queryFields.values.first(where: { $0.jsonName == key }) else {
+                    throw APIError(.invalidArgument, "unknown query parameter \(key.debugDescription)", field: key)
+                }
+                switch field.kind {
+                case .integer:
+                    guard let number = Int64(value) else { throw APIError(.invalidArgument, "\(key) must be an integer", field: key) }
+                    object[field.jsonName] = number
+                case .boolean:
+                    guard value == "true" || value == "false" else { throw APIError(.invalidArgument, "\(key) must be true or false", field: key) }
+                    object[field.jsonName] = value == "true"
+                case .string, .enumeration:
+                    object[field.jsonName] = String(value)
+                }
+            }
+        }
+        // Path segments fill their fields, whatever the body said.
+        for (segment, jsonName) in self.route.pathFields {
+            guard let value = context.parameters.get(segment) else { continue }
+            object.removeValue(forKey: segment)
+            object[jsonName] = value
+        }
+        let bytes = Array(try JSONSerialization.data(withJSONObject: object))
+        do {
+            return try self.route.decodeRequest(bytes, Self.decodingOptions)
+        } catch {
+            throw self.describeDecodingFailure(object: object, error: error)
+        }
+    }
+
+    /// Finds the field at fault by decoding each top-level field alone.
+    private func describeDecodingFailure(object: [String: Any], error: any Error) -> APIError {
+        for key in object.keys.sorted() {
+            guard let single = try? JSONSerialization.data(withJSONObject: [key: object[key]!]) else { continue }
+            do {
+                _ = try self.route.decodeRequest(Array(single), Self.decodingOptions)
+            } catch let fieldError {
+                if case JSONDecodingError.unknownField(let name) = fieldError {
+                    return APIError(.invalidArgument, "unknown field \(name.debugDescription)", field: name)
+                }
+                return APIError(.invalidArgument, "\(key): has the wrong type or an invalid value", field: key)
+            }
+        }
+        return APIError(.invalidArgument, "the body does not match the request: \(error)", field: "body")
+    }
+
+    static func bearer(_ request: Request) -> String? {
+        guard let header = request.headers[.authorization] else { return nil }
+        let parts = header.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
+        let token = parts[1].trimmingCharacters(in: .whitespaces)
+        return token.isEmpty ? nil : token
+    }
+
+    static func tooManyRequests(_ wait: Duration) -> APIError {
+        let seconds = max(1, Int((Double(wait.components.seconds) + Double(wait.components.attoseconds) / 1e18).rounded(.up)))
+        return APIError(.resourceExhausted, "too many requests; retry after \(seconds) s", headers: [.retryAfter: "\(seconds)"])
+    }
+}
+
+extension HTTPField.Name {
+    static let traceparent = Self("traceparent")!
+    static let requestID = Self("x-request-id")!
+    static let forwardedFor = Self("x-forwarded-for")!
+}

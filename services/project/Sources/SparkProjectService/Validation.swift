@@ -1,0 +1,69 @@
+import Foundation
+import SparkKit
+
+/// Checks of request fields; each failure names the field.
+enum Validate {
+    static func name(_ value: String, field: String, maximum: Int = 100) throws -> String {
+        let trimmed = value.trimmingCharacters(in: .whitespaces)
+        guard !trimmed.isEmpty else { throw SparkError.invalid(field, "must not be empty") }
+        guard trimmed.count <= maximum else { throw SparkError.invalid(field, "must be at most \(maximum) characters") }
+        guard !trimmed.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+            throw SparkError.invalid(field, "must not contain control characters")
+        }
+        return trimmed
+    }
+
+    static func text(_ value: String, field: String, maximum: Int) throws -> String {
+        guard value.count <= maximum else { throw SparkError.invalid(field, "must be at most \(maximum) characters") }
+        return value
+    }
+
+    /// A lower-cased email address of a plausible shape.
+    static func email(_ value: String, field: String = "email") throws -> String {
+        let email = value.trimmingCharacters(in: .whitespaces).lowercased()
+        let parts = email.split(separator: "@", omittingEmptySubsequences: false)
+        guard email.count <= 254, parts.count == 2, !parts[0].isEmpty, parts[1].contains("."), !parts[1].hasPrefix("."),
+            !parts[1].hasSuffix("."), !email.contains(where: { $0.isWhitespace || $0.isNewline })
+        else {
+            throw SparkError.invalid(field, "is not an email address")
+        }
+        return email
+    }
+
+    /// At least 12 characters, and at most 72 bytes (bcrypt reads no further).
+    static func password(_ value: String, field: String) throws {
+        guard value.count >= 12 else { throw SparkError.invalid(field, "must be at least 12 characters") }
+        guard value.utf8.count <= 72 else { throw SparkError.invalid(field, "must be at most 72 bytes") }
+    }
+
+    static func id(_ value: String, prefix: String, field: String) throws {
+        guard !value.isEmpty else { throw SparkError.invalid(field, "is required") }
+        guard SparkID.isValid(value, prefix: prefix) else { throw SparkError.invalid(field, "is not a \(prefix)_… id") }
+    }
+
+    /// A page size in 1…500 (0 means the default of 50), and the id after which the page starts.
+    static func page(size: Int32, token: String) throws -> (limit: Int, after: String) {
+        guard size >= 0 && size <= 500 else { throw SparkError.invalid("page_size", "must be between 0 and 500") }
+        var after = ""
+        if !token.isEmpty {
+            guard let data = Data(base64URL: token), let decoded = String(data: data, encoding: .utf8), decoded.allSatisfy({ $0.isASCII && !$0.isWhitespace }) else {
+                throw SparkError.invalid("page_token", "is not a token this list returned")
+            }
+            after = decoded
+        }
+        return (size == 0 ? 50 : Int(size), after)
+    }
+
+    static func pageToken(lastID: String?, count: Int, limit: Int) -> String {
+        guard count == limit, let lastID else { return "" }
+        return SparkJWKS.base64URL(Data(lastID.utf8))
+    }
+}
+
+extension Data {
+    init?(base64URL: String) {
+        var base64 = base64URL.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        while base64.count % 4 != 0 { base64 += "=" }
+        self.init(base64Encoded: base64)
+    }
+}
