@@ -10,6 +10,8 @@ import Synchronization
 ///
 /// The file is in WAL mode, so readers do not block the writer; transactions begin IMMEDIATE so that
 /// concurrent writers queue on SQLite's lock (with a busy timeout) instead of failing to upgrade.
+/// A connection waiting on that lock blocks a thread, so the pool has threads of its own, one per
+/// connection: the connection holding the lock always has a thread to finish on.
 final class SQLitePool: Sendable {
     private struct State {
         var idle: [SQLiteConnection] = []
@@ -22,11 +24,14 @@ final class SQLitePool: Sendable {
     private let maximum: Int
     private let logger: Logger
     private let state = Mutex(State())
+    private let threadPool: NIOThreadPool
 
     init(path: String, maximum: Int = 4, logger: Logger) {
         self.path = path
         self.maximum = maximum
         self.logger = logger
+        self.threadPool = NIOThreadPool(numberOfThreads: maximum)
+        self.threadPool.start()
     }
 
     func withConnection<T>(_ body: (SQLiteConnection) async throws -> T) async throws -> T {
@@ -86,7 +91,12 @@ final class SQLitePool: Sendable {
     }
 
     private func openConnection() async throws -> SQLiteConnection {
-        let connection = try await SQLiteConnection.open(storage: .file(path: self.path), logger: self.logger).get()
+        let connection = try await SQLiteConnection.open(
+            storage: .file(path: self.path),
+            threadPool: self.threadPool,
+            logger: self.logger,
+            on: MultiThreadedEventLoopGroup.singleton.any()
+        ).get()
         let sql = connection.sql()
         for pragma in ["PRAGMA journal_mode = WAL", "PRAGMA busy_timeout = 10000", "PRAGMA foreign_keys = ON", "PRAGMA synchronous = NORMAL"] {
             try await sql.raw(SQLQueryString(pragma)).run()
@@ -105,5 +115,6 @@ final class SQLitePool: Sendable {
         }
         for waiter in waiters { waiter.resume(throwing: SparkStoreError("the store is closed")) }
         for connection in connections { try? await connection.close().get() }
+        try? await self.threadPool.shutdownGracefully()
     }
 }

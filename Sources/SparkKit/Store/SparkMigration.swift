@@ -25,12 +25,12 @@ extension SparkStore {
     /// with its write lock. Returns the ids applied.
     @discardableResult
     public func migrate(_ migrations: [SparkMigration]) async throws -> [String] {
-        if self.dialect == .postgres {
-            try await self.sql { db in
+        // IF NOT EXISTS is not safe against a concurrent creator in PostgreSQL: hold the lock.
+        try await self.transaction { db in
+            if self.dialect == .postgres {
+                try await db.raw("SELECT pg_advisory_xact_lock(\(bind: Self.lockKey(self.service)))").run()
                 try await db.raw("CREATE SCHEMA IF NOT EXISTS \(ident: self.service)").run()
             }
-        }
-        try await self.sql { db in
             try await db.raw("CREATE TABLE IF NOT EXISTS spark_migrations (id TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)").run()
         }
         var applied: [String] = []

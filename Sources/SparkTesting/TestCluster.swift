@@ -1,0 +1,156 @@
+import Configuration
+import Foundation
+import NIOHTTP1
+import Logging
+import ServiceLifecycle
+public import SparkKit
+import SparkRuntime
+
+/// SparkOps in this process, built by the same composition root as `sparkops dev`: the project
+/// service and the gateway on free loopback ports, talking over SparkWire with mutual TLS, on
+/// SQLite or a fresh PostgreSQL database (and Redis rate limits when the backend brings one).
+///
+/// ```swift
+/// try await TestCluster.run(backend: .sqlite) { cluster in
+///     let token = try await cluster.adminToken()
+///     let reply = try await cluster.http.send(.GET, "/api/v1/projects", token: token)
+/// }
+/// ```
+public struct TestCluster: Sendable {
+    public static let adminEmail = "admin@sparkops.test"
+    public static let adminPassword = "admin-password-123"
+
+    public let backend: TestBackend
+    public let home: String
+    public let databaseURL: String?
+    public let gatewayPort: Int
+    public let projectAdminPort: Int
+    public let http: HTTPTestClient
+    public let hostConfig: HostConfig
+
+    public var baseURL: String { self.http.baseURL }
+
+    /// Runs SparkOps for the duration of `body`.
+    /// - Parameter overrides: configuration keys to set, such as rate limits.
+    public static func run<T: Sendable>(
+        backend: TestBackend,
+        overrides: [String: String] = [:],
+        _ body: @Sendable (TestCluster) async throws -> T
+    ) async throws -> T {
+        try await backend.withDatabase { databaseURL in
+            let home = FileManager.default.temporaryDirectory.appending(path: "sparkops-cluster-\(UUID().uuidString)").path
+            defer { try? FileManager.default.removeItem(atPath: home) }
+            let ports = (gateway: try await FreePort.allocate(), gatewayAdmin: try await FreePort.allocate(), project: try await FreePort.allocate(), projectAdmin: try await FreePort.allocate())
+            var settings: [String: String] = [
+                "home": home,
+                "gateway.port": "\(ports.gateway)",
+                "gateway.adminPort": "\(ports.gatewayAdmin)",
+                "project.port": "\(ports.project)",
+                "project.adminPort": "\(ports.projectAdmin)",
+                "project.bcryptCost": "4",
+                "admin.email": Self.adminEmail,
+                "admin.password": Self.adminPassword,
+                "log.level": "warning",
+            ]
+            if let databaseURL { settings["database.url"] = databaseURL }
+            if let redis = backend.redisURL { settings["redis.url"] = redis }
+            settings.merge(overrides) { _, new in new }
+            // The real environment is left out, so that a developer's SPARKOPS_* variables do not leak in.
+            let config = try await SparkConfiguration.reader(overrides: settings, environment: [:])
+            let host = try HostConfig(config: config)
+            var logger = Logger(label: "sparkops.test")
+            logger.logLevel = .warning
+            try SparkRuntime.ensureCertificates(host: host, logger: logger)
+
+            var services: [any ServiceLifecycle.Service] = []
+            for name in ServiceName.available {
+                services += try await SparkRuntime.services(for: name, host: host, config: config, logger: logger)
+            }
+            let group = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) }, logger: logger))
+            let cluster = TestCluster(
+                backend: backend,
+                home: home,
+                databaseURL: databaseURL,
+                gatewayPort: ports.gateway,
+                projectAdminPort: ports.projectAdmin,
+                http: HTTPTestClient(baseURL: "http://127.0.0.1:\(ports.gateway)"),
+                hostConfig: host
+            )
+            return try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await group.run() }
+                do {
+                    try await cluster.waitUntilReady()
+                    let result = try await body(cluster)
+                    await group.triggerGracefulShutdown()
+                    try await tasks.waitForAll()
+                    return result
+                } catch {
+                    await group.triggerGracefulShutdown()
+                    try? await tasks.waitForAll()
+                    throw error
+                }
+            }
+        }
+    }
+
+    /// Waits (bounded) until the project service has migrated and the gateway answers.
+    func waitUntilReady() async throws {
+        let admin = HTTPTestClient(baseURL: "http://127.0.0.1:\(self.projectAdminPort)")
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            if let ready = try? await admin.send(.GET, "/readyz"), ready.status == 200,
+                let api = try? await self.http.send(.GET, "/api/v1/openapi.json"), api.status == 200
+            {
+                return
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw TestSetupError(description: "SparkOps did not become ready within 30 s")
+    }
+
+    /// Logs in and returns the session's JSON.
+    public func login(email: String = TestCluster.adminEmail, password: String = TestCluster.adminPassword) async throws -> [String: Any] {
+        let reply = try await self.http.send(.POST, "/api/v1/auth/login", json: ["email": email, "password": password])
+        guard reply.status == 200 else {
+            throw TestSetupError(description: "login as \(email) failed: \(reply.status) \(reply.text)")
+        }
+        return reply.json
+    }
+
+    /// An access token of the administrator.
+    public func adminToken() async throws -> String {
+        try await self.login()["accessToken"] as! String
+    }
+
+    /// Creates a project as `token`'s user and returns its id.
+    public func createProject(_ name: String, token: String) async throws -> String {
+        let reply = try await self.http.send(.POST, "/api/v1/projects", token: token, json: ["name": name])
+        guard reply.status == 201, let id = reply.json["id"] as? String else {
+            throw TestSetupError(description: "creating project \(name) failed: \(reply.status) \(reply.text)")
+        }
+        return id
+    }
+
+    /// Creates a user (as the administrator) and returns its id.
+    public func createUser(_ email: String, password: String = "user-password-123", adminToken: String) async throws -> String {
+        let reply = try await self.http.send(.POST, "/api/v1/users", token: adminToken, json: ["email": email, "password": password])
+        guard reply.status == 201, let id = reply.json["id"] as? String else {
+            throw TestSetupError(description: "creating user \(email) failed: \(reply.status) \(reply.text)")
+        }
+        return id
+    }
+
+    /// Runs `body` against the project service's database directly (to set up what the API cannot,
+    /// such as an expired key).
+    public func withProjectStore<T: Sendable>(_ body: @Sendable (SparkStore) async throws -> T) async throws -> T {
+        let store = try SparkStore(service: "project", location: self.hostConfig.storeLocation())
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask {
+                try await store.run()
+                return nil
+            }
+            defer { group.cancelAll() }
+            return try await body(store)
+        }
+    }
+}

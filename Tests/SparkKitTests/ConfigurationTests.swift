@@ -1,0 +1,64 @@
+import Configuration
+import Foundation
+import SparkKit
+import Testing
+
+@Suite("Configuration")
+struct ConfigurationTests {
+    @Test("command line beats environment beats file beats defaults")
+    func layering() async throws {
+        let file = FileManager.default.temporaryDirectory.appending(path: "sparkops-config-\(UUID().uuidString).json")
+        try #"{"gateway": {"port": 7100, "maxBodyBytes": 4096}, "log": {"level": "debug"}, "home": "/from/file"}"#.write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let reader = try await SparkConfiguration.reader(
+            overrides: ["gateway.port": "7300"],
+            file: file.path,
+            environment: ["SPARKOPS_GATEWAY_PORT": "7200", "SPARKOPS_GATEWAY_MAX_BODY_BYTES": "8192", "SPARKOPS_HOME": "/from/env"]
+        )
+        #expect(reader.int(forKey: "gateway.port") == 7300)
+        #expect(reader.int(forKey: "gateway.maxBodyBytes") == 8192)
+        #expect(reader.string(forKey: "log.level") == "debug")
+        #expect(reader.string(forKey: "home") == "/from/env")
+        #expect(reader.int(forKey: "gateway.adminPort", default: 9000) == 9000)
+    }
+
+    @Test("keys map to SPARKOPS_ environment names")
+    func environmentNames() {
+        #expect(SparkConfiguration.environmentName("gateway.port") == "SPARKOPS_GATEWAY_PORT")
+        #expect(SparkConfiguration.environmentName("database.url") == "SPARKOPS_DATABASE_URL")
+        #expect(SparkConfiguration.environmentName("gateway.rateLimit.ipPerMinute") == "SPARKOPS_GATEWAY_RATE_LIMIT_IP_PER_MINUTE")
+        #expect(SparkConfiguration.environmentName("project.address") == "SPARKOPS_PROJECT_ADDRESS")
+    }
+
+    @Test("the host configuration reads the documented variables and names the key of a bad value")
+    func hostConfig() async throws {
+        let reader = try await SparkConfiguration.reader(environment: [
+            "SPARKOPS_HOME": "/srv/sparkops",
+            "SPARKOPS_DATABASE_URL": "postgres://u:p@db:5432/sparkops",
+            "SPARKOPS_PROJECT_ADDRESS": "10.0.0.5:7001,10.0.0.6:7001",
+        ])
+        let host = try HostConfig(config: reader)
+        #expect(host.certificateDirectory == "/srv/sparkops/certs")
+        #expect(host.listener(.project).address.map(\.description) == ["10.0.0.5:7001", "10.0.0.6:7001"])
+        #expect(host.listener(.project).adminPort == 9001)
+        guard case .postgres(let url) = host.storeLocation() else {
+            Issue.record("expected PostgreSQL")
+            return
+        }
+        #expect(url.hasPrefix("postgres://"))
+
+        let bad = try await SparkConfiguration.reader(environment: ["SPARKOPS_RUN_ADDRESS": "nohost"])
+        #expect {
+            _ = try HostConfig(config: bad)
+        } throws: { error in
+            "\(error)".contains("run.address") && "\(error)".contains("SPARKOPS_RUN_ADDRESS")
+        }
+    }
+
+    @Test("a configuration file that does not exist is an error, not silence")
+    func missingFile() async {
+        await #expect(throws: SparkConfigurationError.self) {
+            _ = try await SparkConfiguration.reader(file: "/nonexistent/sparkops.json", environment: [:])
+        }
+    }
+}
