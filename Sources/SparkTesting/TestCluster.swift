@@ -24,6 +24,7 @@ public struct TestCluster: Sendable {
     public let home: String
     public let databaseURL: String?
     public let gatewayPort: Int
+    public let gatewayAdminPort: Int
     public let projectAdminPort: Int
     public let http: HTTPTestClient
     public let hostConfig: HostConfig
@@ -53,7 +54,10 @@ public struct TestCluster: Sendable {
                 "log.level": "warning",
             ]
             if let databaseURL { settings["database.url"] = databaseURL }
-            if let redis = backend.redisURL { settings["redis.url"] = redis }
+            if let redis = backend.redisURL {
+                settings["redis.url"] = redis
+                settings["redis.keyPrefix"] = "test-\(UUID().uuidString.prefix(8))"
+            }
             settings.merge(overrides) { _, new in new }
             // The real environment is left out, so that a developer's SPARKOPS_* variables do not leak in.
             let config = try await SparkConfiguration.reader(overrides: settings, environment: [:])
@@ -72,6 +76,7 @@ public struct TestCluster: Sendable {
                 home: home,
                 databaseURL: databaseURL,
                 gatewayPort: ports.gateway,
+                gatewayAdminPort: ports.gatewayAdmin,
                 projectAdminPort: ports.projectAdmin,
                 http: HTTPTestClient(baseURL: "http://127.0.0.1:\(ports.gateway)"),
                 hostConfig: host
@@ -93,13 +98,15 @@ public struct TestCluster: Sendable {
         }
     }
 
-    /// Waits (bounded) until the project service has migrated and the gateway answers.
+    /// Waits (bounded) until the project service has migrated and the gateway is connected to it,
+    /// as an operator's readiness probe would.
     func waitUntilReady() async throws {
-        let admin = HTTPTestClient(baseURL: "http://127.0.0.1:\(self.projectAdminPort)")
+        let project = HTTPTestClient(baseURL: "http://127.0.0.1:\(self.projectAdminPort)")
+        let gateway = HTTPTestClient(baseURL: "http://127.0.0.1:\(self.gatewayAdminPort)")
         let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {
-            if let ready = try? await admin.send(.GET, "/readyz"), ready.status == 200,
-                let api = try? await self.http.send(.GET, "/api/v1/openapi.json"), api.status == 200
+            if let ready = try? await project.send(.GET, "/readyz"), ready.status == 200,
+                let connected = try? await gateway.send(.GET, "/readyz"), connected.status == 200
             {
                 return
             }

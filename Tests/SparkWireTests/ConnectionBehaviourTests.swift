@@ -209,14 +209,27 @@ struct ConnectionBehaviourTests {
                     return error.code == .unavailable
                 }
             }
-            try await withWireServer(
-                services: [EchoService()],
-                security: self.certificates.security("echo"),
-                configure: { $0.port = port }
-            ) { _, _ in
-                try await eventually(timeout: .seconds(5)) { transport.readyConnectionCount == 1 }
-                let response = try await echo.get(.with { $0.text = "back" })
-                #expect(response.text == "back")
+            // A call that waits for ready is started now, while nothing listens, and completes when
+            // the server comes up.
+            try await withThrowingTaskGroup { group in
+                group.addTask {
+                    var options = CallOptions.defaults
+                    options.waitForReady = true
+                    options.timeout = .seconds(20)
+                    let response = try await echo.record(.with { $0.text = "waited" }, options: options)
+                    #expect(response.text == "waited")
+                }
+                try await Task.sleep(for: .milliseconds(300))
+                try await withWireServer(
+                    services: [EchoService()],
+                    security: self.certificates.security("echo"),
+                    configure: { $0.port = port }
+                ) { _, _ in
+                    try await group.waitForAll()
+                    try await eventually(timeout: .seconds(5)) { transport.readyConnectionCount == 1 }
+                    let response = try await echo.get(.with { $0.text = "back" })
+                    #expect(response.text == "back")
+                }
             }
             // The server went away again; the client notices and stops offering the connection.
             try await eventually { transport.readyConnectionCount == 0 }
@@ -244,7 +257,11 @@ struct ConnectionBehaviourTests {
     @Test("GRPCCore retries failed calls of idempotent methods only")
     func retries() async throws {
         let service = EchoService()
-        try await withEchoPair(certificates: self.certificates, service: service) { echo, _, _ in
+        try await withEchoPair(
+            certificates: self.certificates,
+            service: service,
+            configureClient: { $0.retryPolicy = SparkWireClientTransport.defaultRetryPolicy }
+        ) { echo, _, _ in
             // Get is NO_SIDE_EFFECTS: two failures, then success on the third attempt.
             let response = try await echo.get(.with { $0.text = "retried" }, metadata: ["echo-fail-attempts": "2"])
             #expect(response.text == "retried")
@@ -257,6 +274,14 @@ struct ConnectionBehaviourTests {
                 (error as? RPCError)?.code == .unavailable
             }
             #expect(service.callCount("Record") == 1)
+        }
+        // Without a policy, nothing is retried.
+        let plain = EchoService()
+        try await withEchoPair(certificates: self.certificates, service: plain) { echo, _, _ in
+            await #expect(throws: RPCError.self) {
+                _ = try await echo.get(.with { $0.text = "once" }, metadata: ["echo-fail-attempts": "1"])
+            }
+            #expect(plain.callCount("Get") == 1)
         }
     }
 

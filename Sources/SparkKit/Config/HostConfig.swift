@@ -11,6 +11,7 @@ public import SparkWire
 /// - `database.url` (string, optional, secret): `postgres://user:password@host:port/database`;
 ///   unset, each service uses `<home>/data/<service>.sqlite`.
 /// - `redis.url` (string, optional, secret): `redis://host:port/db`; unset, no Redis.
+/// - `redis.keyPrefix` (string, default `sparkops`): namespace of SparkOps keys in Redis.
 /// - `<service>.host` (string, default `127.0.0.1`): address the service's listeners bind.
 /// - `<service>.port` (int, default 7001 for project … 7008 for scheduler): SparkWire port.
 /// - `<service>.adminPort` (int, default SparkWire port + 2000): `/healthz`, `/readyz`, `/metrics`.

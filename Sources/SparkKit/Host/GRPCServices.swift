@@ -40,12 +40,17 @@ public struct GRPCClientService<Transport: ClientTransport>: ServiceLifecycle.Se
 /// SparkWire clients to the other services, one per peer, made on first use.
 public final class PeerClients: Sendable {
     public let clients: [ServiceName: GRPCClient<SparkWireClientTransport>]
+    private let transports: [SparkWireClientTransport]
+
+    /// Whether every peer has a connection ready for calls.
+    public var allReady: Bool { self.transports.allSatisfy(\.hasReadyConnection) }
 
     /// - Parameters:
     ///   - caller: the calling service, whose certificate the clients present.
     ///   - peers: the services it calls.
     public init(caller: ServiceName, peers: [ServiceName], config: HostConfig) throws {
         var clients: [ServiceName: GRPCClient<SparkWireClientTransport>] = [:]
+        var transports: [SparkWireClientTransport] = []
         for peer in peers {
             let transport = try SparkWireClientTransport(config: .init(
                 endpoints: config.listener(peer).address,
@@ -54,8 +59,10 @@ public final class PeerClients: Sendable {
                 methods: SparkProtoMethods.all
             ))
             clients[peer] = GRPCClient(transport: transport)
+            transports.append(transport)
         }
         self.clients = clients
+        self.transports = transports
     }
 
     public subscript(peer: ServiceName) -> GRPCClient<SparkWireClientTransport> {

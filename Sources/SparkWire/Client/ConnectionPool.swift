@@ -29,7 +29,7 @@ final class ConnectionPool: Sendable {
         var nextSubchannelID = 0
         var ready: [Int] = []
         var nextPick = 0
-        var waiters: [UInt64: CheckedContinuation<ClientConnection, any Error>] = [:]
+        var waiters: [UInt64: (continuation: CheckedContinuation<ClientConnection, any Error>, waitForReady: Bool)] = [:]
         var nextWaiterID: UInt64 = 0
         var resolved = false
         var lastError: String?
@@ -48,8 +48,10 @@ final class ConnectionPool: Sendable {
 
     // MARK: Picking
 
-    /// A ready connection, round robin.
-    func pick() async throws -> ClientConnection {
+    /// A ready connection, round robin. With `waitForReady`, waits while every subchannel is in
+    /// backoff instead of failing at once (gRPC's wait-for-ready semantics); the call's deadline
+    /// still bounds the wait.
+    func pick(waitForReady: Bool = false) async throws -> ClientConnection {
         enum Immediate {
             case connection(ClientConnection)
             case failure(RPCError)
@@ -57,7 +59,7 @@ final class ConnectionPool: Sendable {
         }
         let immediate = self.state.withLock { state -> Immediate in
             if let connection = Self.nextReady(&state) { return .connection(connection) }
-            if let error = Self.failure(state) { return .failure(error) }
+            if let error = Self.failure(state, waitForReady: waitForReady) { return .failure(error) }
             defer { state.nextWaiterID += 1 }
             return .wait(state.nextWaiterID)
         }
@@ -72,15 +74,15 @@ final class ConnectionPool: Sendable {
                 let outcome: Result<ClientConnection, any Error>? = self.state.withLock { state in
                     if Task.isCancelled { return .failure(CancellationError()) }
                     if let connection = Self.nextReady(&state) { return .success(connection) }
-                    if let error = Self.failure(state) { return .failure(error) }
-                    state.waiters[waiterID] = continuation
+                    if let error = Self.failure(state, waitForReady: waitForReady) { return .failure(error) }
+                    state.waiters[waiterID] = (continuation, waitForReady)
                     return nil
                 }
                 if let outcome { continuation.resume(with: outcome) }
             }
         } onCancel: {
             let waiter = self.state.withLock { $0.waiters.removeValue(forKey: waiterID) }
-            waiter?.resume(throwing: CancellationError())
+            waiter?.continuation.resume(throwing: CancellationError())
         }
     }
 
@@ -98,11 +100,11 @@ final class ConnectionPool: Sendable {
     }
 
     /// Why a call cannot wait, or nil if some subchannel may still become ready.
-    private static func failure(_ state: State) -> RPCError? {
+    private static func failure(_ state: State, waitForReady: Bool = false) -> RPCError? {
         if state.shutdown {
             return RPCError(code: .failedPrecondition, message: "the client transport is shut down")
         }
-        guard state.resolved else { return nil }
+        guard state.resolved, !waitForReady else { return nil }
         let connecting = state.subchannels.values.contains { subchannel in
             if case .connecting = subchannel.phase, !subchannel.removed { return true }
             return false
@@ -118,9 +120,9 @@ final class ConnectionPool: Sendable {
                 var out: [(CheckedContinuation<ClientConnection, any Error>, Result<ClientConnection, any Error>)] = []
                 for (id, waiter) in state.waiters {
                     if let connection = Self.nextReady(&state) {
-                        out.append((waiter, .success(connection)))
-                    } else if let error = Self.failure(state) {
-                        out.append((waiter, .failure(error)))
+                        out.append((waiter.continuation, .success(connection)))
+                    } else if let error = Self.failure(state, waitForReady: waiter.waitForReady) {
+                        out.append((waiter.continuation, .failure(error)))
                     } else {
                         continue
                     }
@@ -242,7 +244,7 @@ final class ConnectionPool: Sendable {
             return (Array(state.live.values), Array(state.waiters.values))
         }
         for waiter in waiters {
-            waiter.resume(throwing: RPCError(code: .failedPrecondition, message: "the client transport is shut down"))
+            waiter.continuation.resume(throwing: RPCError(code: .failedPrecondition, message: "the client transport is shut down"))
         }
         for connection in connections { connection.beginGracefulShutdown() }
     }

@@ -17,7 +17,7 @@ public struct SparkWireBackoff: Hashable, Sendable {
     /// Fraction of the delay by which it may randomly grow or shrink, in 0...1.
     public var jitter: Double
 
-    public init(initial: Duration = .milliseconds(500), maximum: Duration = .seconds(30), multiplier: Double = 1.6, jitter: Double = 0.2) {
+    public init(initial: Duration = .milliseconds(200), maximum: Duration = .seconds(30), multiplier: Double = 1.6, jitter: Double = 0.2) {
         precondition(initial > .zero && maximum >= initial && multiplier >= 1 && (0 ... 1).contains(jitter))
         self.initial = initial
         self.maximum = maximum

@@ -26,7 +26,7 @@ import Synchronization
 /// Connections that fail are re-established with exponential backoff and jitter; a GoAway moves
 /// new calls to a fresh connection while the calls in flight finish on the old one. With a
 /// `retryPolicy`, GRPCCore retries failed calls of methods whose proto declares an
-/// `idempotency_level`, and never others.
+/// `idempotency_level`, and never others (retries are off unless a policy is given).
 public final class SparkWireClientTransport: ClientTransport {
     public typealias Bytes = SparkWireBytes
 
@@ -48,7 +48,9 @@ public final class SparkWireClientTransport: ClientTransport {
         public var resolutionInterval: Duration
         /// Method traits: a unary request travels as one frame, and only methods marked idempotent retry.
         public var methods: [SparkWireMethod]
-        /// Retry policy for idempotent methods; nil disables retries.
+        /// Retry policy for idempotent methods; nil (the default) disables retries. GRPCCore 2.4.3's
+        /// retry executor can lose a request message under load (the server then answers INTERNAL
+        /// "Empty stream."; docs/benchmarks.md has the measurement), so retries are opt-in.
         public var retryPolicy: RetryPolicy?
         /// Run the transport side of each call (GRPCCore's executor, serialization) on the
         /// connection's event loop thread, avoiding thread hops per message.
@@ -65,7 +67,7 @@ public final class SparkWireClientTransport: ClientTransport {
             connectionsPerAddress: Int = 1,
             resolutionInterval: Duration = .seconds(30),
             methods: [SparkWireMethod] = [],
-            retryPolicy: RetryPolicy? = SparkWireClientTransport.defaultRetryPolicy,
+            retryPolicy: RetryPolicy? = nil,
             runsCallsOnEventLoop: Bool = true
         ) {
             self.runsCallsOnEventLoop = runsCallsOnEventLoop
@@ -83,7 +85,8 @@ public final class SparkWireClientTransport: ClientTransport {
         }
     }
 
-    /// Four attempts, 50 ms doubling to 2 s, on UNAVAILABLE: a replica restarting or going away.
+    /// A policy for idempotent methods: four attempts, 50 ms doubling to 2 s, on UNAVAILABLE (a
+    /// replica restarting or going away). Pass it as `retryPolicy` to enable retries.
     public static let defaultRetryPolicy = RetryPolicy(
         maxAttempts: 4,
         initialBackoff: .milliseconds(50),
@@ -292,7 +295,10 @@ public final class SparkWireClientTransport: ClientTransport {
     ) async throws -> T {
         let path = descriptor.wirePath
         let method = self.methods[path: path]
-        let (connection, stream) = try await self.openStream(holdUntilEnd: method.map { !$0.requestStreaming } ?? false)
+        let (connection, stream) = try await self.openStream(
+            holdUntilEnd: method.map { !$0.requestStreaming } ?? false,
+            waitForReady: options.waitForReady ?? false
+        )
         let context = ClientContext(descriptor: descriptor, remotePeer: connection.remotePeer, localPeer: connection.localPeer)
         let rpcStream = RPCStream(
             descriptor: descriptor,
@@ -319,10 +325,10 @@ public final class SparkWireClientTransport: ClientTransport {
     }
 
     /// Picks a connection and opens a stream on it, moving on if the connection was just going away.
-    private func openStream(holdUntilEnd: Bool) async throws -> (ClientConnection, StreamChannel) {
+    private func openStream(holdUntilEnd: Bool, waitForReady: Bool) async throws -> (ClientConnection, StreamChannel) {
         var attempts = 0
         while true {
-            let connection = try await self.pool.pick()
+            let connection = try await self.pool.pick(waitForReady: waitForReady)
             do {
                 return (connection, try await connection.makeStream(holdUntilEnd: holdUntilEnd))
             } catch let error as RPCError where error.code == .unavailable && attempts < 3 {
@@ -337,6 +343,9 @@ public final class SparkWireClientTransport: ClientTransport {
 
     /// Connections ready for new calls; for tests.
     package var readyConnectionCount: Int { self.pool.readyCount }
+
+    /// Whether at least one connection is ready for new calls (readiness checks use it).
+    public var hasReadyConnection: Bool { self.pool.readyCount > 0 }
 }
 
 extension MethodDescriptor {

@@ -29,13 +29,13 @@ public enum Gateway {
         if let url = host.redisURL, !url.isEmpty {
             let redis = try RedisClient(url: url, logger: logger)
             services.append(redis)
-            limiter = RedisRateLimiter(redis: redis)
+            limiter = RedisRateLimiter(redis: redis, prefix: config.string(forKey: "redis.keyPrefix", default: "sparkops"))
         } else {
             limiter = InMemoryRateLimiter()
         }
         let clients = Dictionary(uniqueKeysWithValues: peers.clients.map { ($0.key.rawValue, $0.value) })
         services.append(Self.application(clients: clients, limiter: limiter, config: gatewayConfig, logger: logger))
-        services.append(AdminServer.application(service: .gateway, host: gatewayConfig.host, port: gatewayConfig.adminPort, ready: { true }, logger: logger))
+        services.append(AdminServer.application(service: .gateway, host: gatewayConfig.host, port: gatewayConfig.adminPort, ready: { peers.allReady }, logger: logger))
         return services
     }
 
@@ -61,13 +61,14 @@ public enum Gateway {
         GatewayRequestContext.maxBodyBytes = config.maxBodyBytes
         let authenticator = Authenticator(client: clients["project"]!, logger: logger)
         let webSockets = WebSocketGateway(authenticator: authenticator, config: config, logger: logger)
+        let auditor = GatewayAuditor(client: clients["project"]!, logger: logger)
 
         let router = Router(context: GatewayRequestContext.self)
         router.add(middleware: RequestMiddleware(config: config, limiter: limiter, logger: logger))
         router.add(middleware: CORSAllowlistMiddleware(origins: config.corsOrigins))
         for route in SparkHTTPRoute.all {
             guard let client = clients[route.service] else { continue }
-            let dispatcher = RouteDispatcher(route: route, client: client, authenticator: authenticator, limiter: limiter, config: config, logger: logger)
+            let dispatcher = RouteDispatcher(route: route, client: client, authenticator: authenticator, limiter: limiter, auditor: auditor, config: config, logger: logger)
             router.on(RouterPath(route.path), method: HTTPRequest.Method(rawValue: route.verb.rawValue)!) { request, context in
                 try await dispatcher.handle(request, context: context)
             }

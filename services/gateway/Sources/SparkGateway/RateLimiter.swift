@@ -62,15 +62,18 @@ final class RedisRateLimiter: RateLimiter {
         """
 
     private let redis: RedisClient
+    private let prefix: String
     private let sha = Mutex<String?>(nil)
 
-    init(redis: RedisClient) {
+    /// - Parameter prefix: namespaces the keys (`redis.keyPrefix`), for deployments sharing a Redis.
+    init(redis: RedisClient, prefix: String = "sparkops") {
         self.redis = redis
+        self.prefix = prefix
     }
 
     func check(key: String, limit: GatewayConfig.Limit) async throws -> Duration? {
         let interval = 60_000.0 / Double(max(1, limit.perMinute))
-        let arguments = ["sparkops:ratelimit:\(key)", String(format: "%.3f", interval), "\(max(1, limit.burst))"]
+        let arguments = ["\(self.prefix):ratelimit:\(key)", String(format: "%.3f", interval), "\(max(1, limit.burst))"]
         let reply: RESPValue
         if let sha = self.sha.withLock({ $0 }) {
             do {

@@ -20,6 +20,7 @@ struct RouteDispatcher: Sendable {
     let client: GRPCClient<SparkWireClientTransport>
     let authenticator: Authenticator
     let limiter: any RateLimiter
+    let auditor: GatewayAuditor
     let config: GatewayConfig
     let logger: Logger
 
@@ -36,6 +37,17 @@ struct RouteDispatcher: Sendable {
     }()
 
     func handle(_ request: Request, context: GatewayRequestContext) async throws -> Response {
+        do {
+            return try await self.dispatch(request, context: context)
+        } catch let error as RPCError {
+            if error.code == .internalError || error.code == .unknown {
+                self.logger.error("call failed", metadata: ["request_id": "\(context.requestID)", "rpc": "\(self.route.descriptor)", "error": "\(error)"])
+            }
+            throw APIError(error, requestID: context.requestID)
+        }
+    }
+
+    private func dispatch(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         var metadata: Metadata = [
             "x-request-id": "\(context.requestID)",
             "sparkops-client-ip": "\(context.clientIP)",
@@ -47,10 +59,18 @@ struct RouteDispatcher: Sendable {
             metadata.addString(String(agent.prefix(200)), forKey: "sparkops-user-agent")
         }
 
+        // Ids in the path must have their resource's shape before anything else looks at them.
+        for (segment, _) in self.route.pathFields {
+            if let prefix = Self.idPrefixes[segment], let value = context.parameters.get(segment), !SparkID.isValid(value, prefix: prefix) {
+                throw APIError(.invalidArgument, "\(segment): is not a \(prefix)_… id", field: segment)
+            }
+        }
+
         // Who is calling, and may they?
         var credential: String?
         if self.route.isPublic {
             if let wait = try await self.limiter.check(key: "auth:\(context.clientIP)", limit: self.config.authLimit) {
+                await self.auditor.rateLimited(route: self.route.descriptor.method, ip: context.clientIP)
                 throw Self.tooManyRequests(wait)
             }
         } else {
@@ -81,15 +101,7 @@ struct RouteDispatcher: Sendable {
         let message = try await self.requestMessage(request, context: context)
         var options = CallOptions.defaults
         options.timeout = self.config.callTimeout
-        let response: any SwiftProtobuf.Message
-        do {
-            response = try await self.route.call(self.client, message, metadata, options)
-        } catch let error as RPCError {
-            if error.code == .internalError || error.code == .unknown {
-                self.logger.error("call failed", metadata: ["request_id": "\(context.requestID)", "rpc": "\(self.route.descriptor)", "error": "\(error)"])
-            }
-            throw APIError(error, requestID: context.requestID)
-        }
+        let response = try await self.route.call(self.client, message, metadata, options)
         self.afterSuccess(credential: credential)
         let bytes: [UInt8] = try response.jsonUTF8Bytes(options: Self.encodingOptions)
         return Response(
@@ -173,6 +185,9 @@ struct RouteDispatcher: Sendable {
         }
         return APIError(.invalidArgument, "the body does not match the request: \(error)", field: "body")
     }
+
+    /// The prefix of the ids path segments carry.
+    static let idPrefixes = ["project_id": "prj", "user_id": "usr", "api_key_id": "key", "run_id": "run", "workflow_id": "wf", "agent_id": "agt", "tool_id": "tool"]
 
     static func bearer(_ request: Request) -> String? {
         guard let header = request.headers[.authorization] else { return nil }
