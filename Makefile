@@ -5,18 +5,21 @@ SECONDS ?= 60
 
 # Debian packages the build, the tests and the polyglot clients need.
 DEBIAN_PACKAGES := protobuf-compiler protobuf-c-compiler libprotobuf-c-dev libssl-dev libpq-dev \
-	libhiredis-dev libsqlite3-dev pkg-config make gcc python3 python3-pip
+	libhiredis-dev libsqlite3-dev pkg-config make gcc python3 python3-pip curl
 
-.PHONY: help deps build test test-swift proto proto-check clients fuzz-wire bench-wire format clean
+.PHONY: help deps build run run-distributed test proto proto-check clients fuzz-wire bench-wire bench-gateway format clean
 
 help:
 	@echo "make deps         install missing Debian packages and Python modules"
 	@echo "make build        build every executable"
-	@echo "make test         run every test"
+	@echo "make run          run SparkOps in one process (SQLite) on http://localhost:8000"
+	@echo "make run-distributed  each service its own process, on local PostgreSQL and Redis"
+	@echo "make test         run every test (also on PostgreSQL and Redis when SPARKOPS_TEST_* are set)"
 	@echo "make proto        regenerate Swift, C and Python code from proto/"
 	@echo "make proto-check  fail if the generated code is out of date"
 	@echo "make fuzz-wire    fuzz the SparkWire frame decoder and state machine (SECONDS=$(SECONDS))"
 	@echo "make bench-wire   SparkWire against gRPC HTTP/2 and raw TLS, side by side"
+	@echo "make bench-gateway  wrk against an authenticated read through the gateway (SQLite, PostgreSQL)"
 
 # Installs only what is missing, with sudo when not root.
 deps:
@@ -30,6 +33,15 @@ deps:
 
 build: deps
 	$(SWIFT) build
+
+# Everything in one process: SQLite and certificates under .sparkops, the API on :8000.
+# RUN_ARGS passes options to `sparkops dev`, such as RUN_ARGS="--port 8080".
+run: deps
+	$(SWIFT) build --product sparkops
+	$$($(SWIFT) build --show-bin-path)/sparkops dev $(RUN_ARGS)
+
+run-distributed: deps
+	deploy/local/run-distributed.sh
 
 test: deps
 	$(SWIFT) build --build-tests
@@ -61,9 +73,12 @@ bench-wire:
 	cd Benchmarks && $(SWIFT) build -c release --product WireBenchmarks
 	Benchmarks/.build/release/WireBenchmarks
 
+bench-gateway: deps
+	scripts/bench-gateway.sh
+
 format:
 	$(SWIFT) format --in-place --recursive Sources Tests Benchmarks/Sources
 
 clean:
-	rm -rf .build .build-fuzz .build-protoc Benchmarks/.build
+	rm -rf .build .build-fuzz .build-protoc Benchmarks/.build .build-bench
 	$(MAKE) -C clients/c clean

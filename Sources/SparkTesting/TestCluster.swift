@@ -1,3 +1,4 @@
+import Synchronization
 import Configuration
 import Foundation
 import NIOHTTP1
@@ -51,7 +52,7 @@ public struct TestCluster: Sendable {
                 "project.bcryptCost": "4",
                 "admin.email": Self.adminEmail,
                 "admin.password": Self.adminPassword,
-                "log.level": "warning",
+                "log.level": ProcessInfo.processInfo.environment["SPARKOPS_TEST_LOG_LEVEL"] ?? "warning",
             ]
             if let databaseURL { settings["database.url"] = databaseURL }
             if let redis = backend.redisURL {
@@ -62,15 +63,22 @@ public struct TestCluster: Sendable {
             // The real environment is left out, so that a developer's SPARKOPS_* variables do not leak in.
             let config = try await SparkConfiguration.reader(overrides: settings, environment: [:])
             let host = try HostConfig(config: config)
-            var logger = Logger(label: "sparkops.test")
-            logger.logLevel = .warning
+            // SPARKOPS_TEST_LOG_LEVEL=debug: every service's log, unbuffered on stderr.
+            var logger = Logger(label: "sparkops.test") { StreamLogHandler.standardError(label: $0) }
+            logger.logLevel = Logger.Level(rawValue: ProcessInfo.processInfo.environment["SPARKOPS_TEST_LOG_LEVEL"] ?? "warning") ?? .warning
             try SparkRuntime.ensureCertificates(host: host, logger: logger)
 
             var services: [any ServiceLifecycle.Service] = []
             for name in ServiceName.available {
                 services += try await SparkRuntime.services(for: name, host: host, config: config, logger: logger)
             }
-            let group = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) }, logger: logger))
+            var groupLogger = Logger(label: "sparkops.test.shutdown") { StreamLogHandler.standardError(label: $0) }
+            groupLogger.logLevel = ProcessInfo.processInfo.environment["SPARKOPS_TEST_SHUTDOWN_DEBUG"] == nil ? .warning : .debug
+            var groupConfiguration = ServiceGroupConfiguration(services: services.map { .init(service: $0) }, logger: groupLogger)
+            // A service that does not finish its graceful shutdown is cancelled, and the test fails.
+            groupConfiguration.maximumGracefulShutdownDuration = .seconds(15)
+            groupConfiguration.maximumCancellationDuration = .seconds(5)
+            let group = ServiceGroup(configuration: groupConfiguration)
             let cluster = TestCluster(
                 backend: backend,
                 home: home,
@@ -82,9 +90,18 @@ public struct TestCluster: Sendable {
                 hostConfig: host
             )
             return try await withThrowingTaskGroup(of: Void.self) { tasks in
-                tasks.addTask { try await group.run() }
+                let ended = GroupEnd()
+                tasks.addTask {
+                    do {
+                        try await group.run()
+                        ended.record("without an error")
+                    } catch {
+                        ended.record(String(reflecting: error))
+                        throw error
+                    }
+                }
                 do {
-                    try await cluster.waitUntilReady()
+                    try await cluster.waitUntilReady(unless: ended)
                     let result = try await body(cluster)
                     await group.triggerGracefulShutdown()
                     try await tasks.waitForAll()
@@ -100,11 +117,14 @@ public struct TestCluster: Sendable {
 
     /// Waits (bounded) until the project service has migrated and the gateway is connected to it,
     /// as an operator's readiness probe would.
-    func waitUntilReady() async throws {
+    func waitUntilReady(unless ended: GroupEnd) async throws {
         let project = HTTPTestClient(baseURL: "http://127.0.0.1:\(self.projectAdminPort)")
         let gateway = HTTPTestClient(baseURL: "http://127.0.0.1:\(self.gatewayAdminPort)")
         let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {
+            if let reason = ended.reason {
+                throw TestSetupError(description: "SparkOps stopped while starting: \(reason)")
+            }
             if let ready = try? await project.send(.GET, "/readyz"), ready.status == 200,
                 let connected = try? await gateway.send(.GET, "/readyz"), connected.status == 200
             {
@@ -112,7 +132,9 @@ public struct TestCluster: Sendable {
             }
             try await Task.sleep(for: .milliseconds(50))
         }
-        throw TestSetupError(description: "SparkOps did not become ready within 30 s")
+        let projectReady = (try? await project.send(.GET, "/readyz"))?.status
+        let gatewayReady = (try? await gateway.send(.GET, "/readyz"))?.status
+        throw TestSetupError(description: "SparkOps did not become ready within 30 s: project admin :\(self.projectAdminPort) /readyz \(projectReady.map(String.init) ?? "no answer"), gateway admin :\(self.gatewayAdminPort) /readyz \(gatewayReady.map(String.init) ?? "no answer")")
     }
 
     /// Logs in and returns the session's JSON.
@@ -159,5 +181,16 @@ public struct TestCluster: Sendable {
             defer { group.cancelAll() }
             return try await body(store)
         }
+    }
+}
+
+/// Why a cluster's service group ended, once it has.
+final class GroupEnd: Sendable {
+    private let value = Mutex<String?>(nil)
+
+    var reason: String? { self.value.withLock { $0 } }
+
+    func record(_ reason: String) {
+        self.value.withLock { $0 = $0 ?? reason }
     }
 }

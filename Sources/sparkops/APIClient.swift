@@ -48,7 +48,9 @@ struct SavedSession: Codable {
         let directory = Self.path.deletingLastPathComponent()
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let data = try JSONEncoder().encode(self)
-        FileManager.default.createFile(atPath: Self.path.path, contents: data, attributes: [.posixPermissions: 0o600])
+        guard FileManager.default.createFile(atPath: Self.path.path, contents: data, attributes: [.posixPermissions: 0o600]) else {
+            throw APICallError(status: 0, code: "LOCAL", message: "cannot write the session to \(Self.path.path)")
+        }
     }
 
     static func remove() {
@@ -61,13 +63,26 @@ struct APICallError: Error, CustomStringConvertible {
     var status: Int
     var code: String
     var message: String
+    /// The request field the error is about, when the gateway named one.
+    var field: String? = nil
 
-    var description: String { "\(self.code) (HTTP \(self.status)): \(self.message)" }
+    var description: String {
+        "\(self.code) (HTTP \(self.status)): \(self.field.map { "\($0): " } ?? "")\(self.message)"
+    }
 }
 
 /// Calls the gateway's HTTP/JSON API, refreshing the saved session once when its access token expired.
 struct APIClient {
     let options: ClientOptions
+
+    /// Fails fast when the gateway is down: one connection attempt, bounded by 5 s, instead of
+    /// retrying until the request's deadline. Lives as long as the process.
+    static let http: HTTPClient = {
+        var configuration = HTTPClient.Configuration()
+        configuration.timeout.connect = .seconds(5)
+        configuration.connectionPool.retryConnectionEstablishment = false
+        return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+    }()
 
     func call(_ method: HTTPMethod, _ path: String, body: [String: Any]? = nil, authenticated: Bool = true) async throws -> [String: Any] {
         var session = SavedSession.load()
@@ -87,7 +102,13 @@ struct APIClient {
         }
         guard (200 ..< 300).contains(status) else {
             let error = object["error"] as? [String: Any]
-            throw APICallError(status: status, code: error?["code"] as? String ?? "HTTP_\(status)", message: error?["message"] as? String ?? "")
+            let details = error?["details"] as? [[String: Any]] ?? []
+            throw APICallError(
+                status: status,
+                code: error?["code"] as? String ?? "HTTP_\(status)",
+                message: error?["message"] as? String ?? "",
+                field: details.lazy.compactMap { $0["field"] as? String }.first
+            )
         }
         return object
     }
@@ -102,7 +123,7 @@ struct APIClient {
         }
         let response: HTTPClientResponse
         do {
-            response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+            response = try await Self.http.execute(request, timeout: .seconds(30))
         } catch {
             throw APICallError(status: 0, code: "UNAVAILABLE", message: "cannot reach \(self.options.baseURL): \(error)")
         }

@@ -53,7 +53,7 @@ struct DevCommand: AsyncParsableCommand {
         let logger = SparkRuntime.bootstrapTelemetry(config: config, defaultFormat: "text")
         let host = try HostConfig(config: config)
         try SparkRuntime.ensureCertificates(host: host, logger: logger)
-        let gatewayPort = config.int(forKey: "gateway.port", default: 8000)
+        let gatewayPort = try config.integer(forKey: "gateway.port", default: 8000, in: ConfigReader.portRange)
         print("SparkOps dev: API on http://localhost:\(gatewayPort) (OpenAPI: /api/v1/openapi.json), data in \(host.home)")
         try await SparkRuntime.run(ServiceName.available, host: host, config: config, logger: logger)
     }

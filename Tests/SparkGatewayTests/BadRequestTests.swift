@@ -205,14 +205,19 @@ struct BadRequestTests {
 
     @Test("a principal over its rate limit gets 429 with Retry-After")
     func principalRateLimit() async throws {
-        try await TestCluster.run(backend: .sqlite, overrides: ["gateway.rateLimit.principalPerMinute": "60", "gateway.rateLimit.principalBurst": "5"]) { cluster in
+        try await TestCluster.run(backend: .sqlite, overrides: ["gateway.rateLimit.principalPerMinute": "1", "gateway.rateLimit.principalBurst": "5"]) { cluster in
             let admin = try await cluster.adminToken()
             var statuses: [Int] = []
+            var retryAfter: String?
             for _ in 0 ..< 8 {
-                statuses.append(try await cluster.http.send(.GET, "/api/v1/projects", token: admin).status)
+                let reply = try await cluster.http.send(.GET, "/api/v1/projects", token: admin)
+                statuses.append(reply.status)
+                retryAfter = reply.headers.first(name: "Retry-After")
             }
             #expect(statuses.prefix(5).allSatisfy { $0 == 200 }, "\(statuses)")
             #expect(statuses.suffix(3).allSatisfy { $0 == 429 }, "\(statuses)")
+            // One token a minute: the wait is tens of seconds, and says so.
+            #expect((Int(retryAfter ?? "") ?? 0) > 1)
         }
     }
 }

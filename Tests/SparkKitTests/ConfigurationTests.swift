@@ -55,6 +55,38 @@ struct ConfigurationTests {
         }
     }
 
+    @Test("a number that is not one, or out of range, is an error naming the key, not a silent default")
+    func integers() async throws {
+        let file = FileManager.default.temporaryDirectory.appending(path: "sparkops-config-\(UUID().uuidString).json")
+        try #"{"gateway": {"maxBodyBytes": 4096, "callTimeoutSeconds": "soon"}}"#.write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let reader = try await SparkConfiguration.reader(
+            overrides: ["project.port": "eighty", "gateway.port": "70000"],
+            file: file.path,
+            environment: ["SPARKOPS_PROJECT_BCRYPT_COST": "12"]
+        )
+        #expect(try reader.integer(forKey: "gateway.maxBodyBytes", default: 1) == 4096)
+        #expect(try reader.integer(forKey: "project.bcryptCost", default: 4, in: 4...31) == 12)
+        #expect(try reader.integer(forKey: "project.refreshTokenDays", default: 7) == 7)
+        #expect(try reader.integer(forKey: "project.grpcPort") == nil)
+        #expect {
+            _ = try reader.integer(forKey: "project.port", default: 7001)
+        } throws: { error in
+            "\(error)".contains("project.port") && "\(error)".contains("SPARKOPS_PROJECT_PORT") && "\(error)".contains("eighty")
+        }
+        #expect {
+            _ = try reader.integer(forKey: "gateway.callTimeoutSeconds", default: 30)
+        } throws: { error in
+            "\(error)".contains("gateway.callTimeoutSeconds") && "\(error)".contains("soon")
+        }
+        #expect {
+            _ = try reader.integer(forKey: "gateway.port", default: 8000, in: ConfigReader.portRange)
+        } throws: { error in
+            "\(error)".contains("gateway.port") && "\(error)".contains("70000")
+        }
+        #expect(throws: SparkConfigurationError.self) { _ = try HostConfig(config: reader) }
+    }
+
     @Test("a configuration file that does not exist is an error, not silence")
     func missingFile() async {
         await #expect(throws: SparkConfigurationError.self) {

@@ -44,7 +44,7 @@ public struct HostConfig: Sendable {
         var services: [ServiceName: Listener] = [:]
         for name in ServiceName.allCases {
             let scoped = config.scoped(to: ConfigKey(name.rawValue))
-            let port = scoped.int(forKey: "port", default: name.defaultWirePort)
+            let port = try config.integer(forKey: "\(name.rawValue).port", default: name.defaultWirePort, in: ConfigReader.portRange)
             let addressText = scoped.string(forKey: "address", default: "127.0.0.1:\(port)")
             let address: [SparkWireEndpoint]
             do {
@@ -55,8 +55,8 @@ public struct HostConfig: Sendable {
             services[name] = Listener(
                 host: scoped.string(forKey: "host", default: "127.0.0.1"),
                 port: port,
-                adminPort: scoped.int(forKey: "adminPort", default: port + 2000),
-                grpcPort: scoped.int(forKey: "grpcPort"),
+                adminPort: try config.integer(forKey: "\(name.rawValue).adminPort", default: port + 2000, in: ConfigReader.portRange),
+                grpcPort: try config.integer(forKey: "\(name.rawValue).grpcPort"),
                 address: address
             )
         }

@@ -70,3 +70,27 @@ public struct SparkConfigurationError: Error, CustomStringConvertible, Sendable 
         self.description = description
     }
 }
+
+extension ConfigReader {
+    /// An integer setting, or `default` when it is not set. A value that is set but is not an
+    /// integer (`--set project.port=eighty`) is an error naming the key, never a silent default.
+    /// With `range`, a value outside it is an error too.
+    public func integer(forKey key: String, default defaultValue: Int, in range: ClosedRange<Int>? = nil) throws -> Int {
+        let value = try self.integer(forKey: key) ?? defaultValue
+        if let range, !range.contains(value) {
+            throw SparkConfigurationError("\(key) (\(SparkConfiguration.environmentName(key))) must be in \(range.lowerBound)...\(range.upperBound), not \(value)")
+        }
+        return value
+    }
+
+    /// The range of a TCP port setting (0 picks a free port).
+    public static var portRange: ClosedRange<Int> { 0...65_535 }
+
+    /// An integer setting, or nil when it is not set; a value that is not an integer is an error.
+    public func integer(forKey key: String) throws -> Int? {
+        let configKey = ConfigKey(key)
+        if let value = self.int(forKey: configKey) { return value }
+        guard let text = self.string(forKey: configKey) else { return nil }
+        throw SparkConfigurationError("\(key) (\(SparkConfiguration.environmentName(key))) must be an integer, not \(text.debugDescription)")
+    }
+}

@@ -87,15 +87,18 @@ struct ServingService: ServiceLifecycle.Service {
     let logger: Logger
 
     func run() async throws {
+        let listener = self.config.listener(self.definition.name)
+        self.logger.debug("starting", metadata: ["admin": "\(listener.host):\(listener.adminPort)"])
         if let store = self.definition.store {
             let applied = try await self.migrateWithRetry(store)
             if !applied.isEmpty {
                 self.logger.info("applied migrations", metadata: ["migrations": "\(applied.joined(separator: ","))", "dialect": "\(store.dialect.rawValue)"])
             }
         }
+        self.logger.debug("migrated; preparing", metadata: ["admin": "\(listener.host):\(listener.adminPort)"])
         try await self.definition.prepare()
+        self.logger.debug("prepared", metadata: ["admin": "\(listener.host):\(listener.adminPort)"])
 
-        let listener = self.config.listener(self.definition.name)
         var allowlist = self.definition.allowlist
         allowlist.services["sparkops.health.v1.Health"] = ["*"]
         let interceptors: [any ServerInterceptor] = [

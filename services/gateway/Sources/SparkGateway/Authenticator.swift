@@ -38,9 +38,15 @@ final class Authenticator: Sendable {
     private let state = Mutex(State())
     private let logger: Logger
 
-    init(client: GRPCClient<SparkWireClientTransport>, logger: Logger) {
+    /// Every call the authenticator makes carries this deadline.
+    private let options: CallOptions
+
+    init(client: GRPCClient<SparkWireClientTransport>, callTimeout: Duration, logger: Logger) {
         self.project = .init(wrapping: client)
         self.logger = logger
+        var options = CallOptions.defaults
+        options.timeout = callTimeout
+        self.options = options
     }
 
     // MARK: Credentials
@@ -67,7 +73,7 @@ final class Authenticator: Sendable {
             throw APIError(.unauthenticated, "the bearer credential is neither an access token nor an API key", headers: [.wwwAuthenticate: "Bearer"])
         }
         do {
-            let response = try await self.project.authenticate(request, metadata: requestMetadata)
+            let response = try await self.project.authenticate(request, metadata: requestMetadata, options: self.options)
             let until = min(response.cacheUntil.date, now.addingTimeInterval(5))
             self.state.withLock { state in
                 if state.principals.count > 100_000 { state.principals.removeAll() }
@@ -140,7 +146,7 @@ final class Authenticator: Sendable {
             return true
         }
         guard due else { return }
-        let response = try await self.project.getSigningKeys(.init())
+        let response = try await self.project.getSigningKeys(.init(), options: self.options)
         for key in try SparkJWKS.decode(response.jwks) {
             await self.keys.add(eddsa: try EdDSA.PublicKey(x: key.x, curve: .ed25519), kid: JWKIdentifier(string: key.id))
             _ = self.state.withLock { $0.knownKeyIDs.insert(key.id) }
@@ -165,7 +171,7 @@ final class Authenticator: Sendable {
             $0.principal = principal
             $0.projectID = projectID
             $0.permission = permission
-        })
+        }, options: self.options)
         self.state.withLock { state in
             if state.decisions.count > 100_000 { state.decisions.removeAll() }
             state.decisions[key] = CachedDecision(allowed: response.allowed, role: response.role, until: now.addingTimeInterval(2))

@@ -22,7 +22,7 @@ public enum Gateway {
     public static func services(host: HostConfig, config: ConfigReader, logger: Logger) async throws -> [any ServiceLifecycle.Service] {
         var logger = logger
         logger[metadataKey: "service"] = "gateway"
-        let gatewayConfig = GatewayConfig(config: config)
+        let gatewayConfig = try GatewayConfig(config: config)
         let peers = try PeerClients(caller: .gateway, peers: [.project], config: host)
         var services: [any ServiceLifecycle.Service] = peers.services
         let limiter: any RateLimiter
@@ -59,7 +59,7 @@ public enum Gateway {
         onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
         GatewayRequestContext.maxBodyBytes = config.maxBodyBytes
-        let authenticator = Authenticator(client: clients["project"]!, logger: logger)
+        let authenticator = Authenticator(client: clients["project"]!, callTimeout: config.callTimeout, logger: logger)
         let webSockets = WebSocketGateway(authenticator: authenticator, config: config, logger: logger)
         let auditor = GatewayAuditor(client: clients["project"]!, logger: logger)
 
@@ -82,9 +82,8 @@ public enum Gateway {
 
         let webSocketRouter = Router(context: GatewayRequestContext.self)
         webSocketRouter.add(middleware: RequestMiddleware(config: config, limiter: limiter, logger: logger))
-        webSocketRouter.ws("/api/v1/ws") { request, context in
-            try webSockets.shouldUpgrade(request, context: context)
-        } onUpgrade: { inbound, outbound, context in
+        // Every handshake upgrades; `run` refuses bad ones with an error message the client can read.
+        webSocketRouter.ws("/api/v1/ws") { inbound, outbound, context in
             try await webSockets.run(inbound: inbound, outbound: outbound, request: context.request)
         }
 

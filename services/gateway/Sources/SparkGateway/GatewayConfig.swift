@@ -1,4 +1,5 @@
 public import Configuration
+import SparkKit
 
 /// Settings of the HTTP gateway.
 ///
@@ -15,6 +16,8 @@ public import Configuration
 ///   refresh, per IP.
 /// - `gateway.trustedProxies` (strings, default none): peers whose `X-Forwarded-For` names the client.
 /// - `gateway.callTimeoutSeconds` (int, default 30): deadline of each call to a service.
+/// - `gateway.webSocketAuthTimeoutSeconds` (int, default 10): a WebSocket that has not
+///   authenticated (ticket or first message) within this time is closed.
 public struct GatewayConfig: Sendable {
     public struct Limit: Sendable, Hashable {
         public var perMinute: Int
@@ -36,6 +39,7 @@ public struct GatewayConfig: Sendable {
     public var authLimit: Limit
     public var trustedProxies: Set<String>
     public var callTimeout: Duration
+    public var webSocketAuthTimeout: Duration
 
     public init(
         host: String = "127.0.0.1",
@@ -47,7 +51,8 @@ public struct GatewayConfig: Sendable {
         ipLimit: Limit = Limit(perMinute: 12000, burst: 1200),
         authLimit: Limit = Limit(perMinute: 30, burst: 10),
         trustedProxies: Set<String> = [],
-        callTimeout: Duration = .seconds(30)
+        callTimeout: Duration = .seconds(30),
+        webSocketAuthTimeout: Duration = .seconds(10)
     ) {
         self.host = host
         self.port = port
@@ -59,32 +64,33 @@ public struct GatewayConfig: Sendable {
         self.authLimit = authLimit
         self.trustedProxies = trustedProxies
         self.callTimeout = callTimeout
+        self.webSocketAuthTimeout = webSocketAuthTimeout
     }
 
-    public init(config: ConfigReader) {
+    public init(config: ConfigReader) throws {
         let defaults = GatewayConfig()
-        let gateway = config.scoped(to: "gateway")
-        let port = gateway.int(forKey: "port", default: defaults.port)
+        let port = try config.integer(forKey: "gateway.port", default: defaults.port, in: ConfigReader.portRange)
         self.init(
-            host: gateway.string(forKey: "host", default: defaults.host),
+            host: config.string(forKey: "gateway.host", default: defaults.host),
             port: port,
-            adminPort: gateway.int(forKey: "adminPort", default: 9000 + (port - 8000)),
-            corsOrigins: Set(gateway.stringArray(forKey: "corsOrigins", default: ["http://localhost:\(port)", "http://127.0.0.1:\(port)"])),
-            maxBodyBytes: gateway.int(forKey: "maxBodyBytes", default: defaults.maxBodyBytes),
+            adminPort: try config.integer(forKey: "gateway.adminPort", default: port == 0 ? 0 : 9000 + (port - 8000), in: ConfigReader.portRange),
+            corsOrigins: Set(config.stringArray(forKey: "gateway.corsOrigins", default: ["http://localhost:\(port)", "http://127.0.0.1:\(port)"])),
+            maxBodyBytes: try config.integer(forKey: "gateway.maxBodyBytes", default: defaults.maxBodyBytes, in: 1...Int(Int32.max)),
             principalLimit: Limit(
-                perMinute: gateway.int(forKey: "rateLimit.principalPerMinute", default: defaults.principalLimit.perMinute),
-                burst: gateway.int(forKey: "rateLimit.principalBurst", default: defaults.principalLimit.burst)
+                perMinute: try config.integer(forKey: "gateway.rateLimit.principalPerMinute", default: defaults.principalLimit.perMinute, in: 1...Int(Int32.max)),
+                burst: try config.integer(forKey: "gateway.rateLimit.principalBurst", default: defaults.principalLimit.burst, in: 1...Int(Int32.max))
             ),
             ipLimit: Limit(
-                perMinute: gateway.int(forKey: "rateLimit.ipPerMinute", default: defaults.ipLimit.perMinute),
-                burst: gateway.int(forKey: "rateLimit.ipBurst", default: defaults.ipLimit.burst)
+                perMinute: try config.integer(forKey: "gateway.rateLimit.ipPerMinute", default: defaults.ipLimit.perMinute, in: 1...Int(Int32.max)),
+                burst: try config.integer(forKey: "gateway.rateLimit.ipBurst", default: defaults.ipLimit.burst, in: 1...Int(Int32.max))
             ),
             authLimit: Limit(
-                perMinute: gateway.int(forKey: "rateLimit.authPerMinute", default: defaults.authLimit.perMinute),
-                burst: gateway.int(forKey: "rateLimit.authBurst", default: defaults.authLimit.burst)
+                perMinute: try config.integer(forKey: "gateway.rateLimit.authPerMinute", default: defaults.authLimit.perMinute, in: 1...Int(Int32.max)),
+                burst: try config.integer(forKey: "gateway.rateLimit.authBurst", default: defaults.authLimit.burst, in: 1...Int(Int32.max))
             ),
-            trustedProxies: Set(gateway.stringArray(forKey: "trustedProxies", default: [])),
-            callTimeout: .seconds(gateway.int(forKey: "callTimeoutSeconds", default: 30))
+            trustedProxies: Set(config.stringArray(forKey: "gateway.trustedProxies", default: [])),
+            callTimeout: .seconds(try config.integer(forKey: "gateway.callTimeoutSeconds", default: 30, in: 1...Int(Int32.max))),
+            webSocketAuthTimeout: .seconds(try config.integer(forKey: "gateway.webSocketAuthTimeoutSeconds", default: 10, in: 1...Int(Int32.max)))
         )
     }
 }

@@ -14,9 +14,11 @@ import Synchronization
 ///
 /// A browser first gets a ticket (`POST /api/v1/ws/tickets`, authenticated: single use, valid 30 s)
 /// and connects to `/api/v1/ws?ticket=…`; other clients may instead send
-/// `{"type":"auth","token":"<access token or API key>"}` as their first message, within 10 s.
-/// Long-lived credentials never go in the URL. The handshake's `Origin`, when present, must be one
-/// of the CORS origins. Then `{"type":"subscribe","topic":"runs","projectId":"prj_…"}` subscribes,
+/// `{"type":"auth","token":"<access token or API key>"}` as their first message, within
+/// `gateway.webSocketAuthTimeoutSeconds` (10 s), or the socket is closed.
+/// Long-lived credentials never go in the URL. A browser's `Origin` must be one of the CORS
+/// origins (see ``originAllowed(_:allowlist:)``); a refused handshake gets an error message and
+/// close code 1008. Then `{"type":"subscribe","topic":"runs","projectId":"prj_…"}` subscribes,
 /// after the same permission check as the HTTP routes (`run.read`).
 final class WebSocketGateway: Sendable {
     private struct Ticket {
@@ -61,27 +63,93 @@ final class WebSocketGateway: Sendable {
         }
     }
 
-    func shouldUpgrade(_ request: Request, context: GatewayRequestContext) throws -> RouterShouldUpgrade {
-        if let origin = request.headers[.origin], !self.config.corsOrigins.contains(origin) {
-            throw APIError(.permissionDenied, "origin \(origin.debugDescription) may not open a WebSocket here")
+    /// Why a handshake may not open a socket, if it may not. A refused socket is upgraded only to
+    /// carry the error (code, `field`, message) and is closed with 1008 before reading anything:
+    /// an HTTP refusal of an upgrade reaches browsers without its body.
+    func refusal(of request: Request) -> APIError? {
+        let origins = request.headers[values: .origin]
+        if origins.count > 1 {
+            return APIError(.invalidArgument, "a handshake carries at most one Origin", field: "Origin")
+        }
+        if let origin = origins.first, !Self.originAllowed(origin, allowlist: self.config.corsOrigins) {
+            return APIError(.permissionDenied, "origin \(origin.debugDescription) may not open a WebSocket here", field: "Origin")
         }
         if request.uri.queryParameters["token"] != nil || request.uri.queryParameters["access_token"] != nil {
-            throw APIError(.invalidArgument, "credentials do not go in the URL; use a ticket or an auth message", field: "token")
+            return APIError(.invalidArgument, "credentials do not go in the URL; use a ticket or an auth message", field: "token")
         }
-        return .upgrade([:])
+        return nil
+    }
+
+    /// Whether a socket has authenticated or timed out, whichever came first; shared with the
+    /// watchdog that closes sockets that do not authenticate in time.
+    private final class AuthenticationState: Sendable {
+        private static let pending = 0, authenticated = 1, timedOut = 2
+        private let value = Atomic<Int>(AuthenticationState.pending)
+
+        /// True when the socket authenticated before the watchdog fired.
+        func markAuthenticated() -> Bool {
+            self.value.compareExchange(expected: Self.pending, desired: Self.authenticated, ordering: .acquiringAndReleasing).exchanged
+        }
+
+        /// True when the watchdog fired before the socket authenticated.
+        func markTimedOut() -> Bool {
+            self.value.compareExchange(expected: Self.pending, desired: Self.timedOut, ordering: .acquiringAndReleasing).exchanged
+        }
+    }
+
+    /// Whether a handshake's `Origin` may open a socket. Browsers send `http`/`https` origins (or
+    /// `null`), and a web page cannot forge them: those must be in the CORS allowlist, which is what
+    /// stops cross-site WebSocket hijacking. Non-browser clients send none, or a `ws`/`wss` origin
+    /// naming the server they dial; no page can produce one, so they pass.
+    static func originAllowed(_ origin: String, allowlist: Set<String>) -> Bool {
+        if allowlist.contains(origin) { return true }
+        let scheme = origin.prefix { $0 != ":" }.lowercased()
+        return (scheme == "ws" || scheme == "wss") && origin.dropFirst(scheme.count).hasPrefix("://")
     }
 
     func run(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, request: Request) async throws {
-        var principal = request.uri.queryParameters["ticket"].flatMap { self.redeem(String($0)) }
-        if request.uri.queryParameters["ticket"] != nil && principal == nil {
-            try await self.send(outbound, ["type": "error", "code": "UNAUTHENTICATED", "message": "the ticket is invalid, used or expired"])
-            try await outbound.close(.policyViolation, reason: "unauthenticated")
+        if let refusal = self.refusal(of: request) {
+            var message: [String: Any] = ["type": "error", "code": APIError.codeName(refusal.code), "message": refusal.message]
+            message["field"] = refusal.field
+            try await self.send(outbound, message)
+            try await outbound.close(.policyViolation, reason: "handshake refused")
             return
         }
-        if principal != nil {
+        let state = AuthenticationState()
+        var principal: Sparkops_Common_V1_Principal?
+        if let ticket = request.uri.queryParameters["ticket"] {
+            guard let redeemed = self.redeem(String(ticket)) else {
+                try await self.send(outbound, ["type": "error", "code": "UNAUTHENTICATED", "message": "the ticket is invalid, used or expired"])
+                try await outbound.close(.policyViolation, reason: "unauthenticated")
+                return
+            }
+            principal = redeemed
+            _ = state.markAuthenticated()
             try await self.send(outbound, ["type": "ready"])
         }
-        let deadline = Date().addingTimeInterval(10)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            if principal == nil {
+                let timeout = self.config.webSocketAuthTimeout
+                group.addTask {
+                    try await Task.sleep(for: timeout)
+                    guard state.markTimedOut() else { return }
+                    try? await self.send(outbound, ["type": "error", "code": "UNAUTHENTICATED", "message": "no authentication within \(timeout)"])
+                    try? await outbound.close(.policyViolation, reason: "authentication timeout")
+                }
+            }
+            defer { group.cancelAll() }
+            try await self.serve(inbound: inbound, outbound: outbound, principal: principal, state: state)
+        }
+    }
+
+    /// The message loop: first-message authentication when needed, then subscriptions.
+    private func serve(
+        inbound: WebSocketInboundStream,
+        outbound: WebSocketOutboundWriter,
+        principal initial: Sparkops_Common_V1_Principal?,
+        state: AuthenticationState
+    ) async throws {
+        var principal = initial
         var subscriptions: Set<String> = []
         for try await message in inbound.messages(maxSize: 64 * 1024) {
             guard case .text(let text) = message,
@@ -92,19 +160,20 @@ final class WebSocketGateway: Sendable {
                 continue
             }
             guard let current = principal else {
-                guard type == "auth", let token = object["token"] as? String, Date() < deadline else {
-                    try await self.send(outbound, ["type": "error", "code": "UNAUTHENTICATED", "message": "authenticate first, within 10 s"])
+                guard type == "auth", let token = object["token"] as? String else {
+                    try await self.send(outbound, ["type": "error", "code": "UNAUTHENTICATED", "message": "the first message must be {\"type\":\"auth\",\"token\":…}"])
                     try await outbound.close(.policyViolation, reason: "unauthenticated")
                     return
                 }
                 do {
                     principal = try await self.authenticator.authenticate(bearer: token, requestMetadata: [:])
-                    try await self.send(outbound, ["type": "ready"])
                 } catch {
                     try await self.send(outbound, ["type": "error", "code": "UNAUTHENTICATED", "message": "the token is invalid"])
                     try await outbound.close(.policyViolation, reason: "unauthenticated")
                     return
                 }
+                guard state.markAuthenticated() else { return }
+                try await self.send(outbound, ["type": "ready"])
                 continue
             }
             switch type {
@@ -112,11 +181,11 @@ final class WebSocketGateway: Sendable {
                 try await self.send(outbound, ["type": "pong"])
             case "subscribe":
                 guard let topic = object["topic"] as? String, let permission = Self.topics[topic] else {
-                    try await self.send(outbound, ["type": "error", "code": "INVALID_ARGUMENT", "message": "topic must be one of \(Self.topics.keys.sorted().joined(separator: ", "))"])
+                    try await self.send(outbound, ["type": "error", "code": "INVALID_ARGUMENT", "field": "topic", "message": "topic must be one of \(Self.topics.keys.sorted().joined(separator: ", "))"])
                     continue
                 }
                 guard let projectID = object["projectId"] as? String, SparkID.isValid(projectID, prefix: "prj") else {
-                    try await self.send(outbound, ["type": "error", "code": "INVALID_ARGUMENT", "message": "projectId must be a prj_… id"])
+                    try await self.send(outbound, ["type": "error", "code": "INVALID_ARGUMENT", "field": "projectId", "message": "projectId must be a prj_… id"])
                     continue
                 }
                 let decision = try await self.authenticator.authorize(current, projectID: projectID, permission: permission)
@@ -133,7 +202,7 @@ final class WebSocketGateway: Sendable {
                 }
                 try await self.send(outbound, ["type": "unsubscribed"])
             default:
-                try await self.send(outbound, ["type": "error", "code": "INVALID_ARGUMENT", "message": "unknown message type \(type.debugDescription)"])
+                try await self.send(outbound, ["type": "error", "code": "INVALID_ARGUMENT", "field": "type", "message": "unknown message type \(type.debugDescription)"])
             }
         }
     }

@@ -1,4 +1,5 @@
 public import Configuration
+import SparkKit
 
 /// Settings of the project service.
 ///
@@ -34,12 +35,12 @@ public struct ProjectServiceConfig: Sendable {
         self.adminPassword = adminPassword
     }
 
-    public init(config: ConfigReader) {
+    public init(config: ConfigReader) throws {
         self.init(
-            bcryptCost: UInt8(clamping: max(4, min(31, config.int(forKey: "project.bcryptCost", default: 12)))),
-            refreshTokenDays: config.int(forKey: "project.refreshTokenDays", default: 7),
-            loginFailureLimit: config.int(forKey: "project.loginFailureLimit", default: 10),
-            loginFailureWindowSeconds: config.int(forKey: "project.loginFailureWindowSeconds", default: 900),
+            bcryptCost: UInt8(try config.integer(forKey: "project.bcryptCost", default: 12, in: 4...31)),
+            refreshTokenDays: try config.integer(forKey: "project.refreshTokenDays", default: 7, in: 1...100_000),
+            loginFailureLimit: try config.integer(forKey: "project.loginFailureLimit", default: 10, in: 1...100_000),
+            loginFailureWindowSeconds: try config.integer(forKey: "project.loginFailureWindowSeconds", default: 900, in: 1...100_000),
             adminEmail: config.string(forKey: "admin.email", default: "admin@sparkops.local"),
             adminPassword: config.string(forKey: "admin.password", isSecret: true)
         )

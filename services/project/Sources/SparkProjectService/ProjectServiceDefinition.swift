@@ -20,7 +20,7 @@ extension ProjectService {
     /// The project service ready for the host: its store, migrations and first-start preparation.
     public static func definition(host: HostConfig, config: ConfigReader, logger: Logger) async throws -> ServiceDefinition {
         let store = try SparkStore(service: "project", location: host.storeLocation(), logger: logger)
-        let service = try await ProjectService(store: store, config: ProjectServiceConfig(config: config), logger: logger)
+        let service = try await ProjectService(store: store, config: try ProjectServiceConfig(config: config), logger: logger)
         let adminEmail = service.config.adminEmail
         return ServiceDefinition(
             name: .project,

@@ -1,0 +1,120 @@
+import Foundation
+import SparkTesting
+import Testing
+
+/// The `sparkops` command-line client against a running SparkOps, as a user types it.
+@Suite("sparkops CLI")
+struct CLITests {
+    /// Runs `sparkops` with a private credentials file and the cluster's URL.
+    struct CLI {
+        let url: String
+        let credentials: String
+
+        func callAsFunction(_ arguments: String...) async throws -> (status: Int32, output: String) {
+            try await ServiceProcess.run("sparkops", arguments, environment: ["SPARKOPS_URL": self.url, "SPARKOPS_CREDENTIALS": self.credentials])
+        }
+
+        /// Runs a command with `--output json` and decodes what it printed.
+        func json(_ arguments: String...) async throws -> [String: Any] {
+            let result = try await ServiceProcess.run("sparkops", arguments + ["--output", "json"], environment: ["SPARKOPS_URL": self.url, "SPARKOPS_CREDENTIALS": self.credentials])
+            guard result.status == 0, let object = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any] else {
+                throw TestSetupError(description: "sparkops \(arguments.joined(separator: " ")) failed (\(result.status)): \(result.output)")
+            }
+            return object
+        }
+    }
+
+    @Test("log in, create a project, add a member, create, list and revoke API keys")
+    func projectLifecycle() async throws {
+        try await TestCluster.run(backend: .sqlite) { cluster in
+            let credentials = "\(cluster.home)/cli/credentials.json"
+            let cli = CLI(url: cluster.baseURL, credentials: credentials)
+
+            let notLoggedIn = try await cli("project", "list")
+            #expect(notLoggedIn.status != 0)
+            #expect(notLoggedIn.output.contains("not logged in"))
+
+            let wrong = try await cli("login", "--email", TestCluster.adminEmail, "--password", "not-the-password")
+            #expect(wrong.status != 0)
+            #expect(wrong.output.contains("UNAUTHENTICATED"))
+            #expect(!FileManager.default.fileExists(atPath: credentials))
+
+            let login = try await cli("login", "--email", TestCluster.adminEmail, "--password", TestCluster.adminPassword)
+            #expect(login.status == 0, "\(login.output)")
+            let mode = try FileManager.default.attributesOfItem(atPath: credentials)[.posixPermissions] as? NSNumber
+            #expect(mode?.intValue == 0o600)
+
+            let project = try await cli.json("project", "create", "from-the-cli", "--description", "made by sparkops")
+            let projectID = try #require(project["id"] as? String)
+            #expect(project["description"] as? String == "made by sparkops")
+            let listed = try await cli.json("project", "list")
+            #expect((listed["projects"] as? [[String: Any]])?.contains { $0["id"] as? String == projectID } == true)
+            let table = try await cli("project", "get", projectID)
+            #expect(table.output.contains("from-the-cli"))
+            #expect(table.output.hasPrefix("ID"))
+
+            let admin = try await cluster.adminToken()
+            let userID = try await cluster.createUser("member@sparkops.test", adminToken: admin)
+            let member = try await cli.json("member", "add", "--project", projectID, "--email", "member@sparkops.test", "--role", "runner")
+            #expect(member["userId"] as? String == userID)
+            #expect(member["role"] as? String == "ROLE_RUNNER")
+
+            let created = try await cli.json("apikey", "create", "--project", projectID, "--name", "ci", "--role", "viewer")
+            let key = try #require(created["key"] as? String)
+            let keyID = try #require((created["apiKey"] as? [String: Any])?["id"] as? String)
+            let keys = try await cli.json("apikey", "list", "--project", projectID)
+            #expect((keys["apiKeys"] as? [[String: Any]])?.map { $0["id"] as? String } == [keyID])
+            #expect(!(String(describing: keys).contains(key)))
+
+            // The key works on its own, then stops working once revoked.
+            let withKey = try await cli("project", "get", projectID, "--api-key", key)
+            #expect(withKey.status == 0, "\(withKey.output)")
+            let revoked = try await cli.json("apikey", "revoke", "--project", projectID, keyID)
+            #expect(revoked["revokeTime"] != nil)
+            let afterRevoke = try await cli("project", "get", projectID, "--api-key", key)
+            #expect(afterRevoke.status != 0)
+            #expect(afterRevoke.output.contains("UNAUTHENTICATED"))
+
+            let logout = try await cli("logout")
+            #expect(logout.status == 0)
+            #expect(!FileManager.default.fileExists(atPath: credentials))
+        }
+    }
+
+    @Test("bad input: the CLI and the gateway name the option or field at fault")
+    func badInput() async throws {
+        try await TestCluster.run(backend: .sqlite) { cluster in
+            let cli = CLI(url: cluster.baseURL, credentials: "\(cluster.home)/cli/credentials.json")
+            #expect(try await cli("login", "--email", TestCluster.adminEmail, "--password", TestCluster.adminPassword).status == 0)
+            let projectID = try await cli.json("project", "create", "bad-input")["id"] as! String
+
+            let role = try await cli("apikey", "create", "--project", projectID, "--name", "x", "--role", "wizard")
+            #expect(role.status != 0)
+            #expect(role.output.contains("--role must be one of"))
+
+            let ttl = try await cli("apikey", "create", "--project", projectID, "--name", "x", "--ttl-days", "5000")
+            #expect(ttl.status != 0)
+            #expect(ttl.output.contains("INVALID_ARGUMENT"))
+            #expect(ttl.output.contains("ttl"))
+
+            let both = try await cli("member", "add", "--project", projectID, "--email", "a@b.c", "--user-id", "usr_x", "--role", "viewer")
+            #expect(both.status != 0)
+            #expect(both.output.contains("--email or --user-id"))
+
+            let badID = try await cli("project", "get", "not-an-id")
+            #expect(badID.status != 0)
+            #expect(badID.output.contains("INVALID_ARGUMENT") || badID.output.contains("NOT_FOUND"))
+
+            let duplicate = try await cli("project", "create", "bad-input")
+            #expect(duplicate.status != 0)
+            #expect(duplicate.output.contains("ALREADY_EXISTS"))
+
+            let unreachable = try await ServiceProcess.run(
+                "sparkops", ["project", "list", "--url", "http://127.0.0.1:9"],
+                environment: ["SPARKOPS_CREDENTIALS": "\(cluster.home)/cli/credentials.json"]
+            )
+            #expect(unreachable.status != 0)
+            #expect(unreachable.output.contains("cannot reach http://127.0.0.1:9"))
+        }
+    }
+}

@@ -1,0 +1,181 @@
+import Foundation
+import NIOHTTP1
+import SparkTesting
+import Testing
+
+/// The project service and the gateway as separate processes, started from the built executables
+/// the way an operator runs them: certificates from `sparkops certs init`, configuration by `--set`.
+@Suite("Services as separate processes", .serialized)
+struct DistributedTests {
+    /// Ports, home and configuration of one deployment on loopback.
+    struct Deployment {
+        let home: String
+        let gatewayPort: Int
+        let gatewayAdminPort: Int
+        let projectAdminPort: Int
+        let settings: [String]
+
+        static func make(databaseURL: String?, redisURL: String?) async throws -> Deployment {
+            let home = FileManager.default.temporaryDirectory.appending(path: "sparkops-system-\(UUID().uuidString)").path
+            try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+            let ports = (
+                gateway: try await FreePort.allocate(), gatewayAdmin: try await FreePort.allocate(),
+                project: try await FreePort.allocate(), projectAdmin: try await FreePort.allocate()
+            )
+            var settings = [
+                "home=\(home)",
+                "gateway.port=\(ports.gateway)",
+                "gateway.adminPort=\(ports.gatewayAdmin)",
+                "project.port=\(ports.project)",
+                "project.adminPort=\(ports.projectAdmin)",
+                "project.bcryptCost=4",
+                "admin.email=\(TestCluster.adminEmail)",
+                "admin.password=\(TestCluster.adminPassword)",
+                "log.level=info",
+            ]
+            if let databaseURL { settings.append("database.url=\(databaseURL)") }
+            if let redisURL {
+                settings.append("redis.url=\(redisURL)")
+                settings.append("redis.keyPrefix=system-\(UUID().uuidString.prefix(8))")
+            }
+            return Deployment(
+                home: home, gatewayPort: ports.gateway, gatewayAdminPort: ports.gatewayAdmin,
+                projectAdminPort: ports.projectAdmin, settings: settings
+            )
+        }
+
+        var gateway: HTTPTestClient { HTTPTestClient(baseURL: "http://127.0.0.1:\(self.gatewayPort)") }
+
+        func start(_ executable: String) throws -> ServiceProcess {
+            try ServiceProcess(executable, self.settings.flatMap { ["--set", $0] }, logDirectory: self.home)
+        }
+
+        /// Starts the project service and the gateway and waits (bounded) until both report ready.
+        func startAll() async throws -> [ServiceProcess] {
+            let processes = [try self.start("sparkops-project"), try self.start("sparkops-gateway")]
+            let probes = [self.projectAdminPort, self.gatewayAdminPort].map { HTTPTestClient(baseURL: "http://127.0.0.1:\($0)") }
+            let deadline = ContinuousClock.now + .seconds(60)
+            while ContinuousClock.now < deadline {
+                if let exited = processes.first(where: { !$0.isRunning }) {
+                    throw TestSetupError(description: "\(exited.name) exited while starting:\n\(exited.output)")
+                }
+                var ready = true
+                for probe in probes {
+                    let reply = try? await probe.send(.GET, "/readyz")
+                    ready = ready && reply?.status == 200
+                }
+                if ready { return processes }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            for process in processes { _ = await process.stop() }
+            throw TestSetupError(description: "not ready within 60 s:\n" + processes.map { "\($0.name):\n\($0.output)" }.joined(separator: "\n"))
+        }
+    }
+
+    @Test("project service and gateway serve as two processes, stop gracefully and keep their data across restarts", arguments: TestBackend.all)
+    func twoProcesses(backend: TestBackend) async throws {
+        try await backend.withDatabase { databaseURL in
+            let deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: backend.redisURL)
+            defer { try? FileManager.default.removeItem(atPath: deployment.home) }
+
+            let certs = try await ServiceProcess.run(
+                "sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project", "--dns-name", "localhost"]
+            )
+            #expect(certs.status == 0, "\(certs.output)")
+
+            var processes = try await deployment.startAll()
+            let http = deployment.gateway
+            let login = try await http.send(.POST, "/api/v1/auth/login", json: ["email": TestCluster.adminEmail, "password": TestCluster.adminPassword])
+            #expect(login.status == 200, "\(login.text)")
+            let token = try #require(login.json["accessToken"] as? String)
+            let created = try await http.send(.POST, "/api/v1/projects", token: token, json: ["name": "across-processes"])
+            #expect(created.status == 201, "\(created.text)")
+            let projectID = try #require(created.json["id"] as? String)
+            let keyReply = try await http.send(.POST, "/api/v1/projects/\(projectID)/api-keys", token: token, json: ["name": "reader", "role": "ROLE_VIEWER"])
+            #expect(keyReply.status == 201 || keyReply.status == 200, "\(keyReply.text)")
+            let key = try #require(keyReply.json["key"] as? String)
+
+            let read = try await http.send(.GET, "/api/v1/projects/\(projectID)", token: key)
+            #expect(read.status == 200)
+            #expect(read.json["name"] as? String == "across-processes")
+            let write = try await http.send(.PATCH, "/api/v1/projects/\(projectID)", token: key, json: ["description": "no"])
+            #expect(write.status == 403)
+
+            // The project service counted the gateway's calls, which crossed processes over SparkWire.
+            let metrics = try await HTTPTestClient(baseURL: "http://127.0.0.1:\(deployment.projectAdminPort)").send(.GET, "/metrics")
+            #expect(metrics.status == 200)
+            #expect(metrics.text.contains("sparkops_rpc_server_calls_total"))
+            #expect(metrics.text.contains("CreateProject"))
+
+            // SIGTERM: both finish and exit 0.
+            for process in processes.reversed() {
+                let status = await process.stop()
+                #expect(status == 0, "\(process.name) did not exit cleanly:\n\(process.output)")
+            }
+
+            // Restarted, they serve the same project to the same key.
+            processes = try await deployment.startAll()
+            let again = try await http.send(.GET, "/api/v1/projects/\(projectID)", token: key)
+            #expect(again.status == 200, "\(again.text)")
+            #expect(again.json["name"] as? String == "across-processes")
+            for process in processes.reversed() {
+                let status = await process.stop()
+                #expect(status == 0, "\(process.name) did not exit cleanly:\n\(process.output)")
+            }
+        }
+    }
+
+    @Test("the gateway reports not ready while the project service is down, and recovers when it returns")
+    func peerOutage() async throws {
+        let deployment = try await Deployment.make(databaseURL: nil, redisURL: nil)
+        defer { try? FileManager.default.removeItem(atPath: deployment.home) }
+        _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project"])
+        let processes = try await deployment.startAll()
+        let token = try #require(try await deployment.gateway.send(
+            .POST, "/api/v1/auth/login", json: ["email": TestCluster.adminEmail, "password": TestCluster.adminPassword]
+        ).json["accessToken"] as? String)
+
+        #expect(await processes[0].stop() == 0)
+        let probe = HTTPTestClient(baseURL: "http://127.0.0.1:\(deployment.gatewayAdminPort)")
+        var notReady = false
+        let deadline = ContinuousClock.now + .seconds(20)
+        while !notReady && ContinuousClock.now < deadline {
+            notReady = (try await probe.send(.GET, "/readyz")).status == 503
+            if !notReady { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(notReady, "the gateway stayed ready without its peer")
+        let during = try await deployment.gateway.send(.GET, "/api/v1/projects", token: token)
+        #expect(during.status == 503)
+        #expect(during.errorCode == "UNAVAILABLE")
+
+        let project = try deployment.start("sparkops-project")
+        var recovered = false
+        let recovery = ContinuousClock.now + .seconds(60)
+        while !recovered && ContinuousClock.now < recovery {
+            recovered = (try? await deployment.gateway.send(.GET, "/api/v1/projects", token: token))?.status == 200
+            if !recovered { try await Task.sleep(for: .milliseconds(200)) }
+        }
+        #expect(recovered, "the gateway did not reconnect:\n\(processes[1].output)")
+        #expect(await project.stop() == 0)
+        #expect(await processes[1].stop() == 0)
+    }
+
+    @Test("executables refuse bad arguments and configuration with a message naming them")
+    func badArguments() async throws {
+        let noValue = try await ServiceProcess.run("sparkops-project", ["--set", "project.port"])
+        #expect(noValue.status != 0)
+        #expect(noValue.output.contains("--set takes key=value"))
+
+        let unknown = try await ServiceProcess.run("sparkops-gateway", ["--frobnicate"])
+        #expect(unknown.status != 0)
+        #expect(unknown.output.contains("--frobnicate"))
+
+        let badPort = try await ServiceProcess.run("sparkops-project", ["--set", "project.port=eighty", "--set", "home=\(FileManager.default.temporaryDirectory.path)/sparkops-none"])
+        #expect(badPort.status != 0)
+        #expect(badPort.output.contains("project.port"))
+
+        let service = try await ServiceProcess.run("sparkops", ["serve", "wizard"])
+        #expect(service.status != 0)
+        #expect(service.output.contains("wizard"))
+    }
+}

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# make bench-gateway: wrk against GET /api/v1/projects/{id} with an API key, through
+# gateway -> SparkWire (mutual TLS) -> project service -> store, in two deployments:
+#   dev        `sparkops dev`: one process, SQLite
+#   postgres   sparkops-project and sparkops-gateway as separate processes, PostgreSQL and Redis
+# Side by side, the baseline: the gateway process's own /healthz (same HTTP stack, no auth, no
+# RPC, no store) under the same load. Prints requests/s, p50/p99 latency, the ratio to the
+# baseline and to the reference stack, and each process's RSS.
+#
+# Environment: SECONDS_PER_RUN (default 20), CONNECTIONS (64), THREADS (2), MODES ("dev postgres").
+# Rate limits are raised for the run (one key would otherwise be limited to its per-minute quota).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+duration=${SECONDS_PER_RUN:-20}
+connections=${CONNECTIONS:-64}
+threads=${THREADS:-2}
+modes=${MODES:-dev postgres}
+# The reference: the original design's stack (FastAPI + asyncpg, two uvicorn workers) on this machine.
+reference_rps=4400 reference_p99_ms=46
+
+command -v wrk >/dev/null || { sudo=$([ "$(id -u)" = 0 ] || echo sudo); $sudo apt-get install -y -qq wrk; }
+swift build -c release --product sparkops >&2
+swift build -c release --product sparkops-project >&2
+swift build -c release --product sparkops-gateway >&2
+bin=$(swift build -c release --show-bin-path)
+
+work=$(mktemp -d /tmp/sparkops-bench.XXXXXX)
+pids=()
+cleanup() { [ ${#pids[@]} -gt 0 ] && kill -TERM "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+password=bench-password-123
+settings=(
+	--set home="$work/home" --set log.level=warning --set admin.password=$password
+	--set gateway.port=18000 --set gateway.adminPort=19000 --set project.port=17001 --set project.adminPort=19001
+	--set gateway.rateLimit.principalPerMinute=100000000 --set gateway.rateLimit.principalBurst=100000000
+	--set gateway.rateLimit.ipPerMinute=100000000 --set gateway.rateLimit.ipBurst=100000000
+)
+
+json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+rss() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+peak() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+
+# wrk for $duration s against $1 with extra arguments; prints "rps p50_ms p99_ms errors".
+load() {
+	local url=$1; shift
+	wrk -t"$threads" -c"$connections" -d"${duration}s" --latency "$@" "$url" >"$work/wrk.txt"
+	python3 - "$work/wrk.txt" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+def ms(label):
+    m = re.search(r"^\s*" + label + r"\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+socket = re.search(r"Socket errors: (.*)", text)
+print(f"{rps:.0f} {ms('50%'):.2f} {ms('99%'):.2f} {int(errors.group(1)) if errors else 0}{' (' + socket.group(1) + ')' if socket else ''}")
+PY
+}
+
+wait_ready() {
+	for _ in $(seq 1 240); do
+		curl -fsS -o /dev/null http://127.0.0.1:19000/readyz 2>/dev/null && curl -fsS -o /dev/null http://127.0.0.1:19001/readyz 2>/dev/null && return 0
+		sleep 0.25
+	done
+	echo "not ready; logs in $work" >&2; cat "$work"/*.log >&2; exit 1
+}
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "wrk: $threads threads, $connections connections, ${duration}s per run, on the same cores"
+printf '\n%-9s %-34s %9s %8s %8s %7s %s\n' mode target "req/s" "p50 ms" "p99 ms" errors "vs baseline"
+
+for mode in $modes; do
+	rm -rf "$work/home"
+	pids=()
+	case $mode in
+	dev)
+		"$bin/sparkops" dev "${settings[@]}" >"$work/dev.log" 2>&1 &
+		pids=($!)
+		;;
+	postgres)
+		eval "$(deploy/local/services.sh)"
+		base=${SPARKOPS_DATABASE_URL%/*}
+		psql "$SPARKOPS_DATABASE_URL" -qc "DROP DATABASE IF EXISTS sparkops_bench" -c "CREATE DATABASE sparkops_bench" >/dev/null
+		"$bin/sparkops" certs init --dir "$work/home/certs" --services gateway,project --dns-name localhost >/dev/null
+		extra=(--set database.url="$base/sparkops_bench" --set redis.url="$SPARKOPS_REDIS_URL" --set redis.keyPrefix=bench)
+		"$bin/sparkops-project" "${settings[@]}" "${extra[@]}" >"$work/project.log" 2>&1 &
+		pids=($!)
+		"$bin/sparkops-gateway" "${settings[@]}" "${extra[@]}" >"$work/gateway.log" 2>&1 &
+		pids+=($!)
+		;;
+	*) echo "unknown mode $mode" >&2; exit 1 ;;
+	esac
+	wait_ready
+
+	token=$(curl -fsS http://127.0.0.1:18000/api/v1/auth/login -H 'Content-Type: application/json' \
+		-d "{\"email\":\"admin@sparkops.local\",\"password\":\"$password\"}" | json '["accessToken"]')
+	project=$(curl -fsS http://127.0.0.1:18000/api/v1/projects -H "Authorization: Bearer $token" \
+		-H 'Content-Type: application/json' -d '{"name":"bench"}' | json '["id"]')
+	key=$(curl -fsS "http://127.0.0.1:18000/api/v1/projects/$project/api-keys" -H "Authorization: Bearer $token" \
+		-H 'Content-Type: application/json' -d '{"name":"bench","role":"ROLE_VIEWER"}' | json '["key"]')
+	url="http://127.0.0.1:18000/api/v1/projects/$project"
+	curl -fsS -o /dev/null -H "Authorization: Bearer $key" "$url"
+
+	# Warm-up, then the baseline and the measured route.
+	wrk -t1 -c8 -d2s -H "Authorization: Bearer $key" "$url" >/dev/null
+	read -r base_rps base_p50 base_p99 base_errors < <(load http://127.0.0.1:19000/healthz)
+	read -r rps p50 p99 errors < <(load "$url" -H "Authorization: Bearer $key")
+	printf '%-9s %-34s %9s %8s %8s %7s\n' "$mode" "baseline: gateway GET /healthz" "$base_rps" "$base_p50" "$base_p99" "$base_errors"
+	printf '%-9s %-34s %9s %8s %8s %7s %s\n' "$mode" "GET /api/v1/projects/{id}, API key" "$rps" "$p50" "$p99" "$errors" \
+		"$(python3 -c "print(f'{$rps/$base_rps:.2f}x')")"
+	python3 -c "print(f'          vs reference (4,400 req/s, p99 46 ms): {$rps/$reference_rps:.2f}x the requests/s, p99 {$p99/$reference_p99_ms:.2f}x; target >= 3x and <= 0.33x')"
+	for pid in "${pids[@]}"; do
+		printf '          RSS %-18s %5s MiB now, %5s MiB peak\n' "$(tr '\0' ' ' </proc/$pid/cmdline | awk '{print $1}' | xargs basename)" "$(rss "$pid")" "$(peak "$pid")"
+	done
+	kill -TERM "${pids[@]}"
+	wait "${pids[@]}" 2>/dev/null || true
+	pids=()
+done
