@@ -106,6 +106,11 @@ struct DistributedTests {
             #expect(metrics.status == 200)
             #expect(metrics.text.contains("sparkops_rpc_server_calls_total"))
             #expect(metrics.text.contains("CreateProject"))
+            #expect(metrics.text.contains(#"sparkops_store_connection_wait_seconds_count{service="project"}"#))
+            #expect(metrics.text.contains(#"sparkops_store_connections_in_use{service="project"}"#))
+            // The gateway counts its HTTP requests by route and status.
+            let gatewayMetrics = try await HTTPTestClient(baseURL: "http://127.0.0.1:\(deployment.gatewayAdminPort)").send(.GET, "/metrics")
+            #expect(gatewayMetrics.text.contains(#"hb_requests{http_route="/api/v1/projects/{project_id}",http_request_method="PATCH",http_response_status_code="403"}"#), "\(gatewayMetrics.text.prefix(2000))")
 
             // SIGTERM: both finish and exit 0.
             for process in processes.reversed() {

@@ -1,4 +1,6 @@
 import Foundation
+import Metrics
+import Synchronization
 public import Logging
 import NIOCore
 import NIOPosix
@@ -42,6 +44,7 @@ public final class SparkStore: Service, Sendable {
     public let dialect: Dialect
     private let backend: Backend
     private let logger: Logger
+    private let usage: StoreUsage
 
     /// - Parameter service: the owning service; names the SQLite file or the PostgreSQL schema.
     public init(service: String, location: Location, logger: Logger = Logger(label: "sparkops.store")) throws {
@@ -49,6 +52,7 @@ public final class SparkStore: Service, Sendable {
             throw SparkStoreError("service name \(service.debugDescription) is not a valid schema name")
         }
         self.service = service
+        self.usage = StoreUsage(service: service)
         self.logger = logger
         switch location {
         case .sqlite(let directory):
@@ -103,43 +107,37 @@ public final class SparkStore: Service, Sendable {
 
     /// Runs `body` with a database connection.
     public func sql<T: Sendable>(_ body: (any SQLDatabase) async throws -> T) async throws -> T {
+        let requested = ContinuousClock.now
         switch self.backend {
         case .sqlite(let pool):
-            return try await pool.withConnection { try await body($0.sql()) }
+            return try await pool.withConnection { connection in
+                self.usage.leased(waitingSince: requested)
+                defer { self.usage.returned() }
+                return try await body(connection.sql())
+            }
         case .postgres(let client):
-            return try await client.withConnection { try await body($0.sql()) }
+            return try await client.withConnection { connection in
+                self.usage.leased(waitingSince: requested)
+                defer { self.usage.returned() }
+                return try await body(connection.sql())
+            }
         }
     }
 
     /// Runs `body` in a transaction: committed when it returns, rolled back when it throws.
     public func transaction<T: Sendable>(_ body: (any SQLDatabase) async throws -> T) async throws -> T {
-        switch self.backend {
-        case .sqlite(let pool):
-            return try await pool.withConnection { connection in
-                let db = connection.sql()
-                try await db.raw("BEGIN IMMEDIATE").run()
-                do {
-                    let result = try await body(db)
-                    try await db.raw("COMMIT").run()
-                    return result
-                } catch {
-                    try? await db.raw("ROLLBACK").run()
-                    throw error
-                }
-            }
-        case .postgres(let client):
-            return try await client.withConnection { connection in
-                let db = connection.sql()
-                try await db.raw("BEGIN").run()
-                do {
-                    let result = try await body(db)
-                    try await db.raw("COMMIT").run()
-                    return result
-                } catch {
-                    try? await db.raw("ROLLBACK").run()
-                    throw error
-                }
-            }
+        try await self.sql { db in try await Self.inTransaction(db, dialect: self.dialect, body) }
+    }
+
+    private static func inTransaction<T: Sendable>(_ db: any SQLDatabase, dialect: Dialect, _ body: (any SQLDatabase) async throws -> T) async throws -> T {
+        try await db.raw(dialect == .sqlite ? "BEGIN IMMEDIATE" : "BEGIN").run()
+        do {
+            let result = try await body(db)
+            try await db.raw("COMMIT").run()
+            return result
+        } catch {
+            try? await db.raw("ROLLBACK").run()
+            throw error
         }
     }
 }
@@ -150,5 +148,28 @@ public struct SparkStoreError: Error, CustomStringConvertible, Sendable {
 
     public init(_ description: String) {
         self.description = description
+    }
+}
+
+/// Pool use of a store, as Prometheus sees it: `sparkops_store_connections_in_use{service}` (a
+/// gauge) and `sparkops_store_connection_wait_seconds{service}` (how long callers waited for a
+/// connection, a histogram).
+final class StoreUsage: Sendable {
+    private let inUse = Atomic<Int>(0)
+    private let gauge: Gauge
+    private let wait: Metrics.Timer
+
+    init(service: String) {
+        self.gauge = Gauge(label: "sparkops_store_connections_in_use", dimensions: [("service", service)])
+        self.wait = Metrics.Timer(label: "sparkops_store_connection_wait_seconds", dimensions: [("service", service)], preferredDisplayUnit: .seconds)
+    }
+
+    func leased(waitingSince requested: ContinuousClock.Instant) {
+        self.wait.recordInterval(since: requested)
+        self.gauge.record(self.inUse.add(1, ordering: .relaxed).newValue)
+    }
+
+    func returned() {
+        self.gauge.record(self.inUse.subtract(1, ordering: .relaxed).newValue)
     }
 }

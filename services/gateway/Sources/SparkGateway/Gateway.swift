@@ -64,6 +64,8 @@ public enum Gateway {
         let auditor = GatewayAuditor(client: clients["project"]!, logger: logger)
 
         let router = Router(context: GatewayRequestContext.self)
+        // hb_requests_total / hb_request_duration_seconds / hb_request_errors by method, route and status.
+        router.add(middleware: MetricsMiddleware())
         router.add(middleware: RequestMiddleware(config: config, limiter: limiter, logger: logger))
         router.add(middleware: CORSAllowlistMiddleware(origins: config.corsOrigins))
         for route in SparkHTTPRoute.all {
