@@ -14,7 +14,7 @@ public enum SparkSecrets {
 
     /// The SHA-256 of a token, in hex: what is stored instead of the token.
     public static func digest(_ token: String) -> String {
-        SHA256.hash(data: Data(token.utf8)).map { String(format: "%02x", $0) }.joined()
+        SparkHex.encode(SHA256.hash(data: Data(token.utf8)))
     }
 
     /// A bcrypt hash, computed on NIO's thread pool so that no event loop or task executor blocks.

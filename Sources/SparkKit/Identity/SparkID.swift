@@ -17,7 +17,7 @@ public enum SparkID {
         }
         bytes[6] = (bytes[6] & 0x0F) | 0x70  // version 7
         bytes[8] = (bytes[8] & 0x3F) | 0x80  // variant 10
-        return prefix + "_" + bytes.map { String(format: "%02x", $0) }.joined()
+        return prefix + "_" + SparkHex.encode(bytes)
     }
 
     /// Whether `id` has the shape of an id with `prefix`. Says nothing about whether it exists.
