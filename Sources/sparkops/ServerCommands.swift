@@ -1,4 +1,7 @@
 import ArgumentParser
+import AsyncHTTPClient
+import NIOCore
+import NIOHTTP1
 import Configuration
 import Foundation
 import Logging
@@ -54,8 +57,40 @@ struct DevCommand: AsyncParsableCommand {
         let host = try HostConfig(config: config)
         try SparkRuntime.ensureCertificates(host: host, logger: logger)
         let gatewayPort = try config.integer(forKey: "gateway.port", default: 8000, in: ConfigReader.portRange)
-        print("SparkOps dev: API on http://localhost:\(gatewayPort) (OpenAPI: /api/v1/openapi.json), data in \(host.home)")
+        let adminPort = try config.integer(forKey: "gateway.adminPort", default: 9000, in: ConfigReader.portRange)
+        var adminHost = config.string(forKey: "gateway.host", default: "127.0.0.1")
+        if adminHost == "0.0.0.0" || adminHost == "::" { adminHost = "127.0.0.1" }
+        Console.say("SparkOps dev: starting every service, data in \(host.home)")
+        // The API line comes once the gateway reports ready (its services answer), so that a
+        // request sent as soon as it appears is served rather than answered 503.
+        let announcer = Task {
+            await Self.announceWhenReady(
+                readyz: "http://\(adminHost.contains(":") ? "[\(adminHost)]" : adminHost):\(adminPort)/readyz",
+                message: "SparkOps dev: API on http://localhost:\(gatewayPort) (OpenAPI: /api/v1/openapi.json)"
+            )
+        }
+        defer { announcer.cancel() }
         try await SparkRuntime.run(ServiceName.available, host: host, config: config, logger: logger)
+    }
+
+    /// Polls the gateway's `/readyz` until it answers 200, then prints `message`; says so if that
+    /// takes longer than 30 seconds.
+    private static func announceWhenReady(readyz: String, message: String) async {
+        let started = ContinuousClock.now
+        var warned = false
+        while !Task.isCancelled {
+            var request = HTTPClientRequest(url: readyz)
+            request.method = .GET
+            if let response = try? await HTTPClient.shared.execute(request, timeout: .seconds(2)), response.status == .ok {
+                Console.say(message)
+                return
+            }
+            if !warned && ContinuousClock.now - started > .seconds(30) {
+                warned = true
+                Console.say("SparkOps dev: the gateway is not ready after 30 s; its log says why (\(readyz))")
+            }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
     }
 }
 

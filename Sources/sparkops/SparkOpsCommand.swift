@@ -1,4 +1,5 @@
 import ArgumentParser
+import SparkKit
 
 /// The `sparkops` command line.
 @main
@@ -11,4 +12,9 @@ struct SparkOpsCommand: AsyncParsableCommand {
             LoginCommand.self, LogoutCommand.self, UserCommand.self, ProjectCommand.self, MemberCommand.self, APIKeyCommand.self,
         ]
     )
+
+    static func main() async {
+        SparkExecutor.install()
+        await Self.main(nil)
+    }
 }

@@ -23,4 +23,23 @@ struct IdentityTests {
         // 1,700,000,000,000 ms = 0x018bcfe56800.
         #expect(earlier.hasPrefix("prj_018bcfe56800"))
     }
+
+    @Test("random bytes come in the length asked for, and ids and tokens do not repeat")
+    func randomness() {
+        for count in [0, 1, 7, 8, 9, 16, 32] {
+            #expect(SparkRandom.bytes(count).count == count)
+        }
+        // 256 bits drawn twice: equal only if the generator is broken.
+        #expect(SparkRandom.bytes(32) != SparkRandom.bytes(32))
+        // Every byte position varies across draws (a byte left at zero would not).
+        let draws = (0 ..< 64).map { _ in SparkRandom.bytes(16) }
+        for position in 0 ..< 16 {
+            #expect(Set(draws.map { $0[position] }).count > 1, "byte \(position) never changed")
+        }
+        let ids = (0 ..< 10_000).map { _ in SparkID.make("req") }
+        #expect(Set(ids).count == ids.count)
+        let tokens = (0 ..< 1_000).map { _ in SparkSecrets.token(prefix: "spk_") }
+        #expect(Set(tokens).count == tokens.count)
+        #expect(tokens.allSatisfy { $0.count == 4 + 43 })
+    }
 }

@@ -183,4 +183,27 @@ struct DistributedTests {
         #expect(service.status != 0)
         #expect(service.output.contains("wizard"))
     }
+
+    @Test("sparkops dev prints its API line only once the API serves requests")
+    func devAnnouncesWhenReady() async throws {
+        let deployment = try await Deployment.make(databaseURL: nil, redisURL: nil)
+        defer { try? FileManager.default.removeItem(atPath: deployment.home) }
+        let dev = try ServiceProcess("sparkops", ["dev"] + deployment.settings.flatMap { ["--set", $0] }, logDirectory: deployment.home)
+        let announcement = "API on http://localhost:\(deployment.gatewayPort)"
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !dev.output.contains(announcement) {
+            guard dev.isRunning, ContinuousClock.now < deadline else {
+                _ = await dev.stop()
+                throw TestSetupError(description: "no \(announcement.debugDescription) line within 60 s:\n\(dev.output)")
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        // The very next request is served: no 503 while the project service is still starting.
+        let login = try await deployment.gateway.send(.POST, "/api/v1/auth/login", json: ["email": TestCluster.adminEmail, "password": TestCluster.adminPassword])
+        #expect(login.status == 200, "\(login.text)")
+        let output = dev.output
+        let starting = try #require(output.range(of: "SparkOps dev: starting"))
+        #expect(starting.lowerBound < output.range(of: announcement)!.lowerBound)
+        #expect(await dev.stop() == 0)
+    }
 }

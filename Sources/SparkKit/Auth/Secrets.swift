@@ -7,9 +7,7 @@ import HummingbirdBcrypt
 public enum SparkSecrets {
     /// `prefix` and 32 random bytes in base64url, such as `spk_…` for API keys.
     public static func token(prefix: String) -> String {
-        var generator = SystemRandomNumberGenerator()
-        let bytes = (0 ..< 32).map { _ in UInt8.random(in: 0 ... 255, using: &generator) }
-        return prefix + SparkJWKS.base64URL(Data(bytes))
+        prefix + SparkJWKS.base64URL(Data(SparkRandom.bytes(32)))
     }
 
     /// The SHA-256 of a token, in hex: what is stored instead of the token.

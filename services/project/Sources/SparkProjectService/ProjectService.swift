@@ -278,11 +278,22 @@ public final class ProjectService: Sparkops_Project_V1_ProjectService.ServicePro
         let principal = try Sparkops_Common_V1_Principal.required(request.metadata)
         let projectID = request.message.projectID
         try Validate.id(projectID, prefix: "prj", field: "project_id")
-        let project = try await self.store.store.sql { db -> ProjectRow in
-            _ = try await self.requireRole(principal, projectID: projectID, permission: "project.read", on: db)
-            guard let project = try await self.store.project(id: projectID, on: db) else { throw SparkError.notFound("project") }
-            return project
+        // The gateway's most frequent read: one query for the project and the caller's role.
+        let (project, role) = try await self.store.store.sql { db -> (ProjectRow, Sparkops_Common_V1_Role) in
+            switch principal.kind {
+            case .apiKey where principal.projectID == projectID:
+                guard let project = try await self.store.project(id: projectID, on: db) else { throw SparkError.notFound("project") }
+                return (project, principal.role)
+            case .user:
+                guard let found = try await self.store.project(id: projectID, memberUserID: principal.userID, on: db) else {
+                    throw SparkError.notFound("project")
+                }
+                return found
+            default:
+                throw SparkError.notFound("project")
+            }
         }
+        try Self.require(role, allows: "project.read")
         return ServerResponse(message: Self.projectMessage(project))
     }
 
@@ -653,10 +664,14 @@ public final class ProjectService: Sparkops_Project_V1_ProjectService.ServicePro
         guard let role = try await self.role(of: principal, in: projectID, on: db) else {
             throw SparkError.notFound("project")
         }
+        try Self.require(role, allows: permission)
+        return role
+    }
+
+    private static func require(_ role: Sparkops_Common_V1_Role, allows permission: String) throws {
         guard Permission.role(role, allows: permission) else {
             throw SparkError(.permissionDenied, "\(permission) needs a higher role than \(role.name)")
         }
-        return role
     }
 
     private func audit(

@@ -31,7 +31,7 @@ extension ProjectService {
             prepare: {
                 if let password = try await service.prepare() {
                     // Shown once: the first administrator's generated password.
-                    print("""
+                    Console.say("""
 
                         SparkOps created the first administrator; this password is not shown again:
                           email:    \(adminEmail)

@@ -101,6 +101,16 @@ struct ProjectStore: Sendable {
         try await db.raw("SELECT * FROM projects WHERE id = \(bind: id) AND deleted_at IS NULL").first().map(Self.projectRow)
     }
 
+    /// The project with the user's role in it, in one query; nil when the user is not a member.
+    func project(id: String, memberUserID: String, on db: any SQLDatabase) async throws -> (ProjectRow, Sparkops_Common_V1_Role)? {
+        guard let row = try await db.raw("""
+            SELECT p.*, m.role AS member_role FROM projects p JOIN memberships m ON m.project_id = p.id
+            WHERE p.id = \(bind: id) AND m.user_id = \(bind: memberUserID) AND p.deleted_at IS NULL
+            """).first()
+        else { return nil }
+        return (try Self.projectRow(row), Sparkops_Common_V1_Role(rawValue: try row.decode(column: "member_role", as: Int.self)) ?? .unspecified)
+    }
+
     func projectNameTaken(_ name: String, except id: String = "", on db: any SQLDatabase) async throws -> Bool {
         try await db.raw("SELECT id FROM projects WHERE name = \(bind: name) AND deleted_at IS NULL AND id <> \(bind: id)").first() != nil
     }
