@@ -90,7 +90,6 @@ public enum SparkRuntime {
     /// The `main` of every `sparkops-<service>` executable: `--config FILE`, `--set key=value`
     /// (repeatable), `--help`.
     public static func main(serving names: [ServiceName]) async {
-        SparkExecutor.install()
         var overrides: [String: String] = [:]
         var file: String?
         var arguments = Array(CommandLine.arguments.dropFirst())[...]

@@ -1,5 +1,4 @@
 import ArgumentParser
-import SparkKit
 
 /// The `sparkops` command line.
 @main
@@ -12,9 +11,4 @@ struct SparkOpsCommand: AsyncParsableCommand {
             LoginCommand.self, LogoutCommand.self, UserCommand.self, ProjectCommand.self, MemberCommand.self, APIKeyCommand.self,
         ]
     )
-
-    static func main() async {
-        SparkExecutor.install()
-        await Self.main(nil)
-    }
 }

@@ -96,6 +96,12 @@ struct BadRequestTests {
                 ("/api/v1/projects?page_size=100000", "page_size"),
                 ("/api/v1/projects?page_size=-1", "page_size"),
                 ("/api/v1/projects?page_token=%25%25%25", "page_token"),
+                // Quotes, backslashes, control characters and non-ASCII reach the service intact
+                // (the field is named, not the request's JSON).
+                ("/api/v1/projects?page_token=%22%7D%2C%22x%22%3A%22", "page_token"),
+                ("/api/v1/projects?page_token=a%5C%5Cb%5C%22", "page_token"),
+                ("/api/v1/projects?page_token=line%0Abreak%01%1F", "page_token"),
+                ("/api/v1/projects?page_token=caf%C3%A9%E2%9C%93", "page_token"),
                 ("/api/v1/projects?colour=blue", "colour"),
                 ("/api/v1/projects/not-an-id", "project_id"),
             ]

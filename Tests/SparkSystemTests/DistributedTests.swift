@@ -108,6 +108,16 @@ struct DistributedTests {
             #expect(metrics.text.contains("CreateProject"))
             #expect(metrics.text.contains(#"sparkops_store_connection_wait_seconds_count{service="project"}"#))
             #expect(metrics.text.contains(#"sparkops_store_connections_in_use{service="project"}"#))
+            // Each call counts once, under its method and status, however often it repeats.
+            let getCalls = #"sparkops_rpc_server_calls_total{service="project",method="GetProject",code="OK"}"#
+            let getDurations = #"sparkops_rpc_server_duration_seconds_count{service="project",method="GetProject"}"#
+            let before = (calls: Self.sample(metrics.text, getCalls), durations: Self.sample(metrics.text, getDurations))
+            for _ in 0 ..< 3 {
+                #expect(try await http.send(.GET, "/api/v1/projects/\(projectID)", token: key).status == 200)
+            }
+            let after = try await HTTPTestClient(baseURL: "http://127.0.0.1:\(deployment.projectAdminPort)").send(.GET, "/metrics").text
+            #expect(Self.sample(after, getCalls) == before.calls + 3, "\(after)")
+            #expect(Self.sample(after, getDurations) == before.durations + 3)
             // The gateway counts its HTTP requests by route and status.
             let gatewayMetrics = try await HTTPTestClient(baseURL: "http://127.0.0.1:\(deployment.gatewayAdminPort)").send(.GET, "/metrics")
             #expect(gatewayMetrics.text.contains(#"hb_requests{http_route="/api/v1/projects/{project_id}",http_request_method="PATCH",http_response_status_code="403"}"#), "\(gatewayMetrics.text.prefix(2000))")
@@ -182,6 +192,14 @@ struct DistributedTests {
         let service = try await ServiceProcess.run("sparkops", ["serve", "wizard"])
         #expect(service.status != 0)
         #expect(service.output.contains("wizard"))
+    }
+
+    /// The value of the Prometheus sample whose name and labels are `series` (0 when absent).
+    static func sample(_ text: String, _ series: String) -> Double {
+        for line in text.split(separator: "\n") where line.hasPrefix(series + " ") {
+            return Double(line.dropFirst(series.count + 1)) ?? .nan
+        }
+        return 0
     }
 
     @Test("sparkops dev prints its API line only once the API serves requests")

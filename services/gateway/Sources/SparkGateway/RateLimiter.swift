@@ -73,7 +73,7 @@ final class RedisRateLimiter: RateLimiter {
 
     func check(key: String, limit: GatewayConfig.Limit) async throws -> Duration? {
         let interval = 60_000.0 / Double(max(1, limit.perMinute))
-        let arguments = ["\(self.prefix):ratelimit:\(key)", String(format: "%.3f", interval), "\(max(1, limit.burst))"]
+        let arguments = ["\(self.prefix):ratelimit:\(key)", "\((interval * 1000).rounded() / 1000)", "\(max(1, limit.burst))"]
         let reply: RESPValue
         if let sha = self.sha.withLock({ $0 }) {
             do {
