@@ -175,6 +175,63 @@ struct DistributedTests {
         #expect(await processes[1].stop() == 0)
     }
 
+    @Test(
+        "with Redis, a WebSocket ticket issued by one gateway opens a socket on another, once",
+        .enabled(if: TestBackend.all.contains { $0.redisURL != nil }, "needs SPARKOPS_TEST_DATABASE_URL and SPARKOPS_TEST_REDIS_URL")
+    )
+    func ticketsAcrossGateways() async throws {
+        let backend = try #require(TestBackend.all.first { $0.redisURL != nil })
+        try await backend.withDatabase { databaseURL in
+            let deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: backend.redisURL)
+            defer { try? FileManager.default.removeItem(atPath: deployment.home) }
+            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project"])
+            var processes = try await deployment.startAll()
+            // A second gateway replica sharing the same project service and Redis.
+            let (secondPort, secondAdminPort) = (try await FreePort.allocate(), try await FreePort.allocate())
+            let second = try ServiceProcess(
+                "sparkops-gateway",
+                (deployment.settings + ["gateway.port=\(secondPort)", "gateway.adminPort=\(secondAdminPort)"]).flatMap { ["--set", $0] },
+                logDirectory: deployment.home
+            )
+            processes.append(second)
+            let probe = HTTPTestClient(baseURL: "http://127.0.0.1:\(secondAdminPort)")
+            let deadline = ContinuousClock.now + .seconds(60)
+            while (try? await probe.send(.GET, "/readyz"))?.status != 200 {
+                guard second.isRunning, ContinuousClock.now < deadline else {
+                    for process in processes { _ = await process.stop() }
+                    throw TestSetupError(description: "the second gateway did not become ready:\n\(second.output)")
+                }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+
+            let token = try #require(try await deployment.gateway.send(
+                .POST, "/api/v1/auth/login", json: ["email": TestCluster.adminEmail, "password": TestCluster.adminPassword]
+            ).json["accessToken"] as? String)
+            let issued = try await deployment.gateway.send(.POST, "/api/v1/ws/tickets", token: token)
+            #expect(issued.status == 201, "\(issued.text)")
+            let ticket = try #require(issued.json["ticket"] as? String)
+
+            // Issued by the first gateway, used on the second.
+            let used = try await WebSocketTestClient.converse(port: secondPort, path: "/api/v1/ws?ticket=\(ticket)") { socket in
+                #expect(try await socket.receive()["type"] as? String == "ready")
+                try await socket.send(["type": "ping"])
+                #expect(try await socket.receive()["type"] as? String == "pong")
+            }
+            #expect(used.serverCloseCode == nil || used.serverCloseCode == 1000)
+            // Used once: neither gateway takes it again.
+            for port in [deployment.gatewayPort, secondPort] {
+                let again = try await WebSocketTestClient.converse(port: port, path: "/api/v1/ws?ticket=\(ticket)") { socket async throws in
+                    let refused = try await socket.receive()
+                    #expect(refused["code"] as? String == "UNAUTHENTICATED")
+                }
+                #expect(again.serverCloseCode == 1008)
+            }
+            for process in processes.reversed() {
+                #expect(await process.stop() == 0, "\(process.name):\n\(process.output)")
+            }
+        }
+    }
+
     @Test("executables refuse bad arguments and configuration with a message naming them")
     func badArguments() async throws {
         let noValue = try await ServiceProcess.run("sparkops-project", ["--set", "project.port"])

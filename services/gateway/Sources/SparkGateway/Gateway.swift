@@ -26,15 +26,19 @@ public enum Gateway {
         let peers = try PeerClients(caller: .gateway, peers: [.project], config: host)
         var services: [any ServiceLifecycle.Service] = peers.services
         let limiter: any RateLimiter
+        let tickets: any TicketStore
         if let url = host.redisURL, !url.isEmpty {
             let redis = try RedisClient(url: url, logger: logger)
             services.append(redis)
-            limiter = RedisRateLimiter(redis: redis, prefix: config.string(forKey: "redis.keyPrefix", default: "sparkops"))
+            let prefix = config.string(forKey: "redis.keyPrefix", default: "sparkops")
+            limiter = RedisRateLimiter(redis: redis, prefix: prefix)
+            tickets = RedisTicketStore(redis: redis, prefix: prefix)
         } else {
             limiter = InMemoryRateLimiter()
+            tickets = InMemoryTicketStore()
         }
         let clients = Dictionary(uniqueKeysWithValues: peers.clients.map { ($0.key.rawValue, $0.value) })
-        services.append(Self.application(clients: clients, limiter: limiter, config: gatewayConfig, logger: logger))
+        services.append(Self.application(clients: clients, limiter: limiter, tickets: tickets, config: gatewayConfig, logger: logger))
         services.append(AdminServer.application(service: .gateway, host: gatewayConfig.host, port: gatewayConfig.adminPort, ready: { peers.allReady }, logger: logger))
         return services
     }
@@ -48,19 +52,21 @@ public enum Gateway {
         onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
         let limiter: any RateLimiter = redis.map { RedisRateLimiter(redis: $0) } ?? InMemoryRateLimiter()
-        return Self.application(clients: clients, limiter: limiter, config: config, logger: logger, onServerRunning: onServerRunning)
+        let tickets: any TicketStore = redis.map { RedisTicketStore(redis: $0, prefix: "sparkops") } ?? InMemoryTicketStore()
+        return Self.application(clients: clients, limiter: limiter, tickets: tickets, config: config, logger: logger, onServerRunning: onServerRunning)
     }
 
     static func application(
         clients: [String: GRPCClient<SparkWireClientTransport>],
         limiter: any RateLimiter,
+        tickets: any TicketStore,
         config: GatewayConfig,
         logger: Logger,
         onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
         GatewayRequestContext.maxBodyBytes = config.maxBodyBytes
         let authenticator = Authenticator(client: clients["project"]!, callTimeout: config.callTimeout, logger: logger)
-        let webSockets = WebSocketGateway(authenticator: authenticator, config: config, logger: logger)
+        let webSockets = WebSocketGateway(authenticator: authenticator, tickets: tickets, config: config, logger: logger)
         let auditor = GatewayAuditor(client: clients["project"]!, logger: logger)
 
         let router = Router(context: GatewayRequestContext.self)

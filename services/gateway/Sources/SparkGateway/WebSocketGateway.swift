@@ -21,18 +21,17 @@ import Synchronization
 /// close code 1008. Then `{"type":"subscribe","topic":"runs","projectId":"prj_…"}` subscribes,
 /// after the same permission check as the HTTP routes (`run.read`).
 final class WebSocketGateway: Sendable {
-    private struct Ticket {
-        var principal: Sparkops_Common_V1_Principal
-        var expires: Date
-    }
+    /// How long a ticket may wait for its socket.
+    static let ticketLifetime: Duration = .seconds(30)
 
-    private let tickets = Mutex<[String: Ticket]>([:])
+    private let tickets: any TicketStore
     let authenticator: Authenticator
     let config: GatewayConfig
     let logger: Logger
 
-    init(authenticator: Authenticator, config: GatewayConfig, logger: Logger) {
+    init(authenticator: Authenticator, tickets: any TicketStore, config: GatewayConfig, logger: Logger) {
         self.authenticator = authenticator
+        self.tickets = tickets
         self.config = config
         self.logger = logger
     }
@@ -46,22 +45,17 @@ final class WebSocketGateway: Sendable {
         }
         let principal = try await self.authenticator.authenticate(bearer: bearer, requestMetadata: [:])
         let ticket = SparkSecrets.token(prefix: "wst_")
-        let expires = Date().addingTimeInterval(30)
-        self.tickets.withLock { tickets in
-            tickets = tickets.filter { $0.value.expires > Date() }
-            tickets[ticket] = Ticket(principal: principal, expires: expires)
+        let expires = Date().addingTimeInterval(Double(Self.ticketLifetime.components.seconds))
+        do {
+            try await self.tickets.put(ticket, principal: principal, ttl: Self.ticketLifetime)
+        } catch {
+            self.logger.error("could not store a WebSocket ticket", metadata: ["request_id": "\(context.requestID)", "error": "\(error)"])
+            throw APIError(.unavailable, "tickets cannot be issued now; retry, or authenticate with the socket's first message")
         }
         let body = #"{"ticket":"\#(ticket)","expireTime":"\#(ISO8601DateFormatter().string(from: expires))"}"#
         return Response(status: .created, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))
     }
 
-    /// Redeems a ticket once.
-    func redeem(_ ticket: String) -> Sparkops_Common_V1_Principal? {
-        self.tickets.withLock { tickets in
-            guard let entry = tickets.removeValue(forKey: ticket), entry.expires > Date() else { return nil }
-            return entry.principal
-        }
-    }
 
     /// Why a handshake may not open a socket, if it may not. A refused socket is upgraded only to
     /// carry the error (code, `field`, message) and is closed with 1008 before reading anything:
@@ -118,7 +112,16 @@ final class WebSocketGateway: Sendable {
         let state = AuthenticationState()
         var principal: Sparkops_Common_V1_Principal?
         if let ticket = request.uri.queryParameters["ticket"] {
-            guard let redeemed = self.redeem(String(ticket)) else {
+            let redeemed: Sparkops_Common_V1_Principal?
+            do {
+                redeemed = try await self.tickets.take(String(ticket))
+            } catch {
+                self.logger.error("could not check a WebSocket ticket", metadata: ["error": "\(error)"])
+                try await self.send(outbound, ["type": "error", "code": "UNAVAILABLE", "message": "tickets cannot be checked now; retry"])
+                try await outbound.close(.unexpectedServerError, reason: "ticket store unavailable")
+                return
+            }
+            guard let redeemed else {
                 try await self.send(outbound, ["type": "error", "code": "UNAUTHENTICATED", "message": "the ticket is invalid, used or expired"])
                 try await outbound.close(.policyViolation, reason: "unauthenticated")
                 return

@@ -1,0 +1,74 @@
+import Foundation
+import SparkKit
+import SparkProto
+import SwiftProtobuf
+import Synchronization
+
+/// Where WebSocket tickets wait between `POST /api/v1/ws/tickets` and the socket that uses them.
+protocol TicketStore: Sendable {
+    /// Keeps `principal` under `ticket` for `ttl`.
+    func put(_ ticket: String, principal: Sparkops_Common_V1_Principal, ttl: Duration) async throws
+    /// The ticket's principal, once: a second call, or a call after the ttl, gets nil.
+    func take(_ ticket: String) async throws -> Sparkops_Common_V1_Principal?
+}
+
+/// Tickets in this gateway's memory: right for one gateway.
+final class InMemoryTicketStore: TicketStore {
+    private struct Entry {
+        var principal: Sparkops_Common_V1_Principal
+        var expires: ContinuousClock.Instant
+    }
+
+    private let entries = Mutex<[String: Entry]>([:])
+
+    func put(_ ticket: String, principal: Sparkops_Common_V1_Principal, ttl: Duration) async throws {
+        let now = ContinuousClock.now
+        self.entries.withLock { entries in
+            entries = entries.filter { $0.value.expires > now }
+            entries[SparkSecrets.digest(ticket)] = Entry(principal: principal, expires: now + ttl)
+        }
+    }
+
+    func take(_ ticket: String) async throws -> Sparkops_Common_V1_Principal? {
+        self.entries.withLock { entries in
+            guard let entry = entries.removeValue(forKey: SparkSecrets.digest(ticket)), entry.expires > .now else { return nil }
+            return entry.principal
+        }
+    }
+}
+
+/// Tickets in Redis, shared by every gateway replica: a ticket issued by one opens a socket on any
+/// other, so no sticky sessions are needed. Keys are the ticket's SHA-256 (the ticket itself is a
+/// credential), Redis expires them, and `GETDEL` (Redis 6.2 or later) takes one atomically, so two
+/// replicas cannot both redeem it.
+final class RedisTicketStore: TicketStore {
+    private let redis: RedisClient
+    private let prefix: String
+
+    init(redis: RedisClient, prefix: String) {
+        self.redis = redis
+        self.prefix = prefix
+    }
+
+    private func key(_ ticket: String) -> [UInt8] {
+        Array("\(self.prefix):wsticket:\(SparkSecrets.digest(ticket))".utf8)
+    }
+
+    func put(_ ticket: String, principal: Sparkops_Common_V1_Principal, ttl: Duration) async throws {
+        let milliseconds = max(1, ttl.components.seconds * 1000 + ttl.components.attoseconds / 1_000_000_000_000_000)
+        let value: [UInt8] = try principal.serializedBytes()
+        let reply = try await self.redis.send(bytes: [Array("SET".utf8), self.key(ticket), value, Array("PX".utf8), Array("\(milliseconds)".utf8)])
+        guard reply.string == "OK" else { throw RedisError("unexpected reply to SET: \(reply)") }
+    }
+
+    func take(_ ticket: String) async throws -> Sparkops_Common_V1_Principal? {
+        switch try await self.redis.send(bytes: [Array("GETDEL".utf8), self.key(ticket)]) {
+        case .null:
+            return nil
+        case .bulkString(let bytes):
+            return try Sparkops_Common_V1_Principal(serializedBytes: bytes)
+        case let other:
+            throw RedisError("unexpected reply to GETDEL: \(other)")
+        }
+    }
+}
