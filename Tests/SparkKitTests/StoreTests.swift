@@ -2,6 +2,7 @@ import Foundation
 import SQLKit
 import SparkKit
 import SparkTesting
+import Synchronization
 import Testing
 
 /// The store, migrations included, on SQLite and (when configured) PostgreSQL.
@@ -123,6 +124,56 @@ struct StoreTests {
             let count = try await store.sql { try await $0.raw("SELECT COUNT(*) AS n FROM things").first()?.decode(column: "n", as: Int.self) }
             #expect(count == 200)
         }
+    }
+
+    @Test("queries asked for before the store runs wait for it instead of failing", arguments: TestBackend.all)
+    func queriesBeforeRun(backend: TestBackend) async throws {
+        try await backend.withDatabase { url in
+            let directory = FileManager.default.temporaryDirectory.appending(path: "sparkops-store-\(UUID().uuidString)").path
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let store = try SparkStore(service: "early", location: url.map { .postgres(url: $0) } ?? .sqlite(directory: directory))
+            try await withThrowingTaskGroup(of: Int?.self) { group in
+                // Asked first; the store starts running 200 ms later.
+                group.addTask { try await store.sql { try await $0.raw("SELECT 41 + 1 AS answer").first()?.decode(column: "answer", as: Int.self) } }
+                try await Task.sleep(for: .milliseconds(200))
+                group.addTask {
+                    try await store.run()
+                    return nil
+                }
+                let answer = try await group.next()
+                #expect(answer == 42)
+                group.cancelAll()
+            }
+        }
+    }
+
+    @Test("a gate lets waiters through once opened, at once afterwards, and releases cancelled waiters")
+    func gate() async throws {
+        final class Counter: Sendable {
+            let value = Mutex(0)
+        }
+        let gate = OneTimeGate()
+        let passed = Counter()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0 ..< 10 {
+                group.addTask {
+                    try await gate.wait()
+                    passed.value.withLock { $0 += 1 }
+                }
+            }
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(passed.value.withLock { $0 } == 0)
+            gate.open()
+            try await group.waitForAll()
+        }
+        #expect(passed.value.withLock { $0 } == 10)
+        try await gate.wait()
+
+        let closed = OneTimeGate()
+        let waiter = Task { try await closed.wait() }
+        try await Task.sleep(for: .milliseconds(50))
+        waiter.cancel()
+        await #expect(throws: CancellationError.self) { try await waiter.value }
     }
 
     @Test("service names that are not schema names are refused")

@@ -279,8 +279,8 @@ struct BadInputTests {
             #expect(refused.count == 9_900)
             #expect(await server.openStreamCount == 100)
             await client.close()
-            try await eventually(timeout: .seconds(10)) { await server.openStreamCount == 0 }
-            try await eventually(timeout: .seconds(10)) { service.cancelledCount == 100 }
+            try await eventually { await server.openStreamCount == 0 }
+            try await eventually { service.cancelledCount == 100 }
         }
 
         // The same through the real client: 10,000 calls started and then cancelled.
@@ -296,7 +296,7 @@ struct BadInputTests {
                 try? await Task.sleep(for: .milliseconds(500))
                 group.cancelAll()
             }
-            try await eventually(timeout: .seconds(10)) { await server.openStreamCount == 0 }
+            try await eventually { await server.openStreamCount == 0 }
             let after = try await echo.get(.with { $0.text = "still here" })
             #expect(after.text == "still here")
         }

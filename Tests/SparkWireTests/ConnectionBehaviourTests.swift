@@ -20,7 +20,8 @@ struct ConnectionBehaviourTests {
     @Test("graceful shutdown lets calls in flight finish and refuses new ones with UNAVAILABLE")
     func gracefulShutdown() async throws {
         let transport = SparkWireServerTransport(config: .init(host: "127.0.0.1", port: 0, security: self.certificates.security("echo"), methods: SparkProtoMethods.all))
-        let server = GRPCServer(transport: transport, services: [EchoService()])
+        let service = EchoService()
+        let server = GRPCServer(transport: transport, services: [service])
         try await withThrowingTaskGroup { group in
             group.addTask { try await server.serve() }
             let port = try await transport.listeningAddress.port!
@@ -33,10 +34,12 @@ struct ConnectionBehaviourTests {
                 _ = try await echo.get(.with { $0.text = "warm up" })
                 try await withThrowingTaskGroup { calls in
                     calls.addTask {
-                        let response = try await echo.get(.with { $0.text = "in flight" }, metadata: ["echo-delay-ms": "400"])
+                        let response = try await echo.get(.with { $0.text = "in flight" }, metadata: ["echo-delay-ms": "2000"])
                         #expect(response.text == "in flight")
                     }
-                    try await eventually { await transport.openStreamCount == 1 }
+                    // The handler has started (a count that only grows, so a loaded machine
+                    // cannot poll past it); its call is in flight for two seconds.
+                    try await eventually { service.callCount("Get") == 2 }
                     server.beginGracefulShutdown()
                     try await calls.waitForAll()
                 }
@@ -125,7 +128,7 @@ struct ConnectionBehaviourTests {
             // ready state itself lasts only interval + timeout, too short to poll on a loaded machine.
             try await silent.log.wait { frames, _ in frames.contains { $0.ping != nil } }
             try await silent.log.waitForClose()
-            try await eventually(timeout: .seconds(3)) { transport.readyConnectionCount == 0 }
+            try await eventually { transport.readyConnectionCount == 0 }
         }
 
         // A live server answers: after several intervals the same single connection still serves calls.
@@ -230,7 +233,7 @@ struct ConnectionBehaviourTests {
                     configure: { $0.port = port }
                 ) { _, _ in
                     try await group.waitForAll()
-                    try await eventually(timeout: .seconds(5)) { transport.readyConnectionCount == 1 }
+                    try await eventually { transport.readyConnectionCount == 1 }
                     let response = try await echo.get(.with { $0.text = "back" })
                     #expect(response.text == "back")
                 }

@@ -45,6 +45,10 @@ public final class SparkStore: Service, Sendable {
     private let backend: Backend
     private let logger: Logger
     private let usage: StoreUsage
+    /// Opens when `run()` starts the PostgreSQL client: a query asked for before then (migrations
+    /// racing the service group's start) waits here instead of leasing from a client that is not
+    /// running yet, which PostgresNIO answers with a warning.
+    private let running = OneTimeGate()
 
     /// - Parameter service: the owning service; names the SQLite file or the PostgreSQL schema.
     public init(service: String, location: Location, logger: Logger = Logger(label: "sparkops.store")) throws {
@@ -97,6 +101,7 @@ public final class SparkStore: Service, Sendable {
         switch self.backend {
         case .postgres(let client):
             await cancelWhenGracefulShutdown {
+                self.running.open()
                 await client.run()
             }
         case .sqlite(let pool):
@@ -116,6 +121,7 @@ public final class SparkStore: Service, Sendable {
                 return try await body(connection.sql())
             }
         case .postgres(let client):
+            try await self.running.wait()
             return try await client.withConnection { connection in
                 self.usage.leased(waitingSince: requested)
                 defer { self.usage.returned() }
@@ -138,6 +144,53 @@ public final class SparkStore: Service, Sendable {
         } catch {
             try? await db.raw("ROLLBACK").run()
             throw error
+        }
+    }
+}
+
+/// Waits until `open()` has been called once; cheap once open.
+package final class OneTimeGate: Sendable {
+    private struct State {
+        var open = false
+        var waiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
+        var nextID: UInt64 = 0
+    }
+
+    private let isOpen = Atomic<Bool>(false)
+    private let state = Mutex(State())
+
+    package init() {}
+
+    package func open() {
+        let waiters = self.state.withLock { state in
+            state.open = true
+            defer { state.waiters.removeAll() }
+            return Array(state.waiters.values)
+        }
+        self.isOpen.store(true, ordering: .releasing)
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Returns once the gate is open; throws `CancellationError` if the task is cancelled first.
+    package func wait() async throws {
+        if self.isOpen.load(ordering: .acquiring) { return }
+        let id = self.state.withLock { state in
+            defer { state.nextID += 1 }
+            return state.nextID
+        }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let resumeNow: Result<Void, any Error>? = self.state.withLock { state in
+                    if state.open { return .success(()) }
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    state.waiters[id] = continuation
+                    return nil
+                }
+                if let resumeNow { continuation.resume(with: resumeNow) }
+            }
+        } onCancel: {
+            let waiter = self.state.withLock { $0.waiters.removeValue(forKey: id) }
+            waiter?.resume(throwing: CancellationError())
         }
     }
 }

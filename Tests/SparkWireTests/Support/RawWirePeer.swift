@@ -31,7 +31,7 @@ final class FrameLog: Sendable {
     /// Waits (polling, bounded) until `condition` holds for the frames received so far.
     @discardableResult
     func wait(
-        timeout: Duration = .seconds(5),
+        timeout: Duration = .seconds(20),
         _ condition: ([WireFrame], Bool) -> Bool
     ) async throws -> [WireFrame] {
         let deadline = ContinuousClock.now + timeout
@@ -44,7 +44,7 @@ final class FrameLog: Sendable {
         throw RawPeerTimeout(description: "condition not met in \(timeout); closed=\(closed), frames=\(frames.map(\.summary))")
     }
 
-    func waitForClose(timeout: Duration = .seconds(5)) async throws {
+    func waitForClose(timeout: Duration = .seconds(20)) async throws {
         try await self.wait(timeout: timeout) { _, closed in closed }
     }
 }
