@@ -1,5 +1,6 @@
 import Foundation
 import SparkGateway
+import SparkKit
 import Testing
 
 @Suite("Request JSON of routes without a body")
@@ -25,5 +26,7 @@ struct FlatJSONTests {
         #expect(parsed["includeDeleted"] as? Bool == true)
         #expect(parsed["dryRun"] as? Bool == false)
         #expect(FlatJSON.encode([:]) == Array("{}".utf8))
+        // The escapes themselves (shared with the JSON log lines).
+        #expect(JSONString.quote("a\"b\\c\n\r\t\u{1}é") == #""a\"b\\c\n\r\t\u0001é""#)
     }
 }

@@ -216,36 +216,16 @@ package enum FlatJSON {
         var out: [UInt8] = [UInt8(ascii: "{")]
         for (index, (key, value)) in object.enumerated() {
             if index > 0 { out.append(UInt8(ascii: ",")) }
-            Self.appendJSONString(key, to: &out)
+            JSONString.append(key, to: &out)
             out.append(UInt8(ascii: ":"))
             switch value {
-            case let text as String: Self.appendJSONString(text, to: &out)
+            case let text as String: JSONString.append(text, to: &out)
             case let number as Int64: out.append(contentsOf: String(number).utf8)
             case let flag as Bool: out.append(contentsOf: (flag ? "true" : "false").utf8)
-            default: Self.appendJSONString("\(value)", to: &out)
+            default: JSONString.append("\(value)", to: &out)
             }
         }
         out.append(UInt8(ascii: "}"))
         return out
-    }
-
-    private static let hexDigits = Array("0123456789abcdef".utf8)
-
-    private static func appendJSONString(_ text: String, to out: inout [UInt8]) {
-        out.append(UInt8(ascii: "\""))
-        for byte in text.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""), UInt8(ascii: "\\"):
-                out.append(UInt8(ascii: "\\"))
-                out.append(byte)
-            case 0 ..< 0x20:
-                out.append(contentsOf: Array("\\u00".utf8))
-                out.append(Self.hexDigits[Int(byte >> 4)])
-                out.append(Self.hexDigits[Int(byte & 0x0f)])
-            default:
-                out.append(byte)
-            }
-        }
-        out.append(UInt8(ascii: "\""))
     }
 }
