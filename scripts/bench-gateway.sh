@@ -84,7 +84,7 @@ for mode in $modes; do
 		eval "$(deploy/local/services.sh)"
 		base=${SPARKOPS_DATABASE_URL%/*}
 		psql "$SPARKOPS_DATABASE_URL" -qc "DROP DATABASE IF EXISTS sparkops_bench" -c "CREATE DATABASE sparkops_bench" >/dev/null
-		"$bin/sparkops" certs init --dir "$work/home/certs" --services gateway,project --dns-name localhost >/dev/null
+		"$bin/sparkops" certs init --dir "$work/home/certs" --services gateway,project >/dev/null
 		extra=(--set database.url="$base/sparkops_bench" --set redis.url="$SPARKOPS_REDIS_URL" --set redis.keyPrefix=bench)
 		"$bin/sparkops-project" "${settings[@]}" "${extra[@]}" >"$work/project.log" 2>&1 &
 		pids=($!)

@@ -65,15 +65,24 @@ public enum SparkRuntime {
         return applied
     }
 
+    /// Where the gateway that `config` describes serves its API, and the URL of its readiness
+    /// probe, read exactly as the gateway reads its own settings (`gateway.port`, `gateway.adminPort`
+    /// and `gateway.host`), so that whatever ports are set, a caller polls the right one.
+    public static func gatewayAddresses(config: ConfigReader) throws -> (apiPort: Int, readyz: String) {
+        let gateway = try GatewayConfig(config: config)
+        var host = gateway.host
+        if host == "0.0.0.0" || host == "::" { host = "127.0.0.1" }
+        let authority = host.contains(":") ? "[\(host)]" : host
+        return (gateway.port, "http://\(authority):\(gateway.adminPort)/readyz")
+    }
+
     /// Creates the embedded mode's certificates under `<home>/certs` on first start.
     public static func ensureCertificates(host: HostConfig, logger: Logger) throws {
         let directory = URL(filePath: host.certificateDirectory)
         guard !FileManager.default.fileExists(atPath: directory.appending(path: "ca.pem").path) else { return }
-        try CertificateAuthority.initialize(
-            directory: directory,
-            services: ServiceName.allCases.map(\.rawValue),
-            extraDNSNames: ["localhost"]
-        )
+        // Each certificate names its service only: a name every certificate shared (localhost, say)
+        // would let a client that checked it accept any service.
+        try CertificateAuthority.initialize(directory: directory, services: ServiceName.allCases.map(\.rawValue))
         logger.info("created certificates", metadata: ["directory": "\(host.certificateDirectory)"])
     }
 

@@ -44,10 +44,11 @@ public enum RawHTTP {
     /// Sends `head` (request line and headers, without the blank line) and reads the answer:
     /// the head, then the body by `Content-Length`. A `101` answer ends at its head, or with
     /// `untilClose`, at the server's WebSocket close frame. Bounded by 10 s.
-    public static func exchange(port: Int, head: [String], body: String = "", untilClose: Bool = false) async throws -> Reply {
+    /// `rawBody` is sent as it is, with no `Content-Length` added (a chunked body, say).
+    public static func exchange(port: Int, head: [String], body: String = "", rawBody: String = "", untilClose: Bool = false) async throws -> Reply {
         var request = head.joined(separator: "\r\n") + "\r\n"
         if !body.isEmpty { request += "Content-Length: \(body.utf8.count)\r\n" }
-        request += "\r\n" + body
+        request += "\r\n" + body + rawBody
 
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connectTimeout(.seconds(5))

@@ -11,7 +11,7 @@ public struct TestCertificates: Sendable {
         services: [String] = ["gateway", "project", "run", "budget", "echo", "client", "intruder"]
     ) throws -> TestCertificates {
         let directory = FileManager.default.temporaryDirectory.appending(path: "sparkops-certs-\(UUID().uuidString)")
-        try CertificateAuthority.initialize(directory: directory, services: services, extraDNSNames: ["localhost"])
+        try CertificateAuthority.initialize(directory: directory, services: services)
         return TestCertificates(directory: directory)
     }
 

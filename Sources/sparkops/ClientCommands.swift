@@ -248,8 +248,8 @@ struct APIKeyCommand: AsyncParsableCommand {
 struct UserCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "user",
-        abstract: "Users: create (administrators), show yourself, change your password.",
-        subcommands: [Create.self, Me.self, Password.self]
+        abstract: "Users: create (administrators), show yourself, change your password, lift a sign-in throttle.",
+        subcommands: [Create.self, Me.self, Password.self, Unthrottle.self]
     )
 
     static let columns: [(title: String, key: String)] = [("id", "id"), ("email", "email"), ("name", "displayName"), ("admin", "isAdmin")]
@@ -292,6 +292,20 @@ struct UserCommand: AsyncParsableCommand {
             _ = try await APIClient(options: self.client).call(.POST, "/api/v1/users/me/password", body: ["currentPassword": current, "newPassword": new])
             SavedSession.remove()
             print("password changed; log in again")
+        }
+    }
+
+    struct Unthrottle: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Forget an email's failed sign-ins, so that it may sign in again at once (administrators only)."
+        )
+        @Option(help: "The email whose sign-ins are throttled.") var email: String
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let reply = try await APIClient(options: self.client).call(.POST, "/api/v1/auth/throttles/clear", body: ["email": self.email])
+            let cleared = (reply["clearedFailures"] as? NSNumber)?.intValue ?? 0
+            print(cleared == 0 ? "\(self.email) was not throttled" : "cleared \(cleared) failed sign-ins of \(self.email)")
         }
     }
 }

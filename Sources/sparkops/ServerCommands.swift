@@ -56,17 +56,14 @@ struct DevCommand: AsyncParsableCommand {
         let logger = SparkRuntime.bootstrapTelemetry(config: config, defaultFormat: "text")
         let host = try HostConfig(config: config)
         try SparkRuntime.ensureCertificates(host: host, logger: logger)
-        let gatewayPort = try config.integer(forKey: "gateway.port", default: 8000, in: ConfigReader.portRange)
-        let adminPort = try config.integer(forKey: "gateway.adminPort", default: 9000, in: ConfigReader.portRange)
-        var adminHost = config.string(forKey: "gateway.host", default: "127.0.0.1")
-        if adminHost == "0.0.0.0" || adminHost == "::" { adminHost = "127.0.0.1" }
+        let gateway = try SparkRuntime.gatewayAddresses(config: config)
         Console.say("SparkOps dev: starting every service, data in \(host.home)")
         // The API line comes once the gateway reports ready (its services answer), so that a
         // request sent as soon as it appears is served rather than answered 503.
         let announcer = Task {
             await Self.announceWhenReady(
-                readyz: "http://\(adminHost.contains(":") ? "[\(adminHost)]" : adminHost):\(adminPort)/readyz",
-                message: "SparkOps dev: API on http://localhost:\(gatewayPort) (OpenAPI: /api/v1/openapi.json)"
+                readyz: gateway.readyz,
+                message: "SparkOps dev: API on http://localhost:\(gateway.apiPort) (OpenAPI: /api/v1/openapi.json)"
             )
         }
         defer { announcer.cancel() }

@@ -88,7 +88,7 @@ struct AuthenticationTests {
             let token = session["accessToken"] as! String
             let short = try await cluster.http.send(.POST, "/api/v1/users/me/password", token: token, json: ["currentPassword": "user-password-123", "newPassword": "short"])
             #expect(short.status == 400)
-            #expect(short.errorField == "new_password")
+            #expect(short.errorField == "newPassword")
             let wrong = try await cluster.http.send(.POST, "/api/v1/users/me/password", token: token, json: ["currentPassword": "guess-guess-guess", "newPassword": "a-new-password-456"])
             #expect(wrong.status == 403)
 
@@ -204,7 +204,7 @@ struct AuthenticationTests {
             // A key's role is at most its creator's.
             let tooMuch = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/api-keys", token: admin, json: ["name": "x", "role": "ROLE_OWNER", "ttlDays": 9999])
             #expect(tooMuch.status == 400)
-            #expect(tooMuch.errorField == "ttl_days")
+            #expect(tooMuch.errorField == "ttlDays")
         }
     }
 }

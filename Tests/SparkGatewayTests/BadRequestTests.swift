@@ -78,7 +78,7 @@ struct BadRequestTests {
             #expect((key.json["apiKey"] as? [String: Any])?["name"] as? String == nasty)
             let injectedID = try await cluster.http.send(.GET, "/api/v1/projects/prj_x'%20OR%20'1'='1", token: admin)
             #expect(injectedID.status == 400)
-            #expect(injectedID.errorField == "project_id")
+            #expect(injectedID.errorField == "projectId")
             let filter = try await cluster.http.send(.GET, "/api/v1/projects/\(id)/audit-events?action=x'%20OR%20'1'='1", token: admin)
             #expect(filter.status == 200)
             #expect((filter.json["events"] as? [Any])?.isEmpty ?? true)
@@ -92,23 +92,25 @@ struct BadRequestTests {
         try await TestCluster.run(backend: .sqlite) { cluster in
             let admin = try await cluster.adminToken()
             let cases: [(String, String?)] = [
-                ("/api/v1/projects?page_size=abc", "page_size"),
-                ("/api/v1/projects?page_size=100000", "page_size"),
-                ("/api/v1/projects?page_size=-1", "page_size"),
-                ("/api/v1/projects?page_token=%25%25%25", "page_token"),
+                ("/api/v1/projects?page_size=abc", "pageSize"),
+                ("/api/v1/projects?page_size=100000", "pageSize"),
+                ("/api/v1/projects?page_size=-1", "pageSize"),
+                ("/api/v1/projects?page_token=%25%25%25", "pageToken"),
                 // Quotes, backslashes, control characters and non-ASCII reach the service intact
                 // (the field is named, not the request's JSON).
-                ("/api/v1/projects?page_token=%22%7D%2C%22x%22%3A%22", "page_token"),
-                ("/api/v1/projects?page_token=a%5C%5Cb%5C%22", "page_token"),
-                ("/api/v1/projects?page_token=line%0Abreak%01%1F", "page_token"),
-                ("/api/v1/projects?page_token=caf%C3%A9%E2%9C%93", "page_token"),
+                ("/api/v1/projects?page_token=%22%7D%2C%22x%22%3A%22", "pageToken"),
+                ("/api/v1/projects?page_token=a%5C%5Cb%5C%22", "pageToken"),
+                ("/api/v1/projects?page_token=line%0Abreak%01%1F", "pageToken"),
+                ("/api/v1/projects?page_token=caf%C3%A9%E2%9C%93", "pageToken"),
                 ("/api/v1/projects?colour=blue", "colour"),
-                ("/api/v1/projects/not-an-id", "project_id"),
+                ("/api/v1/projects/not-an-id", "projectId"),
             ]
             for (path, field) in cases {
                 let reply = try await cluster.http.send(.GET, path, token: admin)
                 #expect(reply.status == 400, "\(path): \(reply.text)")
                 #expect(reply.errorField == field, "\(path): \(reply.text)")
+                // One spelling: the JSON name, in the field and in the message.
+                if let field { #expect(reply.errorMessage?.hasPrefix(field) == true || field == "colour", "\(path): \(reply.text)") }
             }
             let unknown = try await cluster.http.send(.GET, "/api/v1/nothing-here", token: admin)
             #expect(unknown.status == 404)

@@ -45,7 +45,7 @@ struct ProjectAPITests {
             #expect(clash.status == 409)
             let badMask = try await cluster.http.send(.PATCH, "/api/v1/projects/\(id)", token: admin, json: ["updateMask": ["owner"]])
             #expect(badMask.status == 400)
-            #expect(badMask.errorField == "update_mask")
+            #expect(badMask.errorField == "updateMask")
 
             let deleted = try await cluster.http.send(.DELETE, "/api/v1/projects/\(id)", token: admin)
             #expect(deleted.status == 200)

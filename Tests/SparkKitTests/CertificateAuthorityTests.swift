@@ -2,6 +2,8 @@ import Foundation
 import GRPCCore
 import SparkKit
 import SparkProto
+import SparkRuntime
+import Logging
 import SparkTesting
 import SparkWire
 import SwiftProtobuf
@@ -91,6 +93,39 @@ struct CertificateAuthorityTests {
                 await #expect(throws: RPCError.self) {
                     _ = try await Sparkops_Testing_V1_EchoService.Client(wrapping: client).record(.with { $0.text = "x" })
                 }
+            }
+        }
+    }
+
+    @Test("dev certificates name only their service: a client expecting project refuses the run certificate")
+    func devCertificateIdentities() async throws {
+        let home = self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: home) }
+        let host = try HostConfig(config: try await SparkConfiguration.reader(overrides: ["home": home.path], environment: [:]))
+        try SparkRuntime.ensureCertificates(host: host, logger: Logger(label: "test"))
+        let directory = URL(filePath: host.certificateDirectory)
+        for service in ServiceName.allCases {
+            let leaf = try Certificate(pemEncoded: String(contentsOf: directory.appending(path: "\(service.rawValue).pem"), encoding: .utf8))
+            // No name shared between services (such as localhost) that a client could check instead.
+            #expect(SparkWirePeer(certificate: leaf).dnsNames == [service.rawValue])
+        }
+        let certificates = TestCertificates(directory: directory)
+        try await withWireServer(services: [EchoService()], security: certificates.security("run")) { _, port in
+            for expected in ["project", "localhost"] {
+                try await withWireClient(
+                    endpoints: [.init(host: "127.0.0.1", port: port)],
+                    serverIdentity: expected,
+                    security: certificates.security("gateway"),
+                    configure: { $0.backoff = SparkWireBackoff(initial: .seconds(5)) }
+                ) { client, _ in
+                    await #expect(throws: RPCError.self, "a client expecting \(expected) accepted the run certificate") {
+                        _ = try await Sparkops_Testing_V1_EchoService.Client(wrapping: client).record(.with { $0.text = "x" })
+                    }
+                }
+            }
+            try await withWireClient(endpoints: [.init(host: "127.0.0.1", port: port)], serverIdentity: "run", security: certificates.security("gateway")) { client, _ in
+                let reply = try await Sparkops_Testing_V1_EchoService.Client(wrapping: client).get(.with { $0.text = "to run" })
+                #expect(reply.text == "to run")
             }
         }
     }

@@ -79,7 +79,7 @@ struct DistributedTests {
             defer { try? FileManager.default.removeItem(atPath: deployment.home) }
 
             let certs = try await ServiceProcess.run(
-                "sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project", "--dns-name", "localhost"]
+                "sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project"]
             )
             #expect(certs.status == 0, "\(certs.output)")
 
@@ -279,6 +279,42 @@ struct DistributedTests {
         let output = dev.output
         let starting = try #require(output.range(of: "SparkOps dev: starting"))
         #expect(starting.lowerBound < output.range(of: announcement)!.lowerBound)
+        #expect(await dev.stop() == 0)
+    }
+
+    /// Each port setting alone, then all of them together, as environment variables.
+    static let portSettings: [[String: Int]] = [
+        ["SPARKOPS_GATEWAY_PORT": 0],
+        ["SPARKOPS_GATEWAY_ADMIN_PORT": 0],
+        ["SPARKOPS_PROJECT_PORT": 0],
+        ["SPARKOPS_PROJECT_ADMIN_PORT": 0],
+        ["SPARKOPS_GATEWAY_PORT": 0, "SPARKOPS_GATEWAY_ADMIN_PORT": 0, "SPARKOPS_PROJECT_PORT": 0, "SPARKOPS_PROJECT_ADMIN_PORT": 0],
+    ]
+
+    @Test("sparkops dev announces a ready API whichever ports are set", arguments: portSettings)
+    func devOnOtherPorts(ports: [String: Int]) async throws {
+        let home = FileManager.default.temporaryDirectory.appending(path: "sparkops-ports-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: home) }
+        var environment: [String: String] = [:]
+        for name in ports.keys { environment[name] = "\(try await FreePort.allocate())" }
+        let apiPort = environment["SPARKOPS_GATEWAY_PORT"] ?? "8000"
+        let settings = ["home=\(home)", "project.bcryptCost=4", "admin.email=\(TestCluster.adminEmail)", "admin.password=\(TestCluster.adminPassword)"]
+        let dev = try ServiceProcess("sparkops", ["dev"] + settings.flatMap { ["--set", $0] }, logDirectory: home, environment: environment)
+        let announcement = "API on http://localhost:\(apiPort)"
+        let deadline = ContinuousClock.now + .seconds(90)
+        while !dev.output.contains(announcement) {
+            guard dev.isRunning, ContinuousClock.now < deadline else {
+                _ = await dev.stop()
+                Issue.record("\(environment): no \(announcement.debugDescription) line:\n\(dev.output)")
+                return
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let login = try await HTTPTestClient(baseURL: "http://127.0.0.1:\(apiPort)").send(
+            .POST, "/api/v1/auth/login", json: ["email": TestCluster.adminEmail, "password": TestCluster.adminPassword]
+        )
+        #expect(login.status == 200, "\(environment): \(login.text)")
         #expect(await dev.stop() == 0)
     }
 }

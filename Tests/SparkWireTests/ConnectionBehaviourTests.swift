@@ -127,7 +127,12 @@ struct ConnectionBehaviourTests {
             // The client pings only on a ready connection, so a ping proves it was established; the
             // ready state itself lasts only interval + timeout, too short to poll on a loaded machine.
             try await silent.log.wait { frames, _ in frames.contains { $0.ping != nil } }
+            // The client says why it closes (§3.3): a GoAway UNAVAILABLE, then the close.
+            try await silent.log.wait { frames, _ in frames.contains { $0.goAway != nil } }
             try await silent.log.waitForClose()
+            let goAway = try #require(silent.log.frames.compactMap(\.goAway).first)
+            #expect(goAway.code == UInt32(Status.Code.unavailable.rawValue))
+            #expect(goAway.message.contains("keepalive"))
             try await eventually { transport.readyConnectionCount == 0 }
         }
 

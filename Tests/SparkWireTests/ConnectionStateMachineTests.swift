@@ -248,4 +248,39 @@ struct ConnectionStateMachineTests {
             return
         }
     }
+
+    @Test("a peer that announces initial_window 0 gets the spec's default of 64, not this side's own 256")
+    func zeroWindowMeansSpecDefault() {
+        for role in [ConnectionStateMachine.Role.client, .server] {
+            var machine = ConnectionStateMachine(role: role, local: .init())
+            guard case .settingsReceived(let peer) = machine.receive(WireFrame(streamID: 0, settings: .init(initialWindow: 0))) else {
+                Issue.record("expected settings")
+                return
+            }
+            #expect(peer.initialWindow == 64)
+            #expect(SparkWireProtocol.unannouncedInitialWindow == 64)
+            #expect(machine.local.initialWindow == SparkWireProtocol.defaultInitialWindow)
+        }
+    }
+
+    @Test("headers on an id at or below the highest opened get trailers INTERNAL; other late frames are discarded")
+    func headersOnLowerStreamID() {
+        var machine = self.server()
+        _ = self.open(&machine, 7)
+        // Lower ids that were never used each get an answer rather than silence.
+        for id: UInt32 in [3, 1] {
+            guard case .refuseStream(id, let trailers) = self.open(&machine, id, end: true) else {
+                Issue.record("expected trailers for stream \(id)")
+                return
+            }
+            #expect(trailers.code == UInt32(Status.Code.internalError.rawValue))
+            #expect(trailers.message.contains("strictly increase"))
+        }
+        #expect(!machine.isClosed)
+        // A window update for a lower id without headers stays a late frame: discarded.
+        guard case .none = machine.receive(WireFrame(streamID: 5, windowUpdate: 4)) else {
+            Issue.record("expected the frame to be discarded")
+            return
+        }
+    }
 }

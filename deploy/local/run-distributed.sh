@@ -21,7 +21,7 @@ swift build -c "$configuration"
 bin=$(swift build -c "$configuration" --show-bin-path)
 mkdir -p "$home/logs"
 if [ ! -f "$home/certs/ca.pem" ]; then
-	"$bin/sparkops" certs init --dir "$home/certs" --dns-name localhost \
+	"$bin/sparkops" certs init --dir "$home/certs" \
 		--services gateway,project,agent,workflow,run,tool,policy,budget,scheduler
 fi
 

@@ -20,8 +20,10 @@ public struct SparkAccessClaims: JWTPayload, Equatable {
     public var typ: String
     /// The user is a global administrator.
     public var adm: Bool
+    /// The session family (`fam_…`) the token belongs to; revoking the family ends the token.
+    public var fam: String?
 
-    public init(userID: String, tokenID: String, isAdmin: Bool, now: Date = Date()) {
+    public init(userID: String, tokenID: String, isAdmin: Bool, family: String? = nil, now: Date = Date()) {
         self.iss = IssuerClaim(value: Self.issuer)
         self.aud = AudienceClaim(value: [Self.audience])
         self.sub = SubjectClaim(value: userID)
@@ -31,6 +33,7 @@ public struct SparkAccessClaims: JWTPayload, Equatable {
         self.jti = IDClaim(value: tokenID)
         self.typ = Self.tokenType
         self.adm = isAdmin
+        self.fam = family
     }
 
     public func verify(using algorithm: some JWTAlgorithm) async throws {

@@ -41,6 +41,18 @@ public enum Permission {
         }
     }
 
+    /// Whether a caller with role `caller` may change, remove or revoke a member or key whose role
+    /// is `target`: only one whose role is at most its own, so that only an owner touches an owner.
+    /// (The caller also needs `member.manage` or `apikey.manage`.)
+    public static func role(_ caller: Sparkops_Common_V1_Role, mayManage target: Sparkops_Common_V1_Role) -> Bool {
+        target.rawValue <= caller.rawValue
+    }
+
+    /// The lesser of two roles: what a key holds when its creator's role is below the key's.
+    public static func lesser(_ a: Sparkops_Common_V1_Role, _ b: Sparkops_Common_V1_Role) -> Sparkops_Common_V1_Role {
+        a.rawValue <= b.rawValue ? a : b
+    }
+
     /// The role names users type, such as `editor`.
     public static func role(named name: String) -> Sparkops_Common_V1_Role? {
         switch name.lowercased() {

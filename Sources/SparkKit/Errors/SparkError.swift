@@ -10,11 +10,18 @@ public struct SparkError: Error, CustomStringConvertible, RPCErrorConvertible, S
     public var code: RPCError.Code
     public var message: String
     public var field: String?
+    /// For RESOURCE_EXHAUSTED: when the caller may try again, in whole seconds (HTTP `Retry-After`).
+    public var retryAfterSeconds: Int?
 
-    public init(_ code: RPCError.Code, _ message: String, field: String? = nil) {
+    /// Metadata keys of the error's parts, read by the gateway.
+    public static let fieldKey = "sparkops-error-field"
+    public static let retryAfterKey = "sparkops-retry-after"
+
+    public init(_ code: RPCError.Code, _ message: String, field: String? = nil, retryAfterSeconds: Int? = nil) {
         self.code = code
         self.message = message
         self.field = field
+        self.retryAfterSeconds = retryAfterSeconds
     }
 
     public var description: String { self.message }
@@ -23,8 +30,10 @@ public struct SparkError: Error, CustomStringConvertible, RPCErrorConvertible, S
     public var rpcErrorCode: RPCError.Code { self.code }
     public var rpcErrorMessage: String { self.message }
     public var rpcErrorMetadata: Metadata {
-        guard let field = self.field else { return [:] }
-        return ["sparkops-error-field": "\(field)"]
+        var metadata: Metadata = [:]
+        if let field = self.field { metadata.addString(field, forKey: Self.fieldKey) }
+        if let seconds = self.retryAfterSeconds { metadata.addString("\(seconds)", forKey: Self.retryAfterKey) }
+        return metadata
     }
 
     public static func notFound(_ what: String) -> SparkError {

@@ -42,6 +42,185 @@ public enum SparkOpenAPI {
         ],
         "type" : "object"
       },
+      "sparkops.gateway.WebSocketClientMessage" : {
+        "oneOf" : [
+          {
+            "properties" : {
+              "token" : {
+                "description" : "An access token or API key",
+                "type" : "string"
+              },
+              "type" : {
+                "const" : "auth"
+              }
+            },
+            "required" : [
+              "type",
+              "token"
+            ],
+            "type" : "object"
+          },
+          {
+            "properties" : {
+              "projectId" : {
+                "pattern" : "^prj_",
+                "type" : "string"
+              },
+              "topic" : {
+                "enum" : [
+                  "runs",
+                  "approvals"
+                ],
+                "type" : "string"
+              },
+              "type" : {
+                "const" : "subscribe"
+              }
+            },
+            "required" : [
+              "type",
+              "topic",
+              "projectId"
+            ],
+            "type" : "object"
+          },
+          {
+            "properties" : {
+              "projectId" : {
+                "pattern" : "^prj_",
+                "type" : "string"
+              },
+              "topic" : {
+                "enum" : [
+                  "runs",
+                  "approvals"
+                ],
+                "type" : "string"
+              },
+              "type" : {
+                "const" : "unsubscribe"
+              }
+            },
+            "required" : [
+              "type",
+              "topic",
+              "projectId"
+            ],
+            "type" : "object"
+          },
+          {
+            "properties" : {
+              "type" : {
+                "const" : "ping"
+              }
+            },
+            "required" : [
+              "type"
+            ],
+            "type" : "object"
+          }
+        ],
+        "x-sparkops-websocket" : "client to server"
+      },
+      "sparkops.gateway.WebSocketServerMessage" : {
+        "oneOf" : [
+          {
+            "properties" : {
+              "type" : {
+                "const" : "ready"
+              }
+            },
+            "required" : [
+              "type"
+            ],
+            "type" : "object"
+          },
+          {
+            "properties" : {
+              "projectId" : {
+                "pattern" : "^prj_",
+                "type" : "string"
+              },
+              "topic" : {
+                "enum" : [
+                  "runs",
+                  "approvals"
+                ],
+                "type" : "string"
+              },
+              "type" : {
+                "const" : "subscribed"
+              }
+            },
+            "required" : [
+              "type"
+            ],
+            "type" : "object"
+          },
+          {
+            "properties" : {
+              "type" : {
+                "const" : "unsubscribed"
+              }
+            },
+            "required" : [
+              "type"
+            ],
+            "type" : "object"
+          },
+          {
+            "properties" : {
+              "type" : {
+                "const" : "pong"
+              }
+            },
+            "required" : [
+              "type"
+            ],
+            "type" : "object"
+          },
+          {
+            "properties" : {
+              "code" : {
+                "type" : "string"
+              },
+              "field" : {
+                "type" : "string"
+              },
+              "message" : {
+                "type" : "string"
+              },
+              "type" : {
+                "const" : "error"
+              }
+            },
+            "required" : [
+              "type",
+              "code",
+              "message"
+            ],
+            "type" : "object"
+          }
+        ],
+        "x-sparkops-websocket" : "server to client"
+      },
+      "sparkops.gateway.WebSocketTicket" : {
+        "properties" : {
+          "expireTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "ticket" : {
+            "pattern" : "^wst_",
+            "type" : "string"
+          }
+        },
+        "required" : [
+          "ticket",
+          "expireTime"
+        ],
+        "type" : "object"
+      },
       "sparkops.project.v1.AddMemberRequest" : {
         "additionalProperties" : false,
         "properties" : {
@@ -168,6 +347,25 @@ public enum SparkOpenAPI {
         "additionalProperties" : false,
         "properties" : {
 
+        },
+        "type" : "object"
+      },
+      "sparkops.project.v1.ClearLoginThrottleRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "email" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.project.v1.ClearLoginThrottleResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "clearedFailures" : {
+            "format" : "int32",
+            "type" : "integer"
+          }
         },
         "type" : "object"
       },
@@ -488,7 +686,7 @@ public enum SparkOpenAPI {
     }
   },
   "info" : {
-    "description" : "HTTP/JSON API of the SparkOps gateway. Authenticate with `Authorization: Bearer <access token or API key>`. Unknown JSON fields are rejected with 400.",
+    "description" : "HTTP/JSON API of the SparkOps gateway. Authenticate with `Authorization: Bearer <access token or API key>`. Request bodies are `application/json` (415 otherwise); unknown JSON fields are rejected with 400; a known path with another method gets 405 and `Allow`; every 429 carries `Retry-After`. Error `field` names are the JSON (lowerCamelCase) names.",
     "title" : "SparkOps API",
     "version" : "1"
   },
@@ -505,6 +703,7 @@ public enum SparkOpenAPI {
               }
             }
           },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
           "required" : true
         },
         "responses" : {
@@ -536,6 +735,7 @@ public enum SparkOpenAPI {
         "tags" : [
           "project"
         ],
+        "x-sparkops-max-body-bytes" : 16384,
         "x-sparkops-rpc" : "/sparkops.project.v1.ProjectService/Login"
       }
     },
@@ -550,6 +750,7 @@ public enum SparkOpenAPI {
               }
             }
           },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
           "required" : true
         },
         "responses" : {
@@ -585,6 +786,7 @@ public enum SparkOpenAPI {
         "tags" : [
           "project"
         ],
+        "x-sparkops-max-body-bytes" : 16384,
         "x-sparkops-rpc" : "/sparkops.project.v1.ProjectService/Logout"
       }
     },
@@ -599,6 +801,7 @@ public enum SparkOpenAPI {
               }
             }
           },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
           "required" : true
         },
         "responses" : {
@@ -630,7 +833,60 @@ public enum SparkOpenAPI {
         "tags" : [
           "project"
         ],
+        "x-sparkops-max-body-bytes" : 16384,
         "x-sparkops-rpc" : "/sparkops.project.v1.ProjectService/Refresh"
+      }
+    },
+    "/api/v1/auth/throttles/clear" : {
+      "post" : {
+        "operationId" : "clearLoginThrottle",
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.project.v1.ClearLoginThrottleRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.project.v1.ClearLoginThrottleResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Let a throttled email sign in again at once",
+        "tags" : [
+          "project"
+        ],
+        "x-sparkops-admin-only" : true,
+        "x-sparkops-max-body-bytes" : 16384,
+        "x-sparkops-rpc" : "/sparkops.project.v1.ProjectService/ClearLoginThrottle"
       }
     },
     "/api/v1/projects" : {
@@ -700,6 +956,7 @@ public enum SparkOpenAPI {
               }
             }
           },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
           "required" : true
         },
         "responses" : {
@@ -836,6 +1093,7 @@ public enum SparkOpenAPI {
         "x-sparkops-rpc" : "/sparkops.project.v1.ProjectService/GetProject"
       },
       "patch" : {
+        "description" : "Changes only the fields the body names, or those listed in `updateMask` (AIP-134); `{}` changes nothing.",
         "operationId" : "updateProject",
         "parameters" : [
           {
@@ -855,6 +1113,7 @@ public enum SparkOpenAPI {
               }
             }
           },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
           "required" : true
         },
         "responses" : {
@@ -980,6 +1239,7 @@ public enum SparkOpenAPI {
               }
             }
           },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
           "required" : true
         },
         "responses" : {
@@ -1238,6 +1498,7 @@ public enum SparkOpenAPI {
               }
             }
           },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
           "required" : true
         },
         "responses" : {
@@ -1346,6 +1607,7 @@ public enum SparkOpenAPI {
               }
             }
           },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
           "required" : true
         },
         "responses" : {
@@ -1382,6 +1644,7 @@ public enum SparkOpenAPI {
           "project"
         ],
         "x-sparkops-admin-only" : true,
+        "x-sparkops-max-body-bytes" : 16384,
         "x-sparkops-rpc" : "/sparkops.project.v1.ProjectService/CreateUser"
       }
     },
@@ -1435,6 +1698,7 @@ public enum SparkOpenAPI {
               }
             }
           },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
           "required" : true
         },
         "responses" : {
@@ -1470,7 +1734,92 @@ public enum SparkOpenAPI {
         "tags" : [
           "project"
         ],
+        "x-sparkops-max-body-bytes" : 16384,
         "x-sparkops-rpc" : "/sparkops.project.v1.ProjectService/ChangePassword"
+      }
+    },
+    "/api/v1/ws" : {
+      "get" : {
+        "description" : "Upgrade to a WebSocket. Authenticate with `?ticket=` (from POST /api/v1/ws/tickets) or, from a client that is not a browser, with an `auth` message first, within `gateway.webSocketAuthTimeoutSeconds`. Credentials never go in the URL. A browser's Origin must be one of `gateway.corsOrigins`. A refused handshake gets an `error` message and close code 1008. Client messages: WebSocketClientMessage; server messages: WebSocketServerMessage.",
+        "operationId" : "openWebSocket",
+        "parameters" : [
+          {
+            "in" : "query",
+            "name" : "ticket",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "101" : {
+            "description" : "Switching Protocols: the socket is open"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error"
+          }
+        },
+        "security" : [
+
+        ],
+        "summary" : "Live events over WebSocket",
+        "tags" : [
+          "gateway"
+        ],
+        "x-sparkops-websocket" : {
+          "client" : {
+            "$ref" : "#/components/schemas/sparkops.gateway.WebSocketClientMessage"
+          },
+          "server" : {
+            "$ref" : "#/components/schemas/sparkops.gateway.WebSocketServerMessage"
+          }
+        }
+      }
+    },
+    "/api/v1/ws/tickets" : {
+      "post" : {
+        "operationId" : "createWebSocketTicket",
+        "responses" : {
+          "201" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.gateway.WebSocketTicket"
+                }
+              }
+            },
+            "description" : "The ticket; pass it as /api/v1/ws?ticket=…"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "A single-use ticket (valid 30 s) to open /api/v1/ws from a browser",
+        "tags" : [
+          "gateway"
+        ]
       }
     }
   }

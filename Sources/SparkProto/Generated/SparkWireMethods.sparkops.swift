@@ -58,6 +58,12 @@ public enum SparkProtoMethods {
             idempotency: .unknown
         ),
         SparkWireMethod(
+            path: "/sparkops.project.v1.ProjectService/ClearLoginThrottle",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
             path: "/sparkops.project.v1.ProjectService/CreateProject",
             requestStreaming: false,
             responseStreaming: false,

@@ -44,8 +44,10 @@ public struct SparkHTTPRoute: Sendable {
     public var pathFields: [String: String]
     /// Query parameter names (proto field names) of routes without a body.
     public var queryFields: [String: QueryField]
-    /// Whether the JSON body fills the request.
+    /// Whether the JSON body fills the request (it is then required).
     public var hasBody: Bool
+    /// The route's body limit in bytes; 0 means the gateway's default.
+    public var maxBodyBytes: Int
     /// The project permission the caller needs, or empty.
     public var permission: String
     public var isPublic: Bool
@@ -63,6 +65,7 @@ public struct SparkHTTPRoute: Sendable {
         pathFields: [String: String],
         queryFields: [String: QueryField],
         hasBody: Bool,
+        maxBodyBytes: UInt32 = 0,
         permission: String,
         isPublic: Bool,
         adminOnly: Bool,
@@ -77,6 +80,7 @@ public struct SparkHTTPRoute: Sendable {
         self.pathFields = pathFields
         self.queryFields = queryFields
         self.hasBody = hasBody
+        self.maxBodyBytes = Int(maxBodyBytes)
         self.permission = permission
         self.isPublic = isPublic
         self.adminOnly = adminOnly

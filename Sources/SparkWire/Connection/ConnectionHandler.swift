@@ -481,7 +481,15 @@ package final class ConnectionHandler: ChannelDuplexHandler {
             let handler = loopBound.value
             handler.closeReason = RPCError(code: .unavailable, message: "keepalive: the peer did not answer a ping in time")
             handler.logger.debug("closing connection: keepalive ping unanswered")
-            handler.context?.close(promise: nil)
+            guard let context = handler.context else { return }
+            // A closing side says so (§3.3), even to a peer that may no longer be listening.
+            if context.channel.isActive {
+                let last = handler.stateMachine.role == .server ? handler.stateMachine.highestStreamID : 0
+                let goAway = WireFrame.GoAway(lastStreamID: last, code: UInt32(Status.Code.unavailable.rawValue), message: "keepalive timeout: no answer to a ping")
+                handler.write(WireFrame(streamID: 0, goAway: goAway), context: context)
+                context.flush()
+            }
+            context.close(promise: nil)
         }
         self.outstandingPing = (payload, timeout)
         self.write(WireFrame(streamID: 0, ping: .init(payload: payload)), context: context)

@@ -29,7 +29,8 @@ package struct ConnectionStateMachine: Sendable {
         }
 
         package init(_ settings: WireFrame.Settings) {
-            self.initialWindow = settings.initialWindow == 0 ? SparkWireProtocol.defaultInitialWindow : settings.initialWindow
+            // 0 means the spec's default (64), not what this side would announce for itself.
+            self.initialWindow = settings.initialWindow == 0 ? SparkWireProtocol.unannouncedInitialWindow : settings.initialWindow
             self.maxFrameSize = settings.maxFrameSize == 0 ? SparkWireProtocol.defaultMaxFrameSize : settings.maxFrameSize
             self.maxConcurrentStreams =
                 settings.maxConcurrentStreams == 0 ? SparkWireProtocol.defaultMaxConcurrentStreams : settings.maxConcurrentStreams
@@ -254,7 +255,19 @@ package struct ConnectionStateMachine: Sendable {
 
         case .server:
             if id <= self.highestStreamID {
-                // Closed, refused or cancelled: discard late frames.
+                // Headers open a stream, so headers on an id at or below the highest opened one
+                // (reused, or lower and never used) can never be right: the caller would wait
+                // forever for an answer, so it gets one. Other late frames of a closed stream
+                // (a window update that crossed a cancel) are discarded.
+                if frame.headers != nil && frame.cancel == nil && frame.trailers == nil {
+                    return .refuseStream(
+                        id,
+                        WireFrame.Trailers(
+                            code: UInt32(Status.Code.internalError.rawValue),
+                            message: "stream \(id) is not above the highest stream opened (\(self.highestStreamID)); stream ids strictly increase"
+                        )
+                    )
+                }
                 return .none
             }
             guard let headers = frame.headers else {

@@ -126,6 +126,8 @@ public enum SparkWireProtocol {
     public static let version: UInt32 = 1
     /// Messages a peer may send on a new stream before it receives a WindowUpdate, unless Settings say otherwise.
     public static let defaultInitialWindow: UInt32 = 256
+    /// The window of a peer whose settings announce `initial_window` 0: the spec's default.
+    public static let unannouncedInitialWindow: UInt32 = 64
     /// Bytes of a frame, without its 4-byte prefix, unless Settings say otherwise.
     public static let defaultMaxFrameSize: UInt32 = 4 * 1024 * 1024
     /// Streams a peer may have open at once, unless Settings say otherwise.

@@ -3,35 +3,56 @@ public import GRPCCore
 public import HTTPTypes
 public import Hummingbird
 import NIOCore
+import SparkKit
 
 /// An error answered over HTTP with the SparkOps error body:
 /// `{"error":{"code":"NOT_FOUND","message":"…","details":[…]}}`, the status following the gRPC code.
 public struct APIError: Error, HTTPResponseError, Sendable {
     public var code: RPCError.Code
     public var message: String
+    /// The field at fault, by its JSON name (lowerCamelCase, as the body spells it).
     public var field: String?
     public var headers: HTTPFields
+    /// An HTTP status that says more than the code's (413, 415, 405); nil follows the code.
+    public var statusOverride: HTTPResponse.Status?
 
-    public init(_ code: RPCError.Code, _ message: String, field: String? = nil, headers: HTTPFields = [:]) {
+    public init(_ code: RPCError.Code, _ message: String, field: String? = nil, headers: HTTPFields = [:], status: HTTPResponse.Status? = nil) {
         self.code = code
         self.message = message
         self.field = field
         self.headers = headers
+        self.statusOverride = status
     }
 
-    /// An RPC's error, with internal detail hidden behind the request id.
+    /// An RPC's error, with internal detail hidden behind the request id. Services name fields by
+    /// their proto names (`page_size`); over HTTP the field and the message's `field:` prefix take
+    /// the JSON spelling (`pageSize`), so that a client sees one spelling only.
     public init(_ error: RPCError, requestID: String) {
         switch error.code {
         case .internalError, .unknown, .dataLoss:
             self.init(error.code, "internal error (request id \(requestID))")
         default:
-            let field = error.metadata[stringValues: "sparkops-error-field"].first(where: { _ in true })
-            self.init(error.code, error.message, field: field)
+            var message = error.message
+            let field = error.metadata[stringValues: SparkError.fieldKey].first(where: { _ in true }).map { protoName -> String in
+                let jsonName = UpdateMask.jsonName(protoName)
+                if message.hasPrefix(protoName + ":") { message = jsonName + message.dropFirst(protoName.count) }
+                return jsonName
+            }
+            var headers: HTTPFields = [:]
+            if let seconds = error.metadata[stringValues: SparkError.retryAfterKey].first(where: { _ in true }), Int(seconds) != nil {
+                headers[.retryAfter] = seconds
+            }
+            self.init(error.code, message, field: field, headers: headers)
         }
     }
 
+    /// A body over the route's limit: 413.
+    static func bodyTooLarge(limit: Int) -> APIError {
+        APIError(.invalidArgument, "the body is larger than \(limit) bytes", field: "body", status: .contentTooLarge)
+    }
+
     public var status: HTTPResponse.Status {
-        Self.status(for: self.code)
+        self.statusOverride ?? Self.status(for: self.code)
     }
 
     public static func status(for code: RPCError.Code) -> HTTPResponse.Status {
@@ -84,6 +105,10 @@ public struct APIError: Error, HTTPResponseError, Sendable {
         let data = (try? JSONSerialization.data(withJSONObject: self.body, options: [.sortedKeys])) ?? Data("{}".utf8)
         var headers = self.headers
         headers[.contentType] = "application/json"
+        // Every 429 says when to come back.
+        if self.code == .resourceExhausted && headers[.retryAfter] == nil {
+            headers[.retryAfter] = "1"
+        }
         return Response(status: self.status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 }

@@ -38,7 +38,9 @@ public enum Gateway {
             tickets = InMemoryTicketStore()
         }
         let clients = Dictionary(uniqueKeysWithValues: peers.clients.map { ($0.key.rawValue, $0.value) })
-        services.append(Self.application(clients: clients, limiter: limiter, tickets: tickets, config: gatewayConfig, logger: logger))
+        let auditor = GatewayAuditor(client: clients["project"]!, interval: gatewayConfig.denialAuditInterval, logger: logger)
+        services.append(auditor)
+        services.append(Self.application(clients: clients, limiter: limiter, tickets: tickets, auditor: auditor, config: gatewayConfig, logger: logger))
         services.append(AdminServer.application(service: .gateway, host: gatewayConfig.host, port: gatewayConfig.adminPort, ready: { peers.allReady }, logger: logger))
         return services
     }
@@ -53,13 +55,15 @@ public enum Gateway {
     ) -> some ApplicationProtocol {
         let limiter: any RateLimiter = redis.map { RedisRateLimiter(redis: $0) } ?? InMemoryRateLimiter()
         let tickets: any TicketStore = redis.map { RedisTicketStore(redis: $0, prefix: "sparkops") } ?? InMemoryTicketStore()
-        return Self.application(clients: clients, limiter: limiter, tickets: tickets, config: config, logger: logger, onServerRunning: onServerRunning)
+        let auditor = GatewayAuditor(client: clients["project"]!, interval: config.denialAuditInterval, logger: logger)
+        return Self.application(clients: clients, limiter: limiter, tickets: tickets, auditor: auditor, config: config, logger: logger, onServerRunning: onServerRunning)
     }
 
     static func application(
         clients: [String: GRPCClient<SparkWireClientTransport>],
         limiter: any RateLimiter,
         tickets: any TicketStore,
+        auditor: GatewayAuditor,
         config: GatewayConfig,
         logger: Logger,
         onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
@@ -67,14 +71,18 @@ public enum Gateway {
         GatewayRequestContext.maxBodyBytes = config.maxBodyBytes
         let authenticator = Authenticator(client: clients["project"]!, callTimeout: config.callTimeout, logger: logger)
         let webSockets = WebSocketGateway(authenticator: authenticator, tickets: tickets, config: config, logger: logger)
-        let auditor = GatewayAuditor(client: clients["project"]!, logger: logger)
+        let routes = SparkHTTPRoute.all.filter { clients[$0.service] != nil }
+        let methods = RouteMethods(
+            routes.map { ($0.path, $0.verb.rawValue) } + [("/api/v1/openapi.json", "GET"), ("/api/v1/ws/tickets", "POST"), ("/api/v1/ws", "GET")]
+        )
 
-        let router = Router(context: GatewayRequestContext.self)
+        // HEAD is answered wherever GET is, with the GET's headers and no body.
+        let router = Router(context: GatewayRequestContext.self, options: .autoGenerateHeadEndpoints)
         // hb_requests_total / hb_request_duration_seconds / hb_request_errors by method, route and status.
         router.add(middleware: MetricsMiddleware())
-        router.add(middleware: RequestMiddleware(config: config, limiter: limiter, logger: logger))
+        router.add(middleware: RequestMiddleware(config: config, limiter: limiter, logger: logger, methods: methods))
         router.add(middleware: CORSAllowlistMiddleware(origins: config.corsOrigins))
-        for route in SparkHTTPRoute.all {
+        for route in routes {
             guard let client = clients[route.service] else { continue }
             let dispatcher = RouteDispatcher(route: route, client: client, authenticator: authenticator, limiter: limiter, auditor: auditor, config: config, logger: logger)
             router.on(RouterPath(route.path), method: HTTPRequest.Method(rawValue: route.verb.rawValue)!) { request, context in
@@ -89,7 +97,7 @@ public enum Gateway {
         }
 
         let webSocketRouter = Router(context: GatewayRequestContext.self)
-        webSocketRouter.add(middleware: RequestMiddleware(config: config, limiter: limiter, logger: logger))
+        webSocketRouter.add(middleware: RequestMiddleware(config: config, limiter: limiter, logger: logger, methods: methods))
         // Every handshake upgrades; `run` refuses bad ones with an error message the client can read.
         webSocketRouter.ws("/api/v1/ws") { inbound, outbound, context in
             try await webSockets.run(inbound: inbound, outbound: outbound, request: context.request)

@@ -6,7 +6,8 @@ import SparkKit
 /// ## Configuration keys
 /// - `gateway.host` (string, default `127.0.0.1`; `0.0.0.0` for every interface).
 /// - `gateway.port` (int, default 8000): the HTTP/JSON and WebSocket port (`SPARKOPS_GATEWAY_PORT`).
-/// - `gateway.adminPort` (int, default 9000): `/healthz`, `/readyz`, `/metrics`.
+/// - `gateway.adminPort` (int, default `gateway.port` + 1000, so 9000; `gateway.port` − 1000 when
+///   that is above 65535): `/healthz`, `/readyz`, `/metrics`.
 /// - `gateway.corsOrigins` (strings, default `http://localhost:8000,http://127.0.0.1:8000`): origins
 ///   browsers may call from; WebSocket handshakes from other origins are refused.
 /// - `gateway.maxBodyBytes` (int, default 1048576): larger request bodies get 413.
@@ -18,6 +19,12 @@ import SparkKit
 /// - `gateway.callTimeoutSeconds` (int, default 30): deadline of each call to a service.
 /// - `gateway.webSocketAuthTimeoutSeconds` (int, default 10): a WebSocket that has not
 ///   authenticated (ticket or first message) within this time is closed.
+/// - `gateway.hstsMaxAgeSeconds` (int, default 0: off): set when the gateway is reached over HTTPS
+///   (a TLS-terminating proxy in front of it); every response then carries
+///   `Strict-Transport-Security: max-age=…; includeSubDomains`.
+/// - `gateway.denialAuditSeconds` (int, default 60): refused requests (401, 403, 404 to a
+///   non-member) are audited once per caller, route and status in each such interval, then as
+///   one count of the rest.
 public struct GatewayConfig: Sendable {
     public struct Limit: Sendable, Hashable {
         public var perMinute: Int
@@ -40,6 +47,8 @@ public struct GatewayConfig: Sendable {
     public var trustedProxies: Set<String>
     public var callTimeout: Duration
     public var webSocketAuthTimeout: Duration
+    public var hstsMaxAge: Int
+    public var denialAuditInterval: Int
 
     public init(
         host: String = "127.0.0.1",
@@ -52,7 +61,9 @@ public struct GatewayConfig: Sendable {
         authLimit: Limit = Limit(perMinute: 30, burst: 10),
         trustedProxies: Set<String> = [],
         callTimeout: Duration = .seconds(30),
-        webSocketAuthTimeout: Duration = .seconds(10)
+        webSocketAuthTimeout: Duration = .seconds(10),
+        hstsMaxAge: Int = 0,
+        denialAuditInterval: Int = 60
     ) {
         self.host = host
         self.port = port
@@ -65,6 +76,14 @@ public struct GatewayConfig: Sendable {
         self.trustedProxies = trustedProxies
         self.callTimeout = callTimeout
         self.webSocketAuthTimeout = webSocketAuthTimeout
+        self.hstsMaxAge = hstsMaxAge
+        self.denialAuditInterval = denialAuditInterval
+    }
+
+    /// The admin port beside an API port: 1000 above it (8000 → 9000), or 1000 below near the top.
+    static func defaultAdminPort(apiPort port: Int) -> Int {
+        if port == 0 { return 0 }
+        return port + 1000 <= 65535 ? port + 1000 : port - 1000
     }
 
     public init(config: ConfigReader) throws {
@@ -73,7 +92,7 @@ public struct GatewayConfig: Sendable {
         self.init(
             host: config.string(forKey: "gateway.host", default: defaults.host),
             port: port,
-            adminPort: try config.integer(forKey: "gateway.adminPort", default: port == 0 ? 0 : 9000 + (port - 8000), in: ConfigReader.portRange),
+            adminPort: try config.integer(forKey: "gateway.adminPort", default: Self.defaultAdminPort(apiPort: port), in: ConfigReader.portRange),
             corsOrigins: Set(config.stringArray(forKey: "gateway.corsOrigins", default: ["http://localhost:\(port)", "http://127.0.0.1:\(port)"])),
             maxBodyBytes: try config.integer(forKey: "gateway.maxBodyBytes", default: defaults.maxBodyBytes, in: 1...Int(Int32.max)),
             principalLimit: Limit(
@@ -90,7 +109,9 @@ public struct GatewayConfig: Sendable {
             ),
             trustedProxies: Set(config.stringArray(forKey: "gateway.trustedProxies", default: [])),
             callTimeout: .seconds(try config.integer(forKey: "gateway.callTimeoutSeconds", default: 30, in: 1...Int(Int32.max))),
-            webSocketAuthTimeout: .seconds(try config.integer(forKey: "gateway.webSocketAuthTimeoutSeconds", default: 10, in: 1...Int(Int32.max)))
+            webSocketAuthTimeout: .seconds(try config.integer(forKey: "gateway.webSocketAuthTimeoutSeconds", default: 10, in: 1...Int(Int32.max))),
+            hstsMaxAge: try config.integer(forKey: "gateway.hstsMaxAgeSeconds", default: 0, in: 0...Int(Int32.max)),
+            denialAuditInterval: try config.integer(forKey: "gateway.denialAuditSeconds", default: 60, in: 1...3600)
         )
     }
 }

@@ -13,6 +13,8 @@ struct RequestMiddleware: RouterMiddleware {
     let config: GatewayConfig
     let limiter: any RateLimiter
     let logger: Logger
+    /// The methods of every path the gateway serves, for 405 and `Allow`.
+    let methods: RouteMethods
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var context = context
@@ -26,7 +28,7 @@ struct RequestMiddleware: RouterMiddleware {
         var response: Response
         do {
             if let length = request.headers[.contentLength].flatMap(Int.init), length > self.config.maxBodyBytes {
-                throw APIError(.invalidArgument, "the body is larger than \(self.config.maxBodyBytes) bytes", field: "body")
+                throw APIError.bodyTooLarge(limit: self.config.maxBodyBytes)
             }
             if let wait = try await self.limiter.check(key: "ip:\(context.clientIP)", limit: self.config.ipLimit) {
                 throw RouteDispatcher.tooManyRequests(wait)
@@ -34,12 +36,20 @@ struct RequestMiddleware: RouterMiddleware {
             response = try await next(request, context)
         } catch let error as APIError {
             response = try error.response(from: request, context: context)
-            if error.field == "body" && error.message.hasPrefix("the body is larger") {
-                response.status = .contentTooLarge
-            }
         } catch let error as HTTPError where error.status == .contentTooLarge {
-            response = try APIError(.invalidArgument, "the body is larger than \(self.config.maxBodyBytes) bytes", field: "body").response(from: request, context: context)
-            response.status = .contentTooLarge
+            response = try APIError.bodyTooLarge(limit: self.config.maxBodyBytes).response(from: request, context: context)
+        } catch let error as HTTPError where error.status == .notFound {
+            // A path the gateway serves, asked with another method: 405 and what it allows.
+            if let allowed = self.methods.allowed(for: request.uri.path) {
+                response = try APIError(
+                    .unimplemented,
+                    "\(request.method.rawValue) is not allowed here; allowed: \(allowed)",
+                    headers: [.allow: allowed],
+                    status: .methodNotAllowed
+                ).response(from: request, context: context)
+            } else {
+                response = try APIError(.notFound, "no route \(request.uri.path.debugDescription)").response(from: request, context: context)
+            }
         } catch let error as HTTPError {
             let code: GRPCCodeFromHTTP = .init(error.status)
             response = try APIError(code.code, error.body ?? error.status.reasonPhrase).response(from: request, context: context)
@@ -49,6 +59,7 @@ struct RequestMiddleware: RouterMiddleware {
             response = try APIError(.internalError, "internal error (request id \(context.requestID))").response(from: request, context: context)
         }
         response.headers[.requestID] = context.requestID
+        self.secure(&response.headers)
         let elapsed = ContinuousClock.now - started
         self.logger.debug("request", metadata: [
             "request_id": "\(context.requestID)",
@@ -61,12 +72,58 @@ struct RequestMiddleware: RouterMiddleware {
         return response
     }
 
+    /// Headers every response carries: no MIME sniffing, no referrer, no framing, no caching (API
+    /// answers carry tokens, keys, tickets and tenant data), and HSTS when the gateway is served
+    /// over HTTPS (`gateway.hstsMaxAgeSeconds`).
+    func secure(_ headers: inout HTTPFields) {
+        headers[.xContentTypeOptions] = "nosniff"
+        headers[.referrerPolicy] = "no-referrer"
+        headers[.contentSecurityPolicy] = "frame-ancestors 'none'"
+        if headers[.cacheControl] == nil { headers[.cacheControl] = "no-store" }
+        if self.config.hstsMaxAge > 0 {
+            headers[.strictTransportSecurity] = "max-age=\(self.config.hstsMaxAge); includeSubDomains"
+        }
+    }
+
     static func clientIP(_ request: Request, peer: String, trusted: Set<String>) -> String {
         guard trusted.contains(peer), let forwarded = request.headers[.forwardedFor] else { return peer }
         // The right-most address a trusted proxy did not add.
         let hops = forwarded.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         return hops.last(where: { !trusted.contains($0) }) ?? peer
     }
+}
+
+/// The methods each path template of the gateway answers, so that a known path asked with another
+/// method gets 405 with `Allow` rather than 404. HEAD is allowed wherever GET is.
+struct RouteMethods: Sendable {
+    private var templates: [(segments: [Substring], methods: Set<String>)] = []
+
+    init(_ routes: [(path: String, method: String)]) {
+        var byPath: [String: Set<String>] = [:]
+        for route in routes {
+            byPath[route.path, default: []].insert(route.method)
+            if route.method == "GET" { byPath[route.path, default: []].insert("HEAD") }
+        }
+        self.templates = byPath.map { (path, methods) in (path.split(separator: "/"), methods) }
+    }
+
+    /// The `Allow` value for `path`, or nil when no template matches it.
+    func allowed(for path: String) -> String? {
+        let segments = path.split(separator: "/")
+        var methods: Set<String> = []
+        for template in self.templates where template.segments.count == segments.count {
+            let matches = zip(template.segments, segments).allSatisfy { pattern, segment in
+                (pattern.hasPrefix("{") && pattern.hasSuffix("}")) || pattern == segment
+            }
+            if matches { methods.formUnion(template.methods) }
+        }
+        let order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+        return methods.isEmpty ? nil : order.filter(methods.contains).joined(separator: ", ")
+    }
+}
+
+extension HTTPField.Name {
+    static let referrerPolicy = Self("Referrer-Policy")!
 }
 
 /// Translates an HTTP status Hummingbird raised (404 for an unknown route, say) into a gRPC code.

@@ -37,17 +37,44 @@ struct RouteDispatcher: Sendable {
     }()
 
     func handle(_ request: Request, context: GatewayRequestContext) async throws -> Response {
+        var caller = Caller()
         do {
-            return try await self.dispatch(request, context: context)
+            return try await self.dispatch(request, context: context, caller: &caller)
         } catch let error as RPCError {
             if error.code == .internalError || error.code == .unknown {
                 self.logger.error("call failed", metadata: ["request_id": "\(context.requestID)", "rpc": "\(self.route.descriptor)", "error": "\(error)"])
             }
-            throw APIError(error, requestID: context.requestID)
+            let apiError = APIError(error, requestID: context.requestID)
+            await self.auditDenial(apiError, caller: caller, context: context)
+            throw apiError
+        } catch let error as APIError {
+            await self.auditDenial(error, caller: caller, context: context)
+            throw error
         }
     }
 
-    private func dispatch(_ request: Request, context: GatewayRequestContext) async throws -> Response {
+    /// What the gateway learnt of the caller before a call failed, for the audit of denials.
+    struct Caller {
+        var principal: Sparkops_Common_V1_Principal?
+        /// The caller is not a member of the path's project (answered 404).
+        var notMember = false
+    }
+
+    /// Refusals of who is calling are audited: bad credentials (401), permission denials (403) and
+    /// the 404 a non-member gets for a project it cannot see.
+    private func auditDenial(_ error: APIError, caller: Caller, context: GatewayRequestContext) async {
+        guard error.code == .unauthenticated || error.code == .permissionDenied || (error.code == .notFound && caller.notMember) else { return }
+        await self.auditor.denied(
+            actor: caller.principal?.id ?? "anonymous",
+            route: "\(self.route.verb.rawValue) \(self.route.path)",
+            projectID: context.parameters.get("project_id").flatMap { SparkID.isValid($0, prefix: "prj") ? $0 : nil } ?? "",
+            status: "\(error.status.code) \(APIError.codeName(error.code))",
+            message: error.message,
+            ip: context.clientIP
+        )
+    }
+
+    private func dispatch(_ request: Request, context: GatewayRequestContext, caller: inout Caller) async throws -> Response {
         var metadata: Metadata = [
             "x-request-id": "\(context.requestID)",
             "sparkops-client-ip": "\(context.clientIP)",
@@ -58,15 +85,13 @@ struct RouteDispatcher: Sendable {
         if let agent = request.headers[.userAgent] {
             metadata.addString(String(agent.prefix(200)), forKey: "sparkops-user-agent")
         }
-
-        // Ids in the path must have their resource's shape before anything else looks at them.
-        for (segment, _) in self.route.pathFields {
-            if let prefix = Self.idPrefixes[segment], let value = context.parameters.get(segment), !SparkID.isValid(value, prefix: prefix) {
-                throw APIError(.invalidArgument, "\(segment): is not a \(prefix)_… id", field: segment)
-            }
+        // A body over the route's own limit is refused before anything is read or checked.
+        if self.route.hasBody, let length = request.headers[.contentLength].flatMap(Int.init), length > self.bodyLimit {
+            throw APIError.bodyTooLarge(limit: self.bodyLimit)
         }
 
-        // Who is calling, and may they?
+        // Who is calling, and may they? Nothing about the route's input is looked at before the
+        // caller is known: an anonymous request learns only that it needs a credential.
         var credential: String?
         if self.route.isPublic {
             if let wait = try await self.limiter.check(key: "auth:\(context.clientIP)", limit: self.config.authLimit) {
@@ -79,16 +104,24 @@ struct RouteDispatcher: Sendable {
             }
             credential = bearer
             let principal = try await self.authenticator.authenticate(bearer: bearer, requestMetadata: metadata)
+            caller.principal = principal
             if let wait = try await self.limiter.check(key: "principal:\(principal.id)", limit: self.config.principalLimit) {
                 throw Self.tooManyRequests(wait)
             }
             if self.route.adminOnly && !(principal.kind == .user && principal.isAdmin) {
                 throw APIError(.permissionDenied, "only administrators may do this")
             }
+            // Ids in the path must have their resource's shape before any service looks them up.
+            for (segment, jsonName) in self.route.pathFields {
+                if let prefix = Self.idPrefixes[segment], let value = context.parameters.get(segment), !SparkID.isValid(value, prefix: prefix) {
+                    throw APIError(.invalidArgument, "\(jsonName): is not a \(prefix)_… id", field: jsonName)
+                }
+            }
             if !self.route.permission.isEmpty, let projectID = context.parameters.get("project_id") {
                 let decision = try await self.authenticator.authorize(principal, projectID: projectID, permission: self.route.permission)
                 if decision.role == .unspecified {
                     // Not a member: the project might as well not exist.
+                    caller.notMember = true
                     throw APIError(.notFound, "project not found")
                 }
                 guard decision.allowed else {
@@ -111,6 +144,11 @@ struct RouteDispatcher: Sendable {
         )
     }
 
+    /// The route's body limit: its own (`max_body_bytes` in the proto), else the gateway's.
+    var bodyLimit: Int {
+        self.route.maxBodyBytes > 0 ? min(self.route.maxBodyBytes, self.config.maxBodyBytes) : self.config.maxBodyBytes
+    }
+
     /// Revocations through this gateway take effect here at once.
     private func afterSuccess(credential: String?) {
         switch self.route.descriptor.method {
@@ -128,15 +166,35 @@ struct RouteDispatcher: Sendable {
     func requestMessage(_ request: Request, context: GatewayRequestContext) async throws -> any SwiftProtobuf.Message {
         var object: [String: Any] = [:]
         if self.route.hasBody {
-            let body = try await request.body.collect(upTo: self.config.maxBodyBytes)
-            if body.readableBytes > 0 {
-                guard let parsed = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView), options: [.fragmentsAllowed]) else {
-                    throw APIError(.invalidArgument, "the body is not valid JSON", field: "body")
-                }
-                guard let dictionary = parsed as? [String: Any] else {
-                    throw APIError(.invalidArgument, "the body must be a JSON object", field: "body")
-                }
-                object = dictionary
+            let body: ByteBuffer
+            do {
+                body = try await request.body.collect(upTo: self.bodyLimit)
+            } catch let error as HTTPError where error.status == .contentTooLarge {
+                throw APIError.bodyTooLarge(limit: self.bodyLimit)
+            } catch is NIOTooManyBytesError {
+                // A body without a Content-Length (chunked) that runs past the limit.
+                throw APIError.bodyTooLarge(limit: self.bodyLimit)
+            }
+            guard body.readableBytes > 0 else {
+                throw APIError(.invalidArgument, "this route needs a JSON body", field: "body")
+            }
+            guard Self.isJSON(request.headers[.contentType]) else {
+                throw APIError(
+                    .invalidArgument,
+                    "the body must be application/json, not \((request.headers[.contentType] ?? "unlabelled").debugDescription)",
+                    field: "Content-Type",
+                    status: .unsupportedMediaType
+                )
+            }
+            guard let parsed = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView), options: [.fragmentsAllowed]) else {
+                throw APIError(.invalidArgument, "the body is not valid JSON", field: "body")
+            }
+            guard let dictionary = parsed as? [String: Any] else {
+                throw APIError(.invalidArgument, "the body must be a JSON object", field: "body")
+            }
+            object = dictionary
+            if self.route.verb == .patch {
+                Self.fillUpdateMask(&object, pathFields: self.route.pathFields)
             }
         } else {
             for (name, value) in request.uri.queryParameters {
@@ -146,10 +204,10 @@ struct RouteDispatcher: Sendable {
                 }
                 switch field.kind {
                 case .integer:
-                    guard let number = Int64(value) else { throw APIError(.invalidArgument, "\(key) must be an integer", field: key) }
+                    guard let number = Int64(value) else { throw APIError(.invalidArgument, "\(field.jsonName): must be an integer", field: field.jsonName) }
                     object[field.jsonName] = number
                 case .boolean:
-                    guard value == "true" || value == "false" else { throw APIError(.invalidArgument, "\(key) must be true or false", field: key) }
+                    guard value == "true" || value == "false" else { throw APIError(.invalidArgument, "\(field.jsonName): must be true or false", field: field.jsonName) }
                     object[field.jsonName] = value == "true"
                 case .string, .enumeration:
                     object[field.jsonName] = String(value)
@@ -170,6 +228,22 @@ struct RouteDispatcher: Sendable {
         }
     }
 
+    /// `application/json`, with or without parameters such as `charset=utf-8`.
+    static func isJSON(_ contentType: String?) -> Bool {
+        guard let contentType else { return false }
+        let media = contentType.split(separator: ";", maxSplits: 1)[0].trimmingCharacters(in: .whitespaces).lowercased()
+        return media == "application/json"
+    }
+
+    /// AIP-134 over HTTP: a PATCH body that does not list `updateMask` changes exactly the fields it
+    /// names (a PATCH request always has `update_mask`; protoc-gen-sparkops refuses one without).
+    /// Path fields are not changes; `{}` names none and changes nothing.
+    static func fillUpdateMask(_ object: inout [String: Any], pathFields: [String: String]) {
+        guard object["updateMask"] == nil, object["update_mask"] == nil else { return }
+        let path = Set(pathFields.keys).union(pathFields.values)
+        object["updateMask"] = object.keys.filter { !path.contains($0) }.map(UpdateMask.protoName).sorted()
+    }
+
     /// Finds the field at fault by decoding each top-level field alone.
     private func describeDecodingFailure(object: [String: Any], error: any Error) -> APIError {
         for key in object.keys.sorted() {
@@ -180,7 +254,8 @@ struct RouteDispatcher: Sendable {
                 if case JSONDecodingError.unknownField(let name) = fieldError {
                     return APIError(.invalidArgument, "unknown field \(name.debugDescription)", field: name)
                 }
-                return APIError(.invalidArgument, "\(key): has the wrong type or an invalid value", field: key)
+                let jsonName = UpdateMask.jsonName(key)
+                return APIError(.invalidArgument, "\(jsonName): has the wrong type or an invalid value", field: jsonName)
             }
         }
         return APIError(.invalidArgument, "the body does not match the request: \(error)", field: "body")

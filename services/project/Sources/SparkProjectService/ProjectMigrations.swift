@@ -116,5 +116,18 @@ enum ProjectMigrations {
             }
             return statements
         },
+        SparkMigration("0003_hardening", [
+            // Project names are unique among the projects a caller can see, never globally, so
+            // that a conflict cannot reveal (or let anyone squat) another tenant's names.
+            "DROP INDEX projects_live_name",
+            "CREATE INDEX projects_name ON projects (name)",
+            // Sign-in throttling: after the free failures, each failure pauses the email's
+            // sign-ins until this time (a delay that grows, at most 15 minutes, and ends by itself).
+            "ALTER TABLE login_failures ADD COLUMN blocked_until BIGINT NOT NULL DEFAULT 0",
+            // Session families ended before their refresh tokens expired (logout, refresh-token
+            // reuse): their access tokens are refused too. Rows can go once no access token of
+            // the family can still be valid.
+            "CREATE TABLE revoked_families (family_id TEXT PRIMARY KEY, expires_at BIGINT NOT NULL)",
+        ]),
     ]
 }

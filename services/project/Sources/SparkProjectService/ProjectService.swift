@@ -70,25 +70,38 @@ public final class ProjectService: Sparkops_Project_V1_ProjectService.ServicePro
         guard !message.email.isEmpty, !message.password.isEmpty else {
             throw SparkError.invalid(message.email.isEmpty ? "email" : "password", "is required")
         }
+        // Over-long fields are refused before any lookup or hashing: they cost nothing to refuse.
+        guard message.email.utf8.count <= 254 else { throw SparkError.invalid("email", "must be at most 254 bytes") }
+        guard message.password.utf8.count <= 72 else { throw SparkError.invalid("password", "must be at most 72 bytes") }
         let email = message.email.trimmingCharacters(in: .whitespaces).lowercased()
-        let (failures, user) = try await self.store.store.sql { db in
+        let (throttle, user) = try await self.store.store.sql { db in
             (
-                try await self.store.loginFailures(email: email, window: self.config.loginFailureWindow, on: db),
+                try await self.store.loginThrottle(email: email, window: self.config.loginFailureWindow, on: db),
                 try await self.store.user(email: email, on: db)
             )
         }
-        if failures >= self.config.loginFailureLimit {
+        let now = ProjectStore.now()
+        if throttle.blockedUntil > now {
+            // Paused after repeated failures: refused without checking the password, so that
+            // guessing gains nothing; the pause ends by itself.
+            let seconds = Int((throttle.blockedUntil - now + 999_999) / 1_000_000)
             try await self.store.store.sql { db in
-                try await self.audit(action: "auth.login", target: email, actor: user?.id ?? "anonymous", outcome: "denied", ip: ip, detail: "too many failed logins", on: db)
+                try await self.audit(action: "auth.login", target: email, actor: user?.id ?? "anonymous", outcome: "denied", ip: ip, detail: "throttled: \(throttle.failures) failed sign-ins; paused for \(seconds) s more", on: db)
             }
-            throw SparkError(.resourceExhausted, "too many failed logins for this email; try again later")
+            throw SparkError(.resourceExhausted, "too many failed sign-ins for this email; try again in \(seconds) s", retryAfterSeconds: seconds)
         }
         // The same bcrypt work whether or not the user exists.
-        let matches = try await SparkSecrets.verifyPassword(message.password.prefix(72).description, hash: user?.passwordHash ?? self.dummyHash)
-        guard let user, matches, message.password.utf8.count <= 72 else {
+        let matches = try await SparkSecrets.verifyPassword(message.password, hash: user?.passwordHash ?? self.dummyHash)
+        guard let user, matches else {
             try await self.store.store.transaction { db in
-                try await self.store.recordLoginFailure(email: email, window: self.config.loginFailureWindow, on: db)
-                try await self.audit(action: "auth.login", target: email, actor: user?.id ?? "anonymous", outcome: "failed", ip: ip, on: db)
+                let failures = try await self.store.recordLoginFailure(email: email, window: self.config.loginFailureWindow, on: db)
+                let delay = self.config.loginDelay(afterFailures: failures)
+                var detail = "\(failures) failed sign-ins"
+                if delay > 0 {
+                    try await self.store.pauseLogins(email: email, until: now + delay, on: db)
+                    detail += "; sign-in paused for \(delay / 1_000_000) s"
+                }
+                try await self.audit(action: "auth.login", target: email, actor: user?.id ?? "anonymous", outcome: "failed", ip: ip, detail: detail, on: db)
             }
             throw generic
         }
@@ -157,7 +170,7 @@ public final class ProjectService: Sparkops_Project_V1_ProjectService.ServicePro
 
     private func issueSession(for user: UserRow, family: String, on db: any SQLDatabase) async throws -> Sparkops_Project_V1_Session {
         guard let issuer = self.tokens.issuer else { throw SparkError(.unavailable, "the service is starting") }
-        let (accessToken, claims) = try await issuer.accessToken(userID: user.id, isAdmin: user.isAdmin)
+        let (accessToken, claims) = try await issuer.accessToken(userID: user.id, isAdmin: user.isAdmin, family: family)
         let refreshToken = SparkSecrets.token(prefix: "rtk_")
         let now = ProjectStore.now()
         let expires = now + self.config.refreshTokenLifetime
@@ -248,6 +261,23 @@ public final class ProjectService: Sparkops_Project_V1_ProjectService.ServicePro
         return ServerResponse(message: .init())
     }
 
+    public func clearLoginThrottle(
+        request: ServerRequest<Sparkops_Project_V1_ClearLoginThrottleRequest>,
+        context: ServerContext
+    ) async throws -> ServerResponse<Sparkops_Project_V1_ClearLoginThrottleResponse> {
+        let principal = try Sparkops_Common_V1_Principal.required(request.metadata)
+        guard principal.kind == .user, principal.isAdmin else {
+            throw SparkError(.permissionDenied, "only administrators clear sign-in throttles")
+        }
+        let email = try Validate.email(request.message.email)
+        let cleared = try await self.store.store.transaction { db in
+            let cleared = try await self.store.clearLoginFailures(email: email, on: db)
+            try await self.audit(action: "auth.throttle_clear", target: email, actor: principal.id, ip: Self.clientIP(request.metadata), detail: "\(cleared) failed sign-ins forgotten", on: db)
+            return cleared
+        }
+        return ServerResponse(message: .with { $0.clearedFailures = Int32(clamping: cleared) })
+    }
+
     // MARK: Projects
 
     public func createProject(
@@ -261,8 +291,9 @@ public final class ProjectService: Sparkops_Project_V1_ProjectService.ServicePro
         let now = ProjectStore.now()
         let project = ProjectRow(id: SparkID.make("prj"), name: name, description: description, createdBy: principal.userID, createdAt: now, updatedAt: now)
         try await self.store.store.transaction { db in
-            if try await self.store.projectNameTaken(name, on: db) {
-                throw SparkError(.alreadyExists, "a project named \(name.debugDescription) already exists", field: "name")
+            try await self.store.lockUser(principal.userID, on: db)
+            if try await self.store.projectNameTaken(name, visibleTo: principal.userID, on: db) {
+                throw SparkError(.alreadyExists, "you already have a project named \(name.debugDescription)", field: "name")
             }
             try await self.store.insertProject(project, on: db)
             try await self.store.upsertMember(projectID: project.id, userID: principal.userID, role: .owner, at: now, on: db)
@@ -324,29 +355,24 @@ public final class ProjectService: Sparkops_Project_V1_ProjectService.ServicePro
         let principal = try Sparkops_Common_V1_Principal.required(request.metadata)
         let message = request.message
         try Validate.id(message.projectID, prefix: "prj", field: "project_id")
-        var fields = Set(message.updateMask)
-        if fields.isEmpty {
-            if !message.name.isEmpty { fields.insert("name") }
-            fields.insert("description")
-        }
-        for field in fields where field != "name" && field != "description" {
-            throw SparkError.invalid("update_mask", "unknown field \(field.debugDescription); use name or description")
-        }
+        let mask = try UpdateMask(message.updateMask, allowed: ["name", "description"])
         let project = try await self.store.store.transaction { db -> ProjectRow in
             _ = try await self.requireRole(principal, projectID: message.projectID, permission: "project.update", on: db)
             guard var project = try await self.store.project(id: message.projectID, on: db) else { throw SparkError.notFound("project") }
-            if fields.contains("name") {
+            guard !mask.isEmpty else { return project }
+            if mask.contains("name") {
                 project.name = try Validate.name(message.name, field: "name")
-                if try await self.store.projectNameTaken(project.name, except: project.id, on: db) {
-                    throw SparkError(.alreadyExists, "a project named \(project.name.debugDescription) already exists", field: "name")
+                try await self.store.lockUser(principal.userID, on: db)
+                if try await self.store.projectNameTaken(project.name, visibleTo: principal.userID, except: project.id, on: db) {
+                    throw SparkError(.alreadyExists, "you already have a project named \(project.name.debugDescription)", field: "name")
                 }
             }
-            if fields.contains("description") {
+            if mask.contains("description") {
                 project.description = try Validate.text(message.description_p, field: "description", maximum: 2000)
             }
             project.updatedAt = ProjectStore.now()
             try await self.store.updateProject(project, on: db)
-            try await self.audit(projectID: project.id, action: "project.update", target: project.id, actor: principal.id, ip: Self.clientIP(request.metadata), detail: fields.sorted().joined(separator: ","), on: db)
+            try await self.audit(projectID: project.id, action: "project.update", target: project.id, actor: principal.id, ip: Self.clientIP(request.metadata), detail: mask.fields.sorted().joined(separator: ","), on: db)
             return project
         }
         return ServerResponse(message: Self.projectMessage(project))
@@ -393,10 +419,13 @@ public final class ProjectService: Sparkops_Project_V1_ProjectService.ServicePro
                 user = try await self.store.user(email: try Validate.email(message.email), on: db)
             }
             guard let user else { throw SparkError(.notFound, "user not found", field: message.userID.isEmpty ? "email" : "user_id") }
-            if let current = try await self.store.role(userID: user.id, projectID: message.projectID, on: db), current == .owner,
-                message.role != .owner, try await self.store.ownerCount(projectID: message.projectID, on: db) <= 1
-            {
-                throw SparkError(.failedPrecondition, "a project keeps at least one owner")
+            if let current = try await self.store.role(userID: user.id, projectID: message.projectID, on: db) {
+                guard Permission.role(callerRole, mayManage: current) else {
+                    throw SparkError(.permissionDenied, "you cannot change the role of a member whose role (\(current.name)) is above yours (\(callerRole.name))")
+                }
+                if current == .owner, message.role != .owner, try await self.store.ownerCount(projectID: message.projectID, on: db) <= 1 {
+                    throw SparkError(.failedPrecondition, "a project keeps at least one owner")
+                }
             }
             let now = ProjectStore.now()
             try await self.store.upsertMember(projectID: message.projectID, userID: user.id, role: message.role, at: now, on: db)
@@ -439,15 +468,22 @@ public final class ProjectService: Sparkops_Project_V1_ProjectService.ServicePro
         try Validate.id(message.projectID, prefix: "prj", field: "project_id")
         try Validate.id(message.userID, prefix: "usr", field: "user_id")
         try await self.store.store.transaction { db in
-            _ = try await self.requireRole(principal, projectID: message.projectID, permission: "member.manage", on: db)
+            let callerRole = try await self.requireRole(principal, projectID: message.projectID, permission: "member.manage", on: db)
             guard let role = try await self.store.role(userID: message.userID, projectID: message.projectID, on: db) else {
                 throw SparkError.notFound("member")
+            }
+            guard Permission.role(callerRole, mayManage: role) else {
+                throw SparkError(.permissionDenied, "you cannot remove a member whose role (\(role.name)) is above yours (\(callerRole.name))")
             }
             if role == .owner, try await self.store.ownerCount(projectID: message.projectID, on: db) <= 1 {
                 throw SparkError(.failedPrecondition, "a project keeps at least one owner")
             }
+            let now = ProjectStore.now()
             _ = try await self.store.removeMember(projectID: message.projectID, userID: message.userID, on: db)
-            try await self.audit(projectID: message.projectID, action: "member.remove", target: message.userID, actor: principal.id, ip: Self.clientIP(request.metadata), on: db)
+            // Keys never hold more than their creator: one who leaves takes their keys along.
+            let revoked = try await self.store.revokeAPIKeys(createdBy: message.userID, projectID: message.projectID, at: now, on: db)
+            let detail = revoked.isEmpty ? "" : "revoked the member's keys: \(revoked.joined(separator: ","))"
+            try await self.audit(projectID: message.projectID, action: "member.remove", target: message.userID, actor: principal.id, ip: Self.clientIP(request.metadata), detail: detail, on: db)
         }
         return ServerResponse(message: .init())
     }
@@ -522,9 +558,13 @@ public final class ProjectService: Sparkops_Project_V1_ProjectService.ServicePro
         try Validate.id(message.projectID, prefix: "prj", field: "project_id")
         try Validate.id(message.apiKeyID, prefix: "key", field: "api_key_id")
         let key = try await self.store.store.transaction { db -> APIKeyRow in
-            _ = try await self.requireRole(principal, projectID: message.projectID, permission: "apikey.manage", on: db)
+            let callerRole = try await self.requireRole(principal, projectID: message.projectID, permission: "apikey.manage", on: db)
             guard var key = try await self.store.apiKey(id: message.apiKeyID, projectID: message.projectID, on: db) else {
                 throw SparkError.notFound("API key")
+            }
+            let keyRole = Sparkops_Common_V1_Role(rawValue: key.role) ?? .unspecified
+            guard Permission.role(callerRole, mayManage: keyRole) else {
+                throw SparkError(.permissionDenied, "you cannot revoke a key whose role (\(keyRole.name)) is above yours (\(callerRole.name))")
             }
             if key.revokedAt == nil {
                 let now = ProjectStore.now()
@@ -581,8 +621,10 @@ public final class ProjectService: Sparkops_Project_V1_ProjectService.ServicePro
         case .apiKey(let key):
             guard key.hasPrefix("spk_") else { throw invalid }
             let now = ProjectStore.now()
-            let row = try await self.store.store.sql { try await self.store.apiKey(hash: SparkSecrets.digest(key), on: $0) }
-            guard let row, row.revokedAt == nil, row.expiresAt > now else { throw invalid }
+            let found = try await self.store.store.sql { try await self.store.apiKey(hash: SparkSecrets.digest(key), on: $0) }
+            // A key never holds more than its creator holds in the project now: it acts with the
+            // lesser of the two roles, and not at all once the creator has left.
+            guard let (row, creatorRole) = found, row.revokedAt == nil, row.expiresAt > now, let creatorRole else { throw invalid }
             if (row.lastUsedAt ?? 0) < now - 60_000_000 {
                 try await self.store.store.sql { try await self.store.touchAPIKey(id: row.id, at: now, on: $0) }
             }
@@ -592,13 +634,16 @@ public final class ProjectService: Sparkops_Project_V1_ProjectService.ServicePro
                     $0.id = row.id
                     $0.userID = row.createdBy
                     $0.projectID = row.projectID
-                    $0.role = Sparkops_Common_V1_Role(rawValue: row.role) ?? .unspecified
+                    $0.role = Permission.lesser(Sparkops_Common_V1_Role(rawValue: row.role) ?? .unspecified, creatorRole)
                 }
                 $0.cacheUntil = .init(microseconds: min(row.expiresAt, now + 5_000_000))
             })
         case .accessToken(let claims):
             let (user, revoked) = try await self.store.store.sql { db in
-                (try await self.store.user(id: claims.userID, on: db), try await self.store.isAccessTokenRevoked(claims.tokenID, on: db))
+                (
+                    try await self.store.user(id: claims.userID, on: db),
+                    try await self.store.isAccessTokenRevoked(claims.tokenID, family: claims.familyID, on: db)
+                )
             }
             guard let user, !revoked else { throw invalid }
             // A password change (or logout of every session) ends the tokens issued before it.

@@ -111,8 +111,20 @@ struct ProjectStore: Sendable {
         return (try Self.projectRow(row), Sparkops_Common_V1_Role(rawValue: try row.decode(column: "member_role", as: Int.self)) ?? .unspecified)
     }
 
-    func projectNameTaken(_ name: String, except id: String = "", on db: any SQLDatabase) async throws -> Bool {
-        try await db.raw("SELECT id FROM projects WHERE name = \(bind: name) AND deleted_at IS NULL AND id <> \(bind: id)").first() != nil
+    /// Whether a project the user can see (is a member of), other than `id`, has this name.
+    /// Projects the user cannot see are never consulted, so that the answer reveals nothing of them.
+    func projectNameTaken(_ name: String, visibleTo userID: String, except id: String = "", on db: any SQLDatabase) async throws -> Bool {
+        try await db.raw("""
+            SELECT p.id FROM projects p JOIN memberships m ON m.project_id = p.id
+            WHERE m.user_id = \(bind: userID) AND p.name = \(bind: name) AND p.deleted_at IS NULL AND p.id <> \(bind: id)
+            """).first() != nil
+    }
+
+    /// Serializes a user's project creations and renames (PostgreSQL: a row lock on the user;
+    /// SQLite's single writer already does), so that two at once cannot both take a name.
+    func lockUser(_ userID: String, on db: any SQLDatabase) async throws {
+        guard self.store.dialect == .postgres else { return }
+        try await db.raw("SELECT id FROM users WHERE id = \(bind: userID) FOR UPDATE").run()
     }
 
     /// Projects the user is a member of, by id, after `afterID`.
@@ -200,11 +212,17 @@ struct ProjectStore: Sendable {
             """).run()
     }
 
-    func apiKey(hash: String, on db: any SQLDatabase) async throws -> APIKeyRow? {
-        try await db.raw("""
-            SELECT k.* FROM api_keys k JOIN projects p ON p.id = k.project_id
+    /// The key with its creator's current role in the key's project (nil when the creator is no
+    /// longer a member).
+    func apiKey(hash: String, on db: any SQLDatabase) async throws -> (APIKeyRow, creatorRole: Sparkops_Common_V1_Role?)? {
+        guard let row = try await db.raw("""
+            SELECT k.*, m.role AS creator_role FROM api_keys k JOIN projects p ON p.id = k.project_id
+            LEFT JOIN memberships m ON m.project_id = k.project_id AND m.user_id = k.created_by
             WHERE k.key_hash = \(bind: hash) AND p.deleted_at IS NULL
-            """).first().map(Self.apiKeyRow)
+            """).first()
+        else { return nil }
+        let creatorRole = try row.decode(column: "creator_role", as: Int?.self).flatMap(Sparkops_Common_V1_Role.init(rawValue:))
+        return (try Self.apiKeyRow(row), creatorRole)
     }
 
     func apiKey(id: String, projectID: String, on db: any SQLDatabase) async throws -> APIKeyRow? {
@@ -214,6 +232,17 @@ struct ProjectStore: Sendable {
     func apiKeys(projectID: String, after afterID: String, limit: Int, on db: any SQLDatabase) async throws -> [APIKeyRow] {
         try await db.raw("SELECT * FROM api_keys WHERE project_id = \(bind: projectID) AND id > \(bind: afterID) ORDER BY id LIMIT \(bind: limit)")
             .all().map(Self.apiKeyRow)
+    }
+
+    /// Revokes every live key the user created in the project (the user left it).
+    func revokeAPIKeys(createdBy userID: String, projectID: String, at time: Int64, on db: any SQLDatabase) async throws -> [String] {
+        let ids = try await db.raw("""
+            SELECT id FROM api_keys WHERE project_id = \(bind: projectID) AND created_by = \(bind: userID) AND revoked_at IS NULL ORDER BY id
+            """).all().map { try $0.decode(column: "id", as: String.self) }
+        try await db.raw("""
+            UPDATE api_keys SET revoked_at = \(bind: time) WHERE project_id = \(bind: projectID) AND created_by = \(bind: userID) AND revoked_at IS NULL
+            """).run()
+        return ids
     }
 
     func revokeAPIKey(id: String, at time: Int64, on db: any SQLDatabase) async throws {
@@ -268,8 +297,16 @@ struct ProjectStore: Sendable {
         return try row?.decode(column: "used_at", as: Int64?.self) == time
     }
 
+    /// Ends a session family: its refresh tokens, and (until they would have expired anyway) its
+    /// access tokens.
     func revokeRefreshFamily(_ familyID: String, at time: Int64, on db: any SQLDatabase) async throws {
         try await db.raw("UPDATE refresh_tokens SET revoked_at = \(bind: time) WHERE family_id = \(bind: familyID) AND revoked_at IS NULL").run()
+        let expires = time + Int64(SparkAccessClaims.lifetime * 1_000_000) + 60_000_000
+        try await db.raw("""
+            INSERT INTO revoked_families (family_id, expires_at) VALUES (\(bind: familyID), \(bind: expires))
+            ON CONFLICT (family_id) DO UPDATE SET expires_at = excluded.expires_at
+            """).run()
+        try await db.raw("DELETE FROM revoked_families WHERE expires_at < \(bind: time)").run()
     }
 
     func revokeRefreshTokens(userID: String, at time: Int64, on db: any SQLDatabase) async throws {
@@ -284,20 +321,35 @@ struct ProjectStore: Sendable {
         try await db.raw("DELETE FROM revoked_access_tokens WHERE expires_at < \(bind: Self.now())").run()
     }
 
-    func isAccessTokenRevoked(_ tokenID: String, on db: any SQLDatabase) async throws -> Bool {
-        try await db.raw("SELECT token_id FROM revoked_access_tokens WHERE token_id = \(bind: tokenID)").first() != nil
+    /// Whether the access token, or its session family, was revoked: one query on the hot path.
+    func isAccessTokenRevoked(_ tokenID: String, family familyID: String, on db: any SQLDatabase) async throws -> Bool {
+        try await db.raw("""
+            SELECT token_id AS id FROM revoked_access_tokens WHERE token_id = \(bind: tokenID)
+            UNION ALL SELECT family_id AS id FROM revoked_families WHERE family_id = \(bind: familyID)
+            """).first() != nil
     }
 
     // MARK: Login failures
 
-    /// Failed logins for `email` within the window ending now.
-    func loginFailures(email: String, window: Int64, on db: any SQLDatabase) async throws -> Int {
-        guard let row = try await db.raw("SELECT window_start, failures FROM login_failures WHERE email = \(bind: email)").first() else { return 0 }
-        let start = try row.decode(column: "window_start", as: Int64.self)
-        return Self.now() - start > window ? 0 : try row.decode(column: "failures", as: Int.self)
+    /// An email's recent failed sign-ins, and until when its sign-ins are paused (microseconds).
+    struct LoginThrottle: Sendable {
+        var failures: Int
+        var blockedUntil: Int64
     }
 
-    func recordLoginFailure(email: String, window: Int64, on db: any SQLDatabase) async throws {
+    /// The email's failures within the window that began with its first failure; a pause that is
+    /// still running counts whatever the window.
+    func loginThrottle(email: String, window: Int64, on db: any SQLDatabase) async throws -> LoginThrottle {
+        guard let row = try await db.raw("SELECT window_start, failures, blocked_until FROM login_failures WHERE email = \(bind: email)").first() else {
+            return LoginThrottle(failures: 0, blockedUntil: 0)
+        }
+        let start = try row.decode(column: "window_start", as: Int64.self)
+        let failures = Self.now() - start > window ? 0 : try row.decode(column: "failures", as: Int.self)
+        return LoginThrottle(failures: failures, blockedUntil: try row.decode(column: "blocked_until", as: Int64.self))
+    }
+
+    /// Counts a failure and returns the email's failures in the window, this one included.
+    func recordLoginFailure(email: String, window: Int64, on db: any SQLDatabase) async throws -> Int {
         let now = Self.now()
         try await db.raw("""
             INSERT INTO login_failures (email, window_start, failures) VALUES (\(bind: email), \(bind: now), 1)
@@ -305,10 +357,19 @@ struct ProjectStore: Sendable {
                 failures = CASE WHEN \(bind: now) - login_failures.window_start > \(bind: window) THEN 1 ELSE login_failures.failures + 1 END,
                 window_start = CASE WHEN \(bind: now) - login_failures.window_start > \(bind: window) THEN \(bind: now) ELSE login_failures.window_start END
             """).run()
+        return try await db.raw("SELECT failures FROM login_failures WHERE email = \(bind: email)").first()?.decode(column: "failures", as: Int.self) ?? 1
     }
 
-    func clearLoginFailures(email: String, on db: any SQLDatabase) async throws {
+    func pauseLogins(email: String, until time: Int64, on db: any SQLDatabase) async throws {
+        try await db.raw("UPDATE login_failures SET blocked_until = \(bind: time) WHERE email = \(bind: email)").run()
+    }
+
+    /// Forgets the email's failures; returns how many there were.
+    @discardableResult
+    func clearLoginFailures(email: String, on db: any SQLDatabase) async throws -> Int {
+        let failures = try await db.raw("SELECT failures FROM login_failures WHERE email = \(bind: email)").first()?.decode(column: "failures", as: Int.self) ?? 0
         try await db.raw("DELETE FROM login_failures WHERE email = \(bind: email)").run()
+        return failures
     }
 
     // MARK: Signing keys

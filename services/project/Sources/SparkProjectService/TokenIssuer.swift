@@ -31,8 +31,8 @@ final class TokenIssuer: Sendable {
         return await TokenIssuer(keyID: storedID, privateKey: try Curve25519.Signing.PrivateKey(rawRepresentation: Data(base64Encoded: storedKey)!))
     }
 
-    func accessToken(userID: String, isAdmin: Bool, now: Date = Date()) async throws -> (token: String, claims: SparkAccessClaims) {
-        let claims = SparkAccessClaims(userID: userID, tokenID: SparkID.make("atk", now: now), isAdmin: isAdmin, now: now)
+    func accessToken(userID: String, isAdmin: Bool, family: String, now: Date = Date()) async throws -> (token: String, claims: SparkAccessClaims) {
+        let claims = SparkAccessClaims(userID: userID, tokenID: SparkID.make("atk", now: now), isAdmin: isAdmin, family: family, now: now)
         var header = JWTHeader()
         header.typ = "JWT"
         let token = try await self.keys.sign(claims, kid: JWKIdentifier(string: self.keyID), header: header)

@@ -57,6 +57,13 @@ struct HTTPRoute {
             throw PluginError(description: "\(method.fullName): \(self.verb.rawValue) routes take no body")
         }
         let input = method.inputType!
+        if self.verb == .patch {
+            guard rule.body == "*",
+                let mask = input.fields.first(where: { $0.name == "update_mask" }), mask.type == .string, mask.isRepeated
+            else {
+                throw PluginError(description: "\(method.fullName): a PATCH route takes body \"*\" and its request needs `repeated string update_mask`")
+            }
+        }
         var pathFields: [FieldDescriptor] = []
         for segment in self.path.split(separator: "/") where segment.hasPrefix("{") {
             guard segment.hasSuffix("}") else {

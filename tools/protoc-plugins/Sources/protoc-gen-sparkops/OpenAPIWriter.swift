@@ -42,8 +42,15 @@ struct OpenAPIWriter {
             if route.hasBody {
                 operation["requestBody"] = [
                     "required": true,
+                    "description": "Content-Type: application/json (otherwise 415). A missing body is 400.",
                     "content": ["application/json": ["schema": reference(route.method.inputType)]],
                 ]
+                if route.rule.maxBodyBytes > 0 {
+                    operation["x-sparkops-max-body-bytes"] = Int(route.rule.maxBodyBytes)
+                }
+            }
+            if route.verb == .patch {
+                operation["description"] = "Changes only the fields the body names, or those listed in `updateMask` (AIP-134); `{}` changes nothing."
             }
             let status = route.rule.successStatus == 0 ? 200 : Int(route.rule.successStatus)
             operation["responses"] = [
@@ -72,6 +79,7 @@ struct OpenAPIWriter {
             }
             schemas[message.fullName] = ["type": "object", "properties": properties, "additionalProperties": false]
         }
+        Self.addGatewayEndpoints(to: &paths, schemas: &schemas)
         schemas["Error"] = [
             "type": "object",
             "required": ["error"],
@@ -93,7 +101,7 @@ struct OpenAPIWriter {
             "info": [
                 "title": "SparkOps API",
                 "version": "1",
-                "description": "HTTP/JSON API of the SparkOps gateway. Authenticate with `Authorization: Bearer <access token or API key>`. Unknown JSON fields are rejected with 400.",
+                "description": "HTTP/JSON API of the SparkOps gateway. Authenticate with `Authorization: Bearer <access token or API key>`. Request bodies are `application/json` (415 otherwise); unknown JSON fields are rejected with 400; a known path with another method gets 405 and `Allow`; every 429 carries `Retry-After`. Error `field` names are the JSON (lowerCamelCase) names.",
             ],
             "paths": paths,
             "components": [
@@ -105,6 +113,84 @@ struct OpenAPIWriter {
         ]
         let data = try JSONSerialization.data(withJSONObject: document, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         return String(decoding: data, as: UTF8.self) + "\n"
+    }
+
+    /// The endpoints the gateway serves itself, not from an RPC: WebSocket tickets and the socket.
+    /// OpenAPI has no WebSocket operation; the socket is described as its upgrade `GET`, and its
+    /// messages as schemas (`x-sparkops-websocket` names which way each travels).
+    private static func addGatewayEndpoints(to paths: inout [String: [String: Any]], schemas: inout [String: Any]) {
+        let error: [String: Any] = [
+            "description": "An error",
+            "content": ["application/json": ["schema": ["$ref": "#/components/schemas/Error"]]],
+        ]
+        paths["/api/v1/ws/tickets"] = [
+            "post": [
+                "operationId": "createWebSocketTicket",
+                "summary": "A single-use ticket (valid 30 s) to open /api/v1/ws from a browser",
+                "tags": ["gateway"],
+                "security": [["bearer": [] as [Any]]],
+                "responses": [
+                    "201": [
+                        "description": "The ticket; pass it as /api/v1/ws?ticket=…",
+                        "content": ["application/json": ["schema": ["$ref": "#/components/schemas/sparkops.gateway.WebSocketTicket"]]],
+                    ],
+                    "default": error,
+                ],
+            ]
+        ]
+        paths["/api/v1/ws"] = [
+            "get": [
+                "operationId": "openWebSocket",
+                "summary": "Live events over WebSocket",
+                "description": """
+                    Upgrade to a WebSocket. Authenticate with `?ticket=` (from POST /api/v1/ws/tickets) or, \
+                    from a client that is not a browser, with an `auth` message first, within \
+                    `gateway.webSocketAuthTimeoutSeconds`. Credentials never go in the URL. A browser's \
+                    Origin must be one of `gateway.corsOrigins`. A refused handshake gets an `error` message \
+                    and close code 1008. Client messages: WebSocketClientMessage; server messages: \
+                    WebSocketServerMessage.
+                    """,
+                "tags": ["gateway"],
+                "parameters": [["name": "ticket", "in": "query", "required": false, "schema": ["type": "string"]]],
+                "security": [] as [Any],
+                "responses": ["101": ["description": "Switching Protocols: the socket is open"], "default": error],
+                "x-sparkops-websocket": [
+                    "client": ["$ref": "#/components/schemas/sparkops.gateway.WebSocketClientMessage"],
+                    "server": ["$ref": "#/components/schemas/sparkops.gateway.WebSocketServerMessage"],
+                ],
+            ]
+        ]
+        schemas["sparkops.gateway.WebSocketTicket"] = [
+            "type": "object",
+            "required": ["ticket", "expireTime"],
+            "properties": ["ticket": ["type": "string", "pattern": "^wst_"], "expireTime": ["type": "string", "format": "date-time"]],
+        ]
+        let topic: [String: Any] = ["type": "string", "enum": ["runs", "approvals"]]
+        let project: [String: Any] = ["type": "string", "pattern": "^prj_"]
+        func message(_ type: String, _ properties: [String: Any] = [:], required: [String] = []) -> [String: Any] {
+            var all = properties
+            all["type"] = ["const": type]
+            return ["type": "object", "required": ["type"] + required, "properties": all]
+        }
+        schemas["sparkops.gateway.WebSocketClientMessage"] = [
+            "x-sparkops-websocket": "client to server",
+            "oneOf": [
+                message("auth", ["token": ["type": "string", "description": "An access token or API key"]], required: ["token"]),
+                message("subscribe", ["topic": topic, "projectId": project], required: ["topic", "projectId"]),
+                message("unsubscribe", ["topic": topic, "projectId": project], required: ["topic", "projectId"]),
+                message("ping"),
+            ],
+        ]
+        schemas["sparkops.gateway.WebSocketServerMessage"] = [
+            "x-sparkops-websocket": "server to client",
+            "oneOf": [
+                message("ready"),
+                message("subscribed", ["topic": topic, "projectId": project]),
+                message("unsubscribed"),
+                message("pong"),
+                message("error", ["code": ["type": "string"], "message": ["type": "string"], "field": ["type": "string"]], required: ["code", "message"]),
+            ],
+        ]
     }
 
     private func schema(for field: FieldDescriptor, reference: (Descriptor) -> [String: Any]) -> [String: Any] {

@@ -36,6 +36,7 @@ struct RouteTableWriter {
                             pathFields: [\(pathList)],
                             queryFields: [\(queryFields.isEmpty ? ":" : queryFields.joined(separator: ", "))],
                             hasBody: \(route.hasBody),
+                            maxBodyBytes: \(route.rule.maxBodyBytes),
                             permission: "\(route.rule.permission)",
                             isPublic: \(route.rule.public),
                             adminOnly: \(route.rule.adminOnly),

@@ -71,8 +71,10 @@ public nonisolated struct Sparkops_Api_V1_HttpRule: Sendable {
     set {pattern = .delete(newValue)}
   }
 
-  /// "*": the JSON body fills the request (path fields win); "": no body; query parameters fill
-  /// the request's scalar fields instead.
+  /// "*": the JSON body fills the request (path fields win) and is required; "": no body; query
+  /// parameters fill the request's scalar fields instead. A PATCH route's request must have a
+  /// `repeated string update_mask` field: the gateway fills it from the fields the body names when
+  /// the body does not list them itself (AIP-134).
   public var body: String = String()
 
   /// The project permission the caller needs (see docs/api.md), checked for the project named by
@@ -90,6 +92,11 @@ public nonisolated struct Sparkops_Api_V1_HttpRule: Sendable {
 
   /// Global administrators only (user management).
   public var adminOnly: Bool = false
+
+  /// The largest request body the route accepts, in bytes; 0 means the gateway's
+  /// `gateway.maxBodyBytes`. Small routes get small limits, so that a large body is refused before
+  /// any costly work (the sign-in routes take 16 KiB).
+  public var maxBodyBytes: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -159,7 +166,7 @@ fileprivate nonisolated let _protobuf_package = "sparkops.api.v1"
 
 nonisolated extension Sparkops_Api_V1_HttpRule: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HttpRule"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}get\0\u{1}post\0\u{1}put\0\u{1}patch\0\u{1}delete\0\u{1}body\0\u{1}permission\0\u{1}public\0\u{3}success_status\0\u{1}summary\0\u{3}admin_only\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}get\0\u{1}post\0\u{1}put\0\u{1}patch\0\u{1}delete\0\u{1}body\0\u{1}permission\0\u{1}public\0\u{3}success_status\0\u{1}summary\0\u{3}admin_only\0\u{3}max_body_bytes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -213,6 +220,7 @@ nonisolated extension Sparkops_Api_V1_HttpRule: SwiftProtobuf.Message, SwiftProt
       case 9: try { try decoder.decodeSingularUInt32Field(value: &self.successStatus) }()
       case 10: try { try decoder.decodeSingularStringField(value: &self.summary) }()
       case 11: try { try decoder.decodeSingularBoolField(value: &self.adminOnly) }()
+      case 12: try { try decoder.decodeSingularUInt32Field(value: &self.maxBodyBytes) }()
       default: break
       }
     }
@@ -264,6 +272,9 @@ nonisolated extension Sparkops_Api_V1_HttpRule: SwiftProtobuf.Message, SwiftProt
     if self.adminOnly != false {
       try visitor.visitSingularBoolField(value: self.adminOnly, fieldNumber: 11)
     }
+    if self.maxBodyBytes != 0 {
+      try visitor.visitSingularUInt32Field(value: self.maxBodyBytes, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -275,6 +286,7 @@ nonisolated extension Sparkops_Api_V1_HttpRule: SwiftProtobuf.Message, SwiftProt
     if lhs.successStatus != rhs.successStatus {return false}
     if lhs.summary != rhs.summary {return false}
     if lhs.adminOnly != rhs.adminOnly {return false}
+    if lhs.maxBodyBytes != rhs.maxBodyBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

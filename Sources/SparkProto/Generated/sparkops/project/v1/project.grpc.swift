@@ -100,6 +100,19 @@ public enum Sparkops_Project_V1_ProjectService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "ClearLoginThrottle" metadata.
+        public enum ClearLoginThrottle: Sendable {
+            /// Request type for "ClearLoginThrottle".
+            public typealias Input = Sparkops_Project_V1_ClearLoginThrottleRequest
+            /// Response type for "ClearLoginThrottle".
+            public typealias Output = Sparkops_Project_V1_ClearLoginThrottleResponse
+            /// Descriptor for "ClearLoginThrottle".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService"),
+                method: "ClearLoginThrottle",
+                type: .unary
+            )
+        }
         /// Namespace for "CreateProject" metadata.
         public enum CreateProject: Sendable {
             /// Request type for "CreateProject".
@@ -316,6 +329,7 @@ public enum Sparkops_Project_V1_ProjectService: Sendable {
             CreateUser.descriptor,
             GetCurrentUser.descriptor,
             ChangePassword.descriptor,
+            ClearLoginThrottle.descriptor,
             CreateProject.descriptor,
             GetProject.descriptor,
             ListProjects.descriptor,
@@ -441,6 +455,20 @@ extension Sparkops_Project_V1_ProjectService {
             request: GRPCCore.StreamingServerRequest<Sparkops_Project_V1_ChangePasswordRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Project_V1_ChangePasswordResponse>
+
+        /// Handle the "ClearLoginThrottle" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Sparkops_Project_V1_ClearLoginThrottleRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Sparkops_Project_V1_ClearLoginThrottleResponse` messages.
+        func clearLoginThrottle(
+            request: GRPCCore.StreamingServerRequest<Sparkops_Project_V1_ClearLoginThrottleRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Project_V1_ClearLoginThrottleResponse>
 
         /// Handle the "CreateProject" method.
         ///
@@ -763,6 +791,20 @@ extension Sparkops_Project_V1_ProjectService {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Sparkops_Project_V1_ChangePasswordResponse>
 
+        /// Handle the "ClearLoginThrottle" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Project_V1_ClearLoginThrottleRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Sparkops_Project_V1_ClearLoginThrottleResponse` message.
+        func clearLoginThrottle(
+            request: GRPCCore.ServerRequest<Sparkops_Project_V1_ClearLoginThrottleRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Sparkops_Project_V1_ClearLoginThrottleResponse>
+
         /// Handle the "CreateProject" method.
         ///
         /// - Parameters:
@@ -1082,6 +1124,20 @@ extension Sparkops_Project_V1_ProjectService {
             context: GRPCCore.ServerContext
         ) async throws -> Sparkops_Project_V1_ChangePasswordResponse
 
+        /// Handle the "ClearLoginThrottle" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Sparkops_Project_V1_ClearLoginThrottleRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Sparkops_Project_V1_ClearLoginThrottleResponse` to respond with.
+        func clearLoginThrottle(
+            request: Sparkops_Project_V1_ClearLoginThrottleRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Sparkops_Project_V1_ClearLoginThrottleResponse
+
         /// Handle the "CreateProject" method.
         ///
         /// - Parameters:
@@ -1383,6 +1439,17 @@ extension Sparkops_Project_V1_ProjectService.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Sparkops_Project_V1_ProjectService.Method.ClearLoginThrottle.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Project_V1_ClearLoginThrottleRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Project_V1_ClearLoginThrottleResponse>(),
+            handler: { request, context in
+                try await self.clearLoginThrottle(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Sparkops_Project_V1_ProjectService.Method.CreateProject.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Project_V1_CreateProjectRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Project_V1_Project>(),
@@ -1624,6 +1691,17 @@ extension Sparkops_Project_V1_ProjectService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Project_V1_ChangePasswordResponse> {
         let response = try await self.changePassword(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func clearLoginThrottle(
+        request: GRPCCore.StreamingServerRequest<Sparkops_Project_V1_ClearLoginThrottleRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Project_V1_ClearLoginThrottleResponse> {
+        let response = try await self.clearLoginThrottle(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1881,6 +1959,19 @@ extension Sparkops_Project_V1_ProjectService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Sparkops_Project_V1_ChangePasswordResponse> {
         return GRPCCore.ServerResponse<Sparkops_Project_V1_ChangePasswordResponse>(
             message: try await self.changePassword(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func clearLoginThrottle(
+        request: GRPCCore.ServerRequest<Sparkops_Project_V1_ClearLoginThrottleRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Sparkops_Project_V1_ClearLoginThrottleResponse> {
+        return GRPCCore.ServerResponse<Sparkops_Project_V1_ClearLoginThrottleResponse>(
+            message: try await self.clearLoginThrottle(
                 request: request.message,
                 context: context
             ),
@@ -2218,6 +2309,25 @@ extension Sparkops_Project_V1_ProjectService {
             deserializer: some GRPCCore.MessageDeserializer<Sparkops_Project_V1_ChangePasswordResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Project_V1_ChangePasswordResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ClearLoginThrottle" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Project_V1_ClearLoginThrottleRequest` message.
+        ///   - serializer: A serializer for `Sparkops_Project_V1_ClearLoginThrottleRequest` messages.
+        ///   - deserializer: A deserializer for `Sparkops_Project_V1_ClearLoginThrottleResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func clearLoginThrottle<Result>(
+            request: GRPCCore.ClientRequest<Sparkops_Project_V1_ClearLoginThrottleRequest>,
+            serializer: some GRPCCore.MessageSerializer<Sparkops_Project_V1_ClearLoginThrottleRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Sparkops_Project_V1_ClearLoginThrottleResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Project_V1_ClearLoginThrottleResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "CreateProject" method.
@@ -2718,6 +2828,36 @@ extension Sparkops_Project_V1_ProjectService {
             try await self.client.unary(
                 request: request,
                 descriptor: Sparkops_Project_V1_ProjectService.Method.ChangePassword.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ClearLoginThrottle" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Project_V1_ClearLoginThrottleRequest` message.
+        ///   - serializer: A serializer for `Sparkops_Project_V1_ClearLoginThrottleRequest` messages.
+        ///   - deserializer: A deserializer for `Sparkops_Project_V1_ClearLoginThrottleResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func clearLoginThrottle<Result>(
+            request: GRPCCore.ClientRequest<Sparkops_Project_V1_ClearLoginThrottleRequest>,
+            serializer: some GRPCCore.MessageSerializer<Sparkops_Project_V1_ClearLoginThrottleRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Sparkops_Project_V1_ClearLoginThrottleResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Project_V1_ClearLoginThrottleResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Sparkops_Project_V1_ProjectService.Method.ClearLoginThrottle.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -3364,6 +3504,31 @@ extension Sparkops_Project_V1_ProjectService.ClientProtocol {
         )
     }
 
+    /// Call the "ClearLoginThrottle" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Sparkops_Project_V1_ClearLoginThrottleRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func clearLoginThrottle<Result>(
+        request: GRPCCore.ClientRequest<Sparkops_Project_V1_ClearLoginThrottleRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Project_V1_ClearLoginThrottleResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.clearLoginThrottle(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Project_V1_ClearLoginThrottleRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Project_V1_ClearLoginThrottleResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
     /// Call the "CreateProject" method.
     ///
     /// - Parameters:
@@ -3940,6 +4105,35 @@ extension Sparkops_Project_V1_ProjectService.ClientProtocol {
             metadata: metadata
         )
         return try await self.changePassword(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ClearLoginThrottle" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func clearLoginThrottle<Result>(
+        _ message: Sparkops_Project_V1_ClearLoginThrottleRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Project_V1_ClearLoginThrottleResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Sparkops_Project_V1_ClearLoginThrottleRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.clearLoginThrottle(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -60,7 +60,8 @@ public nonisolated struct Sparkops_Project_V1_Project: Sendable {
   /// prj_…
   public var id: String = String()
 
-  /// unique, 1–100 characters
+  /// 1–100 characters; unique among the projects each member can see (two tenants may each have
+  /// a project called "demo").
   public var name: String = String()
 
   public var description_p: String = String()
@@ -383,6 +384,32 @@ public nonisolated struct Sparkops_Project_V1_ChangePasswordResponse: Sendable {
   public init() {}
 }
 
+public nonisolated struct Sparkops_Project_V1_ClearLoginThrottleRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The email whose failed sign-ins are forgotten, so that it may sign in again at once.
+  public var email: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Sparkops_Project_V1_ClearLoginThrottleResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// How many failures were recorded (0: the email was not throttled).
+  public var clearedFailures: Int32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Sparkops_Project_V1_CreateProjectRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -445,7 +472,9 @@ public nonisolated struct Sparkops_Project_V1_UpdateProjectRequest: Sendable {
 
   public var projectID: String = String()
 
-  /// Fields to change: "name", "description". Empty means every field given.
+  /// Fields to change: "name", "description" (AIP-134); nothing else is touched, and an empty mask
+  /// changes nothing. Over HTTP the gateway fills it with the fields the JSON body names when the
+  /// body does not list them itself.
   public var updateMask: [String] = []
 
   public var name: String = String()
@@ -729,6 +758,10 @@ public nonisolated struct Sparkops_Project_V1_AccessTokenClaims: Sendable {
   public var hasIssueTime: Bool {self._issueTime != nil}
   /// Clears the value of `issueTime`. Subsequent reads from it will return its default value.
   public mutating func clearIssueTime() {self._issueTime = nil}
+
+  /// The session family (`fam`) the token was issued for: when the family is revoked (logout, or
+  /// a refresh token presented twice) its access tokens stop working too.
+  public var familyID: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1477,6 +1510,66 @@ nonisolated extension Sparkops_Project_V1_ChangePasswordResponse: SwiftProtobuf.
   }
 }
 
+nonisolated extension Sparkops_Project_V1_ClearLoginThrottleRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ClearLoginThrottleRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}email\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.email) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.email.isEmpty {
+      try visitor.visitSingularStringField(value: self.email, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Sparkops_Project_V1_ClearLoginThrottleRequest, rhs: Sparkops_Project_V1_ClearLoginThrottleRequest) -> Bool {
+    if lhs.email != rhs.email {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Sparkops_Project_V1_ClearLoginThrottleResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ClearLoginThrottleResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}cleared_failures\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularInt32Field(value: &self.clearedFailures) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.clearedFailures != 0 {
+      try visitor.visitSingularInt32Field(value: self.clearedFailures, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Sparkops_Project_V1_ClearLoginThrottleResponse, rhs: Sparkops_Project_V1_ClearLoginThrottleResponse) -> Bool {
+    if lhs.clearedFailures != rhs.clearedFailures {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Sparkops_Project_V1_CreateProjectRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CreateProjectRequest"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}description\0")
@@ -2218,7 +2311,7 @@ nonisolated extension Sparkops_Project_V1_AuthenticateRequest: SwiftProtobuf.Mes
 
 nonisolated extension Sparkops_Project_V1_AccessTokenClaims: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AccessTokenClaims"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}user_id\0\u{3}token_id\0\u{3}issue_time\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}user_id\0\u{3}token_id\0\u{3}issue_time\0\u{3}family_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2229,6 +2322,7 @@ nonisolated extension Sparkops_Project_V1_AccessTokenClaims: SwiftProtobuf.Messa
       case 1: try { try decoder.decodeSingularStringField(value: &self.userID) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.tokenID) }()
       case 3: try { try decoder.decodeSingularMessageField(value: &self._issueTime) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.familyID) }()
       default: break
       }
     }
@@ -2248,6 +2342,9 @@ nonisolated extension Sparkops_Project_V1_AccessTokenClaims: SwiftProtobuf.Messa
     try { if let v = self._issueTime {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
     } }()
+    if !self.familyID.isEmpty {
+      try visitor.visitSingularStringField(value: self.familyID, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2255,6 +2352,7 @@ nonisolated extension Sparkops_Project_V1_AccessTokenClaims: SwiftProtobuf.Messa
     if lhs.userID != rhs.userID {return false}
     if lhs.tokenID != rhs.tokenID {return false}
     if lhs._issueTime != rhs._issueTime {return false}
+    if lhs.familyID != rhs.familyID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

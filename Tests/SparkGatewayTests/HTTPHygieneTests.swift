@@ -1,0 +1,222 @@
+import Foundation
+import NIOHTTP1
+import SparkKit
+import SparkProto
+import SparkTesting
+import SQLKit
+import SwiftProtobuf
+import Testing
+
+/// What every response and every body goes through: security headers, methods, media types,
+/// partial updates, authentication before validation, and cheap refusals.
+@Suite("HTTP hygiene")
+struct HTTPHygieneTests {
+    @Test("security headers on every response; no-store everywhere; HSTS when configured")
+    func securityHeaders() async throws {
+        try await TestCluster.run(backend: .sqlite, overrides: ["gateway.hstsMaxAgeSeconds": "31536000"]) { cluster in
+            let login = try await cluster.http.send(.POST, "/api/v1/auth/login", json: ["email": TestCluster.adminEmail, "password": TestCluster.adminPassword])
+            let token = login.json["accessToken"] as! String
+            let replies = [
+                login,
+                try await cluster.http.send(.GET, "/api/v1/projects", token: token),
+                try await cluster.http.send(.GET, "/api/v1/projects"),
+                try await cluster.http.send(.GET, "/api/v1/nothing"),
+                try await cluster.http.send(.POST, "/api/v1/ws/tickets", token: token),
+                try await cluster.http.send(.GET, "/api/v1/openapi.json"),
+            ]
+            for reply in replies {
+                let label = "\(reply.status) \(reply.text.prefix(60))"
+                #expect(reply.headers.first(name: "X-Content-Type-Options") == "nosniff", "\(label)")
+                #expect(reply.headers.first(name: "Referrer-Policy") == "no-referrer", "\(label)")
+                #expect(reply.headers.first(name: "Content-Security-Policy") == "frame-ancestors 'none'", "\(label)")
+                #expect(reply.headers.first(name: "Cache-Control") == "no-store", "\(label)")
+                #expect(reply.headers.first(name: "Strict-Transport-Security") == "max-age=31536000; includeSubDomains", "\(label)")
+            }
+        }
+        try await TestCluster.run(backend: .sqlite) { cluster in
+            let reply = try await cluster.http.send(.GET, "/api/v1/openapi.json")
+            #expect(reply.headers.first(name: "Strict-Transport-Security") == nil)
+        }
+    }
+
+    @Test("a known path with another method is 405 with Allow; HEAD answers on GET routes")
+    func methods() async throws {
+        try await TestCluster.run(backend: .sqlite) { cluster in
+            let token = try await cluster.adminToken()
+            let project = try await cluster.createProject("methods", token: token)
+            let trace = try await RawHTTP.exchange(port: cluster.gatewayPort, head: ["TRACE /api/v1/projects HTTP/1.1", "Host: x"])
+            #expect(trace.status == 405)
+            #expect(trace.header("Allow") == "GET, HEAD, POST")
+            let put = try await cluster.http.send(.PUT, "/api/v1/projects/\(project)", token: token, json: [:])
+            #expect(put.status == 405)
+            #expect(put.headers.first(name: "Allow") == "GET, HEAD, PATCH, DELETE")
+            #expect(put.errorCode == "UNIMPLEMENTED")
+            // An unknown path stays 404.
+            #expect(try await cluster.http.send(.PUT, "/api/v1/nothing", token: token).status == 404)
+
+            let head = try await cluster.http.send(.HEAD, "/api/v1/projects/\(project)", token: token)
+            #expect(head.status == 200)
+            #expect(head.text.isEmpty)
+            #expect(head.headers.first(name: "Content-Type") == "application/json")
+            #expect(try await cluster.http.send(.HEAD, "/api/v1/projects/\(project)").status == 401)
+        }
+    }
+
+    @Test("bodies: 415 unless application/json, 400 when missing, on every route with a body")
+    func mediaTypes() async throws {
+        try await TestCluster.run(backend: .sqlite) { cluster in
+            let token = try await cluster.adminToken()
+            let project = try await cluster.createProject("media", token: token)
+            let body = #"{"name": "x"}"#
+            for contentType in ["text/plain", "application/x-www-form-urlencoded", "application/jsonp"] {
+                let reply = try await RawHTTP.exchange(
+                    port: cluster.gatewayPort,
+                    head: ["POST /api/v1/projects HTTP/1.1", "Host: x", "Authorization: Bearer \(token)", "Content-Type: \(contentType)"],
+                    body: body
+                )
+                #expect(reply.status == 415, "\(contentType): \(reply.body)")
+                #expect(reply.body.contains(#""field":"Content-Type""#), "\(reply.body)")
+            }
+            let unlabelled = try await RawHTTP.exchange(port: cluster.gatewayPort, head: ["POST /api/v1/projects HTTP/1.1", "Host: x", "Authorization: Bearer \(token)"], body: body)
+            #expect(unlabelled.status == 415)
+            let charset = try await RawHTTP.exchange(
+                port: cluster.gatewayPort,
+                head: ["POST /api/v1/projects HTTP/1.1", "Host: x", "Authorization: Bearer \(token)", "Content-Type: application/json; charset=utf-8"],
+                body: #"{"name": "with-charset"}"#
+            )
+            #expect(charset.status == 201, "\(charset.body)")
+
+            // Every route whose OpenAPI body is required refuses a request without one.
+            for route in SparkHTTPRoute.all where route.hasBody {
+                var path = route.path.replacingOccurrences(of: "{project_id}", with: project)
+                path = path.replacingOccurrences(of: "{user_id}", with: SparkID.make("usr"))
+                let reply = try await cluster.http.send(HTTPMethod(rawValue: route.verb.rawValue), path, token: route.isPublic ? nil : token)
+                #expect(reply.status == 400, "\(route.verb.rawValue) \(route.path): \(reply.status) \(reply.text)")
+                #expect(reply.errorField == "body", "\(route.path)")
+            }
+            let logout = try await cluster.http.send(.POST, "/api/v1/auth/logout", token: token)
+            #expect(logout.status == 400)
+        }
+    }
+
+    @Test("PATCH changes only the fields the body names or the mask lists, on every PATCH route", arguments: TestBackend.all)
+    func partialUpdates(backend: TestBackend) async throws {
+        // Every PATCH route's request has update_mask (protoc-gen-sparkops refuses one without).
+        let patches = SparkHTTPRoute.all.filter { $0.verb == .patch }
+        #expect(!patches.isEmpty)
+        for route in patches {
+            #expect(throws: Never.self, "\(route.path)") { _ = try route.decodeRequest(Array(#"{"updateMask": ["x"]}"#.utf8), .init()) }
+        }
+        try await TestCluster.run(backend: backend) { cluster in
+            let token = try await cluster.adminToken()
+            let created = try await cluster.http.send(.POST, "/api/v1/projects", token: token, json: ["name": "patched", "description": "keep me"])
+            let id = created.json["id"] as! String
+            let path = "/api/v1/projects/\(id)"
+
+            let renamed = try await cluster.http.send(.PATCH, path, token: token, json: ["name": "renamed"])
+            #expect(renamed.status == 200)
+            #expect(renamed.json["name"] as? String == "renamed")
+            #expect(renamed.json["description"] as? String == "keep me")
+
+            let nothing = try await cluster.http.send(.PATCH, path, token: token, json: [:])
+            #expect(nothing.status == 200)
+            #expect(nothing.json["name"] as? String == "renamed")
+            #expect(nothing.json["description"] as? String == "keep me")
+
+            let noBody = try await cluster.http.send(.PATCH, path, token: token)
+            #expect(noBody.status == 400)
+            #expect(noBody.errorField == "body")
+
+            // An explicit mask wins: the description given but not listed is left alone.
+            let masked = try await cluster.http.send(.PATCH, path, token: token, json: ["updateMask": ["name"], "name": "masked", "description": "ignored"])
+            #expect(masked.json["name"] as? String == "masked")
+            #expect(masked.json["description"] as? String == "keep me")
+            // Clearing is explicit: named and empty.
+            let cleared = try await cluster.http.send(.PATCH, path, token: token, json: ["description": ""])
+            #expect(cleared.json["description"] == nil)  // proto3 JSON leaves out an empty string
+            #expect(cleared.json["name"] as? String == "masked")
+            // JSON names in a mask are accepted too.
+            let camel = try await cluster.http.send(.PATCH, path, token: token, json: ["updateMask": ["description"], "description": "back"])
+            #expect(camel.json["description"] as? String == "back")
+
+            let stored = try await cluster.http.send(.GET, path, token: token)
+            #expect(stored.json["name"] as? String == "masked")
+            #expect(stored.json["description"] as? String == "back")
+            // Nothing changed means nothing audited.
+            let events = try await cluster.http.send(.GET, "\(path)/audit-events?action=project.update", token: token)
+            #expect((events.json["events"] as! [[String: Any]]).count == 4)
+        }
+    }
+
+    @Test("the caller is known before any input is checked: no or a bad credential with a malformed id is 401")
+    func authenticationFirst() async throws {
+        try await TestCluster.run(backend: .sqlite) { cluster in
+            let paths: [(HTTPMethod, String)] = [
+                (.GET, "/api/v1/projects/not-an-id"), (.DELETE, "/api/v1/projects/not-an-id"),
+                (.GET, "/api/v1/projects/prj_x'1/members"), (.DELETE, "/api/v1/projects/x/api-keys/y"),
+            ]
+            for (method, path) in paths {
+                let none = try await cluster.http.send(method, path)
+                #expect(none.status == 401, "\(path): \(none.text)")
+                let bad = try await cluster.http.send(method, path, token: "spk_not-a-real-key")
+                #expect(bad.status == 401, "\(path): \(bad.text)")
+                let garbage = try await cluster.http.send(method, path, token: "a.b.c")
+                #expect(garbage.status == 401, "\(path): \(garbage.text)")
+            }
+            let token = try await cluster.adminToken()
+            let known = try await cluster.http.send(.GET, "/api/v1/projects/not-an-id", token: token)
+            #expect(known.status == 400)
+            #expect(known.errorField == "projectId")
+        }
+    }
+
+    @Test("a large body on a sign-in route is refused by its 16 KiB limit, well under 50 ms, before any hashing")
+    func cheapRefusals() async throws {
+        try await TestCluster.run(backend: .sqlite) { cluster in
+            // Under the gateway's 1 MiB default, so that the route's own limit is what refuses them.
+            let big = #"{"email": "a@b.c", "password": "\#(String(repeating: "p", count: (1 << 20) - 100))"}"#
+            let numbers = #"{"email": [\#(Array(repeating: "1", count: 1 << 18).joined(separator: ","))]}"#
+            for body in [big, numbers] {
+                let reply = try await cluster.http.send(.POST, "/api/v1/auth/login", body: body)
+                #expect(reply.status == 413, "\(reply.text)")
+                #expect(reply.errorField == "body")
+            }
+            // What the refusal costs the server: it answers from the headers, without waiting for
+            // (or reading) the megabyte they announce. The least of six tries, so that a loaded
+            // machine's pauses do not count.
+            var fastest = Duration.seconds(60)
+            for _ in 0 ..< 6 {
+                let started = ContinuousClock.now
+                let reply = try await RawHTTP.exchange(
+                    port: cluster.gatewayPort,
+                    head: ["POST /api/v1/auth/login HTTP/1.1", "Host: x", "Content-Type: application/json", "Content-Length: \(big.utf8.count)"]
+                )
+                fastest = min(fastest, ContinuousClock.now - started)
+                #expect(reply.status == 413)
+            }
+            #expect(fastest < .milliseconds(50), "fastest refusal took \(fastest)")
+            // A chunked body without a length is cut off at the limit too.
+            let chunk = String(repeating: "x", count: 20_000)
+            let chunked = try await RawHTTP.exchange(
+                port: cluster.gatewayPort,
+                head: ["POST /api/v1/auth/login HTTP/1.1", "Host: x", "Content-Type: application/json", "Transfer-Encoding: chunked"],
+                rawBody: "\(String(chunk.utf8.count, radix: 16))\r\n\(chunk)\r\n0\r\n\r\n"
+            )
+            #expect(chunked.status == 413)
+            #expect(SparkHTTPRoute.all.first { $0.path == "/api/v1/auth/login" }?.maxBodyBytes == 16384)
+
+            // Over-long fields within the limit are refused before bcrypt, naming the field.
+            let longPassword = try await cluster.http.send(.POST, "/api/v1/auth/login", json: ["email": TestCluster.adminEmail, "password": String(repeating: "p", count: 100)])
+            #expect(longPassword.status == 400)
+            #expect(longPassword.errorField == "password")
+            let longEmail = try await cluster.http.send(.POST, "/api/v1/auth/login", json: ["email": String(repeating: "e", count: 300) + "@x.io", "password": "whatever-password"])
+            #expect(longEmail.status == 400)
+            #expect(longEmail.errorField == "email")
+            // Neither counted as a failed sign-in.
+            let failures = try await cluster.withProjectStore { store in
+                try await store.sql { try await $0.raw("SELECT COUNT(*) AS n FROM login_failures").first()?.decode(column: "n", as: Int.self) ?? 0 }
+            }
+            #expect(failures == 0)
+        }
+    }
+}
