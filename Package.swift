@@ -295,6 +295,7 @@ let package = Package(
                 "SparkTesting",
                 "SparkKit",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "SQLKit", package: "sql-kit"),
             ],
             swiftSettings: swiftSettings
         ),

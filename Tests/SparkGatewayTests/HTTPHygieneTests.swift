@@ -221,4 +221,25 @@ struct HTTPHygieneTests {
             #expect(failures == 0)
         }
     }
+
+    @Test("the OpenAPI document describes the WebSocket endpoints and their messages, and route body limits")
+    func openAPIDocument() throws {
+        let document = try #require(try JSONSerialization.jsonObject(with: Data(SparkOpenAPI.json.utf8)) as? [String: Any])
+        let paths = try #require(document["paths"] as? [String: [String: Any]])
+        let tickets = try #require(paths["/api/v1/ws/tickets"]?["post"] as? [String: Any])
+        #expect((tickets["responses"] as? [String: Any])?["201"] != nil)
+        let socket = try #require(paths["/api/v1/ws"]?["get"] as? [String: Any])
+        #expect((socket["responses"] as? [String: Any])?["101"] != nil)
+        #expect(socket["x-sparkops-websocket"] != nil)
+        let schemas = try #require((document["components"] as? [String: Any])?["schemas"] as? [String: Any])
+        for name in ["sparkops.gateway.WebSocketClientMessage", "sparkops.gateway.WebSocketServerMessage", "sparkops.gateway.WebSocketTicket"] {
+            #expect(schemas[name] != nil, "\(name)")
+        }
+        let clientTypes = ((schemas["sparkops.gateway.WebSocketClientMessage"] as? [String: Any])?["oneOf"] as? [[String: Any]] ?? []).compactMap {
+            (($0["properties"] as? [String: Any])?["type"] as? [String: Any])?["const"] as? String
+        }
+        #expect(Set(clientTypes) == ["auth", "subscribe", "unsubscribe", "ping"])
+        let login = try #require(paths["/api/v1/auth/login"]?["post"] as? [String: Any])
+        #expect(login["x-sparkops-max-body-bytes"] as? Int == 16384)
+    }
 }

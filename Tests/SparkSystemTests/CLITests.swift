@@ -1,4 +1,7 @@
 import Foundation
+import NIOHTTP1
+import SQLKit
+import SparkKit
 import SparkTesting
 import Testing
 
@@ -115,6 +118,38 @@ struct CLITests {
             )
             #expect(unreachable.status != 0)
             #expect(unreachable.output.contains("cannot reach http://127.0.0.1:9"))
+        }
+    }
+
+    @Test("sparkops user unthrottle lets a throttled email sign in again at once")
+    func unthrottle() async throws {
+        try await TestCluster.run(backend: .sqlite, overrides: ["project.loginFailureLimit": "1"]) { cluster in
+            let cli = CLI(url: cluster.baseURL, credentials: "\(cluster.home)/cli/credentials.json")
+            #expect(try await cli("login", "--email", TestCluster.adminEmail, "--password", TestCluster.adminPassword).status == 0)
+            _ = try await cluster.createUser("paused@sparkops.test", adminToken: try await cluster.adminToken())
+            let notThrottled = try await cli("user", "unthrottle", "--email", "paused@sparkops.test")
+            #expect(notThrottled.status == 0)
+            #expect(notThrottled.output.contains("was not throttled"))
+
+            #expect(try await cluster.http.send(.POST, "/api/v1/auth/login", json: ["email": "paused@sparkops.test", "password": "wrong-password-x"]).status == 401)
+            // Stretch the pause to ten minutes, so that only the command can end it within the test.
+            try await cluster.withProjectStore { store in
+                try await store.sql { db in
+                    try await db.raw("UPDATE login_failures SET blocked_until = \(bind: Int64(Date().timeIntervalSince1970 * 1_000_000) + 600_000_000) WHERE email = 'paused@sparkops.test'").run()
+                }
+            }
+            let paused = try await cluster.http.send(.POST, "/api/v1/auth/login", json: ["email": "paused@sparkops.test", "password": "user-password-123"])
+            #expect(paused.status == 429)
+            #expect(Int(paused.headers.first(name: "Retry-After") ?? "") ?? 0 > 500)
+
+            let cleared = try await cli("user", "unthrottle", "--email", "paused@sparkops.test")
+            #expect(cleared.status == 0, "\(cleared.output)")
+            #expect(cleared.output.contains("cleared 1 failed sign-ins"))
+            #expect(try await cluster.http.send(.POST, "/api/v1/auth/login", json: ["email": "paused@sparkops.test", "password": "user-password-123"]).status == 200)
+
+            let badEmail = try await cli("user", "unthrottle", "--email", "nobody")
+            #expect(badEmail.status != 0)
+            #expect(badEmail.output.contains("email"))
         }
     }
 }

@@ -151,6 +151,26 @@ struct BadInputTests {
         }
     }
 
+    @Test("headers that open a lower, never-used stream id are answered with trailers INTERNAL, not silence")
+    func lowerStreamID() async throws {
+        try await self.withServerUnderAttack { port, _ in
+            let client = try await RawWireClient.handshake(port: port, certificates: self.certificates)
+            defer { Task { await client.close() } }
+            let get = "/sparkops.testing.v1.EchoService/Get"
+            try await client.send(WireFrame(streamID: 9, headers: .init(method: get), messages: [ByteBuffer()], endStream: true))
+            try await client.log.wait { frames, _ in frames.contains { $0.streamID == 9 && $0.trailers?.code == 0 } }
+            try await client.send(WireFrame(streamID: 3, headers: .init(method: get), messages: [ByteBuffer()], endStream: true))
+            let frames = try await client.log.wait { frames, _ in frames.contains { $0.streamID == 3 && $0.trailers != nil } }
+            let trailers = try #require(frames.first { $0.streamID == 3 && $0.trailers != nil }?.trailers)
+            #expect(trailers.code == UInt32(Status.Code.internalError.rawValue))
+            #expect(trailers.message.contains("strictly increase"))
+            // Only that call failed: the connection goes on serving higher ids.
+            try await client.send(WireFrame(streamID: 11, headers: .init(method: get), messages: [ByteBuffer()], endStream: true))
+            try await client.log.wait { frames, _ in frames.contains { $0.streamID == 11 && $0.trailers?.code == 0 } }
+            #expect(!client.log.isClosed)
+        }
+    }
+
     @Test("stream rule violations reset only that stream")
     func streamViolations() async throws {
         try await self.withServerUnderAttack(configure: { $0.limits.initialWindow = 4 }) { port, _ in
