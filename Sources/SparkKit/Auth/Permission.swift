@@ -48,9 +48,12 @@ public enum Permission {
         target.rawValue <= caller.rawValue
     }
 
-    /// The lesser of two roles: what a key holds when its creator's role is below the key's.
+    /// The greatest role that holds no permission either role lacks: what a key holds when its
+    /// creator's role is below the key's. `runner` and `approver` sit side by side, so together
+    /// they meet at `viewer`: an approver key of a user who is now a runner may neither approve nor run.
     public static func lesser(_ a: Sparkops_Common_V1_Role, _ b: Sparkops_Common_V1_Role) -> Sparkops_Common_V1_Role {
-        a.rawValue <= b.rawValue ? a : b
+        if Set([a, b]) == [.runner, .approver] { return .viewer }
+        return a.rawValue <= b.rawValue ? a : b
     }
 
     /// The role names users type, such as `editor`.

@@ -52,17 +52,6 @@ final class GatewayAuditor: Service, Sendable {
     func denied(actor: String, route: String, projectID: String, status: String, message: String, ip: String) async {
         let now = Date()
         let key = "\(actor)|\(route)|\(status)|\(projectID)"
-        let first = self.state.withLock { state -> Bool in
-            if var bucket = state.buckets[key], now.timeIntervalSince(bucket.start) < self.interval {
-                bucket.suppressed += 1
-                state.buckets[key] = bucket
-                return false
-            }
-            return true
-        }
-        // An interval that ended (and its count) is written before the new one starts.
-        await self.flush(now: now)
-        guard first else { return }
         let event = Sparkops_Project_V1_AuditEvent.with {
             $0.projectID = projectID
             $0.actor = actor
@@ -72,10 +61,21 @@ final class GatewayAuditor: Service, Sendable {
             $0.ip = ip
             $0.detail = "\(status): \(message)"
         }
-        self.state.withLock { state in
+        enum Step { case counted, first(ended: Bucket?) }
+        let step = self.state.withLock { state -> Step in
+            if var bucket = state.buckets[key], now.timeIntervalSince(bucket.start) < self.interval {
+                bucket.suppressed += 1
+                state.buckets[key] = bucket
+                return .counted
+            }
+            // A new interval: the previous one's count (if the timer has not written it) goes first.
+            let ended = state.buckets[key].flatMap { $0.suppressed > 0 ? $0 : nil }
             if state.buckets.count > 10_000 { state.buckets.removeAll() }
             state.buckets[key] = Bucket(event: event, start: now, suppressed: 0)
+            return .first(ended: ended)
         }
+        guard case .first(let ended) = step else { return }
+        if let ended { await self.record(self.summary(of: ended)) }
         await self.record(event)
     }
 
@@ -108,10 +108,14 @@ final class GatewayAuditor: Service, Sendable {
             return ended.values.filter { $0.suppressed > 0 }
         }
         for bucket in ended {
-            var event = bucket.event
-            event.detail = "\(bucket.event.detail) (\(bucket.suppressed) more times in the \(Int(self.interval)) s from \(ISO8601DateFormatter().string(from: bucket.start)))"
-            await self.record(event)
+            await self.record(self.summary(of: bucket))
         }
+    }
+
+    private func summary(of bucket: Bucket) -> Sparkops_Project_V1_AuditEvent {
+        var event = bucket.event
+        event.detail = "\(bucket.event.detail) (\(bucket.suppressed) more times in the \(Int(self.interval)) s from \(ISO8601DateFormatter().string(from: bucket.start)))"
+        return event
     }
 
     private func record(_ event: Sparkops_Project_V1_AuditEvent) async {
