@@ -19,6 +19,7 @@ let package = Package(
         .library(name: "SparkProto", targets: ["SparkProto"]),
         .library(name: "SparkKit", targets: ["SparkKit"]),
         .library(name: "SparkTesting", targets: ["SparkTesting"]),
+        .library(name: "SparkExpr", targets: ["SparkExpr"]),
     ],
     dependencies: [
         .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.3"),
@@ -49,6 +50,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-system.git", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
     ],
     targets: [
         // The transport: frames, TLS, streams, flow control, pool. Knows GRPCCore, not our protos.
@@ -78,6 +80,8 @@ let package = Package(
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
+        // The expression language of workflow templates and policy rules: parser, checker, evaluator.
+        .target(name: "SparkExpr", swiftSettings: swiftSettings),
         // What every service shares.
         .target(
             name: "SparkKit",
@@ -287,6 +291,11 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "SparkExprTests",
+            dependencies: ["SparkExpr", .product(name: "PropertyBased", package: "swift-property-based")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
