@@ -20,6 +20,7 @@ let package = Package(
         .library(name: "SparkKit", targets: ["SparkKit"]),
         .library(name: "SparkTesting", targets: ["SparkTesting"]),
         .library(name: "SparkExpr", targets: ["SparkExpr"]),
+        .library(name: "SparkWorkflow", targets: ["SparkWorkflow"]),
     ],
     dependencies: [
         .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.3"),
@@ -51,6 +52,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system.git", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
         // The transport: frames, TLS, streams, flow control, pool. Knows GRPCCore, not our protos.
@@ -82,6 +84,13 @@ let package = Package(
         ),
         // The expression language of workflow templates and policy rules: parser, checker, evaluator.
         .target(name: "SparkExpr", swiftSettings: swiftSettings),
+        // Workflow definitions (YAML or JSON): reading with line and column, validation, canonical
+        // form; shared by the workflow and run services.
+        .target(
+            name: "SparkWorkflow",
+            dependencies: ["SparkExpr", .product(name: "Yams", package: "Yams"), .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: swiftSettings
+        ),
         // What every service shares.
         .target(
             name: "SparkKit",
@@ -296,6 +305,11 @@ let package = Package(
         .testTarget(
             name: "SparkExprTests",
             dependencies: ["SparkExpr", .product(name: "PropertyBased", package: "swift-property-based")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "SparkWorkflowTests",
+            dependencies: ["SparkWorkflow", "SparkExpr"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

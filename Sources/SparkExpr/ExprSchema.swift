@@ -121,7 +121,7 @@ struct ExprChecker {
             if let field = fields[name] { return field }
             let known = fields.keys.sorted()
             var message = path.map { "unknown name \(name.debugDescription) in \($0)" } ?? "unknown name \(name.debugDescription)"
-            if let suggestion = Self.closest(to: name, in: known) {
+            if let suggestion = NameSuggestion.closest(to: name, in: known) {
                 message += "; did you mean \(suggestion.debugDescription)?"
             } else if !known.isEmpty {
                 message += "; known: \(known.prefix(20).joined(separator: ", "))"
@@ -227,14 +227,19 @@ struct ExprChecker {
         case .map: return .map(.any)
         }
     }
+}
 
-    /// The known name nearest to `name` by edit distance, if it is near enough to be a typo.
-    static func closest(to name: String, in known: [String]) -> String? {
+/// "Did you mean …?": the known name nearest to a mistyped one.
+public enum NameSuggestion {
+    /// The name in `known` nearest to `name` by edit distance, if it is near enough to be a typo
+    /// (at most a third of its letters, and at least one, differ).
+    public static func closest(to name: String, in known: [String]) -> String? {
         let scored = known.map { ($0, Self.distance(Array(name), Array($0))) }
         guard let best = scored.min(by: { $0.1 < $1.1 }), best.1 <= max(1, name.count / 3) else { return nil }
         return best.0
     }
 
+    /// Levenshtein distance.
     static func distance(_ a: [Character], _ b: [Character]) -> Int {
         guard !a.isEmpty else { return b.count }
         guard !b.isEmpty else { return a.count }

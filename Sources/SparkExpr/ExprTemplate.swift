@@ -112,8 +112,9 @@ public struct ExprTemplate: Sendable, Hashable {
 }
 
 extension Expr {
-    /// The same tree, its locations read as relative to `base`.
-    func relocated(by base: SourceLocation) -> Expr {
+    /// The same tree, its locations read as relative to `base` (where its source starts in a
+    /// larger text, such as a YAML file).
+    public func relocated(by base: SourceLocation) -> Expr {
         var copy = self
         copy.location = self.location.offset(by: base)
         switch self.kind {

@@ -1,0 +1,66 @@
+import Crypto
+public import SparkExpr
+
+extension WorkflowDefinition {
+    /// The definition as one JSON value with every default written out and keys sorted: what a
+    /// version stores, and what two equivalent files (YAML or JSON, any layout, any key order,
+    /// defaults left out or spelt out) have in common.
+    public var canonicalValue: ExprValue {
+        .map([
+            "name": .string(self.name),
+            "description": .string(self.description),
+            "inputs": .map(Dictionary(uniqueKeysWithValues: self.inputs.map { input in
+                var fields: [String: ExprValue] = [
+                    "type": .string(input.type.rawValue),
+                    "required": .bool(input.required),
+                    "description": .string(input.description),
+                ]
+                if let value = input.defaultValue { fields["default"] = value }
+                return (input.name, .map(fields))
+            })),
+            "steps": .list(self.steps.map(\.canonicalValue)),
+            "outputs": .map(Dictionary(self.outputs.map { ($0.name, .string($0.template)) }, uniquingKeysWith: { first, _ in first })),
+        ])
+    }
+
+    /// Compact JSON of ``canonicalValue``.
+    public var canonicalJSON: String { self.canonicalValue.jsonText }
+
+    /// `sha256:` and the hex SHA-256 of ``canonicalJSON``: a version's identity. Applying a
+    /// definition with the same hash creates no new version.
+    public var contentHash: String {
+        let digest = SHA256.hash(data: Array(self.canonicalJSON.utf8))
+        return "sha256:" + digest.map { byte in
+            let hex = String(byte, radix: 16)
+            return hex.count == 1 ? "0" + hex : hex
+        }.joined()
+    }
+}
+
+extension WorkflowStep {
+    var canonicalValue: ExprValue {
+        var fields: [String: ExprValue] = [
+            "id": .string(self.id),
+            "needs": .list(self.needs.map(ExprValue.string)),
+            "with": self.with,
+            "on_error": .string(self.onError.rawValue),
+            "retry": .map([
+                "max_attempts": .int(Int64(self.retry.maxAttempts)),
+                "backoff": .string(self.retry.backoff.rawValue),
+                "initial": .string(self.retry.initial.description),
+                "max": .string(self.retry.maximum.description),
+            ]),
+        ]
+        switch self.kind {
+        case .tool(let name): fields["tool"] = .string(name)
+        case .agent(let name): fields["agent"] = .string(name)
+        case .approval(let approval):
+            var spec: [String: ExprValue] = ["approvers": .list(approval.approvers.map(ExprValue.string)), "message": .string(approval.message)]
+            if let timeout = approval.timeout { spec["timeout"] = .string(timeout.description) }
+            fields["approval"] = .map(spec)
+        }
+        if let when = self.when { fields["when"] = .string(when) }
+        if let timeout = self.timeout { fields["timeout"] = .string(timeout.description) }
+        return .map(fields)
+    }
+}
