@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 import NIOPosix
 
 #if canImport(Glibc)
@@ -56,7 +56,7 @@ public struct SparkWireEndpoint: Hashable, Sendable, CustomStringConvertible {
 
     /// Every address the host resolves to, IPv4 and IPv6, without duplicates. Runs getaddrinfo on
     /// NIO's thread pool, never on an event loop.
-    func resolve() async throws -> [SocketAddress] {
+    public func resolve() async throws -> [SocketAddress] {
         let host = self.host
         let port = self.port
         return try await NIOThreadPool.singleton.runIfActive {
