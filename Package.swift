@@ -15,6 +15,7 @@ let package = Package(
         .executable(name: "sparkops", targets: ["sparkops"]),
         .executable(name: "sparkops-gateway", targets: ["sparkops-gateway"]),
         .executable(name: "sparkops-project", targets: ["sparkops-project"]),
+        .executable(name: "sparkops-workflow", targets: ["sparkops-workflow"]),
         .library(name: "SparkWire", targets: ["SparkWire"]),
         .library(name: "SparkProto", targets: ["SparkProto"]),
         .library(name: "SparkKit", targets: ["SparkKit"]),
@@ -151,6 +152,29 @@ let package = Package(
             path: "services/project/Sources/sparkops-project",
             swiftSettings: swiftSettings
         ),
+        // The workflow service: definitions and their content-hashed versions.
+        .target(
+            name: "SparkWorkflowService",
+            dependencies: [
+                "SparkKit",
+                "SparkProto",
+                "SparkWire",
+                "SparkWorkflow",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "SQLKit", package: "sql-kit"),
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "services/workflow/Sources/SparkWorkflowService",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "sparkops-workflow",
+            dependencies: ["SparkRuntime", "SparkKit"],
+            path: "services/workflow/Sources/sparkops-workflow",
+            swiftSettings: swiftSettings
+        ),
         // The HTTP/JSON and WebSocket edge.
         .target(
             name: "SparkGateway",
@@ -187,6 +211,7 @@ let package = Package(
                 "SparkKit",
                 "SparkWire",
                 "SparkProjectService",
+                "SparkWorkflowService",
                 "SparkGateway",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),

@@ -5,6 +5,7 @@ public import ServiceLifecycle
 public import SparkKit
 import SparkGateway
 import SparkProjectService
+import SparkWorkflowService
 import SparkWire
 import UnixSignals
 
@@ -24,7 +25,9 @@ public enum SparkRuntime {
             return try await Gateway.services(host: host, config: config, logger: logger)
         case .project:
             return ServiceHost.services(try await ProjectService.definition(host: host, config: config, logger: logger), config: host, logger: logger)
-        case .agent, .workflow, .run, .tool, .policy, .budget, .scheduler:
+        case .workflow:
+            return ServiceHost.services(try await WorkflowService.definition(host: host, config: config, logger: logger), config: host, logger: logger)
+        case .agent, .run, .tool, .policy, .budget, .scheduler:
             throw SparkConfigurationError("the \(service.rawValue) service is not available yet; available: \(ServiceName.available.map(\.rawValue).joined(separator: ", "))")
         }
     }
@@ -49,8 +52,13 @@ public enum SparkRuntime {
     /// Applies every pending migration of the services that own a database, then returns.
     public static func migrate(_ names: [ServiceName], host: HostConfig, config: ConfigReader, logger: Logger) async throws -> [String: [String]] {
         var applied: [String: [String]] = [:]
-        for name in names where name == .project {
-            let definition = try await ProjectService.definition(host: host, config: config, logger: logger)
+        for name in names {
+            let definition: ServiceDefinition
+            switch name {
+            case .project: definition = try await ProjectService.definition(host: host, config: config, logger: logger)
+            case .workflow: definition = try await WorkflowService.definition(host: host, config: config, logger: logger)
+            default: continue
+            }
             guard let store = definition.store else { continue }
             applied[name.rawValue] = try await withThrowingTaskGroup(of: [String]?.self) { group in
                 group.addTask {

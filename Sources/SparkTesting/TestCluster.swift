@@ -27,6 +27,8 @@ public struct TestCluster: Sendable {
     public let gatewayPort: Int
     public let gatewayAdminPort: Int
     public let projectAdminPort: Int
+    /// The admin port (`/readyz`) of every service but the gateway.
+    public let serviceAdminPorts: [ServiceName: Int]
     public let http: HTTPTestClient
     public let hostConfig: HostConfig
 
@@ -42,18 +44,24 @@ public struct TestCluster: Sendable {
         try await backend.withDatabase { databaseURL in
             let home = FileManager.default.temporaryDirectory.appending(path: "sparkops-cluster-\(UUID().uuidString)").path
             defer { try? FileManager.default.removeItem(atPath: home) }
-            let ports = (gateway: try await FreePort.allocate(), gatewayAdmin: try await FreePort.allocate(), project: try await FreePort.allocate(), projectAdmin: try await FreePort.allocate())
+            let ports = (gateway: try await FreePort.allocate(), gatewayAdmin: try await FreePort.allocate())
             var settings: [String: String] = [
                 "home": home,
                 "gateway.port": "\(ports.gateway)",
                 "gateway.adminPort": "\(ports.gatewayAdmin)",
-                "project.port": "\(ports.project)",
-                "project.adminPort": "\(ports.projectAdmin)",
                 "project.bcryptCost": "4",
                 "admin.email": Self.adminEmail,
                 "admin.password": Self.adminPassword,
                 "log.level": ProcessInfo.processInfo.environment["SPARKOPS_TEST_LOG_LEVEL"] ?? "warning",
             ]
+            // Every service on ports of its own, so that clusters side by side do not meet.
+            var adminPorts: [ServiceName: Int] = [:]
+            for name in ServiceName.available where name != .gateway {
+                settings["\(name.rawValue).port"] = "\(try await FreePort.allocate())"
+                let admin = try await FreePort.allocate()
+                settings["\(name.rawValue).adminPort"] = "\(admin)"
+                adminPorts[name] = admin
+            }
             if let databaseURL { settings["database.url"] = databaseURL }
             if let redis = backend.redisURL {
                 settings["redis.url"] = redis
@@ -85,7 +93,8 @@ public struct TestCluster: Sendable {
                 databaseURL: databaseURL,
                 gatewayPort: ports.gateway,
                 gatewayAdminPort: ports.gatewayAdmin,
-                projectAdminPort: ports.projectAdmin,
+                projectAdminPort: adminPorts[.project]!,
+                serviceAdminPorts: adminPorts,
                 http: HTTPTestClient(baseURL: "http://127.0.0.1:\(ports.gateway)"),
                 hostConfig: host
             )
@@ -118,23 +127,28 @@ public struct TestCluster: Sendable {
     /// Waits (bounded) until the project service has migrated and the gateway is connected to it,
     /// as an operator's readiness probe would.
     func waitUntilReady(unless ended: GroupEnd) async throws {
-        let project = HTTPTestClient(baseURL: "http://127.0.0.1:\(self.projectAdminPort)")
-        let gateway = HTTPTestClient(baseURL: "http://127.0.0.1:\(self.gatewayAdminPort)")
+        let probes = [("gateway", self.gatewayAdminPort)] + self.serviceAdminPorts.map { ($0.key.rawValue, $0.value) }.sorted { $0.0 < $1.0 }
         let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {
             if let reason = ended.reason {
                 throw TestSetupError(description: "SparkOps stopped while starting: \(reason)")
             }
-            if let ready = try? await project.send(.GET, "/readyz"), ready.status == 200,
-                let connected = try? await gateway.send(.GET, "/readyz"), connected.status == 200
-            {
-                return
+            var allReady = true
+            for (_, port) in probes {
+                guard let ready = try? await HTTPTestClient(baseURL: "http://127.0.0.1:\(port)").send(.GET, "/readyz"), ready.status == 200 else {
+                    allReady = false
+                    break
+                }
             }
+            if allReady { return }
             try await Task.sleep(for: .milliseconds(50))
         }
-        let projectReady = (try? await project.send(.GET, "/readyz"))?.status
-        let gatewayReady = (try? await gateway.send(.GET, "/readyz"))?.status
-        throw TestSetupError(description: "SparkOps did not become ready within 30 s: project admin :\(self.projectAdminPort) /readyz \(projectReady.map(String.init) ?? "no answer"), gateway admin :\(self.gatewayAdminPort) /readyz \(gatewayReady.map(String.init) ?? "no answer")")
+        var states: [String] = []
+        for (name, port) in probes {
+            let status = (try? await HTTPTestClient(baseURL: "http://127.0.0.1:\(port)").send(.GET, "/readyz"))?.status
+            states.append("\(name) admin :\(port) /readyz \(status.map(String.init) ?? "no answer")")
+        }
+        throw TestSetupError(description: "SparkOps did not become ready within 30 s: \(states.joined(separator: ", "))")
     }
 
     /// Logs in and returns the session's JSON.

@@ -90,6 +90,7 @@ struct HTTPHygieneTests {
             for route in SparkHTTPRoute.all where route.hasBody {
                 var path = route.path.replacingOccurrences(of: "{project_id}", with: project)
                 path = path.replacingOccurrences(of: "{user_id}", with: SparkID.make("usr"))
+                path = path.replacingOccurrences(of: "{workflow_id}", with: SparkID.make("wf"))
                 let reply = try await cluster.http.send(HTTPMethod(rawValue: route.verb.rawValue), path, token: route.isPublic ? nil : token)
                 #expect(reply.status == 400, "\(route.verb.rawValue) \(route.path): \(reply.status) \(reply.text)")
                 #expect(reply.errorField == "body", "\(route.path)")

@@ -13,6 +13,7 @@ struct DistributedTests {
         let gatewayPort: Int
         let gatewayAdminPort: Int
         let projectAdminPort: Int
+        let workflowAdminPort: Int
         let settings: [String]
 
         static func make(databaseURL: String?, redisURL: String?) async throws -> Deployment {
@@ -20,7 +21,8 @@ struct DistributedTests {
             try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
             let ports = (
                 gateway: try await FreePort.allocate(), gatewayAdmin: try await FreePort.allocate(),
-                project: try await FreePort.allocate(), projectAdmin: try await FreePort.allocate()
+                project: try await FreePort.allocate(), projectAdmin: try await FreePort.allocate(),
+                workflow: try await FreePort.allocate(), workflowAdmin: try await FreePort.allocate()
             )
             var settings = [
                 "home=\(home)",
@@ -28,6 +30,8 @@ struct DistributedTests {
                 "gateway.adminPort=\(ports.gatewayAdmin)",
                 "project.port=\(ports.project)",
                 "project.adminPort=\(ports.projectAdmin)",
+                "workflow.port=\(ports.workflow)",
+                "workflow.adminPort=\(ports.workflowAdmin)",
                 "project.bcryptCost=4",
                 "admin.email=\(TestCluster.adminEmail)",
                 "admin.password=\(TestCluster.adminPassword)",
@@ -40,7 +44,7 @@ struct DistributedTests {
             }
             return Deployment(
                 home: home, gatewayPort: ports.gateway, gatewayAdminPort: ports.gatewayAdmin,
-                projectAdminPort: ports.projectAdmin, settings: settings
+                projectAdminPort: ports.projectAdmin, workflowAdminPort: ports.workflowAdmin, settings: settings
             )
         }
 
@@ -50,10 +54,11 @@ struct DistributedTests {
             try ServiceProcess(executable, self.settings.flatMap { ["--set", $0] }, logDirectory: self.home)
         }
 
-        /// Starts the project service and the gateway and waits (bounded) until both report ready.
+        /// Starts the project service, the gateway and the workflow service (in that order in the
+        /// result) and waits (bounded) until all report ready.
         func startAll() async throws -> [ServiceProcess] {
-            let processes = [try self.start("sparkops-project"), try self.start("sparkops-gateway")]
-            let probes = [self.projectAdminPort, self.gatewayAdminPort].map { HTTPTestClient(baseURL: "http://127.0.0.1:\($0)") }
+            let processes = [try self.start("sparkops-project"), try self.start("sparkops-gateway"), try self.start("sparkops-workflow")]
+            let probes = [self.projectAdminPort, self.gatewayAdminPort, self.workflowAdminPort].map { HTTPTestClient(baseURL: "http://127.0.0.1:\($0)") }
             let deadline = ContinuousClock.now + .seconds(60)
             while ContinuousClock.now < deadline {
                 if let exited = processes.first(where: { !$0.isRunning }) {
@@ -72,14 +77,14 @@ struct DistributedTests {
         }
     }
 
-    @Test("project service and gateway serve as two processes, stop gracefully and keep their data across restarts", arguments: TestBackend.all)
+    @Test("project service, workflow service and gateway serve as separate processes, stop gracefully and keep their data across restarts", arguments: TestBackend.all)
     func twoProcesses(backend: TestBackend) async throws {
         try await backend.withDatabase { databaseURL in
             let deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: backend.redisURL)
             defer { try? FileManager.default.removeItem(atPath: deployment.home) }
 
             let certs = try await ServiceProcess.run(
-                "sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project"]
+                "sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow"]
             )
             #expect(certs.status == 0, "\(certs.output)")
 
@@ -144,7 +149,7 @@ struct DistributedTests {
     func peerOutage() async throws {
         let deployment = try await Deployment.make(databaseURL: nil, redisURL: nil)
         defer { try? FileManager.default.removeItem(atPath: deployment.home) }
-        _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project"])
+        _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow"])
         let processes = try await deployment.startAll()
         let token = try #require(try await deployment.gateway.send(
             .POST, "/api/v1/auth/login", json: ["email": TestCluster.adminEmail, "password": TestCluster.adminPassword]
@@ -173,6 +178,7 @@ struct DistributedTests {
         #expect(recovered, "the gateway did not reconnect:\n\(processes[1].output)")
         #expect(await project.stop() == 0)
         #expect(await processes[1].stop() == 0)
+        #expect(await processes[2].stop() == 0)
     }
 
     @Test(
@@ -184,7 +190,7 @@ struct DistributedTests {
         try await backend.withDatabase { databaseURL in
             let deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: backend.redisURL)
             defer { try? FileManager.default.removeItem(atPath: deployment.home) }
-            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project"])
+            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow"])
             var processes = try await deployment.startAll()
             // A second gateway replica sharing the same project service and Redis.
             let (secondPort, secondAdminPort) = (try await FreePort.allocate(), try await FreePort.allocate())

@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-services=(project gateway)
+services=(project workflow gateway)
 home=${SPARKOPS_HOME:-.sparkops-distributed}
 configuration=${CONFIGURATION:-debug}
 
@@ -40,10 +40,10 @@ for service in "${services[@]}"; do
 	echo "sparkops-$service: pid $!, log $home/logs/$service.log"
 done
 
-# Ready when every admin listener says so (project: migrated; gateway: connected to its peers).
+# Ready when every admin listener says so (services: migrated; gateway: connected to its peers).
 for _ in $(seq 1 120); do
 	ready=1
-	for port in 9001 9000; do
+	for port in 9001 9003 9000; do
 		curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz" 2>/dev/null || ready=0
 	done
 	[ $ready = 1 ] && break
@@ -52,5 +52,5 @@ for _ in $(seq 1 120); do
 done
 [ $ready = 1 ] || { echo "not ready after 60 s; see $home/logs" >&2; exit 1; }
 grep -h -B1 "  password: " "$home/logs/project.log" || true
-echo "SparkOps (distributed): API on http://localhost:8000, metrics on :9000 (gateway) and :9001 (project). Ctrl-C stops."
+echo "SparkOps (distributed): API on http://localhost:8000, metrics on :9000 (gateway), :9001 (project) and :9003 (workflow). Ctrl-C stops."
 wait

@@ -40,17 +40,20 @@ public struct GRPCClientService<Transport: ClientTransport>: ServiceLifecycle.Se
 /// SparkWire clients to the other services, one per peer, made on first use.
 public final class PeerClients: Sendable {
     public let clients: [ServiceName: GRPCClient<SparkWireClientTransport>]
-    private let transports: [SparkWireClientTransport]
+    private let transports: [ServiceName: SparkWireClientTransport]
 
     /// Whether every peer has a connection ready for calls.
-    public var allReady: Bool { self.transports.allSatisfy(\.hasReadyConnection) }
+    public var allReady: Bool { self.transports.values.allSatisfy(\.hasReadyConnection) }
+
+    /// Whether `peer` has a connection ready for calls.
+    public func isReady(_ peer: ServiceName) -> Bool { self.transports[peer]?.hasReadyConnection ?? false }
 
     /// - Parameters:
     ///   - caller: the calling service, whose certificate the clients present.
     ///   - peers: the services it calls.
     public init(caller: ServiceName, peers: [ServiceName], config: HostConfig) throws {
         var clients: [ServiceName: GRPCClient<SparkWireClientTransport>] = [:]
-        var transports: [SparkWireClientTransport] = []
+        var transports: [ServiceName: SparkWireClientTransport] = [:]
         for peer in peers {
             let transport = try SparkWireClientTransport(config: .init(
                 endpoints: config.listener(peer).address,
@@ -59,7 +62,7 @@ public final class PeerClients: Sendable {
                 methods: SparkProtoMethods.all
             ))
             clients[peer] = GRPCClient(transport: transport)
-            transports.append(transport)
+            transports[peer] = transport
         }
         self.clients = clients
         self.transports = transports

@@ -466,5 +466,221 @@ extension SparkHTTPRoute {
                 ) { response in try response.message }
             }
         ),
+        SparkHTTPRoute(
+            verb: .post,
+            path: "/api/v1/projects/{project_id}/workflows",
+            pathFields: ["project_id": "projectId"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 0,
+            permission: "workflow.write",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 201,
+            service: "workflow",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "CreateWorkflow"),
+            decodeRequest: { bytes, options in try Sparkops_Workflow_V1_CreateWorkflowRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Workflow_V1_CreateWorkflowRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "CreateWorkflow"),
+                    serializer: ProtobufSerializer<Sparkops_Workflow_V1_CreateWorkflowRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Workflow_V1_ApplyWorkflowResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .post,
+            path: "/api/v1/projects/{project_id}/workflows/apply",
+            pathFields: ["project_id": "projectId"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 0,
+            permission: "workflow.write",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "workflow",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ApplyWorkflow"),
+            decodeRequest: { bytes, options in try Sparkops_Workflow_V1_ApplyWorkflowRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Workflow_V1_ApplyWorkflowRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ApplyWorkflow"),
+                    serializer: ProtobufSerializer<Sparkops_Workflow_V1_ApplyWorkflowRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Workflow_V1_ApplyWorkflowResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .post,
+            path: "/api/v1/projects/{project_id}/workflows/validate",
+            pathFields: ["project_id": "projectId"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 0,
+            permission: "workflow.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "workflow",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ValidateWorkflow"),
+            decodeRequest: { bytes, options in try Sparkops_Workflow_V1_ValidateWorkflowRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Workflow_V1_ValidateWorkflowRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ValidateWorkflow"),
+                    serializer: ProtobufSerializer<Sparkops_Workflow_V1_ValidateWorkflowRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Workflow_V1_ValidateWorkflowResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/workflows/{workflow_id}",
+            pathFields: ["project_id": "projectId", "workflow_id": "workflowId"],
+            queryFields: [:],
+            hasBody: false,
+            maxBodyBytes: 0,
+            permission: "workflow.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "workflow",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "GetWorkflow"),
+            decodeRequest: { bytes, options in try Sparkops_Workflow_V1_GetWorkflowRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Workflow_V1_GetWorkflowRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "GetWorkflow"),
+                    serializer: ProtobufSerializer<Sparkops_Workflow_V1_GetWorkflowRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Workflow_V1_Workflow>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/workflows",
+            pathFields: ["project_id": "projectId"],
+            queryFields: ["page_size": .init(jsonName: "pageSize", kind: .integer), "page_token": .init(jsonName: "pageToken", kind: .string)],
+            hasBody: false,
+            maxBodyBytes: 0,
+            permission: "workflow.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "workflow",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ListWorkflows"),
+            decodeRequest: { bytes, options in try Sparkops_Workflow_V1_ListWorkflowsRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Workflow_V1_ListWorkflowsRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ListWorkflows"),
+                    serializer: ProtobufSerializer<Sparkops_Workflow_V1_ListWorkflowsRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Workflow_V1_ListWorkflowsResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .patch,
+            path: "/api/v1/projects/{project_id}/workflows/{workflow_id}",
+            pathFields: ["project_id": "projectId", "workflow_id": "workflowId"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 0,
+            permission: "workflow.write",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "workflow",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "UpdateWorkflow"),
+            decodeRequest: { bytes, options in try Sparkops_Workflow_V1_UpdateWorkflowRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Workflow_V1_UpdateWorkflowRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "UpdateWorkflow"),
+                    serializer: ProtobufSerializer<Sparkops_Workflow_V1_UpdateWorkflowRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Workflow_V1_UpdateWorkflowResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .delete,
+            path: "/api/v1/projects/{project_id}/workflows/{workflow_id}",
+            pathFields: ["project_id": "projectId", "workflow_id": "workflowId"],
+            queryFields: [:],
+            hasBody: false,
+            maxBodyBytes: 0,
+            permission: "workflow.write",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "workflow",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "DeleteWorkflow"),
+            decodeRequest: { bytes, options in try Sparkops_Workflow_V1_DeleteWorkflowRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Workflow_V1_DeleteWorkflowRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "DeleteWorkflow"),
+                    serializer: ProtobufSerializer<Sparkops_Workflow_V1_DeleteWorkflowRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Workflow_V1_DeleteWorkflowResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/workflows/{workflow_id}/versions/{version}",
+            pathFields: ["project_id": "projectId", "workflow_id": "workflowId", "version": "version"],
+            queryFields: [:],
+            hasBody: false,
+            maxBodyBytes: 0,
+            permission: "workflow.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "workflow",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "GetWorkflowVersion"),
+            decodeRequest: { bytes, options in try Sparkops_Workflow_V1_GetWorkflowVersionRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Workflow_V1_GetWorkflowVersionRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "GetWorkflowVersion"),
+                    serializer: ProtobufSerializer<Sparkops_Workflow_V1_GetWorkflowVersionRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Workflow_V1_WorkflowVersion>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/workflows/{workflow_id}/versions",
+            pathFields: ["project_id": "projectId", "workflow_id": "workflowId"],
+            queryFields: ["page_size": .init(jsonName: "pageSize", kind: .integer), "page_token": .init(jsonName: "pageToken", kind: .string)],
+            hasBody: false,
+            maxBodyBytes: 0,
+            permission: "workflow.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "workflow",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ListWorkflowVersions"),
+            decodeRequest: { bytes, options in try Sparkops_Workflow_V1_ListWorkflowVersionsRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Workflow_V1_ListWorkflowVersionsRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ListWorkflowVersions"),
+                    serializer: ProtobufSerializer<Sparkops_Workflow_V1_ListWorkflowVersionsRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Workflow_V1_ListWorkflowVersionsResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
     ]
 }

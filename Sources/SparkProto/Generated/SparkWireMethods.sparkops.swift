@@ -189,5 +189,59 @@ public enum SparkProtoMethods {
             responseStreaming: true,
             idempotency: .unknown
         ),
+        SparkWireMethod(
+            path: "/sparkops.workflow.v1.WorkflowService/CreateWorkflow",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.workflow.v1.WorkflowService/ApplyWorkflow",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.workflow.v1.WorkflowService/ValidateWorkflow",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.workflow.v1.WorkflowService/GetWorkflow",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.workflow.v1.WorkflowService/ListWorkflows",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.workflow.v1.WorkflowService/UpdateWorkflow",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.workflow.v1.WorkflowService/DeleteWorkflow",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.workflow.v1.WorkflowService/GetWorkflowVersion",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.workflow.v1.WorkflowService/ListWorkflowVersions",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
     ]
 }

@@ -23,7 +23,8 @@ public enum Gateway {
         var logger = logger
         logger[metadataKey: "service"] = "gateway"
         let gatewayConfig = try GatewayConfig(config: config)
-        let peers = try PeerClients(caller: .gateway, peers: [.project], config: host)
+        // Every available service behind the gateway; it is ready once connected to all of them.
+        let peers = try PeerClients(caller: .gateway, peers: ServiceName.available.filter { $0 != .gateway }, config: host)
         var services: [any ServiceLifecycle.Service] = peers.services
         let limiter: any RateLimiter
         let tickets: any TicketStore

@@ -2,6 +2,7 @@ import Foundation
 import SQLKit
 import SparkKit
 import SparkProto
+import SwiftProtobuf
 
 /// Rows of the project service's tables.
 struct UserRow: Sendable {
@@ -420,18 +421,5 @@ struct ProjectStore: Sendable {
                 $0.detail = try row.decode(column: "detail", as: String.self)
             }
         }
-    }
-}
-
-import SwiftProtobuf
-
-extension Google_Protobuf_Timestamp {
-    /// A timestamp from microseconds since 1970.
-    init(microseconds: Int64) {
-        self.init(seconds: microseconds / 1_000_000, nanos: Int32((microseconds % 1_000_000) * 1000))
-    }
-
-    var microseconds: Int64 {
-        self.seconds * 1_000_000 + Int64(self.nanos / 1000)
     }
 }

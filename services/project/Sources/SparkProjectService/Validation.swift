@@ -43,27 +43,10 @@ enum Validate {
 
     /// A page size in 1…500 (0 means the default of 50), and the id after which the page starts.
     static func page(size: Int32, token: String) throws -> (limit: Int, after: String) {
-        guard size >= 0 && size <= 500 else { throw SparkError.invalid("page_size", "must be between 0 and 500") }
-        var after = ""
-        if !token.isEmpty {
-            guard let data = Data(base64URL: token), let decoded = String(data: data, encoding: .utf8), decoded.allSatisfy({ $0.isASCII && !$0.isWhitespace }) else {
-                throw SparkError.invalid("page_token", "is not a token this list returned")
-            }
-            after = decoded
-        }
-        return (size == 0 ? 50 : Int(size), after)
+        try Paging.parse(size: size, token: token)
     }
 
     static func pageToken(lastID: String?, count: Int, limit: Int) -> String {
-        guard count == limit, let lastID else { return "" }
-        return SparkJWKS.base64URL(Data(lastID.utf8))
-    }
-}
-
-extension Data {
-    init?(base64URL: String) {
-        var base64 = base64URL.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
-        while base64.count % 4 != 0 { base64 += "=" }
-        self.init(base64Encoded: base64)
+        Paging.token(lastID: lastID, count: count, limit: limit)
     }
 }

@@ -1,0 +1,178 @@
+import Foundation
+import NIOHTTP1
+import SQLKit
+import SparkKit
+import SparkTesting
+import Testing
+
+/// The workflow service through the gateway, on every backend.
+@Suite("Workflow API")
+struct WorkflowAPITests {
+    static let definition = """
+        name: research-brief
+        inputs: { topic: { type: string, required: true } }
+        steps:
+          - id: search
+            tool: web-search
+            with: { query: "${{ inputs.topic }}" }
+          - id: draft
+            agent: writer
+            needs: [search]
+            with: { prompt: "Write on ${{ inputs.topic }} from ${{ steps.search.output.results }}" }
+            timeout: 2m
+        outputs: { brief: "${{ steps.draft.output.text }}" }
+        """
+
+    @Test("apply creates version 1; the same definition again changes nothing; a change makes version 2", arguments: TestBackend.all)
+    func versions(backend: TestBackend) async throws {
+        try await TestCluster.run(backend: backend) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await cluster.createProject("flows", token: admin)
+            let base = "/api/v1/projects/\(project)/workflows"
+
+            let first = try await cluster.http.send(.POST, "\(base)/apply", token: admin, json: ["source": Self.definition])
+            #expect(first.status == 200, "\(first.text)")
+            #expect(first.json["created"] as? Bool == true)
+            let workflow = first.json["workflow"] as! [String: Any]
+            let id = workflow["id"] as! String
+            #expect(id.hasPrefix("wf_"))
+            #expect(workflow["latestVersion"] as? Int == 1)
+            let hash = workflow["contentHash"] as! String
+            #expect(hash.hasPrefix("sha256:"))
+
+            // The same workflow reformatted as JSON: no new version.
+            let json = #"{"name": "research-brief", "inputs": {"topic": {"type": "string", "required": true}}, "steps": [{"id": "search", "tool": "web-search", "with": {"query": "${{ inputs.topic }}"}}, {"id": "draft", "agent": "writer", "needs": "search", "timeout": "120s", "with": {"prompt": "Write on ${{ inputs.topic }} from ${{ steps.search.output.results }}"}}], "outputs": {"brief": "${{ steps.draft.output.text }}"}}"#
+            let again = try await cluster.http.send(.POST, "\(base)/apply", token: admin, json: ["source": json])
+            #expect(again.json["created"] as? Bool != true)
+            #expect(again.json["changed"] as? Bool != true)
+            #expect((again.json["version"] as! [String: Any])["version"] as? Int == 1)
+
+            let changed = Self.definition.replacingOccurrences(of: "timeout: 2m", with: "timeout: 5m")
+            let second = try await cluster.http.send(.POST, "\(base)/apply", token: admin, json: ["source": changed])
+            #expect(second.json["changed"] as? Bool == true)
+            #expect((second.json["workflow"] as! [String: Any])["latestVersion"] as? Int == 2)
+            #expect((second.json["workflow"] as! [String: Any])["contentHash"] as? String != hash)
+
+            // Versions stay as they were written.
+            let v1 = try await cluster.http.send(.GET, "\(base)/\(id)/versions/1", token: admin)
+            #expect(v1.status == 200)
+            #expect(v1.json["source"] as? String == Self.definition)
+            #expect(v1.json["contentHash"] as? String == hash)
+            let steps = ((v1.json["definition"] as! [String: Any])["steps"] as! [[String: Any]])
+            #expect(steps.map { $0["id"] as! String } == ["search", "draft"])
+            #expect(steps[1]["timeout"] as? String == "2m")
+            let latest = try await cluster.http.send(.GET, "\(base)/\(id)/versions/latest", token: admin)
+            #expect(latest.json["version"] as? Int == 2)
+            let listed = try await cluster.http.send(.GET, "\(base)/\(id)/versions", token: admin)
+            #expect((listed.json["versions"] as! [[String: Any]]).map { $0["version"] as! Int } == [2, 1])
+            #expect(try await cluster.http.send(.GET, "\(base)/\(id)/versions/3", token: admin).status == 404)
+            #expect(try await cluster.http.send(.GET, "\(base)/\(id)/versions/zero", token: admin).errorField == "version")
+
+            // PATCH: {} changes nothing; a source with another name is refused; the same name makes a version.
+            let nothing = try await cluster.http.send(.PATCH, "\(base)/\(id)", token: admin, json: [:])
+            #expect(nothing.status == 200)
+            #expect(nothing.json["changed"] as? Bool != true)
+            let renamed = try await cluster.http.send(.PATCH, "\(base)/\(id)", token: admin, json: ["source": changed.replacingOccurrences(of: "name: research-brief", with: "name: other")])
+            #expect(renamed.status == 400)
+            #expect(renamed.errorField == "source")
+            let patched = try await cluster.http.send(.PATCH, "\(base)/\(id)", token: admin, json: ["source": Self.definition])
+            #expect((patched.json["version"] as! [String: Any])["version"] as? Int == 3)
+
+            // Create refuses a name that exists; list and get; delete.
+            let duplicate = try await cluster.http.send(.POST, base, token: admin, json: ["source": Self.definition])
+            #expect(duplicate.status == 409)
+            let list = try await cluster.http.send(.GET, base, token: admin)
+            #expect((list.json["workflows"] as! [[String: Any]]).map { $0["name"] as! String } == ["research-brief"])
+            #expect(try await cluster.http.send(.GET, "\(base)/\(id)", token: admin).json["name"] as? String == "research-brief")
+            #expect(try await cluster.http.send(.DELETE, "\(base)/\(id)", token: admin).status == 200)
+            #expect(try await cluster.http.send(.GET, "\(base)/\(id)", token: admin).status == 404)
+            let recreated = try await cluster.http.send(.POST, base, token: admin, json: ["source": Self.definition])
+            #expect(recreated.status == 201)
+
+            let actions = try await cluster.http.send(.GET, "/api/v1/projects/\(project)/audit-events", token: admin)
+            let audited = (actions.json["events"] as! [[String: Any]]).map { $0["action"] as! String }.filter { $0.hasPrefix("workflow.") }
+            #expect(audited == ["workflow.create", "workflow.delete", "workflow.update", "workflow.update", "workflow.create"])
+        }
+    }
+
+    @Test("validation reports every problem with line, column and field, and an invalid definition stores nothing", arguments: TestBackend.all)
+    func validation(backend: TestBackend) async throws {
+        try await TestCluster.run(backend: backend) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await cluster.createProject("checked", token: admin)
+            let base = "/api/v1/projects/\(project)/workflows"
+            let broken = "name: broken\nsteps:\n  - id: a\n    tool: t\n    neds: [b]\n  - id: b\n    tool: t\n    needs: [serch]\n    when: steps.a.status == 1 +\n"
+            let report = try await cluster.http.send(.POST, "\(base)/validate", token: admin, json: ["source": broken])
+            #expect(report.status == 200)
+            #expect(report.json["valid"] as? Bool != true)
+            let problems = report.json["problems"] as! [[String: Any]]
+            #expect(problems.map { "\($0["line"]!):\($0["column"]!) \($0["field"]!)" } == ["5:5 steps[0].neds", "8:13 steps[1].needs[0]", "9:32 steps[1].when"])
+            let good = try await cluster.http.send(.POST, "\(base)/validate", token: admin, json: ["source": Self.definition])
+            #expect(good.json["valid"] as? Bool == true)
+            #expect((good.json["contentHash"] as? String)?.hasPrefix("sha256:") == true)
+
+            for source in [broken, "", "name: x\nsteps: [", String(repeating: "[", count: 300)] {
+                let refused = try await cluster.http.send(.POST, base, token: admin, json: ["source": source])
+                #expect(refused.status == 400, "\(refused.text)")
+                #expect(refused.errorField == "source")
+            }
+            let created = try await cluster.http.send(.POST, base, token: admin, json: ["source": broken])
+            #expect(created.errorMessage?.contains("5:5: steps[0].neds: unknown field \"neds\"; did you mean \"needs\"?") == true, "\(created.text)")
+            // Nothing was stored.
+            let count = try await TestStores.count(cluster, service: "workflow", table: "workflows")
+            #expect(count == 0)
+        }
+    }
+
+    @Test("roles: viewers read, editors write, outsiders see nothing, keys of another project nothing")
+    func roles() async throws {
+        try await TestCluster.run(backend: .sqlite) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await cluster.createProject("guarded", token: admin)
+            let other = try await cluster.createProject("elsewhere", token: admin)
+            let base = "/api/v1/projects/\(project)/workflows"
+            let created = try await cluster.http.send(.POST, base, token: admin, json: ["source": Self.definition])
+            let id = (created.json["workflow"] as! [String: Any])["id"] as! String
+            var tokens: [String: String] = [:]
+            for role in ["viewer", "editor"] {
+                let userID = try await cluster.createUser("\(role)@sparkops.test", adminToken: admin)
+                _ = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/members", token: admin, json: ["userId": userID, "role": "ROLE_\(role.uppercased())"])
+                tokens[role] = try await cluster.login(email: "\(role)@sparkops.test", password: "user-password-123")["accessToken"] as? String
+            }
+            _ = try await cluster.createUser("outsider@sparkops.test", adminToken: admin)
+            let outsider = try await cluster.login(email: "outsider@sparkops.test", password: "user-password-123")["accessToken"] as! String
+            let key = try await cluster.http.send(.POST, "/api/v1/projects/\(other)/api-keys", token: admin, json: ["name": "k", "role": "ROLE_OWNER"])
+            let otherKey = key.json["key"] as! String
+
+            #expect(try await cluster.http.send(.GET, "\(base)/\(id)", token: tokens["viewer"]).status == 200)
+            #expect(try await cluster.http.send(.POST, "\(base)/validate", token: tokens["viewer"], json: ["source": Self.definition]).status == 200)
+            #expect(try await cluster.http.send(.POST, "\(base)/apply", token: tokens["viewer"], json: ["source": Self.definition]).status == 403)
+            #expect(try await cluster.http.send(.DELETE, "\(base)/\(id)", token: tokens["viewer"]).status == 403)
+            #expect(try await cluster.http.send(.POST, "\(base)/apply", token: tokens["editor"], json: ["source": Self.definition]).status == 200)
+            for token in [outsider, otherKey] {
+                #expect(try await cluster.http.send(.GET, "\(base)/\(id)", token: token).status == 404)
+                #expect(try await cluster.http.send(.GET, base, token: token).status == 404)
+            }
+            // A workflow of one project is not found through another.
+            #expect(try await cluster.http.send(.GET, "/api/v1/projects/\(other)/workflows/\(id)", token: admin).status == 404)
+            #expect(try await cluster.http.send(.GET, "\(base)/wf_nonsense", token: admin).errorField == "workflowId")
+        }
+    }
+}
+
+enum TestStores {
+    /// Rows in a table of a service's own database.
+    static func count(_ cluster: TestCluster, service: String, table: String) async throws -> Int {
+        let store = try SparkStore(service: service, location: cluster.hostConfig.storeLocation())
+        return try await withThrowingTaskGroup(of: Int?.self) { group in
+            group.addTask {
+                try await store.run()
+                return nil
+            }
+            defer { group.cancelAll() }
+            return try await store.sql { db in
+                try await db.raw("SELECT COUNT(*) AS n FROM \(unsafeRaw: table)").first()?.decode(column: "n", as: Int.self) ?? 0
+            }
+        }
+    }
+}
