@@ -152,4 +152,46 @@ struct CLITests {
             #expect(badEmail.output.contains("email"))
         }
     }
+
+    @Test("sparkops apply, workflow validate, list and get")
+    func workflows() async throws {
+        try await TestCluster.run(backend: .sqlite) { cluster in
+            let cli = CLI(url: cluster.baseURL, credentials: "\(cluster.home)/cli/credentials.json")
+            #expect(try await cli("login", "--email", TestCluster.adminEmail, "--password", TestCluster.adminPassword).status == 0)
+            let project = try await cli.json("project", "create", "with-workflows")["id"] as! String
+            let directory = "\(cluster.home)/flows"
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let good = "name: nightly\nsteps:\n  - id: fetch\n    tool: http-get\n  - id: sum\n    agent: summarizer\n    needs: [fetch]\n    with: { text: \"${{ steps.fetch.output }}\" }\n"
+            try good.write(toFile: "\(directory)/nightly.yaml", atomically: true, encoding: .utf8)
+            let bad = "\(cluster.home)/bad.yaml"
+            try "name: bad\nsteps:\n  - id: a\n    tool: t\n    neds: [b]\n".write(toFile: bad, atomically: true, encoding: .utf8)
+
+            let invalid = try await cli("workflow", "validate", "-f", bad, "--project", project)
+            #expect(invalid.status != 0)
+            #expect(invalid.output.contains("bad.yaml:5:5: steps[0].neds: unknown field \"neds\"; did you mean \"needs\"?"), "\(invalid.output)")
+            let valid = try await cli("workflow", "validate", "-f", directory, "--project", project)
+            #expect(valid.status == 0, "\(valid.output)")
+            #expect(valid.output.contains("nightly.yaml: valid (sha256:"))
+
+            let applied = try await cli("apply", "-f", directory, "--project", project)
+            #expect(applied.status == 0, "\(applied.output)")
+            #expect(applied.output.contains("created"))
+            let again = try await cli("apply", "-f", directory, "--project", project)
+            #expect(again.output.contains("unchanged"), "\(again.output)")
+            let refused = try await cli("apply", "-f", bad, "--project", project)
+            #expect(refused.status != 0)
+            #expect(refused.output.contains("INVALID_ARGUMENT"))
+
+            let listed = try await cli.json("workflow", "list", "--project", project)
+            let workflows = listed["workflows"] as? [[String: Any]] ?? []
+            #expect(workflows.map { $0["name"] as? String } == ["nightly"])
+            let id = try #require(workflows.first?["id"] as? String)
+            let source = try await cli("workflow", "get", id, "--project", project, "--version", "1")
+            #expect(source.output.contains("# version 1, sha256:"))
+            #expect(source.output.contains("agent: summarizer"))
+            let missing = try await cli("apply", "-f", "\(cluster.home)/nowhere", "--project", project)
+            #expect(missing.status != 0)
+            #expect(missing.output.contains("does not exist"))
+        }
+    }
 }

@@ -1,0 +1,139 @@
+import ArgumentParser
+import Foundation
+import NIOHTTP1
+
+/// `sparkops apply -f FILE|DIR`: every workflow definition in a file, or in the `.yaml`, `.yml`
+/// and `.json` files of a directory, applied to a project (created, or a new version when changed).
+struct ApplyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "apply",
+        abstract: "Apply workflow definitions from a file or a directory (a new version only when one changed)."
+    )
+
+    @Option(name: .shortAndLong, help: "A YAML or JSON file, or a directory of them.") var file: String
+    @Option(help: "The project id.") var project: String
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let api = APIClient(options: self.client)
+        var results: [[String: Any]] = []
+        for path in try WorkflowFiles.list(self.file) {
+            let source = try WorkflowFiles.read(path)
+            do {
+                let applied = try await api.call(.POST, "/api/v1/projects/\(self.project)/workflows/apply", body: ["source": source])
+                let workflow = applied["workflow"] as? [String: Any] ?? [:]
+                let version = applied["version"] as? [String: Any] ?? [:]
+                let outcome = applied["created"] as? Bool == true ? "created" : (applied["changed"] as? Bool == true ? "new version" : "unchanged")
+                results.append([
+                    "file": path, "name": workflow["name"] ?? "", "id": workflow["id"] ?? "",
+                    "version": version["version"] ?? 0, "outcome": outcome,
+                ])
+            } catch let error as APICallError {
+                throw ValidationError("\(path): \(error)")
+            }
+        }
+        Printer.print(["applied": results], format: self.client.output, rows: "applied", columns: [
+            ("file", "file"), ("workflow", "name"), ("id", "id"), ("version", "version"), ("outcome", "outcome"),
+        ])
+    }
+}
+
+struct WorkflowCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "workflow",
+        abstract: "Validate, list and show workflows (apply them with `sparkops apply`).",
+        subcommands: [Validate.self, List.self, Get.self]
+    )
+
+    static let columns: [(title: String, key: String)] = [("id", "id"), ("name", "name"), ("version", "latestVersion"), ("hash", "contentHash"), ("updated", "updateTime")]
+
+    struct Validate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check definitions without storing anything: every problem with its line, column and field."
+        )
+        @Option(name: .shortAndLong, help: "A YAML or JSON file, or a directory of them.") var file: String
+        @Option(help: "The project id.") var project: String
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let api = APIClient(options: self.client)
+            var invalid = 0
+            var reports: [[String: Any]] = []
+            for path in try WorkflowFiles.list(self.file) {
+                let report = try await api.call(.POST, "/api/v1/projects/\(self.project)/workflows/validate", body: ["source": try WorkflowFiles.read(path)])
+                reports.append(["file": path, "report": report])
+                let problems = report["problems"] as? [[String: Any]] ?? []
+                if report["valid"] as? Bool != true { invalid += 1 }
+                if self.client.output == .table {
+                    if problems.isEmpty {
+                        print("\(path): valid (\(report["contentHash"] as? String ?? ""))")
+                    }
+                    for problem in problems {
+                        print("\(path):\(Printer.text(problem["line"])):\(Printer.text(problem["column"])): \(Printer.text(problem["field"])): \(Printer.text(problem["message"]))")
+                    }
+                }
+            }
+            if self.client.output == .json { Printer.print(["files": reports], format: .json, columns: []) }
+            if invalid > 0 { throw ExitCode(1) }
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "A project's workflows.")
+        @Option(help: "The project id.") var project: String
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let page = try await APIClient(options: self.client).call(.GET, "/api/v1/projects/\(self.project)/workflows?page_size=500")
+            Printer.print(page, format: self.client.output, rows: "workflows", columns: WorkflowCommand.columns)
+        }
+    }
+
+    struct Get: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "A workflow, or one of its versions with its source.")
+        @Argument(help: "The workflow id (wf_…).") var workflow: String
+        @Option(help: "The project id.") var project: String
+        @Option(help: "A version number, or latest; prints that version's source.") var version: String?
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let api = APIClient(options: self.client)
+            let base = "/api/v1/projects/\(self.project)/workflows/\(self.workflow)"
+            guard let version = self.version else {
+                Printer.print(try await api.call(.GET, base), format: self.client.output, columns: WorkflowCommand.columns)
+                return
+            }
+            let found = try await api.call(.GET, "\(base)/versions/\(version)")
+            if self.client.output == .json {
+                Printer.print(found, format: .json, columns: [])
+            } else {
+                print("# version \(Printer.text(found["version"])), \(Printer.text(found["contentHash"]))")
+                print(found["source"] as? String ?? "")
+            }
+        }
+    }
+}
+
+enum WorkflowFiles {
+    /// The file itself, or the definition files of a directory, sorted.
+    static func list(_ path: String) throws -> [String] {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw ValidationError("\(path) does not exist")
+        }
+        guard isDirectory.boolValue else { return [path] }
+        let names = try FileManager.default.contentsOfDirectory(atPath: path)
+            .filter { $0.hasSuffix(".yaml") || $0.hasSuffix(".yml") || $0.hasSuffix(".json") }
+            .sorted()
+        guard !names.isEmpty else { throw ValidationError("\(path) holds no .yaml, .yml or .json file") }
+        return names.map { "\(path)/\($0)" }
+    }
+
+    static func read(_ path: String) throws -> String {
+        do {
+            return try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ValidationError("cannot read \(path): \(error.localizedDescription)")
+        }
+    }
+}
