@@ -8,54 +8,36 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("MemberImportVisibility"),
 ]
 
-let package = Package(
-    name: "sparkops",
-    platforms: [.macOS(.v15)],
-    products: [
-        .executable(name: "sparkops", targets: ["sparkops"]),
-        .executable(name: "sparkops-gateway", targets: ["sparkops-gateway"]),
-        .executable(name: "sparkops-project", targets: ["sparkops-project"]),
-        .executable(name: "sparkops-workflow", targets: ["sparkops-workflow"]),
-        .library(name: "SparkWire", targets: ["SparkWire"]),
-        .library(name: "SparkProto", targets: ["SparkProto"]),
-        .library(name: "SparkKit", targets: ["SparkKit"]),
-        .library(name: "SparkTesting", targets: ["SparkTesting"]),
-        .library(name: "SparkExpr", targets: ["SparkExpr"]),
-        .library(name: "SparkWorkflow", targets: ["SparkWorkflow"]),
-    ],
-    dependencies: [
-        .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.3"),
-        .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
-        .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.2"),
-        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
-        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
-        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
-        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
-        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
-        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
-        .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
-        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
-        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
-        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
-        .package(url: "https://github.com/apple/swift-configuration.git", from: "1.4.0"),
-        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
-        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
-        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
-        .package(url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.1"),
-        .package(url: "https://github.com/hummingbird-project/hummingbird-auth.git", from: "2.5.0"),
-        .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.8.0"),
-        .package(url: "https://github.com/vapor/sql-kit.git", from: "3.36.0"),
-        .package(url: "https://github.com/vapor/sqlite-kit.git", from: "4.5.2"),
-        .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
-        .package(url: "https://github.com/vapor/postgres-kit.git", from: "2.17.0"),
-        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
-        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
-        .package(url: "https://github.com/apple/swift-system.git", from: "1.8.1"),
-        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
-        .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
-        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
-    ],
-    targets: [
+/// What every service module depends on.
+let serviceDependencies: [Target.Dependency] = [
+    "SparkKit",
+    "SparkProto",
+    "SparkWire",
+    .product(name: "GRPCCore", package: "grpc-swift-2"),
+    .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+    .product(name: "SQLKit", package: "sql-kit"),
+    .product(name: "Configuration", package: "swift-configuration"),
+    .product(name: "Logging", package: "swift-log"),
+    .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+]
+
+/// A service: its module in `services/<name>/Sources/<module>` and its executable
+/// `sparkops-<name>` in `services/<name>/Sources/sparkops-<name>`, built by the composition root.
+func service(_ name: String, module: String, dependencies: [Target.Dependency] = []) -> [Target] {
+    [
+        .target(name: module, dependencies: serviceDependencies + dependencies, path: "services/\(name)/Sources/\(module)", swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "sparkops-\(name)",
+            dependencies: ["SparkRuntime", "SparkKit"],
+            path: "services/\(name)/Sources/sparkops-\(name)",
+            swiftSettings: swiftSettings
+        ),
+    ]
+}
+
+/// Everything that is not a service: the transport, shared libraries, the composition root, the
+/// CLI, test support and the tests.
+let coreTargets: [Target] = [
         // The transport: frames, TLS, streams, flow control, pool. Knows GRPCCore, not our protos.
         .target(
             name: "SparkWire",
@@ -127,83 +109,6 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .systemLibrary(name: "CHiredis", providers: [.apt(["libhiredis-dev"])]),
-        // The project service: users, projects, roles, API keys, sessions, audit log.
-        .target(
-            name: "SparkProjectService",
-            dependencies: [
-                "SparkKit",
-                "SparkProto",
-                "SparkWire",
-                .product(name: "GRPCCore", package: "grpc-swift-2"),
-                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-                .product(name: "SQLKit", package: "sql-kit"),
-                .product(name: "JWTKit", package: "jwt-kit"),
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "Configuration", package: "swift-configuration"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ],
-            path: "services/project/Sources/SparkProjectService",
-            swiftSettings: swiftSettings
-        ),
-        .executableTarget(
-            name: "sparkops-project",
-            dependencies: ["SparkRuntime", "SparkKit"],
-            path: "services/project/Sources/sparkops-project",
-            swiftSettings: swiftSettings
-        ),
-        // The workflow service: definitions and their content-hashed versions.
-        .target(
-            name: "SparkWorkflowService",
-            dependencies: [
-                "SparkKit",
-                "SparkProto",
-                "SparkWire",
-                "SparkWorkflow",
-                .product(name: "GRPCCore", package: "grpc-swift-2"),
-                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-                .product(name: "SQLKit", package: "sql-kit"),
-                .product(name: "Configuration", package: "swift-configuration"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            path: "services/workflow/Sources/SparkWorkflowService",
-            swiftSettings: swiftSettings
-        ),
-        .executableTarget(
-            name: "sparkops-workflow",
-            dependencies: ["SparkRuntime", "SparkKit"],
-            path: "services/workflow/Sources/sparkops-workflow",
-            swiftSettings: swiftSettings
-        ),
-        // The HTTP/JSON and WebSocket edge.
-        .target(
-            name: "SparkGateway",
-            dependencies: [
-                "SparkKit",
-                "SparkProto",
-                "SparkWire",
-                .product(name: "GRPCCore", package: "grpc-swift-2"),
-                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-                .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
-                .product(name: "HTTPTypes", package: "swift-http-types"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOWebSocket", package: "swift-nio"),
-                .product(name: "JWTKit", package: "jwt-kit"),
-                .product(name: "Configuration", package: "swift-configuration"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ],
-            path: "services/gateway/Sources/SparkGateway",
-            swiftSettings: swiftSettings
-        ),
-        .executableTarget(
-            name: "sparkops-gateway",
-            dependencies: ["SparkRuntime", "SparkKit"],
-            path: "services/gateway/Sources/sparkops-gateway",
-            swiftSettings: swiftSettings
-        ),
         // The composition root: builds any service from configuration, for every executable.
         .target(
             name: "SparkRuntime",
@@ -347,5 +252,70 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-    ]
+]
+
+let package = Package(
+    name: "sparkops",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "sparkops", targets: ["sparkops"]),
+        .executable(name: "sparkops-gateway", targets: ["sparkops-gateway"]),
+        .executable(name: "sparkops-project", targets: ["sparkops-project"]),
+        .executable(name: "sparkops-workflow", targets: ["sparkops-workflow"]),
+        .library(name: "SparkWire", targets: ["SparkWire"]),
+        .library(name: "SparkProto", targets: ["SparkProto"]),
+        .library(name: "SparkKit", targets: ["SparkKit"]),
+        .library(name: "SparkTesting", targets: ["SparkTesting"]),
+        .library(name: "SparkExpr", targets: ["SparkExpr"]),
+        .library(name: "SparkWorkflow", targets: ["SparkWorkflow"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.2"),
+        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-configuration.git", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-auth.git", from: "2.5.0"),
+        .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.8.0"),
+        .package(url: "https://github.com/vapor/sql-kit.git", from: "3.36.0"),
+        .package(url: "https://github.com/vapor/sqlite-kit.git", from: "4.5.2"),
+        .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
+        .package(url: "https://github.com/vapor/postgres-kit.git", from: "2.17.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-system.git", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+    ],
+    targets: coreTargets
+        // Each service: its module and its `sparkops-<name>` executable.
+        + service("project", module: "SparkProjectService", dependencies: [
+            .product(name: "JWTKit", package: "jwt-kit"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ])
+        + service("workflow", module: "SparkWorkflowService", dependencies: ["SparkWorkflow"])
+        + service("gateway", module: "SparkGateway", dependencies: [
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+            .product(name: "HTTPTypes", package: "swift-http-types"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOWebSocket", package: "swift-nio"),
+            .product(name: "JWTKit", package: "jwt-kit"),
+            .product(name: "Metrics", package: "swift-metrics"),
+        ])
 )
+
