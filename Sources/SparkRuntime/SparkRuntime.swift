@@ -36,7 +36,7 @@ public enum SparkRuntime {
     /// gracefully: calls in flight finish, new ones are refused.
     public static func run(_ names: [ServiceName], host: HostConfig, config: ConfigReader, logger: Logger) async throws {
         var services: [any ServiceLifecycle.Service] = []
-        for name in names {
+        for name in Self.startOrder(names) {
             var serviceLogger = logger
             serviceLogger[metadataKey: "service"] = "\(name.rawValue)"
             services += try await Self.services(for: name, host: host, config: config, logger: serviceLogger)
@@ -47,6 +47,12 @@ public enum SparkRuntime {
             logger: logger
         ))
         try await group.run()
+    }
+
+    /// The gateway last: a service group stops its services in reverse order, so the edge stops
+    /// taking requests (and writes its last audit counts) before the services behind it stop.
+    public static func startOrder(_ names: [ServiceName]) -> [ServiceName] {
+        names.filter { $0 != .gateway } + names.filter { $0 == .gateway }
     }
 
     /// Applies every pending migration of the services that own a database, then returns.

@@ -77,7 +77,7 @@ public struct TestCluster: Sendable {
             try SparkRuntime.ensureCertificates(host: host, logger: logger)
 
             var services: [any ServiceLifecycle.Service] = []
-            for name in ServiceName.available {
+            for name in SparkRuntime.startOrder(ServiceName.available) {
                 services += try await SparkRuntime.services(for: name, host: host, config: config, logger: logger)
             }
             var groupLogger = Logger(label: "sparkops.test.shutdown") { StreamLogHandler.standardError(label: $0) }

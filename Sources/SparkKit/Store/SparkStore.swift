@@ -49,6 +49,8 @@ public final class SparkStore: Service, Sendable {
     /// racing the service group's start) waits here instead of leasing from a client that is not
     /// running yet, which PostgresNIO answers with a warning.
     private let running = OneTimeGate()
+    /// SQLite: transactions one at a time in this process.
+    private let writers = WriterLock()
 
     /// - Parameter service: the owning service; names the SQLite file or the PostgreSQL schema.
     public init(service: String, location: Location, logger: Logger = Logger(label: "sparkops.store")) throws {
@@ -131,8 +133,17 @@ public final class SparkStore: Service, Sendable {
     }
 
     /// Runs `body` in a transaction: committed when it returns, rolled back when it throws.
+    /// SQLite's transactions take turns in this process before they lease a connection, so that
+    /// waiting writers neither hold connections nor run into `busy_timeout`.
     public func transaction<T: Sendable>(_ body: (any SQLDatabase) async throws -> T) async throws -> T {
-        try await self.sql { db in try await Self.inTransaction(db, dialect: self.dialect, body) }
+        switch self.dialect {
+        case .sqlite:
+            return try await self.writers.withLock {
+                try await self.sql { db in try await Self.inTransaction(db, dialect: .sqlite, body) }
+            }
+        case .postgres:
+            return try await self.sql { db in try await Self.inTransaction(db, dialect: .postgres, body) }
+        }
     }
 
     private static func inTransaction<T: Sendable>(_ db: any SQLDatabase, dialect: Dialect, _ body: (any SQLDatabase) async throws -> T) async throws -> T {
