@@ -31,13 +31,13 @@ struct WorkflowAPITests {
             let base = "/api/v1/projects/\(project)/workflows"
 
             let first = try await cluster.http.send(.POST, "\(base)/apply", token: admin, json: ["source": Self.definition])
-            #expect(first.status == 200, "\(first.text)")
+            try #require(first.status == 200, "\(first.text)")
             #expect(first.json["created"] as? Bool == true)
-            let workflow = first.json["workflow"] as! [String: Any]
-            let id = workflow["id"] as! String
+            let workflow = try #require(first.json["workflow"] as? [String: Any])
+            let id = try #require(workflow["id"] as? String)
             #expect(id.hasPrefix("wf_"))
             #expect(workflow["latestVersion"] as? Int == 1)
-            let hash = workflow["contentHash"] as! String
+            let hash = try #require(workflow["contentHash"] as? String)
             #expect(hash.hasPrefix("sha256:"))
 
             // The same workflow reformatted as JSON: no new version.
@@ -132,7 +132,8 @@ struct WorkflowAPITests {
             let other = try await cluster.createProject("elsewhere", token: admin)
             let base = "/api/v1/projects/\(project)/workflows"
             let created = try await cluster.http.send(.POST, base, token: admin, json: ["source": Self.definition])
-            let id = (created.json["workflow"] as! [String: Any])["id"] as! String
+            try #require(created.status == 201, "\(created.text)")
+            let id = try #require((created.json["workflow"] as? [String: Any])?["id"] as? String)
             var tokens: [String: String] = [:]
             for role in ["viewer", "editor"] {
                 let userID = try await cluster.createUser("\(role)@sparkops.test", adminToken: admin)

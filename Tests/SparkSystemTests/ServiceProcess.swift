@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import SparkTesting
 
 #if canImport(Glibc)
@@ -42,8 +43,13 @@ final class ServiceProcess: @unchecked Sendable {
         self.process.environment = inherited
         self.process.standardOutput = log
         self.process.standardError = log
-        try self.process.run()
+        // Foundation's Process.run is not safe to call from several threads at once on Linux
+        // (seen: a crash in its memcpy while two suites launched executables together).
+        try Self.launches.withLock { _ in try self.process.run() }
     }
+
+    /// Launches one at a time in this test process.
+    private static let launches = Mutex(())
 
     var isRunning: Bool { self.process.isRunning }
 

@@ -19,6 +19,9 @@ public struct ServiceDefinition: Sendable {
     public var background: [any ServiceLifecycle.Service]
     /// Runs after migrations, before the listeners open (seed data, caches).
     public var prepare: @Sendable () async throws -> Void
+    /// Whether the services this one calls are connected; `/readyz` waits for it, so that a
+    /// caller that waits for readiness is not answered UNAVAILABLE by a peer still connecting.
+    public var peersReady: @Sendable () -> Bool
 
     public init(
         name: ServiceName,
@@ -27,7 +30,8 @@ public struct ServiceDefinition: Sendable {
         store: SparkStore? = nil,
         migrations: [SparkMigration] = [],
         background: [any ServiceLifecycle.Service] = [],
-        prepare: @escaping @Sendable () async throws -> Void = {}
+        prepare: @escaping @Sendable () async throws -> Void = {},
+        peersReady: @escaping @Sendable () -> Bool = { true }
     ) {
         self.name = name
         self.rpcServices = rpcServices
@@ -36,6 +40,7 @@ public struct ServiceDefinition: Sendable {
         self.migrations = migrations
         self.background = background
         self.prepare = prepare
+        self.peersReady = peersReady
     }
 }
 
@@ -60,8 +65,8 @@ public enum ServiceHost {
             service: definition.name,
             host: listener.host,
             port: listener.adminPort,
-            ready: { [store = definition.store] in
-                guard readiness.isReady else { return false }
+            ready: { [store = definition.store, peersReady = definition.peersReady] in
+                guard readiness.isReady, peersReady() else { return false }
                 guard let store else { return true }
                 return (try? await store.sql { try await $0.raw("SELECT 1").run() }) != nil
             },

@@ -16,7 +16,7 @@ extension WorkflowService {
     )
 
     /// The workflow service ready for the host: its store, migrations and its client of the
-    /// project service (for roles and the audit log).
+    /// project service (for roles and the audit log); ready once that client is connected.
     public static func definition(host: HostConfig, config: ConfigReader, logger: Logger) async throws -> ServiceDefinition {
         let store = try SparkStore(service: "workflow", location: host.storeLocation(), logger: logger)
         let peers = try PeerClients(caller: .workflow, peers: [.project], config: host)
@@ -27,7 +27,8 @@ extension WorkflowService {
             allowlist: Self.allowlist,
             store: store,
             migrations: WorkflowMigrations.all,
-            background: peers.services
+            background: peers.services,
+            peersReady: { peers.allReady }
         )
     }
 }
