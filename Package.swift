@@ -117,6 +117,7 @@ let coreTargets: [Target] = [
                 "SparkWire",
                 "SparkProjectService",
                 "SparkWorkflowService",
+                "SparkToolService",
                 "SparkGateway",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
@@ -129,6 +130,7 @@ let coreTargets: [Target] = [
             name: "sparkops",
             dependencies: [
                 "SparkRuntime",
+                "SparkToolService",
                 "SparkKit",
                 "SparkWire",
                 "SparkProto",
@@ -243,6 +245,15 @@ let coreTargets: [Target] = [
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "SparkToolTests",
+            dependencies: [
+                "SparkToolService",
+                "SparkKit",
+                .product(name: "Configuration", package: "swift-configuration"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "SparkSystemTests",
             dependencies: [
                 "SparkTesting",
@@ -262,6 +273,7 @@ let package = Package(
         .executable(name: "sparkops-gateway", targets: ["sparkops-gateway"]),
         .executable(name: "sparkops-project", targets: ["sparkops-project"]),
         .executable(name: "sparkops-workflow", targets: ["sparkops-workflow"]),
+        .executable(name: "sparkops-tool", targets: ["sparkops-tool"]),
         .library(name: "SparkWire", targets: ["SparkWire"]),
         .library(name: "SparkProto", targets: ["SparkProto"]),
         .library(name: "SparkKit", targets: ["SparkKit"]),
@@ -300,6 +312,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess.git", from: "1.0.2"),
     ],
     targets: coreTargets
         // Each service: its module and its `sparkops-<name>` executable.
@@ -308,6 +321,17 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ])
         + service("workflow", module: "SparkWorkflowService", dependencies: ["SparkWorkflow"])
+        + service("tool", module: "SparkToolService", dependencies: [
+            "SparkWorkflow",
+            "SparkExpr",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Subprocess", package: "swift-subprocess"),
+            .product(name: "SystemPackage", package: "swift-system"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        ])
         + service("gateway", module: "SparkGateway", dependencies: [
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),

@@ -323,3 +323,20 @@ struct PatternParser {
         }
     }
 }
+
+/// A regular expression of the `matches()` syntax, compiled once, for other modules (JSON
+/// Schema's `pattern`): linear time, searched anywhere in the text unless anchored.
+public struct ExprPattern: Sendable {
+    let regex: ExprRegex
+    public let source: String
+
+    public init(_ pattern: String) throws(ExprError) {
+        self.regex = try ExprRegex(pattern, at: .start)
+        self.source = pattern
+    }
+
+    /// Whether the pattern is found in `text`; false when matching would pass `budget` steps.
+    public func matches(_ text: String, budget: Int = 1_000_000) -> Bool {
+        (try? self.regex.search(text, budget: budget, at: .start)) ?? false
+    }
+}

@@ -5,6 +5,7 @@ public import ServiceLifecycle
 public import SparkKit
 import SparkGateway
 import SparkProjectService
+import SparkToolService
 import SparkWorkflowService
 import SparkWire
 import UnixSignals
@@ -27,7 +28,9 @@ public enum SparkRuntime {
             return ServiceHost.services(try await ProjectService.definition(host: host, config: config, logger: logger), config: host, logger: logger)
         case .workflow:
             return ServiceHost.services(try await WorkflowService.definition(host: host, config: config, logger: logger), config: host, logger: logger)
-        case .agent, .run, .tool, .policy, .budget, .scheduler:
+        case .tool:
+            return ServiceHost.services(try await ToolService.definition(host: host, config: config, logger: logger), config: host, logger: logger)
+        case .agent, .run, .policy, .budget, .scheduler:
             throw SparkConfigurationError("the \(service.rawValue) service is not available yet; available: \(ServiceName.available.map(\.rawValue).joined(separator: ", "))")
         }
     }
@@ -63,6 +66,7 @@ public enum SparkRuntime {
             switch name {
             case .project: definition = try await ProjectService.definition(host: host, config: config, logger: logger)
             case .workflow: definition = try await WorkflowService.definition(host: host, config: config, logger: logger)
+            case .tool: definition = try await ToolService.definition(host: host, config: config, logger: logger)
             default: continue
             }
             guard let store = definition.store else { continue }

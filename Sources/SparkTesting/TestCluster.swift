@@ -50,6 +50,7 @@ public struct TestCluster: Sendable {
                 "gateway.port": "\(ports.gateway)",
                 "gateway.adminPort": "\(ports.gatewayAdmin)",
                 "project.bcryptCost": "4",
+                "tool.masterKeys": "test:\(Data((0 ..< 32).map { _ in UInt8.random(in: 0 ... 255) }).base64EncodedString())",
                 "admin.email": Self.adminEmail,
                 "admin.password": Self.adminPassword,
                 "log.level": ProcessInfo.processInfo.environment["SPARKOPS_TEST_LOG_LEVEL"] ?? "warning",

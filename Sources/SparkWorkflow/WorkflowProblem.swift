@@ -26,6 +26,14 @@ public struct WorkflowValidationError: Error, Sendable, CustomStringConvertible 
     }
 
     public var description: String { self.problems.map(\.description).joined(separator: "\n") }
+
+    /// `N problems: line:column: field: message; …`, the first 20: the message of the
+    /// INVALID_ARGUMENT a service answers on `source`.
+    public var summary: String {
+        let count = self.problems.count
+        let listed = self.problems.prefix(20).map(\.description).joined(separator: "; ")
+        return "\(count) problem\(count == 1 ? "" : "s"): \(listed)\(count > 20 ? "; …" : "")"
+    }
 }
 
 /// Bounds on what a definition may be, so that a hostile file (a billion laughs of YAML aliases,

@@ -84,20 +84,20 @@ struct APIClient {
         return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
     }()
 
-    func call(_ method: HTTPMethod, _ path: String, body: [String: Any]? = nil, authenticated: Bool = true) async throws -> [String: Any] {
+    func call(_ method: HTTPMethod, _ path: String, body: [String: Any]? = nil, authenticated: Bool = true, timeout: TimeAmount = .seconds(30)) async throws -> [String: Any] {
         var session = SavedSession.load()
         if authenticated && self.options.explicitKey == nil && session == nil {
             throw APICallError(status: 401, code: "UNAUTHENTICATED", message: "not logged in: run `sparkops login` or pass --api-key")
         }
         let credential = self.options.explicitKey ?? session?.accessToken
-        var (status, object) = try await self.send(method, path, body: body, credential: authenticated ? credential : nil)
+        var (status, object) = try await self.send(method, path, body: body, credential: authenticated ? credential : nil, timeout: timeout)
         if status == 401, authenticated, self.options.explicitKey == nil, let saved = session {
             // The access token expired: trade the refresh token for a new session, once.
             let (refreshStatus, refreshed) = try await self.send(.POST, "/api/v1/auth/refresh", body: ["refreshToken": saved.refreshToken], credential: nil)
             if refreshStatus == 200, let access = refreshed["accessToken"] as? String, let refresh = refreshed["refreshToken"] as? String {
                 session = SavedSession(url: saved.url, accessToken: access, refreshToken: refresh)
                 try session!.save()
-                (status, object) = try await self.send(method, path, body: body, credential: access)
+                (status, object) = try await self.send(method, path, body: body, credential: access, timeout: timeout)
             }
         }
         guard (200 ..< 300).contains(status) else {
@@ -113,7 +113,7 @@ struct APIClient {
         return object
     }
 
-    func send(_ method: HTTPMethod, _ path: String, body: [String: Any]?, credential: String?) async throws -> (Int, [String: Any]) {
+    func send(_ method: HTTPMethod, _ path: String, body: [String: Any]?, credential: String?, timeout: TimeAmount = .seconds(30)) async throws -> (Int, [String: Any]) {
         var request = HTTPClientRequest(url: self.options.baseURL + path)
         request.method = method
         if let credential { request.headers.add(name: "Authorization", value: "Bearer \(credential)") }
@@ -123,7 +123,7 @@ struct APIClient {
         }
         let response: HTTPClientResponse
         do {
-            response = try await Self.http.execute(request, timeout: .seconds(30))
+            response = try await Self.http.execute(request, timeout: timeout)
         } catch {
             throw APICallError(status: 0, code: "UNAVAILABLE", message: "cannot reach \(self.options.baseURL): \(error)")
         }

@@ -7,7 +7,8 @@ import NIOHTTP1
 struct ApplyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "apply",
-        abstract: "Apply workflow definitions from a file or a directory (a new version only when one changed)."
+        abstract: "Apply tool and workflow definitions from a file or a directory (a new version only when one changed).",
+        discussion: "A file may hold several YAML documents separated by ---; a document with a top-level `tool:` is a tool, the others workflows. Tools are applied in file order, so put them before the workflows that use them."
     )
 
     @Option(name: .shortAndLong, help: "A YAML or JSON file, or a directory of them.") var file: String
@@ -17,23 +18,22 @@ struct ApplyCommand: AsyncParsableCommand {
     func run() async throws {
         let api = APIClient(options: self.client)
         var results: [[String: Any]] = []
-        for path in try WorkflowFiles.list(self.file) {
-            let source = try WorkflowFiles.read(path)
+        for document in try DefinitionDocument.load(self.file) {
             do {
-                let applied = try await api.call(.POST, "/api/v1/projects/\(self.project)/workflows/apply", body: ["source": source])
-                let workflow = applied["workflow"] as? [String: Any] ?? [:]
+                let applied = try await api.call(.POST, "/api/v1/projects/\(self.project)/\(document.route)/apply", body: ["source": document.source])
+                let resource = applied[document.kind.rawValue] as? [String: Any] ?? [:]
                 let version = applied["version"] as? [String: Any] ?? [:]
                 let outcome = applied["created"] as? Bool == true ? "created" : (applied["changed"] as? Bool == true ? "new version" : "unchanged")
                 results.append([
-                    "file": path, "name": workflow["name"] ?? "", "id": workflow["id"] ?? "",
+                    "file": document.label, "kind": document.kind.rawValue, "name": resource["name"] ?? "", "id": resource["id"] ?? "",
                     "version": version["version"] ?? 0, "outcome": outcome,
                 ])
             } catch let error as APICallError {
-                throw ValidationError("\(path): \(error)")
+                throw ValidationError("\(document.label): \(error)")
             }
         }
         Printer.print(["applied": results], format: self.client.output, rows: "applied", columns: [
-            ("file", "file"), ("workflow", "name"), ("id", "id"), ("version", "version"), ("outcome", "outcome"),
+            ("file", "file"), ("kind", "kind"), ("name", "name"), ("id", "id"), ("version", "version"), ("outcome", "outcome"),
         ])
     }
 }
@@ -56,25 +56,7 @@ struct WorkflowCommand: AsyncParsableCommand {
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
-            let api = APIClient(options: self.client)
-            var invalid = 0
-            var reports: [[String: Any]] = []
-            for path in try WorkflowFiles.list(self.file) {
-                let report = try await api.call(.POST, "/api/v1/projects/\(self.project)/workflows/validate", body: ["source": try WorkflowFiles.read(path)])
-                reports.append(["file": path, "report": report])
-                let problems = report["problems"] as? [[String: Any]] ?? []
-                if report["valid"] as? Bool != true { invalid += 1 }
-                if self.client.output == .table {
-                    if problems.isEmpty {
-                        print("\(path): valid (\(report["contentHash"] as? String ?? ""))")
-                    }
-                    for problem in problems {
-                        print("\(path):\(Printer.text(problem["line"])):\(Printer.text(problem["column"])): \(Printer.text(problem["field"])): \(Printer.text(problem["message"]))")
-                    }
-                }
-            }
-            if self.client.output == .json { Printer.print(["files": reports], format: .json, columns: []) }
-            if invalid > 0 { throw ExitCode(1) }
+            try await DefinitionValidation.run(file: self.file, project: self.project, client: self.client)
         }
     }
 

@@ -17,6 +17,11 @@ struct CLITests {
             try await ServiceProcess.run("sparkops", arguments, environment: ["SPARKOPS_URL": self.url, "SPARKOPS_CREDENTIALS": self.credentials])
         }
 
+        /// Runs a command that reads `input` on stdin.
+        func withInput(_ input: String, _ arguments: String...) async throws -> (status: Int32, output: String) {
+            try await ServiceProcess.run("sparkops", arguments, environment: ["SPARKOPS_URL": self.url, "SPARKOPS_CREDENTIALS": self.credentials], input: input)
+        }
+
         /// Runs a command with `--output json` and decodes what it printed.
         func json(_ arguments: String...) async throws -> [String: Any] {
             let result = try await ServiceProcess.run("sparkops", arguments + ["--output", "json"], environment: ["SPARKOPS_URL": self.url, "SPARKOPS_CREDENTIALS": self.credentials])
@@ -171,7 +176,7 @@ struct CLITests {
             #expect(invalid.output.contains("bad.yaml:5:5: steps[0].neds: unknown field \"neds\"; did you mean \"needs\"?"), "\(invalid.output)")
             let valid = try await cli("workflow", "validate", "-f", directory, "--project", project)
             #expect(valid.status == 0, "\(valid.output)")
-            #expect(valid.output.contains("nightly.yaml: valid (sha256:"))
+            #expect(valid.output.contains("nightly.yaml: valid workflow (sha256:"), "\(valid.output)")
 
             let applied = try await cli("apply", "-f", directory, "--project", project)
             #expect(applied.status == 0, "\(applied.output)")
@@ -192,6 +197,73 @@ struct CLITests {
             let missing = try await cli("apply", "-f", "\(cluster.home)/nowhere", "--project", project)
             #expect(missing.status != 0)
             #expect(missing.output.contains("does not exist"))
+        }
+    }
+
+    @Test("sparkops apply with tools and workflows in one file, tool list and invoke, secret set and list")
+    func tools() async throws {
+        let server = try await HTTPEchoServer.start()
+        defer { Task { try? await server.stop() } }
+        try await TestCluster.run(backend: .sqlite, overrides: ["tool.outboundAllow": "127.0.0.1:\(server.port)"]) { cluster in
+            let cli = CLI(url: cluster.baseURL, credentials: "\(cluster.home)/cli/credentials.json")
+            #expect(try await cli("login", "--email", TestCluster.adminEmail, "--password", TestCluster.adminPassword).status == 0)
+            let project = try #require(try await cli.json("project", "create", "with-tools")["id"] as? String)
+            let file = "\(cluster.home)/stack.yaml"
+            try """
+                tool: greet
+                kind: python
+                side_effects: none
+                input_schema: { type: object, properties: { name: { type: string } }, required: [name] }
+                python:
+                  code: |
+                    import json, sys
+                    print(json.dumps({"greeting": "hello " + json.load(sys.stdin)["name"]}))
+                ---
+                tool: whoami
+                kind: http
+                side_effects: none
+                http:
+                  url: "\(server.baseURL)/me"
+                  auth: { secret: api-token, scheme: header, header: X-Api-Key }
+                ---
+                name: hello
+                steps:
+                  - id: greet
+                    tool: greet
+                    with: { name: "${{ inputs.who }}" }
+                inputs: { who: string }
+                """.write(toFile: file, atomically: true, encoding: .utf8)
+
+            let validated = try await cli("tool", "validate", "-f", file, "--project", project)
+            #expect(validated.status == 0, "\(validated.output)")
+            #expect(validated.output.contains("stack.yaml (document at line 10): valid tool"), "\(validated.output)")
+            let applied = try await cli.json("apply", "-f", file, "--project", project)
+            let rows = applied["applied"] as? [[String: Any]] ?? []
+            #expect(rows.map { "\($0["kind"] ?? "") \($0["name"] ?? "") \($0["outcome"] ?? "")" } == ["tool greet created", "tool whoami created", "workflow hello created"], "\(applied)")
+
+            let listed = try await cli("tool", "list", "--project", project)
+            #expect(listed.output.contains("greet") && listed.output.contains("python"), "\(listed.output)")
+            let greeted = try await cli("tool", "invoke", "greet", "--project", project, "--input", #"{"name": "Ada"}"#)
+            #expect(greeted.status == 0, "\(greeted.output)")
+            #expect(greeted.output.contains(#""greeting" : "hello Ada""#), "\(greeted.output)")
+            let refused = try await cli("tool", "invoke", "greet", "--project", project, "--input", #"{"nom": "Ada"}"#)
+            #expect(refused.status != 0)
+            #expect(refused.output.contains("input.name: is required"), "\(refused.output)")
+
+            // The secret goes in on stdin and comes back out only in the request the tool sends.
+            let failed = try await cli("tool", "invoke", "whoami", "--project", project)
+            #expect(failed.status == 1)
+            #expect(failed.output.contains("tool failed (secret_missing)"), "\(failed.output)")
+            let set = try await cli.withInput("k-123\n", "secret", "set", "api-token", "--project", project)
+            #expect(set.status == 0, "\(set.output)")
+            #expect(!set.output.contains("k-123"))
+            let secrets = try await cli("secret", "list", "--project", project)
+            #expect(secrets.output.contains("api-token") && !secrets.output.contains("k-123"))
+            let whoami = try await cli.json("tool", "invoke", "whoami", "--project", project)
+            let headers = ((whoami["output"] as? [String: Any])?["body"] as? [String: Any])?["headers"] as? [String: Any]
+            #expect(headers?["x-api-key"] as? String == "k-123", "\(whoami)")
+            let key = try await cli("secret", "new-master-key")
+            #expect(key.output.range(of: #"^k\d+:[A-Za-z0-9+/]{43}=\n$"#, options: .regularExpression) != nil, "\(key.output)")
         }
     }
 }

@@ -14,6 +14,7 @@ struct DistributedTests {
         let gatewayAdminPort: Int
         let projectAdminPort: Int
         let workflowAdminPort: Int
+        let toolAdminPort: Int
         let settings: [String]
 
         static func make(databaseURL: String?, redisURL: String?) async throws -> Deployment {
@@ -22,7 +23,8 @@ struct DistributedTests {
             let ports = (
                 gateway: try await FreePort.allocate(), gatewayAdmin: try await FreePort.allocate(),
                 project: try await FreePort.allocate(), projectAdmin: try await FreePort.allocate(),
-                workflow: try await FreePort.allocate(), workflowAdmin: try await FreePort.allocate()
+                workflow: try await FreePort.allocate(), workflowAdmin: try await FreePort.allocate(),
+                tool: try await FreePort.allocate(), toolAdmin: try await FreePort.allocate()
             )
             var settings = [
                 "home=\(home)",
@@ -32,6 +34,9 @@ struct DistributedTests {
                 "project.adminPort=\(ports.projectAdmin)",
                 "workflow.port=\(ports.workflow)",
                 "workflow.adminPort=\(ports.workflowAdmin)",
+                "tool.port=\(ports.tool)",
+                "tool.adminPort=\(ports.toolAdmin)",
+                "tool.masterKeys=system:\(Data((0 ..< 32).map { _ in UInt8.random(in: 0 ... 255) }).base64EncodedString())",
                 "project.bcryptCost=4",
                 "admin.email=\(TestCluster.adminEmail)",
                 "admin.password=\(TestCluster.adminPassword)",
@@ -44,7 +49,7 @@ struct DistributedTests {
             }
             return Deployment(
                 home: home, gatewayPort: ports.gateway, gatewayAdminPort: ports.gatewayAdmin,
-                projectAdminPort: ports.projectAdmin, workflowAdminPort: ports.workflowAdmin, settings: settings
+                projectAdminPort: ports.projectAdmin, workflowAdminPort: ports.workflowAdmin, toolAdminPort: ports.toolAdmin, settings: settings
             )
         }
 
@@ -54,11 +59,11 @@ struct DistributedTests {
             try ServiceProcess(executable, self.settings.flatMap { ["--set", $0] }, logDirectory: self.home)
         }
 
-        /// Starts the project service, the gateway and the workflow service (in that order in the
-        /// result) and waits (bounded) until all report ready.
+        /// Starts the project service, the gateway, the workflow service and the tool service (in
+        /// that order in the result) and waits (bounded) until all report ready.
         func startAll() async throws -> [ServiceProcess] {
-            let processes = [try self.start("sparkops-project"), try self.start("sparkops-gateway"), try self.start("sparkops-workflow")]
-            let probes = [self.projectAdminPort, self.gatewayAdminPort, self.workflowAdminPort].map { HTTPTestClient(baseURL: "http://127.0.0.1:\($0)") }
+            let processes = [try self.start("sparkops-project"), try self.start("sparkops-gateway"), try self.start("sparkops-workflow"), try self.start("sparkops-tool")]
+            let probes = [self.projectAdminPort, self.gatewayAdminPort, self.workflowAdminPort, self.toolAdminPort].map { HTTPTestClient(baseURL: "http://127.0.0.1:\($0)") }
             let deadline = ContinuousClock.now + .seconds(60)
             while ContinuousClock.now < deadline {
                 if let exited = processes.first(where: { !$0.isRunning }) {
@@ -84,7 +89,7 @@ struct DistributedTests {
             defer { try? FileManager.default.removeItem(atPath: deployment.home) }
 
             let certs = try await ServiceProcess.run(
-                "sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow"]
+                "sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool"]
             )
             #expect(certs.status == 0, "\(certs.output)")
 
@@ -127,6 +132,12 @@ struct DistributedTests {
             let gatewayMetrics = try await HTTPTestClient(baseURL: "http://127.0.0.1:\(deployment.gatewayAdminPort)").send(.GET, "/metrics")
             #expect(gatewayMetrics.text.contains(#"hb_requests{http_route="/api/v1/projects/{project_id}",http_request_method="PATCH",http_response_status_code="403"}"#), "\(gatewayMetrics.text.prefix(2000))")
 
+            // A tool applied and invoked through the gateway, in the tool service's own process.
+            let tool = try await http.send(.POST, "/api/v1/projects/\(projectID)/tools/apply", token: token, json: ["source": "tool: repeat\nkind: echo"])
+            #expect(tool.status == 200, "\(tool.text)")
+            let invoked = try await http.send(.POST, "/api/v1/projects/\(projectID)/tools/repeat/invoke", token: token, json: ["input": ["n": 1], "idempotencyKey": "k"])
+            #expect((invoked.json["output"] as? [String: Any])?["n"] as? Int == 1, "\(invoked.text)")
+
             // SIGTERM: both finish and exit 0.
             for process in processes.reversed() {
                 let status = await process.stop()
@@ -137,6 +148,8 @@ struct DistributedTests {
             processes = try await deployment.startAll()
             let again = try await http.send(.GET, "/api/v1/projects/\(projectID)", token: key)
             #expect(again.status == 200, "\(again.text)")
+            let replayed = try await http.send(.POST, "/api/v1/projects/\(projectID)/tools/repeat/invoke", token: token, json: ["input": ["n": 1], "idempotencyKey": "k"])
+            #expect(replayed.json["replayed"] as? Bool == true, "\(replayed.text)")
             #expect(again.json["name"] as? String == "across-processes")
             for process in processes.reversed() {
                 let status = await process.stop()
@@ -149,7 +162,7 @@ struct DistributedTests {
     func peerOutage() async throws {
         let deployment = try await Deployment.make(databaseURL: nil, redisURL: nil)
         defer { try? FileManager.default.removeItem(atPath: deployment.home) }
-        _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow"])
+        _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool"])
         let processes = try await deployment.startAll()
         let token = try #require(try await deployment.gateway.send(
             .POST, "/api/v1/auth/login", json: ["email": TestCluster.adminEmail, "password": TestCluster.adminPassword]
@@ -179,6 +192,7 @@ struct DistributedTests {
         #expect(await project.stop() == 0)
         #expect(await processes[1].stop() == 0)
         #expect(await processes[2].stop() == 0)
+        #expect(await processes[3].stop() == 0)
     }
 
     @Test(
@@ -190,7 +204,7 @@ struct DistributedTests {
         try await backend.withDatabase { databaseURL in
             let deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: backend.redisURL)
             defer { try? FileManager.default.removeItem(atPath: deployment.home) }
-            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow"])
+            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool"])
             var processes = try await deployment.startAll()
             // A second gateway replica sharing the same project service and Redis.
             let (secondPort, secondAdminPort) = (try await FreePort.allocate(), try await FreePort.allocate())

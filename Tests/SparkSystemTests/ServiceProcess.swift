@@ -31,7 +31,8 @@ final class ServiceProcess: @unchecked Sendable {
 
     /// Starts `executable` with `arguments` and only PATH and HOME from the environment, so that
     /// a developer's `SPARKOPS_*` variables do not leak in.
-    init(_ executable: String, _ arguments: [String], logDirectory: String, environment: [String: String] = [:]) throws {
+    /// `input`, when given, is what the process reads on stdin.
+    init(_ executable: String, _ arguments: [String], logDirectory: String, environment: [String: String] = [:], input: String? = nil) throws {
         self.name = executable
         self.logPath = "\(logDirectory)/\(executable)-\(UUID().uuidString.prefix(6)).log"
         _ = FileManager.default.createFile(atPath: self.logPath, contents: nil)
@@ -43,6 +44,11 @@ final class ServiceProcess: @unchecked Sendable {
         self.process.environment = inherited
         self.process.standardOutput = log
         self.process.standardError = log
+        if let input {
+            let inputPath = self.logPath + ".stdin"
+            _ = FileManager.default.createFile(atPath: inputPath, contents: Data(input.utf8))
+            self.process.standardInput = try FileHandle(forReadingFrom: URL(filePath: inputPath))
+        }
         // Foundation's Process.run is not safe to call from several threads at once on Linux
         // (seen: a crash in its memcpy while two suites launched executables together).
         try Self.launches.withLock { _ in try self.process.run() }
@@ -75,10 +81,13 @@ final class ServiceProcess: @unchecked Sendable {
     }
 
     /// Runs `executable` to completion (bounded by 60 s) and returns its exit status and output.
-    static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) async throws -> (status: Int32, output: String) {
+    static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:], input: String? = nil) async throws -> (status: Int32, output: String) {
         let directory = FileManager.default.temporaryDirectory.path
-        let process = try ServiceProcess(executable, arguments, logDirectory: directory, environment: environment)
-        defer { try? FileManager.default.removeItem(atPath: process.logPath) }
+        let process = try ServiceProcess(executable, arguments, logDirectory: directory, environment: environment, input: input)
+        defer {
+            try? FileManager.default.removeItem(atPath: process.logPath)
+            try? FileManager.default.removeItem(atPath: process.logPath + ".stdin")
+        }
         let deadline = ContinuousClock.now + .seconds(60)
         while process.isRunning && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(20))

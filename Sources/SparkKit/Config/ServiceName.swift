@@ -21,5 +21,5 @@ public enum ServiceName: String, CaseIterable, Sendable, Hashable {
     public var defaultAdminPort: Int { self.defaultWirePort + 2000 }
 
     /// The services implemented so far; the others are named but not built yet.
-    public static let available: [ServiceName] = [.gateway, .project, .workflow]
+    public static let available: [ServiceName] = [.gateway, .project, .workflow, .tool]
 }

@@ -468,6 +468,294 @@ extension SparkHTTPRoute {
         ),
         SparkHTTPRoute(
             verb: .post,
+            path: "/api/v1/projects/{project_id}/tools/apply",
+            pathFields: ["project_id": "projectId"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 0,
+            permission: "tool.write",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "tool",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ApplyTool"),
+            decodeRequest: { bytes, options in try Sparkops_Tool_V1_ApplyToolRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Tool_V1_ApplyToolRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ApplyTool"),
+                    serializer: ProtobufSerializer<Sparkops_Tool_V1_ApplyToolRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Tool_V1_ApplyToolResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .post,
+            path: "/api/v1/projects/{project_id}/tools/validate",
+            pathFields: ["project_id": "projectId"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 0,
+            permission: "tool.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "tool",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ValidateTool"),
+            decodeRequest: { bytes, options in try Sparkops_Tool_V1_ValidateToolRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Tool_V1_ValidateToolRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ValidateTool"),
+                    serializer: ProtobufSerializer<Sparkops_Tool_V1_ValidateToolRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Tool_V1_ValidateToolResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/tools/{tool}",
+            pathFields: ["project_id": "projectId", "tool": "tool"],
+            queryFields: [:],
+            hasBody: false,
+            maxBodyBytes: 0,
+            permission: "tool.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "tool",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "GetTool"),
+            decodeRequest: { bytes, options in try Sparkops_Tool_V1_GetToolRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Tool_V1_GetToolRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "GetTool"),
+                    serializer: ProtobufSerializer<Sparkops_Tool_V1_GetToolRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Tool_V1_Tool>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/tools",
+            pathFields: ["project_id": "projectId"],
+            queryFields: ["page_size": .init(jsonName: "pageSize", kind: .integer), "page_token": .init(jsonName: "pageToken", kind: .string)],
+            hasBody: false,
+            maxBodyBytes: 0,
+            permission: "tool.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "tool",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListTools"),
+            decodeRequest: { bytes, options in try Sparkops_Tool_V1_ListToolsRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Tool_V1_ListToolsRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListTools"),
+                    serializer: ProtobufSerializer<Sparkops_Tool_V1_ListToolsRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Tool_V1_ListToolsResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .patch,
+            path: "/api/v1/projects/{project_id}/tools/{tool}",
+            pathFields: ["project_id": "projectId", "tool": "tool"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 0,
+            permission: "tool.write",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "tool",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "UpdateTool"),
+            decodeRequest: { bytes, options in try Sparkops_Tool_V1_UpdateToolRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Tool_V1_UpdateToolRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "UpdateTool"),
+                    serializer: ProtobufSerializer<Sparkops_Tool_V1_UpdateToolRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Tool_V1_ApplyToolResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .delete,
+            path: "/api/v1/projects/{project_id}/tools/{tool}",
+            pathFields: ["project_id": "projectId", "tool": "tool"],
+            queryFields: [:],
+            hasBody: false,
+            maxBodyBytes: 0,
+            permission: "tool.write",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "tool",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "DeleteTool"),
+            decodeRequest: { bytes, options in try Sparkops_Tool_V1_DeleteToolRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Tool_V1_DeleteToolRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "DeleteTool"),
+                    serializer: ProtobufSerializer<Sparkops_Tool_V1_DeleteToolRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Tool_V1_DeleteToolResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/tools/{tool}/versions/{version}",
+            pathFields: ["project_id": "projectId", "tool": "tool", "version": "version"],
+            queryFields: [:],
+            hasBody: false,
+            maxBodyBytes: 0,
+            permission: "tool.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "tool",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "GetToolVersion"),
+            decodeRequest: { bytes, options in try Sparkops_Tool_V1_GetToolVersionRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Tool_V1_GetToolVersionRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "GetToolVersion"),
+                    serializer: ProtobufSerializer<Sparkops_Tool_V1_GetToolVersionRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Tool_V1_ToolVersion>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/tools/{tool}/versions",
+            pathFields: ["project_id": "projectId", "tool": "tool"],
+            queryFields: ["page_size": .init(jsonName: "pageSize", kind: .integer), "page_token": .init(jsonName: "pageToken", kind: .string)],
+            hasBody: false,
+            maxBodyBytes: 0,
+            permission: "tool.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "tool",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListToolVersions"),
+            decodeRequest: { bytes, options in try Sparkops_Tool_V1_ListToolVersionsRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Tool_V1_ListToolVersionsRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListToolVersions"),
+                    serializer: ProtobufSerializer<Sparkops_Tool_V1_ListToolVersionsRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Tool_V1_ListToolVersionsResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .post,
+            path: "/api/v1/projects/{project_id}/tools/{tool}/invoke",
+            pathFields: ["project_id": "projectId", "tool": "tool"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 4194304,
+            permission: "run.create",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "tool",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "InvokeTool"),
+            decodeRequest: { bytes, options in try Sparkops_Tool_V1_InvokeToolRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Tool_V1_InvokeToolRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "InvokeTool"),
+                    serializer: ProtobufSerializer<Sparkops_Tool_V1_InvokeToolRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Tool_V1_InvokeToolResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .put,
+            path: "/api/v1/projects/{project_id}/secrets/{name}",
+            pathFields: ["project_id": "projectId", "name": "name"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 65536,
+            permission: "secret.write",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "tool",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "PutSecret"),
+            decodeRequest: { bytes, options in try Sparkops_Tool_V1_PutSecretRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Tool_V1_PutSecretRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "PutSecret"),
+                    serializer: ProtobufSerializer<Sparkops_Tool_V1_PutSecretRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Tool_V1_Secret>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/secrets",
+            pathFields: ["project_id": "projectId"],
+            queryFields: ["page_size": .init(jsonName: "pageSize", kind: .integer), "page_token": .init(jsonName: "pageToken", kind: .string)],
+            hasBody: false,
+            maxBodyBytes: 0,
+            permission: "tool.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "tool",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListSecrets"),
+            decodeRequest: { bytes, options in try Sparkops_Tool_V1_ListSecretsRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Tool_V1_ListSecretsRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListSecrets"),
+                    serializer: ProtobufSerializer<Sparkops_Tool_V1_ListSecretsRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Tool_V1_ListSecretsResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .delete,
+            path: "/api/v1/projects/{project_id}/secrets/{name}",
+            pathFields: ["project_id": "projectId", "name": "name"],
+            queryFields: [:],
+            hasBody: false,
+            maxBodyBytes: 0,
+            permission: "secret.write",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "tool",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "DeleteSecret"),
+            decodeRequest: { bytes, options in try Sparkops_Tool_V1_DeleteSecretRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Tool_V1_DeleteSecretRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "DeleteSecret"),
+                    serializer: ProtobufSerializer<Sparkops_Tool_V1_DeleteSecretRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Tool_V1_DeleteSecretResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .post,
             path: "/api/v1/projects/{project_id}/workflows",
             pathFields: ["project_id": "projectId"],
             queryFields: [:],

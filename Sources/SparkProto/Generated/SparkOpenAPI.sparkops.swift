@@ -676,6 +676,358 @@ public enum SparkOpenAPI {
         },
         "type" : "object"
       },
+      "sparkops.tool.v1.ApplyToolRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "projectId" : {
+            "type" : "string"
+          },
+          "source" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.ApplyToolResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "changed" : {
+            "type" : "boolean"
+          },
+          "created" : {
+            "type" : "boolean"
+          },
+          "tool" : {
+            "$ref" : "#/components/schemas/sparkops.tool.v1.Tool"
+          },
+          "version" : {
+            "$ref" : "#/components/schemas/sparkops.tool.v1.ToolVersion"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.DeleteSecretResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.DeleteToolResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.InvokeToolRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "idempotencyKey" : {
+            "type" : "string"
+          },
+          "input" : {
+
+          },
+          "maxOutputBytes" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "timeoutMs" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "tool" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.InvokeToolResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "costMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "durationMs" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "error" : {
+            "$ref" : "#/components/schemas/sparkops.tool.v1.ToolFailure"
+          },
+          "invocationId" : {
+            "type" : "string"
+          },
+          "logs" : {
+            "type" : "string"
+          },
+          "output" : {
+
+          },
+          "replayed" : {
+            "type" : "boolean"
+          },
+          "toolVersion" : {
+            "format" : "int32",
+            "type" : "integer"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.ListSecretsResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "nextPageToken" : {
+            "type" : "string"
+          },
+          "secrets" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.tool.v1.Secret"
+            },
+            "type" : "array"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.ListToolsResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "nextPageToken" : {
+            "type" : "string"
+          },
+          "tools" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.tool.v1.Tool"
+            },
+            "type" : "array"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.ListToolVersionsResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "nextPageToken" : {
+            "type" : "string"
+          },
+          "versions" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.tool.v1.ToolVersion"
+            },
+            "type" : "array"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.PutSecretRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "name" : {
+            "type" : "string"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "value" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.Secret" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "createTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "name" : {
+            "type" : "string"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "updatedBy" : {
+            "type" : "string"
+          },
+          "updateTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.Tool" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "contentHash" : {
+            "type" : "string"
+          },
+          "costMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "createdBy" : {
+            "type" : "string"
+          },
+          "createTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "description" : {
+            "type" : "string"
+          },
+          "id" : {
+            "type" : "string"
+          },
+          "inputSchema" : {
+            "type" : "object"
+          },
+          "kind" : {
+            "type" : "string"
+          },
+          "latestVersion" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "name" : {
+            "type" : "string"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "sideEffects" : {
+            "type" : "string"
+          },
+          "updateTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.ToolFailure" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "message" : {
+            "type" : "string"
+          },
+          "reason" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.ToolProblem" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "column" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "field" : {
+            "type" : "string"
+          },
+          "line" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "message" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.ToolVersion" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "contentHash" : {
+            "type" : "string"
+          },
+          "createdBy" : {
+            "type" : "string"
+          },
+          "createTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "definition" : {
+            "type" : "object"
+          },
+          "source" : {
+            "type" : "string"
+          },
+          "toolId" : {
+            "type" : "string"
+          },
+          "version" : {
+            "format" : "int32",
+            "type" : "integer"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.UpdateToolRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "projectId" : {
+            "type" : "string"
+          },
+          "source" : {
+            "type" : "string"
+          },
+          "tool" : {
+            "type" : "string"
+          },
+          "updateMask" : {
+            "items" : {
+              "type" : "string"
+            },
+            "type" : "array"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.ValidateToolRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "projectId" : {
+            "type" : "string"
+          },
+          "source" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.ValidateToolResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "contentHash" : {
+            "type" : "string"
+          },
+          "problems" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.tool.v1.ToolProblem"
+            },
+            "type" : "array"
+          },
+          "valid" : {
+            "type" : "boolean"
+          }
+        },
+        "type" : "object"
+      },
       "sparkops.workflow.v1.ApplyWorkflowRequest" : {
         "additionalProperties" : false,
         "properties" : {
@@ -1824,6 +2176,781 @@ public enum SparkOpenAPI {
         ],
         "x-sparkops-permission" : "member.manage",
         "x-sparkops-rpc" : "/sparkops.project.v1.ProjectService/RemoveMember"
+      }
+    },
+    "/api/v1/projects/{project_id}/secrets" : {
+      "get" : {
+        "operationId" : "listSecrets",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_size",
+            "required" : false,
+            "schema" : {
+              "format" : "int32",
+              "type" : "integer"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_token",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.tool.v1.ListSecretsResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "The project's secret names, never their values",
+        "tags" : [
+          "tool"
+        ],
+        "x-sparkops-permission" : "tool.read",
+        "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/ListSecrets"
+      }
+    },
+    "/api/v1/projects/{project_id}/secrets/{name}" : {
+      "delete" : {
+        "operationId" : "deleteSecret",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "name",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.tool.v1.DeleteSecretResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Delete a secret",
+        "tags" : [
+          "tool"
+        ],
+        "x-sparkops-permission" : "secret.write",
+        "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/DeleteSecret"
+      },
+      "put" : {
+        "operationId" : "putSecret",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "name",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.tool.v1.PutSecretRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.tool.v1.Secret"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Write a secret (encrypted at rest; it can never be read back)",
+        "tags" : [
+          "tool"
+        ],
+        "x-sparkops-max-body-bytes" : 65536,
+        "x-sparkops-permission" : "secret.write",
+        "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/PutSecret"
+      }
+    },
+    "/api/v1/projects/{project_id}/tools" : {
+      "get" : {
+        "operationId" : "listTools",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_size",
+            "required" : false,
+            "schema" : {
+              "format" : "int32",
+              "type" : "integer"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_token",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.tool.v1.ListToolsResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "The project's tools",
+        "tags" : [
+          "tool"
+        ],
+        "x-sparkops-permission" : "tool.read",
+        "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/ListTools"
+      }
+    },
+    "/api/v1/projects/{project_id}/tools/{tool}" : {
+      "delete" : {
+        "operationId" : "deleteTool",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "tool",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.tool.v1.DeleteToolResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Delete a tool",
+        "tags" : [
+          "tool"
+        ],
+        "x-sparkops-permission" : "tool.write",
+        "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/DeleteTool"
+      },
+      "get" : {
+        "operationId" : "getTool",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "tool",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.tool.v1.Tool"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "A tool, by id or name",
+        "tags" : [
+          "tool"
+        ],
+        "x-sparkops-permission" : "tool.read",
+        "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/GetTool"
+      },
+      "patch" : {
+        "description" : "Changes only the fields the body names, or those listed in `updateMask` (AIP-134); `{}` changes nothing.",
+        "operationId" : "updateTool",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "tool",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.tool.v1.UpdateToolRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.tool.v1.ApplyToolResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "A new definition: a new version when it changed",
+        "tags" : [
+          "tool"
+        ],
+        "x-sparkops-permission" : "tool.write",
+        "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/UpdateTool"
+      }
+    },
+    "/api/v1/projects/{project_id}/tools/{tool}/invoke" : {
+      "post" : {
+        "operationId" : "invokeTool",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "tool",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.tool.v1.InvokeToolRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.tool.v1.InvokeToolResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Run a tool once with an input (the same idempotency key returns the stored result)",
+        "tags" : [
+          "tool"
+        ],
+        "x-sparkops-max-body-bytes" : 4194304,
+        "x-sparkops-permission" : "run.create",
+        "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/InvokeTool"
+      }
+    },
+    "/api/v1/projects/{project_id}/tools/{tool}/versions" : {
+      "get" : {
+        "operationId" : "listToolVersions",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "tool",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_size",
+            "required" : false,
+            "schema" : {
+              "format" : "int32",
+              "type" : "integer"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_token",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.tool.v1.ListToolVersionsResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "A tool's versions, newest first",
+        "tags" : [
+          "tool"
+        ],
+        "x-sparkops-permission" : "tool.read",
+        "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/ListToolVersions"
+      }
+    },
+    "/api/v1/projects/{project_id}/tools/{tool}/versions/{version}" : {
+      "get" : {
+        "operationId" : "getToolVersion",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "tool",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "version",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.tool.v1.ToolVersion"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "One version, with its source and canonical definition",
+        "tags" : [
+          "tool"
+        ],
+        "x-sparkops-permission" : "tool.read",
+        "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/GetToolVersion"
+      }
+    },
+    "/api/v1/projects/{project_id}/tools/apply" : {
+      "post" : {
+        "operationId" : "applyTool",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.tool.v1.ApplyToolRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.tool.v1.ApplyToolResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Create the tool of this name, or add a version when its definition changed",
+        "tags" : [
+          "tool"
+        ],
+        "x-sparkops-permission" : "tool.write",
+        "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/ApplyTool"
+      }
+    },
+    "/api/v1/projects/{project_id}/tools/validate" : {
+      "post" : {
+        "operationId" : "validateTool",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.tool.v1.ValidateToolRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.tool.v1.ValidateToolResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Every problem of a tool definition, with line, column and field; nothing is stored",
+        "tags" : [
+          "tool"
+        ],
+        "x-sparkops-permission" : "tool.read",
+        "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/ValidateTool"
       }
     },
     "/api/v1/projects/{project_id}/workflows" : {

@@ -190,6 +190,78 @@ public enum SparkProtoMethods {
             idempotency: .unknown
         ),
         SparkWireMethod(
+            path: "/sparkops.tool.v1.ToolService/ApplyTool",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.tool.v1.ToolService/ValidateTool",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.tool.v1.ToolService/GetTool",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.tool.v1.ToolService/ListTools",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.tool.v1.ToolService/UpdateTool",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.tool.v1.ToolService/DeleteTool",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.tool.v1.ToolService/GetToolVersion",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.tool.v1.ToolService/ListToolVersions",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.tool.v1.ToolService/InvokeTool",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.tool.v1.ToolService/PutSecret",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.tool.v1.ToolService/ListSecrets",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.tool.v1.ToolService/DeleteSecret",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
             path: "/sparkops.workflow.v1.WorkflowService/CreateWorkflow",
             requestStreaming: false,
             responseStreaming: false,

@@ -33,9 +33,7 @@ public final class WorkflowService: Sparkops_Workflow_V1_WorkflowService.Service
         do {
             return try WorkflowDefinition.read(source)
         } catch {
-            let count = error.problems.count
-            let listed = error.problems.prefix(20).map(\.description).joined(separator: "; ")
-            throw SparkError.invalid("source", "\(count) problem\(count == 1 ? "" : "s"): \(listed)\(count > 20 ? "; …" : "")")
+            throw SparkError.invalid("source", error.summary)
         }
     }
 

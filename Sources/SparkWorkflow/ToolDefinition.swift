@@ -1,0 +1,393 @@
+import Crypto
+public import SparkExpr
+
+/// A tool of a project, as written in YAML or JSON (docs/tools.md):
+///
+/// ```yaml
+/// tool: fetch-page
+/// kind: http
+/// side_effects: none
+/// input_schema: { type: object, properties: { path: { type: string } }, required: [path] }
+/// http: { method: GET, url: "https://example.com/${{ input.path }}" }
+/// ```
+public struct ToolDefinition: Sendable, Hashable {
+    public enum Kind: String, Sendable, Hashable, CaseIterable {
+        case echo, http, python, node
+    }
+
+    /// What running the tool does to the world, which decides whether a run may retry it.
+    public enum SideEffects: String, Sendable, Hashable, CaseIterable {
+        case none
+        case idempotent
+        case nonIdempotent = "non_idempotent"
+    }
+
+    public struct HTTP: Sendable, Hashable {
+        public var method: String = "GET"
+        /// A template over `input`; interpolated values are percent-encoded.
+        public var url: String
+        /// Header templates, by name.
+        public var headers: [String: String] = [:]
+        /// Query parameter templates, by name (encoded by SparkOps).
+        public var query: [String: String] = [:]
+        /// A JSON body whose strings are templates; nil sends the input itself for POST, PUT and PATCH.
+        public var body: ExprValue?
+        public var auth: Auth?
+        /// Hosts, addresses and CIDR ranges that may be reached although not public.
+        public var allow: [String] = []
+        public var maxResponseBytes: Int = 1 << 20
+        public var followRedirects: Int = 5
+    }
+
+    public struct Auth: Sendable, Hashable {
+        public enum Scheme: String, Sendable, Hashable, CaseIterable { case bearer, basic, header }
+        /// The name of a secret of the project.
+        public var secret: String
+        public var scheme: Scheme = .bearer
+        /// The header that carries the secret for scheme `header`.
+        public var header: String = ""
+    }
+
+    /// A python or node program: input as JSON on stdin, output as JSON on stdout.
+    public struct Code: Sendable, Hashable {
+        public var source: String
+        /// pip distributions or npm packages that must already be on the host; never installed.
+        public var packages: [String] = []
+        public var memoryMB: Int = 256
+        public var cpuSeconds: Int = 10
+        public var processes: Int = 64
+        public var fileMB: Int = 16
+    }
+
+    public var name: String
+    public var description: String = ""
+    public var kind: Kind
+    public var sideEffects: SideEffects
+    public var costMicros: Int64 = 0
+    public var inputSchema: ExprValue = .map(["type": .string("object")])
+    public var timeout: WorkflowDuration = .seconds(30)
+    public var maxOutputBytes: Int = 1 << 20
+    public var http: HTTP?
+    public var code: Code?
+
+    public init(name: String, kind: Kind, sideEffects: SideEffects) {
+        self.name = name
+        self.kind = kind
+        self.sideEffects = sideEffects
+    }
+
+    /// The input schema, compiled; valid for every definition ``read(_:limits:)`` returned.
+    public var schema: JSONSchema {
+        (try? JSONSchema(self.inputSchema)) ?? (try! JSONSchema(.bool(true)))
+    }
+
+    /// Reads a tool definition from YAML or JSON, every problem with its line, column and field.
+    public static func read(_ source: String, limits: WorkflowLimits = .default) throws(WorkflowValidationError) -> ToolDefinition {
+        var tree = SourceTreeReader(limits: limits)
+        guard let root = tree.read(source) else { throw WorkflowValidationError(problems: tree.problems) }
+        var reader = WorkflowReader(limits: limits)
+        reader.problems = tree.problems
+        let definition = reader.tool(root)
+        guard reader.problems.isEmpty, let definition else { throw WorkflowValidationError(problems: reader.problems) }
+        return definition
+    }
+
+    // MARK: Canonical form
+
+    public var canonicalValue: ExprValue {
+        var fields: [String: ExprValue] = [
+            "tool": .string(self.name),
+            "description": .string(self.description),
+            "kind": .string(self.kind.rawValue),
+            "side_effects": .string(self.sideEffects.rawValue),
+            "cost_micros": .int(self.costMicros),
+            "input_schema": self.inputSchema,
+            "timeout": .string(self.timeout.description),
+            "max_output_bytes": .int(Int64(self.maxOutputBytes)),
+        ]
+        if let http = self.http {
+            var spec: [String: ExprValue] = [
+                "method": .string(http.method),
+                "url": .string(http.url),
+                "headers": .map(http.headers.mapValues(ExprValue.string)),
+                "query": .map(http.query.mapValues(ExprValue.string)),
+                "allow": .list(http.allow.map(ExprValue.string)),
+                "max_response_bytes": .int(Int64(http.maxResponseBytes)),
+                "follow_redirects": .int(Int64(http.followRedirects)),
+            ]
+            if let body = http.body { spec["body"] = body }
+            if let auth = http.auth {
+                spec["auth"] = .map(["secret": .string(auth.secret), "scheme": .string(auth.scheme.rawValue), "header": .string(auth.header)])
+            }
+            fields["http"] = .map(spec)
+        }
+        if let code = self.code {
+            fields[self.kind.rawValue] = .map([
+                "code": .string(code.source),
+                "packages": .list(code.packages.map(ExprValue.string)),
+                "limits": .map([
+                    "memory_mb": .int(Int64(code.memoryMB)),
+                    "cpu_seconds": .int(Int64(code.cpuSeconds)),
+                    "processes": .int(Int64(code.processes)),
+                    "file_mb": .int(Int64(code.fileMB)),
+                ]),
+            ])
+        }
+        return .map(fields)
+    }
+
+    public var canonicalJSON: String { self.canonicalValue.jsonText }
+
+    public var contentHash: String {
+        let digest = SHA256.hash(data: Array(self.canonicalJSON.utf8))
+        return "sha256:" + digest.map { byte in
+            let hex = String(byte, radix: 16)
+            return hex.count == 1 ? "0" + hex : hex
+        }.joined()
+    }
+}
+
+extension WorkflowReader {
+    static let toolFields = ["tool", "description", "kind", "side_effects", "cost_micros", "input_schema", "timeout", "max_output_bytes", "http", "python", "node"]
+    /// What a tool's templates may name.
+    static let toolTemplateSchema = ExprSchema.object(["input": .any])
+
+    mutating func tool(_ root: SourceNode) -> ToolDefinition? {
+        guard let top = self.fields(root, "", allowed: Self.toolFields) else { return nil }
+        var name = self.name(top["tool"]?.0, "tool", pattern: Self.isResourceName, rule: "1–100 letters, digits, _ . -, starting with a letter or digit", at: root.location)
+        // Names the tool routes use for themselves (`…/tools/apply`), and ids' prefix.
+        if let taken = name, ["apply", "validate"].contains(taken) || taken.hasPrefix("tool_") {
+            self.problem("tool", "\(taken.debugDescription) is reserved; choose another name", at: top["tool"]?.0.location ?? root.location)
+            name = nil
+        }
+        var kind: ToolDefinition.Kind?
+        if let node = top["kind"]?.0 {
+            let text = self.string(node, "kind") ?? ""
+            kind = ToolDefinition.Kind(rawValue: text)
+            if kind == nil {
+                self.problem("kind", "unknown kind \(text.debugDescription); one of \(ToolDefinition.Kind.allCases.map(\.rawValue).joined(separator: ", "))", at: node.location)
+            }
+        } else {
+            self.problem("kind", "is required: one of \(ToolDefinition.Kind.allCases.map(\.rawValue).joined(separator: ", "))", at: root.location)
+        }
+        var sideEffects: ToolDefinition.SideEffects? = kind == .echo ? ToolDefinition.SideEffects.none : nil
+        if let node = top["side_effects"]?.0 {
+            let text = self.string(node, "side_effects") ?? ""
+            sideEffects = ToolDefinition.SideEffects(rawValue: text)
+            if sideEffects == nil {
+                self.problem("side_effects", "must be none, idempotent or non_idempotent", at: node.location)
+            }
+        } else if kind != nil, kind != .echo {
+            self.problem("side_effects", "is required: none, idempotent or non_idempotent (whether a run may retry the tool)", at: root.location)
+        }
+        guard let name, let kind else { return nil }
+        var tool = ToolDefinition(name: name, kind: kind, sideEffects: sideEffects ?? .nonIdempotent)
+        tool.description = self.string(top["description"]?.0, "description") ?? ""
+        if let node = top["cost_micros"]?.0 {
+            if case .int(let cost) = node.value, cost >= 0, cost <= 1_000_000_000_000 { tool.costMicros = cost } else {
+                self.problem("cost_micros", "must be a whole number of micro-dollars, from 0 to 10^12", at: node.location)
+            }
+        }
+        if let node = top["input_schema"]?.0 {
+            self.recordLocations(of: node, at: "input_schema")
+            do {
+                _ = try JSONSchema(node.value)
+                tool.inputSchema = node.value
+            } catch {
+                for problem in error.problems {
+                    let field = problem.path.isEmpty ? "input_schema" : "input_schema.\(problem.path)"
+                    self.problem(field, problem.message, at: self.nearest(field, fallback: node.location))
+                }
+            }
+        }
+        if let timeout = self.duration(top["timeout"]?.0, "timeout") {
+            if timeout.milliseconds < 100 || timeout > .seconds(3600) {
+                self.problem("timeout", "must be from 100ms to 1h", at: top["timeout"]!.0.location)
+            } else {
+                tool.timeout = timeout
+            }
+        }
+        if let node = top["max_output_bytes"]?.0 {
+            if case .int(let bytes) = node.value, (1 ... 64 << 20).contains(bytes) { tool.maxOutputBytes = Int(bytes) } else {
+                self.problem("max_output_bytes", "must be from 1 to 67108864 (64 MiB)", at: node.location)
+            }
+        }
+        // The kind's own section, and no other kind's.
+        for other in ["http", "python", "node"] where other != kind.rawValue {
+            if let entry = top[other] {
+                self.problem(other, "a \(kind.rawValue) tool takes no \(other) section", at: entry.1)
+            }
+        }
+        switch kind {
+        case .echo: break
+        case .http:
+            if let node = top["http"]?.0 {
+                tool.http = self.httpSpec(node)
+            } else {
+                self.problem("http", "is required for an http tool: at least its url", at: root.location)
+            }
+        case .python, .node:
+            if let node = top[kind.rawValue]?.0 {
+                tool.code = self.codeSpec(node, kind.rawValue)
+            } else {
+                self.problem(kind.rawValue, "is required for a \(kind.rawValue) tool: at least its code", at: root.location)
+            }
+        }
+        return tool
+    }
+
+    /// Where `field` or its closest recorded parent was written.
+    func nearest(_ field: String, fallback: SourceLocation) -> SourceLocation {
+        var path = Substring(field)
+        while !path.isEmpty {
+            if let found = self.locations[String(path)] { return found }
+            guard let dot = path.lastIndex(of: ".") else { break }
+            path = path[..<dot]
+        }
+        return fallback
+    }
+
+    mutating func template(_ node: SourceNode, _ field: String) -> String? {
+        guard let text = self.string(node, field) else { return nil }
+        do {
+            let template = try ExprTemplate.parse(text, base: node.location)
+            for error in template.check(against: Self.toolTemplateSchema) {
+                self.problem(field, error.message, at: error.location)
+            }
+        } catch {
+            self.problem(field, error.message, at: error.location)
+        }
+        return text
+    }
+
+    mutating func templateMap(_ node: SourceNode?, _ field: String) -> [String: String] {
+        guard let node, node.value != .null else { return [:] }
+        guard case .mapping(let pairs, _) = node else {
+            self.problem(field, "must be a mapping of names to templates, not \(node.kindName)", at: node.location)
+            return [:]
+        }
+        var map: [String: String] = [:]
+        for pair in pairs {
+            let path = "\(field).\(pair.key)"
+            self.locations[path] = pair.value.location
+            if let text = self.template(pair.value, path) { map[pair.key] = text }
+        }
+        return map
+    }
+
+    /// Every string under `node` checked as a template.
+    mutating func checkTemplates(in node: SourceNode, _ field: String) {
+        switch node {
+        case .scalar(_, _, _):
+            if case .string = node.value { _ = self.template(node, field) }
+        case .mapping(let pairs, _):
+            for pair in pairs { self.checkTemplates(in: pair.value, "\(field).\(pair.key)") }
+        case .sequence(let items, _):
+            for (index, item) in items.enumerated() { self.checkTemplates(in: item, "\(field)[\(index)]") }
+        }
+    }
+
+    static let httpMethods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]
+
+    mutating func httpSpec(_ node: SourceNode) -> ToolDefinition.HTTP? {
+        guard let fields = self.fields(node, "http", allowed: ["method", "url", "headers", "query", "body", "auth", "allow", "max_response_bytes", "follow_redirects"]) else { return nil }
+        guard let urlNode = fields["url"]?.0 else {
+            self.problem("http.url", "is required", at: node.location)
+            return nil
+        }
+        guard let url = self.template(urlNode, "http.url") else { return nil }
+        let literal = url.prefix(while: { $0 != "$" }).lowercased()
+        if !(literal.hasPrefix("http://") || literal.hasPrefix("https://")) && !"http://".hasPrefix(literal) && !"https://".hasPrefix(literal) {
+            self.problem("http.url", "must start with http:// or https://", at: urlNode.location)
+        }
+        var spec = ToolDefinition.HTTP(url: url)
+        if let methodNode = fields["method"]?.0 {
+            let method = (self.string(methodNode, "http.method") ?? "").uppercased()
+            if Self.httpMethods.contains(method) { spec.method = method } else {
+                self.problem("http.method", "must be one of \(Self.httpMethods.joined(separator: ", "))", at: methodNode.location)
+            }
+        }
+        spec.headers = self.templateMap(fields["headers"]?.0, "http.headers")
+        for name in spec.headers.keys.sorted() {
+            let lowered = name.lowercased()
+            if !name.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || "-_".unicodeScalars.contains($0)) }) || name.isEmpty {
+                self.problem("http.headers.\(name)", "\(name.debugDescription) is not a header name", at: self.at("http.headers.\(name)"))
+            } else if ["host", "content-length", "transfer-encoding", "connection"].contains(lowered) {
+                self.problem("http.headers.\(name)", "\(name) is set by SparkOps", at: self.at("http.headers.\(name)"))
+            }
+        }
+        spec.query = self.templateMap(fields["query"]?.0, "http.query")
+        if let bodyNode = fields["body"]?.0 {
+            self.checkTemplates(in: bodyNode, "http.body")
+            spec.body = bodyNode.value
+            if spec.method == "GET" || spec.method == "HEAD" {
+                self.problem("http.body", "a \(spec.method) request has no body", at: bodyNode.location)
+            }
+        }
+        if let authNode = fields["auth"]?.0, let auth = self.fields(authNode, "http.auth", allowed: ["secret", "scheme", "header"]) {
+            let secret = self.name(auth["secret"]?.0, "http.auth.secret", pattern: Self.isSecretName, rule: "the name of a secret of the project: letters, digits, _ . -", at: authNode.location)
+            var value = ToolDefinition.Auth(secret: secret ?? "")
+            if let schemeNode = auth["scheme"]?.0 {
+                let text = self.string(schemeNode, "http.auth.scheme") ?? ""
+                if let scheme = ToolDefinition.Auth.Scheme(rawValue: text) { value.scheme = scheme } else {
+                    self.problem("http.auth.scheme", "must be bearer, basic or header", at: schemeNode.location)
+                }
+            }
+            value.header = self.string(auth["header"]?.0, "http.auth.header") ?? ""
+            if value.scheme == .header && value.header.isEmpty {
+                self.problem("http.auth.header", "is required with scheme header: the header that carries the secret", at: authNode.location)
+            }
+            if secret != nil { spec.auth = value }
+        }
+        spec.allow = self.stringList(fields["allow"]?.0, "http.allow")
+        if let bytes = fields["max_response_bytes"]?.0 {
+            if case .int(let count) = bytes.value, (1 ... 64 << 20).contains(count) { spec.maxResponseBytes = Int(count) } else {
+                self.problem("http.max_response_bytes", "must be from 1 to 67108864 (64 MiB)", at: bytes.location)
+            }
+        }
+        if let redirects = fields["follow_redirects"]?.0 {
+            if case .int(let count) = redirects.value, (0 ... 20).contains(count) { spec.followRedirects = Int(count) } else {
+                self.problem("http.follow_redirects", "must be from 0 to 20", at: redirects.location)
+            }
+        }
+        return spec
+    }
+
+    /// Secret names: like resource names.
+    static func isSecretName(_ text: String) -> Bool { Self.isResourceName(text) }
+
+    mutating func codeSpec(_ node: SourceNode, _ kind: String) -> ToolDefinition.Code? {
+        guard let fields = self.fields(node, kind, allowed: ["code", "packages", "limits"]) else { return nil }
+        guard let source = self.string(fields["code"]?.0, "\(kind).code", required: true) else {
+            if fields["code"] == nil { self.problem("\(kind).code", "is required: the program", at: node.location) }
+            return nil
+        }
+        guard source.utf8.count <= 256 * 1024 else {
+            self.problem("\(kind).code", "is longer than 256 KiB", at: fields["code"]!.0.location)
+            return nil
+        }
+        var code = ToolDefinition.Code(source: source)
+        code.packages = self.stringList(fields["packages"]?.0, "\(kind).packages")
+        for (index, package) in code.packages.enumerated() where !Self.isPackageName(package) {
+            self.problem("\(kind).packages[\(index)]", "\(package.debugDescription) is not a package name", at: self.at("\(kind).packages[\(index)]"))
+        }
+        if let limitsNode = fields["limits"]?.0, let limits = self.fields(limitsNode, "\(kind).limits", allowed: ["memory_mb", "cpu_seconds", "processes", "file_mb"]) {
+            func bounded(_ key: String, _ range: ClosedRange<Int64>, _ assign: (Int) -> Void) {
+                guard let value = limits[key]?.0 else { return }
+                if case .int(let number) = value.value, range.contains(number) { assign(Int(number)) } else {
+                    self.problem("\(kind).limits.\(key)", "must be a whole number from \(range.lowerBound) to \(range.upperBound)", at: value.location)
+                }
+            }
+            bounded("memory_mb", 16 ... 16384) { code.memoryMB = $0 }
+            bounded("cpu_seconds", 1 ... 3600) { code.cpuSeconds = $0 }
+            bounded("processes", 1 ... 4096) { code.processes = $0 }
+            bounded("file_mb", 0 ... 4096) { code.fileMB = $0 }
+        }
+        return code
+    }
+
+    /// pip and npm names: letters, digits, `. _ - @ /`.
+    static func isPackageName(_ text: String) -> Bool {
+        !text.isEmpty && text.count <= 214 && text.unicodeScalars.allSatisfy { $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || "._-@/".unicodeScalars.contains($0)) }
+    }
+}

@@ -1,0 +1,168 @@
+import Crypto
+import Foundation
+public import GRPCCore
+import Logging
+import SQLKit
+import SparkExpr
+import SparkKit
+public import SparkProto
+import SparkWorkflow
+import Synchronization
+import SwiftProtobuf
+
+extension ToolService {
+    /// How long a call under a key may stay `running` before it counts as abandoned (its caller
+    /// or this service died): its timeout and this much more.
+    static let abandonGrace: Int64 = 60 * 1_000_000
+
+    public func invokeTool(
+        request: ServerRequest<Sparkops_Tool_V1_InvokeToolRequest>,
+        context: ServerContext
+    ) async throws -> ServerResponse<Sparkops_Tool_V1_InvokeToolResponse> {
+        let message = request.message
+        try await self.access.require(request.metadata, projectID: message.projectID, permission: "run.create")
+        try Self.validateReference(message.tool)
+        let key = message.idempotencyKey
+        guard key.utf8.count <= 200, key.unicodeScalars.allSatisfy({ $0.value >= 0x21 && $0.value < 0x7F }) else {
+            throw SparkError.invalid("idempotency_key", "must be at most 200 printable ASCII characters, without spaces")
+        }
+        guard message.timeoutMs >= 0 else { throw SparkError.invalid("timeout_ms", "must be 0 (the tool's own timeout) or more") }
+        guard message.maxOutputBytes >= 0 else { throw SparkError.invalid("max_output_bytes", "must be 0 (the tool's own cap) or more") }
+        let input: ExprValue
+        do {
+            input = message.hasInput ? try ExprValue(jsonText: try message.input.jsonString()) : .map([:])
+        } catch {
+            throw SparkError.invalid("input", "is not JSON")
+        }
+        guard let row = try await self.store.store.sql({ try await self.store.tool(message.tool, projectID: message.projectID, on: $0) }) else {
+            throw SparkError.notFound("tool")
+        }
+        let definition = try await self.definition(of: row)
+        let problems = definition.schema.problems(input)
+        if let first = problems.first {
+            let listed = problems.map { "\($0.path): \($0.message)" }.joined(separator: "; ")
+            throw SparkError(.invalidArgument, "the input does not fit the tool's input_schema: \(listed)", field: first.path)
+        }
+        var timeout = Duration.milliseconds(definition.timeout.milliseconds)
+        if message.timeoutMs > 0 { timeout = min(timeout, .milliseconds(message.timeoutMs)) }
+        let maxOutput = message.maxOutputBytes > 0 ? min(Int(clamping: message.maxOutputBytes), definition.maxOutputBytes) : definition.maxOutputBytes
+        let requestHash = Self.hash("\(input.jsonText)\u{0}\(maxOutput)")
+        let invocationID = SparkID.make("inv")
+        let now = ToolStore.now()
+        let invocation = InvocationRow(
+            id: invocationID, projectID: message.projectID, toolID: row.id, key: key.isEmpty ? invocationID : key,
+            requestHash: requestHash, status: "running", toolVersion: row.latestVersion, response: "", startedAt: now, finishedAt: nil
+        )
+        if !key.isEmpty, let earlier = try await self.claim(invocation, definition: definition) {
+            return ServerResponse(message: earlier)
+        } else if key.isEmpty {
+            try await self.store.store.transaction { _ = try await self.store.begin(invocation, on: $0) }
+        }
+
+        let started = ContinuousClock.now
+        let projectID = message.projectID
+        var response = Sparkops_Tool_V1_InvokeToolResponse()
+        response.toolVersion = Int32(clamping: row.latestVersion)
+        response.invocationID = invocationID
+        response.costMicros = definition.costMicros
+        let result: Result<ToolRunner.Outcome, ToolRunner.Failure>
+        do {
+            result = .success(try await self.runner.run(definition, input: input, timeout: timeout, maxOutputBytes: maxOutput) { name in
+                try await self.openSecret(projectID: projectID, name: name)
+            })
+        } catch {
+            result = .failure(error)
+        }
+        switch result {
+        case .success(let outcome):
+            response.output = try Google_Protobuf_Value(jsonString: outcome.output.jsonText)
+            response.logs = Self.cut(outcome.logs)
+        case .failure(let error):
+            response.error = .with {
+                $0.reason = error.reason
+                $0.message = error.message
+            }
+            if let output = error.output { response.output = (try? Google_Protobuf_Value(jsonString: output.jsonText)) ?? Google_Protobuf_Value() }
+            response.logs = Self.cut(error.logs)
+        }
+        let elapsed = ContinuousClock.now - started
+        response.durationMs = elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000
+        let stored = try response.jsonString()
+        let status = response.hasError ? "failed" : "succeeded"
+        // The result is kept even when the caller has gone: a retry under the key finds it.
+        let store = self.store
+        try await Task.detached {
+            try await store.store.transaction { try await store.finish(id: invocationID, status: status, response: stored, at: ToolStore.now(), on: $0) }
+        }.value
+        if response.hasError {
+            self.logger.info("tool call failed", metadata: ["tool": "\(row.name)", "reason": "\(response.error.reason)", "invocation": "\(invocationID)"])
+        }
+        return ServerResponse(message: response)
+    }
+
+    /// Takes the key for this call, or answers with what an earlier call under it got: its
+    /// stored response, a refusal when the input differs, or when it is still running (or may
+    /// have run, for a non-idempotent tool, before its caller was lost).
+    func claim(_ invocation: InvocationRow, definition: ToolDefinition) async throws -> Sparkops_Tool_V1_InvokeToolResponse? {
+        let earlier = try await self.store.store.transaction { db -> InvocationRow? in
+            if try await self.store.begin(invocation, on: db) { return nil }
+            return try await self.store.invocation(projectID: invocation.projectID, toolID: invocation.toolID, key: invocation.key, on: db)
+        }
+        guard let earlier else { return nil }
+        guard earlier.requestHash == invocation.requestHash else {
+            throw SparkError(.alreadyExists, "the idempotency key was used for a call with another input; use a new key", field: "idempotency_key")
+        }
+        switch earlier.status {
+        case "running":
+            let abandoned = earlier.startedAt + definition.timeout.milliseconds * 1000 + Self.abandonGrace < invocation.startedAt
+            guard abandoned else {
+                throw SparkError(.aborted, "a call under this idempotency key is still running; ask again once it ends")
+            }
+            guard definition.sideEffects != .nonIdempotent else {
+                throw SparkError(.failedPrecondition, "a call under this idempotency key started and was lost, so it may have run; the tool is non_idempotent, so it is not run again: check its effect, then call with a new key")
+            }
+            let taken = try await self.store.store.transaction { try await self.store.retake(invocation, startedAt: earlier.startedAt, on: $0) }
+            guard taken else { throw SparkError(.aborted, "another call took over this idempotency key; ask again once it ends") }
+            return nil
+        default:
+            var response = try Sparkops_Tool_V1_InvokeToolResponse(jsonString: earlier.response)
+            response.replayed = true
+            return response
+        }
+    }
+
+    /// The tool's latest definition, parsed once per content hash.
+    func definition(of row: ToolRow) async throws -> ToolDefinition {
+        if let cached = self.definitions.withLock({ $0[row.contentHash] }) { return cached }
+        guard let version = try await self.store.store.sql({ try await self.store.version(toolID: row.id, version: row.latestVersion, on: $0) }) else {
+            throw SparkError(.internalError, "the tool's latest version is missing")
+        }
+        let definition: ToolDefinition
+        do {
+            definition = try ToolDefinition.read(version.source)
+        } catch {
+            throw SparkError(.failedPrecondition, "the tool's stored definition no longer reads: \(error); apply it again")
+        }
+        self.definitions.withLock { cache in
+            if cache.count > 10_000 { cache.removeAll() }
+            cache[row.contentHash] = definition
+        }
+        return definition
+    }
+
+    func openSecret(projectID: String, name: String) async throws -> String? {
+        guard let row = try await self.store.store.sql({ try await self.store.secret(projectID: projectID, name: name, on: $0) }) else { return nil }
+        return try self.secrets.open(keyID: row.keyID, sealed: row.sealed, projectID: projectID, name: name)
+    }
+
+    static func hash(_ text: String) -> String {
+        SHA256.hash(data: Array(text.utf8)).map { byte in
+            let hex = String(byte, radix: 16)
+            return hex.count == 1 ? "0" + hex : hex
+        }.joined()
+    }
+
+    static func cut(_ logs: String) -> String {
+        logs.utf8.count <= 64 * 1024 ? logs : String(decoding: Array(logs.utf8.prefix(64 * 1024)), as: UTF8.self)
+    }
+}

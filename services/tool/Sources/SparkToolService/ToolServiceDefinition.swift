@@ -1,0 +1,127 @@
+public import Configuration
+import Foundation
+public import Logging
+import ServiceLifecycle
+public import SparkKit
+public import SparkWire
+
+/// Settings of the tool service.
+///
+/// ## Configuration keys
+/// - `tool.masterKeys` (string, secret): the master keys that seal secrets, `id:base64` entries
+///   (32 bytes each) separated by commas; the first seals, every one opens. Rotate by putting a
+///   new key first: the service re-seals every secret under it when it starts.
+/// - `tool.masterKeyFile` (string, default `<home>/keys/tool-master-keys`): where the keys are
+///   read from when `tool.masterKeys` is not set, one entry per line. The embedded mode creates it
+///   with one key on first start; with a database URL the keys must be configured.
+/// - `tool.outboundAllow` (string): comma-separated addresses, ranges (`10.0.0.0/8`,
+///   `127.0.0.1:8080`) and host names that http tools may reach although they are not public.
+///   Empty (the default): only public addresses.
+/// - `tool.sandbox` (auto, bubblewrap or none; default auto): how python and node programs are
+///   isolated; auto uses bubblewrap when it is installed.
+/// - `tool.sandboxFirstUID` (int, default 1900000000): when the service runs as root, a program
+///   runs as uid and gid `tool.sandboxFirstUID + n`, n its slot below `tool.maxConcurrentPrograms`,
+///   so that each program's process limit counts its own processes only. The range must belong to
+///   no user.
+/// - `tool.pythonPath`, `tool.nodePath` (string): the interpreters (default `/usr/bin/python3`,
+///   `/usr/bin/node`).
+/// - `tool.maxConcurrentPrograms` (int, default 8): programs running at once; the others wait.
+/// - `tool.invocationRetentionHours` (int, default 48, at least 24): how long a finished call's
+///   idempotency key and result are kept.
+/// - `tool.httpCAFile` (string): PEM certificates http tools trust besides the system's.
+public struct ToolServiceConfig: Sendable {
+    public var outboundAllow: [String]
+    public var sandbox: String
+    public var sandboxFirstUID: Int
+    public var pythonPath: String?
+    public var nodePath: String?
+    public var maxConcurrentPrograms: Int
+    public var retentionHours: Int
+    public var httpCAFile: String?
+
+    public init(config: ConfigReader) throws {
+        self.outboundAllow = config.string(forKey: "tool.outboundAllow", default: "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        self.sandbox = config.string(forKey: "tool.sandbox", default: "auto")
+        self.sandboxFirstUID = try config.integer(forKey: "tool.sandboxFirstUID", default: 1_900_000_000, in: 1...4_000_000_000)
+        self.pythonPath = config.string(forKey: "tool.pythonPath")
+        self.nodePath = config.string(forKey: "tool.nodePath")
+        self.maxConcurrentPrograms = try config.integer(forKey: "tool.maxConcurrentPrograms", default: 8, in: 1...1024)
+        self.retentionHours = try config.integer(forKey: "tool.invocationRetentionHours", default: 48, in: 24...100_000)
+        self.httpCAFile = config.string(forKey: "tool.httpCAFile")
+    }
+}
+
+extension ToolService {
+    /// Who may call what: the gateway everything (for users); the agent and run services invoke
+    /// tools and read their definitions.
+    public static let allowlist = CallerAllowlist(
+        methods: [
+            "/sparkops.tool.v1.ToolService/InvokeTool": ["gateway", "agent", "run"],
+            "/sparkops.tool.v1.ToolService/GetTool": ["gateway", "agent", "run", "workflow"],
+            "/sparkops.tool.v1.ToolService/ListTools": ["gateway", "agent", "run", "workflow"],
+        ],
+        services: ["sparkops.tool.v1.ToolService": ["gateway"]],
+        principalSetters: ["gateway", "agent", "run", "workflow"]
+    )
+
+    /// The tool service ready for the host: its store and migrations, its master keys, its
+    /// executors, and its client of the project service.
+    public static func definition(host: HostConfig, config: ConfigReader, logger: Logger) async throws -> ServiceDefinition {
+        let settings = try ToolServiceConfig(config: config)
+        let store = try SparkStore(service: "tool", location: host.storeLocation(), logger: logger)
+        let peers = try PeerClients(caller: .tool, peers: [.project], config: host)
+        let secrets = try SecretBox.load(config: config, host: host)
+        let outbound: OutboundGuard
+        do {
+            outbound = try OutboundGuard(allowlist: settings.outboundAllow)
+        } catch {
+            throw SparkConfigurationError("tool.outboundAllow: \(error)")
+        }
+        let trustRoots = try settings.httpCAFile.map { path in
+            do { return try String(contentsOfFile: path, encoding: .utf8) } catch { throw SparkConfigurationError("tool.httpCAFile: cannot read \(path)") }
+        }
+        let sandbox = try CodeSandbox.detect(
+            sandbox: settings.sandbox, pythonPath: settings.pythonPath, nodePath: settings.nodePath,
+            firstUID: settings.sandboxFirstUID, maxConcurrent: settings.maxConcurrentPrograms, logger: logger
+        )
+        let runner = ToolRunner(sandbox: sandbox, http: try GuardedHTTPClient(outbound: outbound, extraTrustRootsPEM: trustRoots))
+        let service = ToolService(store: store, access: ProjectAccess(client: peers[.project]), secrets: secrets, runner: runner, logger: logger)
+        return ServiceDefinition(
+            name: .tool,
+            rpcServices: [service],
+            allowlist: Self.allowlist,
+            store: store,
+            migrations: ToolMigrations.all,
+            background: peers.services + [InvocationPruner(store: service.store, retentionHours: settings.retentionHours, logger: logger)],
+            prepare: {
+                let resealed = try await service.resealOldSecrets()
+                if resealed > 0 {
+                    logger.info("re-sealed secrets under the active master key", metadata: ["count": "\(resealed)", "key": "\(secrets.active.id)"])
+                }
+            },
+            peersReady: { peers.allReady }
+        )
+    }
+}
+
+/// Forgets finished calls older than the retention, every hour.
+struct InvocationPruner: ServiceLifecycle.Service {
+    let store: ToolStore
+    let retentionHours: Int
+    let logger: Logger
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(600))
+                guard !Task.isCancelled else { return }
+                do {
+                    let before = ToolStore.now() - Int64(self.retentionHours) * 3_600_000_000
+                    try await self.store.store.transaction { try await self.store.prune(before: before, on: $0) }
+                } catch {
+                    self.logger.warning("could not prune old tool calls", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,5 @@
+// sparkops-tool: the tool service as its own process. `sparkops-tool --help` lists options.
+import SparkKit
+import SparkRuntime
+
+await SparkRuntime.main(serving: [.tool])
