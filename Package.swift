@@ -176,6 +176,8 @@ let coreTargets: [Target] = [
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -249,6 +251,7 @@ let coreTargets: [Target] = [
             dependencies: [
                 "SparkToolService",
                 "SparkKit",
+                "SparkTesting",
                 .product(name: "Configuration", package: "swift-configuration"),
             ],
             swiftSettings: swiftSettings

@@ -63,7 +63,11 @@ public struct TestCluster: Sendable {
                 settings["\(name.rawValue).adminPort"] = "\(admin)"
                 adminPorts[name] = admin
             }
-            if let databaseURL { settings["database.url"] = databaseURL }
+            if let databaseURL {
+                settings["database.url"] = databaseURL
+                // Many clusters run at once against one server: a few connections each.
+                settings["database.maxConnections"] = "4"
+            }
             if let redis = backend.redisURL {
                 settings["redis.url"] = redis
                 settings["redis.keyPrefix"] = "test-\(UUID().uuidString.prefix(8))"
@@ -129,7 +133,7 @@ public struct TestCluster: Sendable {
     /// as an operator's readiness probe would.
     func waitUntilReady(unless ended: GroupEnd) async throws {
         let probes = [("gateway", self.gatewayAdminPort)] + self.serviceAdminPorts.map { ($0.key.rawValue, $0.value) }.sorted { $0.0 < $1.0 }
-        let deadline = ContinuousClock.now + .seconds(30)
+        let deadline = ContinuousClock.now + .seconds(120)
         while ContinuousClock.now < deadline {
             if let reason = ended.reason {
                 throw TestSetupError(description: "SparkOps stopped while starting: \(reason)")
@@ -149,7 +153,7 @@ public struct TestCluster: Sendable {
             let status = (try? await HTTPTestClient(baseURL: "http://127.0.0.1:\(port)").send(.GET, "/readyz"))?.status
             states.append("\(name) admin :\(port) /readyz \(status.map(String.init) ?? "no answer")")
         }
-        throw TestSetupError(description: "SparkOps did not become ready within 30 s: \(states.joined(separator: ", "))")
+        throw TestSetupError(description: "SparkOps did not become ready within 120 s: \(states.joined(separator: ", "))")
     }
 
     /// Logs in and returns the session's JSON.

@@ -32,6 +32,22 @@ extension WorkflowReader {
         self.checkExpressions(definition)
     }
 
+    /// Every step naming a tool or agent the project does not have.
+    mutating func checkReferences(_ definition: WorkflowDefinition, _ references: WorkflowReferences) {
+        for (index, step) in definition.steps.enumerated() {
+            let (kind, name, known): (String, String, Set<String>?)
+            switch step.kind {
+            case .tool(let tool): (kind, name, known) = ("tool", tool, references.tools)
+            case .agent(let agent): (kind, name, known) = ("agent", agent, references.agents)
+            case .approval: continue
+            }
+            guard let known, !known.contains(name) else { continue }
+            let field = "steps[\(index)].\(kind)"
+            let hint = Self.closest(name, known.sorted()).map { "; did you mean \($0.debugDescription)?" } ?? ""
+            self.problem(field, "the project has no \(kind) named \(name.debugDescription)\(hint)", at: self.at(field))
+        }
+    }
+
     func at(_ field: String) -> SourceLocation {
         self.locations[field] ?? .start
     }

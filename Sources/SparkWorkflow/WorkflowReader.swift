@@ -5,15 +5,46 @@ extension WorkflowDefinition {
     /// (ids, `needs`, cycles), durations, retry bounds, and every expression (syntax, names, types),
     /// each problem with its line, column and field. Tools and agents are checked by name only;
     /// whether the project has them is the workflow service's check.
-    public static func read(_ source: String, limits: WorkflowLimits = .default) throws(WorkflowValidationError) -> WorkflowDefinition {
+    ///
+    /// With `references`, the tools and agents its steps name must be among those given (the
+    /// project's), each unknown one a problem at its step's `tool` or `agent` field.
+    public static func read(_ source: String, limits: WorkflowLimits = .default, references: WorkflowReferences = .unchecked) throws(WorkflowValidationError) -> WorkflowDefinition {
         var tree = SourceTreeReader(limits: limits)
         guard let root = tree.read(source) else { throw WorkflowValidationError(problems: tree.problems) }
         var reader = WorkflowReader(limits: limits)
         reader.problems = tree.problems
         let definition = reader.definition(root)
-        if let definition { reader.validate(definition) }
+        if let definition {
+            reader.validate(definition)
+            reader.checkReferences(definition, references)
+        }
         guard reader.problems.isEmpty, let definition else { throw WorkflowValidationError(problems: reader.problems) }
         return definition
+    }
+}
+
+/// The tools and agents a project has, to check a definition's steps against; nil checks none.
+public struct WorkflowReferences: Sendable {
+    public var tools: Set<String>?
+    public var agents: Set<String>?
+
+    public init(tools: Set<String>? = nil, agents: Set<String>? = nil) {
+        self.tools = tools
+        self.agents = agents
+    }
+
+    public static let unchecked = WorkflowReferences()
+}
+
+extension WorkflowDefinition {
+    /// The tools the steps name, each once.
+    public var toolNames: Set<String> {
+        Set(self.steps.compactMap { if case .tool(let name) = $0.kind { name } else { nil } })
+    }
+
+    /// The agents the steps name, each once.
+    public var agentNames: Set<String> {
+        Set(self.steps.compactMap { if case .agent(let name) = $0.kind { name } else { nil } })
     }
 }
 

@@ -171,7 +171,7 @@ struct HTTPHygieneTests {
         }
     }
 
-    @Test("a large body on a sign-in route is refused by its 16 KiB limit, well under 50 ms, before any hashing")
+    @Test("a large body on a sign-in route is refused by its 16 KiB limit from its headers, before any hashing")
     func cheapRefusals() async throws {
         try await TestCluster.run(backend: .sqlite) { cluster in
             // Under the gateway's 1 MiB default, so that the route's own limit is what refuses them.
@@ -182,22 +182,13 @@ struct HTTPHygieneTests {
                 #expect(reply.status == 413, "\(reply.text)")
                 #expect(reply.errorField == "body")
             }
-            // What the refusal costs the server: it answers from the headers, without waiting for
-            // (or reading) the megabyte they announce. The least of up to 30 s of tries (stopping
-            // at the first under the bound), so that a loaded machine's busy moments do not count.
-            var fastest = Duration.seconds(60)
-            let budget = ContinuousClock.now + .seconds(30)
-            while fastest >= .milliseconds(50) && ContinuousClock.now < budget {
-                try await Task.sleep(for: .milliseconds(50))
-                let started = ContinuousClock.now
-                let reply = try await RawHTTP.exchange(
-                    port: cluster.gatewayPort,
-                    head: ["POST /api/v1/auth/login HTTP/1.1", "Host: x", "Content-Type: application/json", "Content-Length: \(big.utf8.count)"]
-                )
-                fastest = min(fastest, ContinuousClock.now - started)
-                #expect(reply.status == 413)
-            }
-            #expect(fastest < .milliseconds(50), "fastest refusal took \(fastest)")
+            // The refusal comes from the headers alone: the megabyte they announce is never sent,
+            // and the answer comes all the same.
+            let headOnly = try await RawHTTP.exchange(
+                port: cluster.gatewayPort,
+                head: ["POST /api/v1/auth/login HTTP/1.1", "Host: x", "Content-Type: application/json", "Content-Length: \(big.utf8.count)"]
+            )
+            #expect(headOnly.status == 413)
             // A chunked body without a length is cut off at the limit too.
             let chunk = String(repeating: "x", count: 20_000)
             let chunked = try await RawHTTP.exchange(

@@ -153,8 +153,8 @@ struct RoleHierarchyTests {
 }
 
 /// Polls `condition` until it holds (bounded by 30 s, returning as soon as it does).
-func waitFor(_ what: String, _ condition: () async throws -> Bool) async throws {
-    let deadline = ContinuousClock.now + .seconds(30)
+func waitFor(_ what: String, within limit: Duration = .seconds(60), _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + limit
     while ContinuousClock.now < deadline {
         if try await condition() { return }
         try await Task.sleep(for: .milliseconds(200))

@@ -128,7 +128,8 @@ struct SessionSafetyTests {
 
     @Test("refusals are audited, one event per caller, route and interval, then a count", arguments: TestBackend.all)
     func deniedRequestsAudited(backend: TestBackend) async throws {
-        try await TestCluster.run(backend: backend, overrides: ["gateway.denialAuditSeconds": "2"]) { cluster in
+        // An interval long enough for each burst below to fall inside one, however loaded the machine.
+        try await TestCluster.run(backend: backend, overrides: ["gateway.denialAuditSeconds": "20"]) { cluster in
             let admin = try await cluster.adminToken()
             let project = try await cluster.createProject("watched", token: admin)
             let outsiderID = try await cluster.createUser("outsider@sparkops.test", adminToken: admin)
@@ -146,7 +147,7 @@ struct SessionSafetyTests {
             }
 
             // The 404s: one event at once, then one count of the other four once the interval ends.
-            try await waitFor("the outsider's count") {
+            try await waitFor("the outsider's count", within: .seconds(120)) {
                 try await self.denials(cluster, actor: outsiderID).count == 2
             }
             let outsiderEvents = try await self.denials(cluster, actor: outsiderID)
@@ -160,7 +161,7 @@ struct SessionSafetyTests {
             let viewerEvents = try await self.denials(cluster, actor: viewerID)
             #expect(viewerEvents.count == 1)
             #expect(viewerEvents.first?.detail.hasPrefix("403 PERMISSION_DENIED") == true)
-            try await waitFor("the bad credentials' count") {
+            try await waitFor("the bad credentials' count", within: .seconds(120)) {
                 try await self.denials(cluster, actor: "anonymous").count == 2
             }
             let anonymous = try await self.denials(cluster, actor: "anonymous")

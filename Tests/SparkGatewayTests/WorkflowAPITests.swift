@@ -23,11 +23,44 @@ struct WorkflowAPITests {
         outputs: { brief: "${{ steps.draft.output.text }}" }
         """
 
+    /// The tool the definition's steps name.
+    static func addTools(_ cluster: TestCluster, _ token: String, project: String, names: [String] = ["web-search"]) async throws {
+        for name in names {
+            let applied = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/tools/apply", token: token, json: ["source": "tool: \(name)\nkind: echo"])
+            try #require(applied.status == 200, "\(applied.text)")
+        }
+    }
+
+    @Test("a step naming a tool the project does not have is refused at its line and column, with the nearest name", arguments: TestBackend.all)
+    func unknownTools(backend: TestBackend) async throws {
+        try await TestCluster.run(backend: backend) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await cluster.createProject("refs", token: admin)
+            let other = try await cluster.createProject("other", token: admin)
+            try await Self.addTools(cluster, admin, project: other, names: ["web-search"])
+            let base = "/api/v1/projects/\(project)/workflows"
+            // Another project's tool of that name does not count.
+            let refused = try await cluster.http.send(.POST, "\(base)/apply", token: admin, json: ["source": Self.definition])
+            #expect(refused.status == 400)
+            #expect(refused.errorField == "source")
+            #expect(refused.errorMessage?.contains("5:11: steps[0].tool: the project has no tool named \"web-search\"") == true, "\(refused.text)")
+            try await Self.addTools(cluster, admin, project: project, names: ["web-serch"])
+            let report = try await cluster.http.send(.POST, "\(base)/validate", token: admin, json: ["source": Self.definition])
+            let problems = report.json["problems"] as? [[String: Any]] ?? []
+            #expect(problems.map { "\($0["line"] ?? ""):\($0["column"] ?? "") \($0["field"] ?? "")" } == ["5:11 steps[0].tool"], "\(report.text)")
+            #expect((problems.first?["message"] as? String)?.contains("did you mean \"web-serch\"?") == true)
+            #expect(try await TestStores.count(cluster, service: "workflow", table: "workflows") == 0)
+            try await Self.addTools(cluster, admin, project: project)
+            #expect(try await cluster.http.send(.POST, "\(base)/apply", token: admin, json: ["source": Self.definition]).status == 200)
+        }
+    }
+
     @Test("apply creates version 1; the same definition again changes nothing; a change makes version 2", arguments: TestBackend.all)
     func versions(backend: TestBackend) async throws {
         try await TestCluster.run(backend: backend) { cluster in
             let admin = try await cluster.adminToken()
             let project = try await cluster.createProject("flows", token: admin)
+            try await Self.addTools(cluster, admin, project: project)
             let base = "/api/v1/projects/\(project)/workflows"
 
             let first = try await cluster.http.send(.POST, "\(base)/apply", token: admin, json: ["source": Self.definition])
@@ -100,6 +133,7 @@ struct WorkflowAPITests {
         try await TestCluster.run(backend: backend) { cluster in
             let admin = try await cluster.adminToken()
             let project = try await cluster.createProject("checked", token: admin)
+            try await Self.addTools(cluster, admin, project: project)
             let base = "/api/v1/projects/\(project)/workflows"
             let broken = "name: broken\nsteps:\n  - id: a\n    tool: t\n    neds: [b]\n  - id: b\n    tool: t\n    needs: [serch]\n    when: steps.a.status == 1 +\n"
             let report = try await cluster.http.send(.POST, "\(base)/validate", token: admin, json: ["source": broken])
@@ -130,6 +164,7 @@ struct WorkflowAPITests {
             let admin = try await cluster.adminToken()
             let project = try await cluster.createProject("guarded", token: admin)
             let other = try await cluster.createProject("elsewhere", token: admin)
+            try await Self.addTools(cluster, admin, project: project)
             let base = "/api/v1/projects/\(project)/workflows"
             let created = try await cluster.http.send(.POST, base, token: admin, json: ["source": Self.definition])
             try #require(created.status == 201, "\(created.text)")

@@ -41,11 +41,12 @@ struct ConfigurationTests {
         #expect(host.certificateDirectory == "/srv/sparkops/certs")
         #expect(host.listener(.project).address.map(\.description) == ["10.0.0.5:7001", "10.0.0.6:7001"])
         #expect(host.listener(.project).adminPort == 9001)
-        guard case .postgres(let url) = host.storeLocation() else {
+        guard case .postgres(let url, let maxConnections) = host.storeLocation() else {
             Issue.record("expected PostgreSQL")
             return
         }
         #expect(url.hasPrefix("postgres://"))
+        #expect(maxConnections == 20)
 
         let bad = try await SparkConfiguration.reader(environment: ["SPARKOPS_RUN_ADDRESS": "nohost"])
         #expect {

@@ -164,6 +164,8 @@ struct CLITests {
             let cli = CLI(url: cluster.baseURL, credentials: "\(cluster.home)/cli/credentials.json")
             #expect(try await cli("login", "--email", TestCluster.adminEmail, "--password", TestCluster.adminPassword).status == 0)
             let project = try await cli.json("project", "create", "with-workflows")["id"] as! String
+            let tool = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/tools/apply", token: try await cluster.adminToken(), json: ["source": "tool: http-get\nkind: echo"])
+            #expect(tool.status == 200, "\(tool.text)")
             let directory = "\(cluster.home)/flows"
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             let good = "name: nightly\nsteps:\n  - id: fetch\n    tool: http-get\n  - id: sum\n    agent: summarizer\n    needs: [fetch]\n    with: { text: \"${{ steps.fetch.output }}\" }\n"
@@ -234,12 +236,17 @@ struct CLITests {
                 inputs: { who: string }
                 """.write(toFile: file, atomically: true, encoding: .utf8)
 
-            let validated = try await cli("tool", "validate", "-f", file, "--project", project)
-            #expect(validated.status == 0, "\(validated.output)")
-            #expect(validated.output.contains("stack.yaml (document at line 10): valid tool"), "\(validated.output)")
+            // Before the tools exist, the workflow names a tool the project does not have.
+            let early = try await cli("tool", "validate", "-f", file, "--project", project)
+            #expect(early.status == 1)
+            #expect(early.output.contains("stack.yaml (document at line 10): valid tool"), "\(early.output)")
+            #expect(early.output.contains("stack.yaml:20:11: steps[0].tool: the project has no tool named \"greet\""), "\(early.output)")
+            // Applied in file order, the tools come first and the workflow then finds them.
             let applied = try await cli.json("apply", "-f", file, "--project", project)
             let rows = applied["applied"] as? [[String: Any]] ?? []
             #expect(rows.map { "\($0["kind"] ?? "") \($0["name"] ?? "") \($0["outcome"] ?? "")" } == ["tool greet created", "tool whoami created", "workflow hello created"], "\(applied)")
+            let validated = try await cli("workflow", "validate", "-f", file, "--project", project)
+            #expect(validated.status == 0, "\(validated.output)")
 
             let listed = try await cli("tool", "list", "--project", project)
             #expect(listed.output.contains("greet") && listed.output.contains("python"), "\(listed.output)")

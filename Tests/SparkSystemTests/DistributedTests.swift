@@ -42,7 +42,10 @@ struct DistributedTests {
                 "admin.password=\(TestCluster.adminPassword)",
                 "log.level=info",
             ]
-            if let databaseURL { settings.append("database.url=\(databaseURL)") }
+            if let databaseURL {
+                settings.append("database.url=\(databaseURL)")
+                settings.append("database.maxConnections=4")
+            }
             if let redisURL {
                 settings.append("redis.url=\(redisURL)")
                 settings.append("redis.keyPrefix=system-\(UUID().uuidString.prefix(8))")
@@ -55,14 +58,17 @@ struct DistributedTests {
 
         var gateway: HTTPTestClient { HTTPTestClient(baseURL: "http://127.0.0.1:\(self.gatewayPort)") }
 
-        func start(_ executable: String) throws -> ServiceProcess {
-            try ServiceProcess(executable, self.settings.flatMap { ["--set", $0] }, logDirectory: self.home)
+        func start(_ executable: String) async throws -> ServiceProcess {
+            try await ServiceProcess(executable, self.settings.flatMap { ["--set", $0] }, logDirectory: self.home)
         }
 
         /// Starts the project service, the gateway, the workflow service and the tool service (in
         /// that order in the result) and waits (bounded) until all report ready.
         func startAll() async throws -> [ServiceProcess] {
-            let processes = [try self.start("sparkops-project"), try self.start("sparkops-gateway"), try self.start("sparkops-workflow"), try self.start("sparkops-tool")]
+            var processes: [ServiceProcess] = []
+            for executable in ["sparkops-project", "sparkops-gateway", "sparkops-workflow", "sparkops-tool"] {
+                processes.append(try await self.start(executable))
+            }
             let probes = [self.projectAdminPort, self.gatewayAdminPort, self.workflowAdminPort, self.toolAdminPort].map { HTTPTestClient(baseURL: "http://127.0.0.1:\($0)") }
             let deadline = ContinuousClock.now + .seconds(60)
             while ContinuousClock.now < deadline {
@@ -181,7 +187,7 @@ struct DistributedTests {
         #expect(during.status == 503)
         #expect(during.errorCode == "UNAVAILABLE")
 
-        let project = try deployment.start("sparkops-project")
+        let project = try await deployment.start("sparkops-project")
         var recovered = false
         let recovery = ContinuousClock.now + .seconds(60)
         while !recovered && ContinuousClock.now < recovery {
@@ -208,7 +214,7 @@ struct DistributedTests {
             var processes = try await deployment.startAll()
             // A second gateway replica sharing the same project service and Redis.
             let (secondPort, secondAdminPort) = (try await FreePort.allocate(), try await FreePort.allocate())
-            let second = try ServiceProcess(
+            let second = try await ServiceProcess(
                 "sparkops-gateway",
                 (deployment.settings + ["gateway.port=\(secondPort)", "gateway.adminPort=\(secondAdminPort)"]).flatMap { ["--set", $0] },
                 logDirectory: deployment.home
@@ -283,7 +289,7 @@ struct DistributedTests {
     func devAnnouncesWhenReady() async throws {
         let deployment = try await Deployment.make(databaseURL: nil, redisURL: nil)
         defer { try? FileManager.default.removeItem(atPath: deployment.home) }
-        let dev = try ServiceProcess("sparkops", ["dev"] + deployment.settings.flatMap { ["--set", $0] }, logDirectory: deployment.home)
+        let dev = try await ServiceProcess("sparkops", ["dev"] + deployment.settings.flatMap { ["--set", $0] }, logDirectory: deployment.home)
         let announcement = "API on http://localhost:\(deployment.gatewayPort)"
         let deadline = ContinuousClock.now + .seconds(60)
         while !dev.output.contains(announcement) {
@@ -320,7 +326,7 @@ struct DistributedTests {
         for name in ports.keys { environment[name] = "\(try await FreePort.allocate())" }
         let apiPort = environment["SPARKOPS_GATEWAY_PORT"] ?? "8000"
         let settings = ["home=\(home)", "project.bcryptCost=4", "admin.email=\(TestCluster.adminEmail)", "admin.password=\(TestCluster.adminPassword)"]
-        let dev = try ServiceProcess("sparkops", ["dev"] + settings.flatMap { ["--set", $0] }, logDirectory: home, environment: environment)
+        let dev = try await ServiceProcess("sparkops", ["dev"] + settings.flatMap { ["--set", $0] }, logDirectory: home, environment: environment)
         let announcement = "API on http://localhost:\(apiPort)"
         let deadline = ContinuousClock.now + .seconds(90)
         while !dev.output.contains(announcement) {

@@ -1,7 +1,8 @@
 import Configuration
 import Foundation
 import SparkKit
-import SparkToolService
+import SparkTesting
+@testable import SparkToolService
 import Testing
 
 @Suite("Secret box")
@@ -65,5 +66,47 @@ struct SecretBoxTests {
         let production = try await SparkConfiguration.reader(overrides: ["home": other, "database.url": "postgres://x@127.0.0.1/x"], environment: [:])
         #expect(throws: SparkConfigurationError.self) { _ = try SecretBox.load(config: production, host: try HostConfig(config: production)) }
         #expect(!FileManager.default.fileExists(atPath: other))
+    }
+}
+
+@Suite("Master key rotation")
+struct RotationTests {
+    @Test("starting with a new first key re-seals every secret under it; values are unchanged; the old key can then go", arguments: TestBackend.all)
+    func reseal(backend: TestBackend) async throws {
+        try await backend.withDatabase { databaseURL in
+            let home = FileManager.default.temporaryDirectory.appending(path: "sparkops-rotation-\(UUID().uuidString)").path
+            defer { try? FileManager.default.removeItem(atPath: home) }
+            var settings = ["home": home]
+            if let databaseURL { settings["database.url"] = databaseURL }
+            let config = try await SparkConfiguration.reader(overrides: settings, environment: [:])
+            let sparkStore = try SparkStore(service: "tool", location: try HostConfig(config: config).storeLocation())
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await sparkStore.run() }
+                defer { group.cancelAll() }
+                _ = try await sparkStore.migrate(ToolMigrations.all)
+                let store = ToolStore(store: sparkStore)
+                let old = SecretBoxTests.key("k1")
+                let first = try SecretBox(keys: SecretBox.parse(old, source: "test"))
+                for index in 0 ..< 150 {
+                    let (keyID, sealed) = try first.seal("value-\(index)", projectID: "prj_a", name: "s\(index)")
+                    let row = SecretRow(projectID: "prj_a", name: "s\(index)", keyID: keyID, sealed: sealed, createdAt: 1, updatedAt: 1, updatedBy: "usr_x")
+                    _ = try await sparkStore.transaction { try await store.put(row, on: $0) }
+                }
+                #expect(try await first.resealOldSecrets(in: store) == 0)
+
+                let rotated = try SecretBox(keys: SecretBox.parse("\(SecretBoxTests.key("k2"))\n\(old)", source: "test"))
+                #expect(try await rotated.resealOldSecrets(in: store) == 150)
+                #expect(try await rotated.resealOldSecrets(in: store) == 0)
+                let rows = try await sparkStore.sql { try await store.secrets(projectID: "prj_a", after: "", limit: 500, on: $0) }
+                #expect(rows.count == 150)
+                #expect(rows.allSatisfy { $0.keyID == "k2" })
+                // Only the new key now: every value still opens, unchanged.
+                let newOnly = try SecretBox(keys: [rotated.active])
+                for row in rows {
+                    let index = row.name.dropFirst()
+                    #expect(try newOnly.open(keyID: row.keyID, sealed: row.sealed, projectID: row.projectID, name: row.name) == "value-\(index)")
+                }
+            }
+        }
     }
 }

@@ -18,24 +18,14 @@ struct PolyglotClientTests {
 
     /// Runs a program to completion (bounded by `timeout`) and returns its exit status and output.
     static func run(_ executable: String, _ arguments: [String], timeout: Duration = .seconds(120)) async throws -> (Int32, String) {
-        let process = Process()
-        process.executableURL = URL(filePath: "/usr/bin/env")
-        process.arguments = [executable] + arguments
-        process.currentDirectoryURL = Self.repository
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let deadline = ContinuousClock.now + timeout
-        while process.isRunning {
-            if ContinuousClock.now > deadline {
-                process.terminate()
-                throw PolyglotError(description: "\(executable) did not finish within \(timeout)")
-            }
-            try await Task.sleep(for: .milliseconds(20))
+        let log = FileManager.default.temporaryDirectory.appending(path: "sparkops-polyglot-\(UUID().uuidString).log").path
+        defer { try? FileManager.default.removeItem(atPath: log) }
+        let process = try await ChildProcess("/usr/bin/env", [executable] + arguments, environment: ProcessInfo.processInfo.environment, directory: Self.repository.path, outputPath: log)
+        guard let status = await process.wait(within: timeout) else {
+            _ = await process.stop(within: .seconds(1))
+            throw PolyglotError(description: "\(executable) did not finish within \(timeout)")
         }
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        return (process.terminationStatus, text)
+        return (status, process.output)
     }
 
     func withEchoServer(_ body: (TestCertificates, Int) async throws -> Void) async throws {

@@ -37,6 +37,13 @@ psql_admin() {
 		sudo -u postgres psql -v ON_ERROR_STOP=1 -qtA "$@"
 	fi
 }
+# Room for many SparkOps processes (each service holds a pool) and, with --test, for the test
+# suite's clusters running side by side: at least 500 connections, which needs a restart once.
+if [ "$(psql_admin -c "SHOW max_connections")" -lt 500 ]; then
+	psql_admin -c "ALTER SYSTEM SET max_connections = 500" >&2
+	$sudo pg_ctlcluster "$version" main restart >&2
+	for _ in $(seq 1 60); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done
+fi
 if [ "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = 'sparkops'")" != 1 ]; then
 	psql_admin -c "CREATE ROLE sparkops LOGIN SUPERUSER PASSWORD 'sparkops'" >&2
 fi

@@ -23,6 +23,8 @@ public struct HostConfig: Sendable {
     public var home: String
     public var certificateDirectory: String
     public var databaseURL: String?
+    /// PostgreSQL connections each service's store may hold (`database.maxConnections`).
+    public var databaseMaxConnections: Int
     public var redisURL: String?
     public var logLevel: String
     private var services: [ServiceName: Listener]
@@ -39,6 +41,7 @@ public struct HostConfig: Sendable {
         self.home = config.string(forKey: "home", default: "./.sparkops")
         self.certificateDirectory = config.string(forKey: "certs.directory", default: "\(self.home)/certs")
         self.databaseURL = config.string(forKey: "database.url", isSecret: true)
+        self.databaseMaxConnections = try config.integer(forKey: "database.maxConnections", default: 20, in: 1...1000)
         self.redisURL = config.string(forKey: "redis.url", isSecret: true)
         self.logLevel = config.string(forKey: "log.level", default: "info")
         var services: [ServiceName: Listener] = [:]
@@ -74,7 +77,7 @@ public struct HostConfig: Sendable {
     /// Where the service's SQLite file lives, or the PostgreSQL URL.
     public func storeLocation() -> SparkStore.Location {
         if let url = self.databaseURL, !url.isEmpty {
-            return .postgres(url: url)
+            return .postgres(url: url, maxConnections: self.databaseMaxConnections)
         }
         return .sqlite(directory: "\(self.home)/data")
     }

@@ -20,6 +20,7 @@ public enum ServiceName: String, CaseIterable, Sendable, Hashable {
     /// The admin HTTP port (`/healthz`, `/readyz`, `/metrics`) unless configured (`<name>.adminPort`).
     public var defaultAdminPort: Int { self.defaultWirePort + 2000 }
 
-    /// The services implemented so far; the others are named but not built yet.
-    public static let available: [ServiceName] = [.gateway, .project, .workflow, .tool]
+    /// The services implemented so far, each after the services it calls (the order they start
+    /// in, but for the gateway, which starts last); the others are named but not built yet.
+    public static let available: [ServiceName] = [.gateway, .project, .tool, .workflow]
 }

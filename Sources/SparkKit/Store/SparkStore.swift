@@ -31,8 +31,9 @@ public final class SparkStore: Service, Sendable {
     public enum Location: Sendable {
         /// `<directory>/<service>.sqlite`.
         case sqlite(directory: String)
-        /// A `postgres://user:password@host:port/database` URL; the service gets the schema named after it.
-        case postgres(url: String)
+        /// A `postgres://user:password@host:port/database` URL; the service gets the schema named
+        /// after it, and at most `maxConnections` connections.
+        case postgres(url: String, maxConnections: Int = 20)
     }
 
     private enum Backend: Sendable {
@@ -65,10 +66,10 @@ public final class SparkStore: Service, Sendable {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             self.dialect = .sqlite
             self.backend = .sqlite(SQLitePool(path: "\(directory)/\(service).sqlite", logger: logger))
-        case .postgres(let url):
+        case .postgres(let url, let maxConnections):
             var configuration = try Self.postgresConfiguration(url: url)
             configuration.options.additionalStartupParameters = [("search_path", service)]
-            configuration.options.maximumConnections = 20
+            configuration.options.maximumConnections = maxConnections
             self.dialect = .postgres
             self.backend = .postgres(PostgresClient(configuration: configuration, backgroundLogger: logger))
         }

@@ -104,3 +104,24 @@ public struct SecretBox: Sendable {
         return String(decoding: plain, as: UTF8.self)
     }
 }
+
+extension SecretBox {
+    /// Re-seals every secret sealed under an older key with the active one, in batches; returns
+    /// how many it re-sealed. A secret written meanwhile is left as it was written.
+    func resealOldSecrets(in store: ToolStore) async throws -> Int {
+        var count = 0
+        while true {
+            let batch = try await store.store.sql { try await store.secrets(notUnder: self.active.id, limit: 100, on: $0) }
+            guard !batch.isEmpty else { return count }
+            for old in batch {
+                let value = try self.open(keyID: old.keyID, sealed: old.sealed, projectID: old.projectID, name: old.name)
+                let (keyID, sealed) = try self.seal(value, projectID: old.projectID, name: old.name)
+                var row = old
+                row.keyID = keyID
+                row.sealed = sealed
+                try await store.store.transaction { try await store.reseal(row, from: old, on: $0) }
+                count += 1
+            }
+        }
+    }
+}

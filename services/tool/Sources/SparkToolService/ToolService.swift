@@ -310,25 +310,6 @@ public final class ToolService: Sparkops_Tool_V1_ToolService.ServiceProtocol {
         return ServerResponse(message: .init())
     }
 
-    /// Re-seals every secret sealed under an older key with the active one, in batches; returns
-    /// how many it re-sealed.
-    func resealOldSecrets() async throws -> Int {
-        var count = 0
-        while true {
-            let batch = try await self.store.store.sql { try await self.store.secrets(notUnder: self.secrets.active.id, limit: 100, on: $0) }
-            guard !batch.isEmpty else { return count }
-            for old in batch {
-                let value = try self.secrets.open(keyID: old.keyID, sealed: old.sealed, projectID: old.projectID, name: old.name)
-                let (keyID, sealed) = try self.secrets.seal(value, projectID: old.projectID, name: old.name)
-                var row = old
-                row.keyID = keyID
-                row.sealed = sealed
-                try await self.store.store.transaction { try await self.store.reseal(row, from: old, on: $0) }
-                count += 1
-            }
-        }
-    }
-
     // MARK: Helpers
 
     static func validateReference(_ reference: String) throws {

@@ -94,7 +94,7 @@ extension ToolService {
             migrations: ToolMigrations.all,
             background: peers.services + [InvocationPruner(store: service.store, retentionHours: settings.retentionHours, logger: logger)],
             prepare: {
-                let resealed = try await service.resealOldSecrets()
+                let resealed = try await secrets.resealOldSecrets(in: service.store)
                 if resealed > 0 {
                     logger.info("re-sealed secrets under the active master key", metadata: ["count": "\(resealed)", "key": "\(secrets.active.id)"])
                 }

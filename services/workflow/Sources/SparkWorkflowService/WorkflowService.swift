@@ -17,11 +17,14 @@ import SwiftProtobuf
 public final class WorkflowService: Sparkops_Workflow_V1_WorkflowService.ServiceProtocol {
     let store: WorkflowStore
     let access: ProjectAccess
+    /// Where the tools a definition names are looked up; nil checks none.
+    let tools: ToolDirectory?
     let logger: Logger
 
-    public init(store: SparkStore, access: ProjectAccess, logger: Logger) {
+    init(store: SparkStore, access: ProjectAccess, tools: ToolDirectory?, logger: Logger) {
         self.store = WorkflowStore(store: store)
         self.access = access
+        self.tools = tools
         self.logger = logger
     }
 
@@ -37,19 +40,39 @@ public final class WorkflowService: Sparkops_Workflow_V1_WorkflowService.Service
         }
     }
 
+    /// The definition, its tools checked against the project's (agents once the agent service
+    /// exists): INVALID_ARGUMENT on `source` otherwise.
+    func checked(_ source: String, projectID: String, principal: Sparkops_Common_V1_Principal) async throws -> WorkflowDefinition {
+        let definition = try Self.read(source)
+        guard let references = try await self.references(for: definition, projectID: projectID, principal: principal) else { return definition }
+        do {
+            return try WorkflowDefinition.read(source, references: references)
+        } catch {
+            throw SparkError.invalid("source", error.summary)
+        }
+    }
+
+    func references(for definition: WorkflowDefinition, projectID: String, principal: Sparkops_Common_V1_Principal) async throws -> WorkflowReferences? {
+        guard !definition.toolNames.isEmpty, let tools = self.tools else { return nil }
+        return WorkflowReferences(tools: try await tools.names(projectID: projectID, principal: principal))
+    }
+
     public func validateWorkflow(
         request: ServerRequest<Sparkops_Workflow_V1_ValidateWorkflowRequest>,
         context: ServerContext
     ) async throws -> ServerResponse<Sparkops_Workflow_V1_ValidateWorkflowResponse> {
-        try await self.access.require(request.metadata, projectID: request.message.projectID, permission: "workflow.read")
+        let principal = try await self.access.require(request.metadata, projectID: request.message.projectID, permission: "workflow.read")
         guard !request.message.source.isEmpty else { throw SparkError.invalid("source", "is required") }
         do {
-            let definition = try WorkflowDefinition.read(request.message.source)
+            var definition = try WorkflowDefinition.read(request.message.source)
+            if let references = try await self.references(for: definition, projectID: request.message.projectID, principal: principal) {
+                definition = try WorkflowDefinition.read(request.message.source, references: references)
+            }
             return ServerResponse(message: .with {
                 $0.valid = true
                 $0.contentHash = definition.contentHash
             })
-        } catch {
+        } catch let error as WorkflowValidationError {
             return ServerResponse(message: .with {
                 $0.valid = false
                 $0.problems = error.problems.map { problem in
@@ -70,7 +93,7 @@ public final class WorkflowService: Sparkops_Workflow_V1_WorkflowService.Service
     ) async throws -> ServerResponse<Sparkops_Workflow_V1_ApplyWorkflowResponse> {
         let projectID = request.message.projectID
         let principal = try await self.access.require(request.metadata, projectID: projectID, permission: "workflow.write")
-        let definition = try Self.read(request.message.source)
+        let definition = try await self.checked(request.message.source, projectID: projectID, principal: principal)
         let result = try await self.store.store.transaction { db -> Sparkops_Workflow_V1_ApplyWorkflowResponse in
             if try await self.store.workflow(name: definition.name, projectID: projectID, on: db) != nil {
                 throw SparkError(.alreadyExists, "a workflow named \(definition.name.debugDescription) already exists in this project; apply it to add a version", field: "source")
@@ -87,7 +110,7 @@ public final class WorkflowService: Sparkops_Workflow_V1_WorkflowService.Service
     ) async throws -> ServerResponse<Sparkops_Workflow_V1_ApplyWorkflowResponse> {
         let projectID = request.message.projectID
         let principal = try await self.access.require(request.metadata, projectID: projectID, permission: "workflow.write")
-        let definition = try Self.read(request.message.source)
+        let definition = try await self.checked(request.message.source, projectID: projectID, principal: principal)
         let result = try await self.store.store.transaction { db -> Sparkops_Workflow_V1_ApplyWorkflowResponse in
             guard let existing = try await self.store.workflow(name: definition.name, projectID: projectID, on: db) else {
                 return try await self.create(definition, source: request.message.source, projectID: projectID, by: principal.id, on: db)
@@ -114,7 +137,7 @@ public final class WorkflowService: Sparkops_Workflow_V1_WorkflowService.Service
         let principal = try await self.access.require(request.metadata, projectID: message.projectID, permission: "workflow.write")
         try Self.validateID(message.workflowID)
         let mask = try UpdateMask(message.updateMask, allowed: ["source"])
-        let definition = mask.contains("source") ? try Self.read(message.source) : nil
+        let definition = mask.contains("source") ? try await self.checked(message.source, projectID: message.projectID, principal: principal) : nil
         let result = try await self.store.store.transaction { db -> Sparkops_Workflow_V1_UpdateWorkflowResponse in
             guard let existing = try await self.store.workflow(id: message.workflowID, projectID: message.projectID, on: db) else {
                 throw SparkError.notFound("workflow")

@@ -15,12 +15,13 @@ extension WorkflowService {
         principalSetters: ["gateway", "run"]
     )
 
-    /// The workflow service ready for the host: its store, migrations and its client of the
-    /// project service (for roles and the audit log); ready once that client is connected.
+    /// The workflow service ready for the host: its store, migrations, its client of the
+    /// project service (for roles and the audit log) and of the tool service (the tools steps
+    /// name); ready once both are connected.
     public static func definition(host: HostConfig, config: ConfigReader, logger: Logger) async throws -> ServiceDefinition {
         let store = try SparkStore(service: "workflow", location: host.storeLocation(), logger: logger)
-        let peers = try PeerClients(caller: .workflow, peers: [.project], config: host)
-        let service = WorkflowService(store: store, access: ProjectAccess(client: peers[.project]), logger: logger)
+        let peers = try PeerClients(caller: .workflow, peers: [.project, .tool], config: host)
+        let service = WorkflowService(store: store, access: ProjectAccess(client: peers[.project]), tools: ToolDirectory(client: peers[.tool]), logger: logger)
         return ServiceDefinition(
             name: .workflow,
             rpcServices: [service],
