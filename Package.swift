@@ -334,6 +334,9 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "PostgresNIO", package: "postgres-nio"),
+            .product(name: "SQLiteNIO", package: "sqlite-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ])
         + service("gateway", module: "SparkGateway", dependencies: [
             .product(name: "Hummingbird", package: "hummingbird"),

@@ -12,7 +12,7 @@ public import SparkExpr
 /// ```
 public struct ToolDefinition: Sendable, Hashable {
     public enum Kind: String, Sendable, Hashable, CaseIterable {
-        case echo, http, python, node
+        case echo, http, python, node, sql
     }
 
     /// What running the tool does to the world, which decides whether a run may retry it.
@@ -59,6 +59,18 @@ public struct ToolDefinition: Sendable, Hashable {
         public var fileMB: Int = 16
     }
 
+    /// A read-only query of a PostgreSQL or SQLite database whose connection string is a secret.
+    public struct SQL: Sendable, Hashable {
+        /// The secret holding `postgres://user:password@host:5432/db` or `sqlite:///path/to/file.db`.
+        public var connection: String
+        /// One SELECT (or WITH … SELECT, VALUES, TABLE); `$1`, `$2` … (PostgreSQL) or `?1`, `?2` …
+        /// (SQLite) stand for the parameters.
+        public var query: String
+        /// Templates over `input`, bound in order, never spliced into the query.
+        public var parameters: [String] = []
+        public var maxRows: Int = 1000
+    }
+
     public var name: String
     public var description: String = ""
     public var kind: Kind
@@ -69,6 +81,7 @@ public struct ToolDefinition: Sendable, Hashable {
     public var maxOutputBytes: Int = 1 << 20
     public var http: HTTP?
     public var code: Code?
+    public var sql: SQL?
 
     public init(name: String, kind: Kind, sideEffects: SideEffects) {
         self.name = name
@@ -121,6 +134,14 @@ public struct ToolDefinition: Sendable, Hashable {
             }
             fields["http"] = .map(spec)
         }
+        if let sql = self.sql {
+            fields["sql"] = .map([
+                "connection": .string(sql.connection),
+                "query": .string(sql.query),
+                "parameters": .list(sql.parameters.map(ExprValue.string)),
+                "max_rows": .int(Int64(sql.maxRows)),
+            ])
+        }
         if let code = self.code {
             fields[self.kind.rawValue] = .map([
                 "code": .string(code.source),
@@ -148,7 +169,7 @@ public struct ToolDefinition: Sendable, Hashable {
 }
 
 extension WorkflowReader {
-    static let toolFields = ["tool", "description", "kind", "side_effects", "cost_micros", "input_schema", "timeout", "max_output_bytes", "http", "python", "node"]
+    static let toolFields = ["tool", "description", "kind", "side_effects", "cost_micros", "input_schema", "timeout", "max_output_bytes", "http", "python", "node", "sql"]
     /// What a tool's templates may name.
     static let toolTemplateSchema = ExprSchema.object(["input": .any])
 
@@ -170,15 +191,19 @@ extension WorkflowReader {
         } else {
             self.problem("kind", "is required: one of \(ToolDefinition.Kind.allCases.map(\.rawValue).joined(separator: ", "))", at: root.location)
         }
-        var sideEffects: ToolDefinition.SideEffects? = kind == .echo ? ToolDefinition.SideEffects.none : nil
+        // echo has none; sql runs read-only, so it has none either.
+        var sideEffects: ToolDefinition.SideEffects? = kind == .echo || kind == .sql ? ToolDefinition.SideEffects.none : nil
         if let node = top["side_effects"]?.0 {
             let text = self.string(node, "side_effects") ?? ""
             sideEffects = ToolDefinition.SideEffects(rawValue: text)
             if sideEffects == nil {
                 self.problem("side_effects", "must be none, idempotent or non_idempotent", at: node.location)
             }
-        } else if kind != nil, kind != .echo {
+        } else if kind != nil, kind != .echo, kind != .sql {
             self.problem("side_effects", "is required: none, idempotent or non_idempotent (whether a run may retry the tool)", at: root.location)
+        }
+        if kind == .sql, let node = top["side_effects"]?.0, sideEffects != ToolDefinition.SideEffects.none {
+            self.problem("side_effects", "a sql tool runs in a read-only transaction: its side_effects are none", at: node.location)
         }
         guard let name, let kind else { return nil }
         var tool = ToolDefinition(name: name, kind: kind, sideEffects: sideEffects ?? .nonIdempotent)
@@ -213,7 +238,7 @@ extension WorkflowReader {
             }
         }
         // The kind's own section, and no other kind's.
-        for other in ["http", "python", "node"] where other != kind.rawValue {
+        for other in ["http", "python", "node", "sql"] where other != kind.rawValue {
             if let entry = top[other] {
                 self.problem(other, "a \(kind.rawValue) tool takes no \(other) section", at: entry.1)
             }
@@ -232,8 +257,53 @@ extension WorkflowReader {
             } else {
                 self.problem(kind.rawValue, "is required for a \(kind.rawValue) tool: at least its code", at: root.location)
             }
+        case .sql:
+            if let node = top["sql"]?.0 {
+                tool.sql = self.sqlSpec(node)
+            } else {
+                self.problem("sql", "is required for a sql tool: its connection secret and query", at: root.location)
+            }
         }
         return tool
+    }
+
+    mutating func sqlSpec(_ node: SourceNode) -> ToolDefinition.SQL? {
+        guard let fields = self.fields(node, "sql", allowed: ["connection", "query", "parameters", "max_rows"]) else { return nil }
+        let connection = self.name(fields["connection"]?.0, "sql.connection", pattern: Self.isSecretName, rule: "the name of a secret of the project holding the connection string", at: node.location)
+        let query = self.string(fields["query"]?.0, "sql.query", required: true)
+        if fields["query"] == nil { self.problem("sql.query", "is required: one SELECT", at: node.location) }
+        if let query, let queryNode = fields["query"]?.0 {
+            let trimmed = query.drop(while: { $0.isWhitespace || $0 == "(" })
+            let first = trimmed.prefix(while: { $0.isLetter }).lowercased()
+            if !["select", "with", "values", "table"].contains(first) {
+                self.problem("sql.query", "must be one SELECT (or WITH … SELECT, VALUES, TABLE): a sql tool only reads", at: queryNode.location)
+            } else if query.utf8.count > 64 * 1024 {
+                self.problem("sql.query", "is longer than 64 KiB", at: queryNode.location)
+            }
+        }
+        var parameters: [String] = []
+        if let list = fields["parameters"]?.0 {
+            if case .sequence(let items, _) = list {
+                for (index, item) in items.enumerated() {
+                    let field = "sql.parameters[\(index)]"
+                    if case .scalar = item {
+                        if let text = self.template(item, field) { parameters.append(text) }
+                    } else {
+                        self.problem(field, "must be a template, not \(item.kindName)", at: item.location)
+                    }
+                }
+            } else {
+                self.problem("sql.parameters", "must be a list of templates, bound in order", at: list.location)
+            }
+        }
+        var spec = ToolDefinition.SQL(connection: connection ?? "", query: query ?? "", parameters: parameters)
+        if let rows = fields["max_rows"]?.0 {
+            if case .int(let count) = rows.value, (1 ... 100_000).contains(count) { spec.maxRows = Int(count) } else {
+                self.problem("sql.max_rows", "must be from 1 to 100000", at: rows.location)
+            }
+        }
+        guard connection != nil, query != nil else { return nil }
+        return spec
     }
 
     /// Where `field` or its closest recorded parent was written.

@@ -9,6 +9,7 @@ import SparkWorkflow
 struct ToolRunner: Sendable {
     let sandbox: CodeSandbox
     let http: GuardedHTTPClient
+    let sql: SQLRunner
 
     struct Failure: Error, Sendable {
         var reason: String
@@ -40,6 +41,9 @@ struct ToolRunner: Sendable {
         case .python, .node:
             guard let code = tool.code else { throw Failure(reason: "invalid_tool", message: "the tool has no code") }
             outcome = try await self.code(tool.kind, code, input: input, timeout: timeout, maxOutputBytes: maxOutputBytes)
+        case .sql:
+            guard let spec = tool.sql else { throw Failure(reason: "invalid_tool", message: "the sql tool has no sql section") }
+            outcome = try await self.sql(spec, input: input, timeout: timeout, secret: secret)
         }
         let size = outcome.output.jsonText.utf8.count
         guard size <= maxOutputBytes else {
@@ -69,6 +73,27 @@ struct ToolRunner: Sendable {
             throw Failure(reason: "invalid_output", message: "stdout is not JSON: \(text.prefix(200).debugDescription)", logs: result.logs)
         }
         return Outcome(output: output, logs: result.logs)
+    }
+
+    // MARK: sql
+
+    func sql(_ spec: ToolDefinition.SQL, input: ExprValue, timeout: Duration, secret: @Sendable (String) async throws -> String?) async throws(Failure) -> Outcome {
+        let environment: [String: ExprValue] = ["input": input]
+        var parameters: [ExprValue] = []
+        for (index, template) in spec.parameters.enumerated() {
+            parameters.append(try Self.render(template, environment, field: "sql.parameters[\(index)]"))
+        }
+        let connection: String?
+        do {
+            connection = try await secret(spec.connection)
+        } catch {
+            throw Failure(reason: "secret_missing", message: "the secret \(spec.connection) cannot be opened: \(error)")
+        }
+        guard let connection else {
+            throw Failure(reason: "secret_missing", message: "the project has no secret named \(spec.connection); set it to the connection string with `sparkops secret set \(spec.connection)`")
+        }
+        let result = try await self.sql.run(spec, connection: connection, parameters: parameters, timeout: timeout)
+        return Outcome(output: .map(["rows": .list(result.rows), "row_count": .int(Int64(result.rows.count)), "truncated": .bool(result.truncated)]), logs: "")
     }
 
     // MARK: http

@@ -1,6 +1,7 @@
 public import Configuration
 import Foundation
 public import Logging
+import NIOSSL
 import ServiceLifecycle
 public import SparkKit
 public import SparkWire
@@ -28,7 +29,9 @@ public import SparkWire
 /// - `tool.maxConcurrentPrograms` (int, default 8): programs running at once; the others wait.
 /// - `tool.invocationRetentionHours` (int, default 48, at least 24): how long a finished call's
 ///   idempotency key and result are kept.
-/// - `tool.httpCAFile` (string): PEM certificates http tools trust besides the system's.
+/// - `tool.httpCAFile` (string): PEM certificates http and sql tools trust besides the system's.
+/// - `tool.sqliteDirectories` (string): comma-separated directories whose SQLite files sql tools
+///   may open (read-only). Empty (the default): none.
 public struct ToolServiceConfig: Sendable {
     public var outboundAllow: [String]
     public var sandbox: String
@@ -38,6 +41,7 @@ public struct ToolServiceConfig: Sendable {
     public var maxConcurrentPrograms: Int
     public var retentionHours: Int
     public var httpCAFile: String?
+    public var sqliteDirectories: [String]
 
     public init(config: ConfigReader) throws {
         self.outboundAllow = config.string(forKey: "tool.outboundAllow", default: "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
@@ -48,6 +52,9 @@ public struct ToolServiceConfig: Sendable {
         self.maxConcurrentPrograms = try config.integer(forKey: "tool.maxConcurrentPrograms", default: 8, in: 1...1024)
         self.retentionHours = try config.integer(forKey: "tool.invocationRetentionHours", default: 48, in: 24...100_000)
         self.httpCAFile = config.string(forKey: "tool.httpCAFile")
+        self.sqliteDirectories = config.string(forKey: "tool.sqliteDirectories", default: "").split(separator: ",")
+            .map { URL(filePath: $0.trimmingCharacters(in: .whitespaces)).standardizedFileURL.resolvingSymlinksInPath().path }
+            .filter { $0.hasPrefix("/") && $0 != "/" }
     }
 }
 
@@ -84,7 +91,15 @@ extension ToolService {
             sandbox: settings.sandbox, pythonPath: settings.pythonPath, nodePath: settings.nodePath,
             firstUID: settings.sandboxFirstUID, maxConcurrent: settings.maxConcurrentPrograms, logger: logger
         )
-        let runner = ToolRunner(sandbox: sandbox, http: try GuardedHTTPClient(outbound: outbound, extraTrustRootsPEM: trustRoots))
+        var databaseTLS = TLSConfiguration.makeClientConfiguration()
+        if let pem = trustRoots {
+            databaseTLS.additionalTrustRoots = [.certificates(try NIOSSLCertificate.fromPEMBytes(Array(pem.utf8)))]
+        }
+        let runner = ToolRunner(
+            sandbox: sandbox,
+            http: try GuardedHTTPClient(outbound: outbound, extraTrustRootsPEM: trustRoots),
+            sql: SQLRunner(outbound: outbound, sqliteDirectories: settings.sqliteDirectories, tls: databaseTLS)
+        )
         let service = ToolService(store: store, access: ProjectAccess(client: peers[.project]), secrets: secrets, runner: runner, logger: logger)
         return ServiceDefinition(
             name: .tool,
