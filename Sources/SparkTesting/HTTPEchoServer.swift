@@ -11,7 +11,9 @@ import Synchronization
 /// - `/status/<code>` answers that status (with the same JSON);
 /// - `/redirect?to=<url>` answers 302 to the URL;
 /// - `/bytes?n=<count>` answers `count` bytes of `x` as text/plain;
-/// - `/slow?ms=<milliseconds>` answers after that long.
+/// - `/slow?ms=<milliseconds>` answers after that long;
+/// - `/searxng?q=<words>&format=json` answers as a SearXNG instance does, with three results
+///   naming the words.
 ///
 /// ```swift
 /// let server = try await HTTPEchoServer.start()
@@ -98,6 +100,13 @@ final class EchoHandler: ChannelInboundHandler, @unchecked Sendable {
             status = .found
             headers.add(name: "Location", value: target)
             payload = []
+        } else if path.hasPrefix("/searxng"), query["format"] == "json" {
+            let words = query["q"] ?? ""
+            let results: [[String: Any]] = (1 ... 3).map { index in
+                ["title": "\(words) \(index)", "url": "https://example.org/\(index)", "content": "About \(words), part \(index)", "engine": "fake", "score": 1.0 / Double(index)]
+            }
+            payload = Array((try? JSONSerialization.data(withJSONObject: ["query": words, "number_of_results": 3, "results": results], options: [.sortedKeys])) ?? Data())
+            headers.add(name: "Content-Type", value: "application/json")
         } else if path.hasPrefix("/bytes") {
             payload = [UInt8](repeating: UInt8(ascii: "x"), count: Int(query["n"] ?? "0") ?? 0)
             headers.add(name: "Content-Type", value: "text/plain")

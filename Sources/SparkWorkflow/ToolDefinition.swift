@@ -12,7 +12,7 @@ public import SparkExpr
 /// ```
 public struct ToolDefinition: Sendable, Hashable {
     public enum Kind: String, Sendable, Hashable, CaseIterable {
-        case echo, http, python, node, sql
+        case echo, http, python, node, sql, search
     }
 
     /// What running the tool does to the world, which decides whether a run may retry it.
@@ -71,6 +71,19 @@ public struct ToolDefinition: Sendable, Hashable {
         public var maxRows: Int = 1000
     }
 
+    /// Full-text search of the project's documents, or a SearXNG-compatible JSON API.
+    public struct Search: Sendable, Hashable {
+        public enum Provider: String, Sendable, Hashable, CaseIterable { case documents, searxng }
+        public var provider: Provider
+        /// A template over `input`: the words to search for.
+        public var query: String = "${{ input.query }}"
+        /// documents: only this collection.
+        public var collection: String = ""
+        public var limit: Int = 10
+        /// searxng: the search endpoint (`https://searx.example.org/search`), through the outbound guard.
+        public var url: String = ""
+    }
+
     public var name: String
     public var description: String = ""
     public var kind: Kind
@@ -82,6 +95,7 @@ public struct ToolDefinition: Sendable, Hashable {
     public var http: HTTP?
     public var code: Code?
     public var sql: SQL?
+    public var search: Search?
 
     public init(name: String, kind: Kind, sideEffects: SideEffects) {
         self.name = name
@@ -134,6 +148,15 @@ public struct ToolDefinition: Sendable, Hashable {
             }
             fields["http"] = .map(spec)
         }
+        if let search = self.search {
+            fields["search"] = .map([
+                "provider": .string(search.provider.rawValue),
+                "query": .string(search.query),
+                "collection": .string(search.collection),
+                "limit": .int(Int64(search.limit)),
+                "url": .string(search.url),
+            ])
+        }
         if let sql = self.sql {
             fields["sql"] = .map([
                 "connection": .string(sql.connection),
@@ -169,7 +192,7 @@ public struct ToolDefinition: Sendable, Hashable {
 }
 
 extension WorkflowReader {
-    static let toolFields = ["tool", "description", "kind", "side_effects", "cost_micros", "input_schema", "timeout", "max_output_bytes", "http", "python", "node", "sql"]
+    static let toolFields = ["tool", "description", "kind", "side_effects", "cost_micros", "input_schema", "timeout", "max_output_bytes", "http", "python", "node", "sql", "search"]
     /// What a tool's templates may name.
     static let toolTemplateSchema = ExprSchema.object(["input": .any])
 
@@ -192,18 +215,19 @@ extension WorkflowReader {
             self.problem("kind", "is required: one of \(ToolDefinition.Kind.allCases.map(\.rawValue).joined(separator: ", "))", at: root.location)
         }
         // echo has none; sql runs read-only, so it has none either.
-        var sideEffects: ToolDefinition.SideEffects? = kind == .echo || kind == .sql ? ToolDefinition.SideEffects.none : nil
+        let readsOnly = kind == .echo || kind == .sql || kind == .search
+        var sideEffects: ToolDefinition.SideEffects? = readsOnly ? ToolDefinition.SideEffects.none : nil
         if let node = top["side_effects"]?.0 {
             let text = self.string(node, "side_effects") ?? ""
             sideEffects = ToolDefinition.SideEffects(rawValue: text)
             if sideEffects == nil {
                 self.problem("side_effects", "must be none, idempotent or non_idempotent", at: node.location)
             }
-        } else if kind != nil, kind != .echo, kind != .sql {
+        } else if kind != nil, !readsOnly {
             self.problem("side_effects", "is required: none, idempotent or non_idempotent (whether a run may retry the tool)", at: root.location)
         }
-        if kind == .sql, let node = top["side_effects"]?.0, sideEffects != ToolDefinition.SideEffects.none {
-            self.problem("side_effects", "a sql tool runs in a read-only transaction: its side_effects are none", at: node.location)
+        if kind == .sql || kind == .search, let node = top["side_effects"]?.0, sideEffects != ToolDefinition.SideEffects.none {
+            self.problem("side_effects", "a \(kind!.rawValue) tool only reads: its side_effects are none", at: node.location)
         }
         guard let name, let kind else { return nil }
         var tool = ToolDefinition(name: name, kind: kind, sideEffects: sideEffects ?? .nonIdempotent)
@@ -238,7 +262,7 @@ extension WorkflowReader {
             }
         }
         // The kind's own section, and no other kind's.
-        for other in ["http", "python", "node", "sql"] where other != kind.rawValue {
+        for other in ["http", "python", "node", "sql", "search"] where other != kind.rawValue {
             if let entry = top[other] {
                 self.problem(other, "a \(kind.rawValue) tool takes no \(other) section", at: entry.1)
             }
@@ -257,6 +281,12 @@ extension WorkflowReader {
             } else {
                 self.problem(kind.rawValue, "is required for a \(kind.rawValue) tool: at least its code", at: root.location)
             }
+        case .search:
+            if let node = top["search"]?.0 {
+                tool.search = self.searchSpec(node)
+            } else {
+                self.problem("search", "is required for a search tool: at least its provider", at: root.location)
+            }
         case .sql:
             if let node = top["sql"]?.0 {
                 tool.sql = self.sqlSpec(node)
@@ -265,6 +295,38 @@ extension WorkflowReader {
             }
         }
         return tool
+    }
+
+    mutating func searchSpec(_ node: SourceNode) -> ToolDefinition.Search? {
+        guard let fields = self.fields(node, "search", allowed: ["provider", "query", "collection", "limit", "url"]) else { return nil }
+        var provider: ToolDefinition.Search.Provider?
+        if let providerNode = fields["provider"]?.0 {
+            let text = self.string(providerNode, "search.provider") ?? ""
+            provider = ToolDefinition.Search.Provider(rawValue: text)
+            if provider == nil { self.problem("search.provider", "must be documents or searxng", at: providerNode.location) }
+        } else {
+            self.problem("search.provider", "is required: documents or searxng", at: node.location)
+        }
+        guard let provider else { return nil }
+        var spec = ToolDefinition.Search(provider: provider)
+        if let queryNode = fields["query"]?.0, let query = self.template(queryNode, "search.query") { spec.query = query }
+        spec.collection = self.string(fields["collection"]?.0, "search.collection") ?? ""
+        if let limit = fields["limit"]?.0 {
+            if case .int(let count) = limit.value, (1 ... 100).contains(count) { spec.limit = Int(count) } else {
+                self.problem("search.limit", "must be from 1 to 100", at: limit.location)
+            }
+        }
+        if let urlNode = fields["url"]?.0 {
+            spec.url = self.string(urlNode, "search.url") ?? ""
+            if provider == .documents {
+                self.problem("search.url", "the documents provider searches the project's own documents; url is for searxng", at: urlNode.location)
+            } else if !(spec.url.lowercased().hasPrefix("http://") || spec.url.lowercased().hasPrefix("https://")) {
+                self.problem("search.url", "must start with http:// or https://", at: urlNode.location)
+            }
+        } else if provider == .searxng {
+            self.problem("search.url", "is required for searxng: the search endpoint, such as https://searx.example.org/search", at: node.location)
+        }
+        return spec
     }
 
     mutating func sqlSpec(_ node: SourceNode) -> ToolDefinition.SQL? {

@@ -51,6 +51,12 @@ struct HTTPHygieneTests {
             #expect(put.status == 405)
             #expect(put.headers.first(name: "Allow") == "GET, HEAD, PATCH, DELETE")
             #expect(put.errorCode == "UNIMPLEMENTED")
+            // A literal segment is its own route: /documents/search takes POST only, though
+            // /documents/{document_id} takes PUT.
+            let shadowed = try await cluster.http.send(.PUT, "/api/v1/projects/\(project)/documents/search", token: token, json: ["text": "t"])
+            #expect(shadowed.status == 405)
+            #expect(shadowed.headers.first(name: "Allow") == "POST")
+            #expect(try await cluster.http.send(.PUT, "/api/v1/projects/\(project)/documents/other", token: token, json: ["text": "t"]).status == 200)
             // An unknown path stays 404.
             #expect(try await cluster.http.send(.PUT, "/api/v1/nothing", token: token).status == 404)
 

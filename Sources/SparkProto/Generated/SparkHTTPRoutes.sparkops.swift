@@ -731,6 +731,126 @@ extension SparkHTTPRoute {
             }
         ),
         SparkHTTPRoute(
+            verb: .put,
+            path: "/api/v1/projects/{project_id}/documents/{document_id}",
+            pathFields: ["project_id": "projectId", "document_id": "documentId"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 4194304,
+            permission: "tool.write",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "tool",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "PutDocument"),
+            decodeRequest: { bytes, options in try Sparkops_Tool_V1_PutDocumentRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Tool_V1_PutDocumentRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "PutDocument"),
+                    serializer: ProtobufSerializer<Sparkops_Tool_V1_PutDocumentRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Tool_V1_Document>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/documents/{document_id}",
+            pathFields: ["project_id": "projectId", "document_id": "documentId"],
+            queryFields: [:],
+            hasBody: false,
+            maxBodyBytes: 0,
+            permission: "tool.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "tool",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "GetDocument"),
+            decodeRequest: { bytes, options in try Sparkops_Tool_V1_GetDocumentRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Tool_V1_GetDocumentRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "GetDocument"),
+                    serializer: ProtobufSerializer<Sparkops_Tool_V1_GetDocumentRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Tool_V1_Document>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/documents",
+            pathFields: ["project_id": "projectId"],
+            queryFields: ["page_size": .init(jsonName: "pageSize", kind: .integer), "page_token": .init(jsonName: "pageToken", kind: .string), "collection": .init(jsonName: "collection", kind: .string)],
+            hasBody: false,
+            maxBodyBytes: 0,
+            permission: "tool.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "tool",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListDocuments"),
+            decodeRequest: { bytes, options in try Sparkops_Tool_V1_ListDocumentsRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Tool_V1_ListDocumentsRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListDocuments"),
+                    serializer: ProtobufSerializer<Sparkops_Tool_V1_ListDocumentsRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Tool_V1_ListDocumentsResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .delete,
+            path: "/api/v1/projects/{project_id}/documents/{document_id}",
+            pathFields: ["project_id": "projectId", "document_id": "documentId"],
+            queryFields: [:],
+            hasBody: false,
+            maxBodyBytes: 0,
+            permission: "tool.write",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "tool",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "DeleteDocument"),
+            decodeRequest: { bytes, options in try Sparkops_Tool_V1_DeleteDocumentRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Tool_V1_DeleteDocumentRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "DeleteDocument"),
+                    serializer: ProtobufSerializer<Sparkops_Tool_V1_DeleteDocumentRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Tool_V1_DeleteDocumentResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .post,
+            path: "/api/v1/projects/{project_id}/documents/search",
+            pathFields: ["project_id": "projectId"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 0,
+            permission: "tool.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "tool",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "SearchDocuments"),
+            decodeRequest: { bytes, options in try Sparkops_Tool_V1_SearchDocumentsRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Tool_V1_SearchDocumentsRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "SearchDocuments"),
+                    serializer: ProtobufSerializer<Sparkops_Tool_V1_SearchDocumentsRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Tool_V1_SearchDocumentsResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
             verb: .delete,
             path: "/api/v1/projects/{project_id}/secrets/{name}",
             pathFields: ["project_id": "projectId", "name": "name"],

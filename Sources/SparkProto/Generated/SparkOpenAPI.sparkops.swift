@@ -706,6 +706,13 @@ public enum SparkOpenAPI {
         },
         "type" : "object"
       },
+      "sparkops.tool.v1.DeleteDocumentResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+
+        },
+        "type" : "object"
+      },
       "sparkops.tool.v1.DeleteSecretResponse" : {
         "additionalProperties" : false,
         "properties" : {
@@ -717,6 +724,38 @@ public enum SparkOpenAPI {
         "additionalProperties" : false,
         "properties" : {
 
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.Document" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "collection" : {
+            "type" : "string"
+          },
+          "createTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "id" : {
+            "type" : "string"
+          },
+          "metadata" : {
+            "type" : "object"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "text" : {
+            "type" : "string"
+          },
+          "title" : {
+            "type" : "string"
+          },
+          "updateTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          }
         },
         "type" : "object"
       },
@@ -783,6 +822,21 @@ public enum SparkOpenAPI {
         },
         "type" : "object"
       },
+      "sparkops.tool.v1.ListDocumentsResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "documents" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.tool.v1.Document"
+            },
+            "type" : "array"
+          },
+          "nextPageToken" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
       "sparkops.tool.v1.ListSecretsResponse" : {
         "additionalProperties" : false,
         "properties" : {
@@ -828,6 +882,30 @@ public enum SparkOpenAPI {
         },
         "type" : "object"
       },
+      "sparkops.tool.v1.PutDocumentRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "collection" : {
+            "type" : "string"
+          },
+          "documentId" : {
+            "type" : "string"
+          },
+          "metadata" : {
+            "type" : "object"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "text" : {
+            "type" : "string"
+          },
+          "title" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
       "sparkops.tool.v1.PutSecretRequest" : {
         "additionalProperties" : false,
         "properties" : {
@@ -838,6 +916,61 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "value" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.SearchDocumentsRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "collection" : {
+            "type" : "string"
+          },
+          "limit" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "query" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.SearchDocumentsResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "hits" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.tool.v1.SearchHit"
+            },
+            "type" : "array"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.SearchHit" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "collection" : {
+            "type" : "string"
+          },
+          "documentId" : {
+            "type" : "string"
+          },
+          "metadata" : {
+            "type" : "object"
+          },
+          "score" : {
+            "type" : "number"
+          },
+          "snippet" : {
+            "type" : "string"
+          },
+          "title" : {
             "type" : "string"
           }
         },
@@ -1992,6 +2125,324 @@ public enum SparkOpenAPI {
         ],
         "x-sparkops-permission" : "audit.read",
         "x-sparkops-rpc" : "/sparkops.project.v1.ProjectService/ListAuditEvents"
+      }
+    },
+    "/api/v1/projects/{project_id}/documents" : {
+      "get" : {
+        "operationId" : "listDocuments",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_size",
+            "required" : false,
+            "schema" : {
+              "format" : "int32",
+              "type" : "integer"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_token",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "collection",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.tool.v1.ListDocumentsResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "The project's documents, without their text",
+        "tags" : [
+          "tool"
+        ],
+        "x-sparkops-permission" : "tool.read",
+        "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/ListDocuments"
+      }
+    },
+    "/api/v1/projects/{project_id}/documents/{document_id}" : {
+      "delete" : {
+        "operationId" : "deleteDocument",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "document_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.tool.v1.DeleteDocumentResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Delete a document",
+        "tags" : [
+          "tool"
+        ],
+        "x-sparkops-permission" : "tool.write",
+        "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/DeleteDocument"
+      },
+      "get" : {
+        "operationId" : "getDocument",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "document_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.tool.v1.Document"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "A document, with its text",
+        "tags" : [
+          "tool"
+        ],
+        "x-sparkops-permission" : "tool.read",
+        "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/GetDocument"
+      },
+      "put" : {
+        "operationId" : "putDocument",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "document_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.tool.v1.PutDocumentRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.tool.v1.Document"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Write a document that search tools find (replaces one of the same id)",
+        "tags" : [
+          "tool"
+        ],
+        "x-sparkops-max-body-bytes" : 4194304,
+        "x-sparkops-permission" : "tool.write",
+        "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/PutDocument"
+      }
+    },
+    "/api/v1/projects/{project_id}/documents/search" : {
+      "post" : {
+        "operationId" : "searchDocuments",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.tool.v1.SearchDocumentsRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.tool.v1.SearchDocumentsResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Full-text search of the project's documents, ranked, with snippets",
+        "tags" : [
+          "tool"
+        ],
+        "x-sparkops-permission" : "tool.read",
+        "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/SearchDocuments"
       }
     },
     "/api/v1/projects/{project_id}/members" : {

@@ -256,6 +256,36 @@ public enum SparkProtoMethods {
             idempotency: .noSideEffects
         ),
         SparkWireMethod(
+            path: "/sparkops.tool.v1.ToolService/PutDocument",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.tool.v1.ToolService/GetDocument",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.tool.v1.ToolService/ListDocuments",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.tool.v1.ToolService/DeleteDocument",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.tool.v1.ToolService/SearchDocuments",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
             path: "/sparkops.tool.v1.ToolService/DeleteSecret",
             requestStreaming: false,
             responseStreaming: false,

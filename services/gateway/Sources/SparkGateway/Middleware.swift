@@ -107,15 +107,25 @@ struct RouteMethods: Sendable {
         self.templates = byPath.map { (path, methods) in (path.split(separator: "/"), methods) }
     }
 
-    /// The `Allow` value for `path`, or nil when no template matches it.
+    /// The `Allow` value for `path`, or nil when no template matches it. As in the router, a
+    /// literal segment wins over a parameter at the same place (`/documents/search` is the
+    /// search route's, not `/documents/{document_id}`'s), so only the most specific templates count.
     func allowed(for path: String) -> String? {
         let segments = path.split(separator: "/")
         var methods: Set<String> = []
+        var best: [Bool] = []
         for template in self.templates where template.segments.count == segments.count {
-            let matches = zip(template.segments, segments).allSatisfy { pattern, segment in
-                (pattern.hasPrefix("{") && pattern.hasSuffix("}")) || pattern == segment
+            let literal = template.segments.map { !($0.hasPrefix("{") && $0.hasSuffix("}")) }
+            let matches = zip(zip(template.segments, segments), literal).allSatisfy { pair, isLiteral in
+                !isLiteral || pair.0 == pair.1
             }
-            if matches { methods.formUnion(template.methods) }
+            guard matches else { continue }
+            if methods.isEmpty || literal.lexicographicallyPrecedes(best, by: { $0 && !$1 }) {
+                methods = template.methods
+                best = literal
+            } else if literal == best {
+                methods.formUnion(template.methods)
+            }
         }
         let order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
         return methods.isEmpty ? nil : order.filter(methods.contains).joined(separator: ", ")

@@ -23,14 +23,21 @@ struct ToolRunner: Sendable {
         var logs: String
     }
 
-    /// `secret` opens a secret of the tool's project by name (nil: there is none).
+    /// What a call may use of its project: its secrets by name (nil: there is none), and a
+    /// search of its documents (query, collection, limit → hits).
+    struct Project: Sendable {
+        var secret: @Sendable (String) async throws -> String?
+        var search: @Sendable (String, String, Int) async throws -> [ExprValue]
+    }
+
     func run(
         _ tool: ToolDefinition,
         input: ExprValue,
         timeout: Duration,
         maxOutputBytes: Int,
-        secret: @Sendable (String) async throws -> String?
+        project: Project
     ) async throws(Failure) -> Outcome {
+        let secret = project.secret
         let outcome: Outcome
         switch tool.kind {
         case .echo:
@@ -44,6 +51,9 @@ struct ToolRunner: Sendable {
         case .sql:
             guard let spec = tool.sql else { throw Failure(reason: "invalid_tool", message: "the sql tool has no sql section") }
             outcome = try await self.sql(spec, input: input, timeout: timeout, secret: secret)
+        case .search:
+            guard let spec = tool.search else { throw Failure(reason: "invalid_tool", message: "the search tool has no search section") }
+            outcome = try await self.search(spec, input: input, timeout: timeout, maxOutputBytes: maxOutputBytes, project: project)
         }
         let size = outcome.output.jsonText.utf8.count
         guard size <= maxOutputBytes else {
@@ -73,6 +83,60 @@ struct ToolRunner: Sendable {
             throw Failure(reason: "invalid_output", message: "stdout is not JSON: \(text.prefix(200).debugDescription)", logs: result.logs)
         }
         return Outcome(output: output, logs: result.logs)
+    }
+
+    // MARK: search
+
+    func search(_ spec: ToolDefinition.Search, input: ExprValue, timeout: Duration, maxOutputBytes: Int, project: Project) async throws(Failure) -> Outcome {
+        let query = try Self.render(spec.query, ["input": input], field: "search.query").templateText
+        switch spec.provider {
+        case .documents:
+            do {
+                let hits = try await project.search(query, spec.collection, spec.limit)
+                return Outcome(output: .map(["query": .string(query), "hits": .list(hits)]), logs: "")
+            } catch let error as SparkError {
+                throw Failure(reason: "invalid_request", message: error.message)
+            } catch {
+                throw Failure(reason: "search_error", message: "\(error)")
+            }
+        case .searxng:
+            guard var components = URLComponents(string: spec.url) else { throw Failure(reason: "invalid_request", message: "search.url is not a URL") }
+            components.queryItems = (components.queryItems ?? []) + [URLQueryItem(name: "q", value: query), URLQueryItem(name: "format", value: "json")]
+            let url = components.string ?? spec.url
+            let response: GuardedHTTPClient.Response
+            do {
+                response = try await self.http.send(
+                    .init(method: .GET, url: url, headers: [("Accept", "application/json")], body: nil),
+                    hosts: [], redirects: 3, maxBytes: max(maxOutputBytes, 1 << 20), timeout: timeout
+                )
+            } catch {
+                switch error {
+                case .refused(let refusal): throw Failure(reason: "outbound_refused", message: refusal.message)
+                case .hostNotAllowed(let host): throw Failure(reason: "outbound_refused", message: "\(host) is not allowed")
+                case .tooLarge(let cap): throw Failure(reason: "output_limit", message: "the search answer is larger than \(cap) bytes")
+                case .timeout: throw Failure(reason: "timeout", message: "no answer from the search API within \(timeout)")
+                case .tooManyRedirects(let count): throw Failure(reason: "http_error", message: "more than \(count) redirects")
+                case .connection(let text): throw Failure(reason: "http_error", message: text)
+                }
+            }
+            guard response.status == 200 else {
+                throw Failure(reason: "http_status", message: "the search API answered \(response.status)")
+            }
+            guard case .map(let answer)? = try? ExprValue(jsonText: String(decoding: response.body, as: UTF8.self)), case .list(let results)? = answer["results"] else {
+                throw Failure(reason: "invalid_output", message: "the search API's answer has no results list (is it SearXNG with format=json enabled?)")
+            }
+            let hits: [ExprValue] = results.prefix(spec.limit).compactMap { result in
+                guard case .map(let fields) = result else { return nil }
+                return .map([
+                    "title": fields["title"] ?? .string(""),
+                    "url": fields["url"] ?? .string(""),
+                    "snippet": fields["content"] ?? .string(""),
+                    "engine": fields["engine"] ?? .string(""),
+                    "score": fields["score"] ?? .null,
+                ])
+            }
+            return Outcome(output: .map(["query": .string(query), "hits": .list(hits)]), logs: "")
+        }
     }
 
     // MARK: sql

@@ -67,9 +67,19 @@ extension ToolService {
         response.costMicros = definition.costMicros
         let result: Result<ToolRunner.Outcome, ToolRunner.Failure>
         do {
-            result = .success(try await self.runner.run(definition, input: input, timeout: timeout, maxOutputBytes: maxOutput) { name in
-                try await self.openSecret(projectID: projectID, name: name)
-            })
+            let project = ToolRunner.Project(
+                secret: { name in try await self.openSecret(projectID: projectID, name: name) },
+                search: { query, collection, limit in
+                    try await self.search(projectID: projectID, query: query, collection: collection, limit: limit).map { row in
+                        .map([
+                            "document_id": .string(row.id), "collection": .string(row.collection), "title": .string(row.title),
+                            "snippet": .string(row.snippet), "score": .double(row.score),
+                            "metadata": (try? ExprValue(jsonText: row.metadata)) ?? .map([:]),
+                        ])
+                    }
+                }
+            )
+            result = .success(try await self.runner.run(definition, input: input, timeout: timeout, maxOutputBytes: maxOutput, project: project))
         } catch {
             result = .failure(error)
         }

@@ -122,6 +122,7 @@ enum ToolMigrations {
             "CREATE UNIQUE INDEX invocations_key ON invocations (project_id, tool_id, idempotency_key)",
             "CREATE INDEX invocations_started ON invocations (started_at)",
         ]),
+        documents,
     ]
 }
 

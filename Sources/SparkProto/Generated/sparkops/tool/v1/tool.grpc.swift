@@ -1,5 +1,6 @@
-/// The tool service: a project's tools (echo, http, python, node), their versions, their
-/// write-only secrets, and invoking them with an idempotency key, a deadline and an output cap.
+/// The tool service: a project's tools (echo, http, python, node, sql, search), their versions,
+/// their write-only secrets, the documents search tools find, and invoking tools with an
+/// idempotency key, a deadline and an output cap.
 
 // DO NOT EDIT.
 // swift-format-ignore-file
@@ -166,6 +167,71 @@ public enum Sparkops_Tool_V1_ToolService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "PutDocument" metadata.
+        public enum PutDocument: Sendable {
+            /// Request type for "PutDocument".
+            public typealias Input = Sparkops_Tool_V1_PutDocumentRequest
+            /// Response type for "PutDocument".
+            public typealias Output = Sparkops_Tool_V1_Document
+            /// Descriptor for "PutDocument".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService"),
+                method: "PutDocument",
+                type: .unary
+            )
+        }
+        /// Namespace for "GetDocument" metadata.
+        public enum GetDocument: Sendable {
+            /// Request type for "GetDocument".
+            public typealias Input = Sparkops_Tool_V1_GetDocumentRequest
+            /// Response type for "GetDocument".
+            public typealias Output = Sparkops_Tool_V1_Document
+            /// Descriptor for "GetDocument".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService"),
+                method: "GetDocument",
+                type: .unary
+            )
+        }
+        /// Namespace for "ListDocuments" metadata.
+        public enum ListDocuments: Sendable {
+            /// Request type for "ListDocuments".
+            public typealias Input = Sparkops_Tool_V1_ListDocumentsRequest
+            /// Response type for "ListDocuments".
+            public typealias Output = Sparkops_Tool_V1_ListDocumentsResponse
+            /// Descriptor for "ListDocuments".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService"),
+                method: "ListDocuments",
+                type: .unary
+            )
+        }
+        /// Namespace for "DeleteDocument" metadata.
+        public enum DeleteDocument: Sendable {
+            /// Request type for "DeleteDocument".
+            public typealias Input = Sparkops_Tool_V1_DeleteDocumentRequest
+            /// Response type for "DeleteDocument".
+            public typealias Output = Sparkops_Tool_V1_DeleteDocumentResponse
+            /// Descriptor for "DeleteDocument".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService"),
+                method: "DeleteDocument",
+                type: .unary
+            )
+        }
+        /// Namespace for "SearchDocuments" metadata.
+        public enum SearchDocuments: Sendable {
+            /// Request type for "SearchDocuments".
+            public typealias Input = Sparkops_Tool_V1_SearchDocumentsRequest
+            /// Response type for "SearchDocuments".
+            public typealias Output = Sparkops_Tool_V1_SearchDocumentsResponse
+            /// Descriptor for "SearchDocuments".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService"),
+                method: "SearchDocuments",
+                type: .unary
+            )
+        }
         /// Namespace for "DeleteSecret" metadata.
         public enum DeleteSecret: Sendable {
             /// Request type for "DeleteSecret".
@@ -192,6 +258,11 @@ public enum Sparkops_Tool_V1_ToolService: Sendable {
             InvokeTool.descriptor,
             PutSecret.descriptor,
             ListSecrets.descriptor,
+            PutDocument.descriptor,
+            GetDocument.descriptor,
+            ListDocuments.descriptor,
+            DeleteDocument.descriptor,
+            SearchDocuments.descriptor,
             DeleteSecret.descriptor
         ]
     }
@@ -373,6 +444,76 @@ extension Sparkops_Tool_V1_ToolService {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_ListSecretsResponse>
 
+        /// Handle the "PutDocument" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Sparkops_Tool_V1_PutDocumentRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Sparkops_Tool_V1_Document` messages.
+        func putDocument(
+            request: GRPCCore.StreamingServerRequest<Sparkops_Tool_V1_PutDocumentRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_Document>
+
+        /// Handle the "GetDocument" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Sparkops_Tool_V1_GetDocumentRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Sparkops_Tool_V1_Document` messages.
+        func getDocument(
+            request: GRPCCore.StreamingServerRequest<Sparkops_Tool_V1_GetDocumentRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_Document>
+
+        /// Handle the "ListDocuments" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Sparkops_Tool_V1_ListDocumentsRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Sparkops_Tool_V1_ListDocumentsResponse` messages.
+        func listDocuments(
+            request: GRPCCore.StreamingServerRequest<Sparkops_Tool_V1_ListDocumentsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_ListDocumentsResponse>
+
+        /// Handle the "DeleteDocument" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Sparkops_Tool_V1_DeleteDocumentRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Sparkops_Tool_V1_DeleteDocumentResponse` messages.
+        func deleteDocument(
+            request: GRPCCore.StreamingServerRequest<Sparkops_Tool_V1_DeleteDocumentRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_DeleteDocumentResponse>
+
+        /// Handle the "SearchDocuments" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Sparkops_Tool_V1_SearchDocumentsRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Sparkops_Tool_V1_SearchDocumentsResponse` messages.
+        func searchDocuments(
+            request: GRPCCore.StreamingServerRequest<Sparkops_Tool_V1_SearchDocumentsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_SearchDocumentsResponse>
+
         /// Handle the "DeleteSecret" method.
         ///
         /// - Parameters:
@@ -550,6 +691,76 @@ extension Sparkops_Tool_V1_ToolService {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_ListSecretsResponse>
 
+        /// Handle the "PutDocument" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_PutDocumentRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Sparkops_Tool_V1_Document` message.
+        func putDocument(
+            request: GRPCCore.ServerRequest<Sparkops_Tool_V1_PutDocumentRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_Document>
+
+        /// Handle the "GetDocument" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_GetDocumentRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Sparkops_Tool_V1_Document` message.
+        func getDocument(
+            request: GRPCCore.ServerRequest<Sparkops_Tool_V1_GetDocumentRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_Document>
+
+        /// Handle the "ListDocuments" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_ListDocumentsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Sparkops_Tool_V1_ListDocumentsResponse` message.
+        func listDocuments(
+            request: GRPCCore.ServerRequest<Sparkops_Tool_V1_ListDocumentsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_ListDocumentsResponse>
+
+        /// Handle the "DeleteDocument" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_DeleteDocumentRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Sparkops_Tool_V1_DeleteDocumentResponse` message.
+        func deleteDocument(
+            request: GRPCCore.ServerRequest<Sparkops_Tool_V1_DeleteDocumentRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_DeleteDocumentResponse>
+
+        /// Handle the "SearchDocuments" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_SearchDocumentsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Sparkops_Tool_V1_SearchDocumentsResponse` message.
+        func searchDocuments(
+            request: GRPCCore.ServerRequest<Sparkops_Tool_V1_SearchDocumentsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_SearchDocumentsResponse>
+
         /// Handle the "DeleteSecret" method.
         ///
         /// - Parameters:
@@ -725,6 +936,76 @@ extension Sparkops_Tool_V1_ToolService {
             context: GRPCCore.ServerContext
         ) async throws -> Sparkops_Tool_V1_ListSecretsResponse
 
+        /// Handle the "PutDocument" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Sparkops_Tool_V1_PutDocumentRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Sparkops_Tool_V1_Document` to respond with.
+        func putDocument(
+            request: Sparkops_Tool_V1_PutDocumentRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Sparkops_Tool_V1_Document
+
+        /// Handle the "GetDocument" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Sparkops_Tool_V1_GetDocumentRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Sparkops_Tool_V1_Document` to respond with.
+        func getDocument(
+            request: Sparkops_Tool_V1_GetDocumentRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Sparkops_Tool_V1_Document
+
+        /// Handle the "ListDocuments" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Sparkops_Tool_V1_ListDocumentsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Sparkops_Tool_V1_ListDocumentsResponse` to respond with.
+        func listDocuments(
+            request: Sparkops_Tool_V1_ListDocumentsRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Sparkops_Tool_V1_ListDocumentsResponse
+
+        /// Handle the "DeleteDocument" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Sparkops_Tool_V1_DeleteDocumentRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Sparkops_Tool_V1_DeleteDocumentResponse` to respond with.
+        func deleteDocument(
+            request: Sparkops_Tool_V1_DeleteDocumentRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Sparkops_Tool_V1_DeleteDocumentResponse
+
+        /// Handle the "SearchDocuments" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Sparkops_Tool_V1_SearchDocumentsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Sparkops_Tool_V1_SearchDocumentsResponse` to respond with.
+        func searchDocuments(
+            request: Sparkops_Tool_V1_SearchDocumentsRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Sparkops_Tool_V1_SearchDocumentsResponse
+
         /// Handle the "DeleteSecret" method.
         ///
         /// - Parameters:
@@ -867,6 +1148,61 @@ extension Sparkops_Tool_V1_ToolService.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Sparkops_Tool_V1_ToolService.Method.PutDocument.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Tool_V1_PutDocumentRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Tool_V1_Document>(),
+            handler: { request, context in
+                try await self.putDocument(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Sparkops_Tool_V1_ToolService.Method.GetDocument.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Tool_V1_GetDocumentRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Tool_V1_Document>(),
+            handler: { request, context in
+                try await self.getDocument(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Sparkops_Tool_V1_ToolService.Method.ListDocuments.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Tool_V1_ListDocumentsRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Tool_V1_ListDocumentsResponse>(),
+            handler: { request, context in
+                try await self.listDocuments(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Sparkops_Tool_V1_ToolService.Method.DeleteDocument.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Tool_V1_DeleteDocumentRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Tool_V1_DeleteDocumentResponse>(),
+            handler: { request, context in
+                try await self.deleteDocument(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Sparkops_Tool_V1_ToolService.Method.SearchDocuments.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Tool_V1_SearchDocumentsRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Tool_V1_SearchDocumentsResponse>(),
+            handler: { request, context in
+                try await self.searchDocuments(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Sparkops_Tool_V1_ToolService.Method.DeleteSecret.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Tool_V1_DeleteSecretRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Tool_V1_DeleteSecretResponse>(),
@@ -998,6 +1334,61 @@ extension Sparkops_Tool_V1_ToolService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_ListSecretsResponse> {
         let response = try await self.listSecrets(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func putDocument(
+        request: GRPCCore.StreamingServerRequest<Sparkops_Tool_V1_PutDocumentRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_Document> {
+        let response = try await self.putDocument(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func getDocument(
+        request: GRPCCore.StreamingServerRequest<Sparkops_Tool_V1_GetDocumentRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_Document> {
+        let response = try await self.getDocument(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func listDocuments(
+        request: GRPCCore.StreamingServerRequest<Sparkops_Tool_V1_ListDocumentsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_ListDocumentsResponse> {
+        let response = try await self.listDocuments(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func deleteDocument(
+        request: GRPCCore.StreamingServerRequest<Sparkops_Tool_V1_DeleteDocumentRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_DeleteDocumentResponse> {
+        let response = try await self.deleteDocument(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func searchDocuments(
+        request: GRPCCore.StreamingServerRequest<Sparkops_Tool_V1_SearchDocumentsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_SearchDocumentsResponse> {
+        let response = try await self.searchDocuments(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1155,6 +1546,71 @@ extension Sparkops_Tool_V1_ToolService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_ListSecretsResponse> {
         return GRPCCore.ServerResponse<Sparkops_Tool_V1_ListSecretsResponse>(
             message: try await self.listSecrets(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func putDocument(
+        request: GRPCCore.ServerRequest<Sparkops_Tool_V1_PutDocumentRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_Document> {
+        return GRPCCore.ServerResponse<Sparkops_Tool_V1_Document>(
+            message: try await self.putDocument(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func getDocument(
+        request: GRPCCore.ServerRequest<Sparkops_Tool_V1_GetDocumentRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_Document> {
+        return GRPCCore.ServerResponse<Sparkops_Tool_V1_Document>(
+            message: try await self.getDocument(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func listDocuments(
+        request: GRPCCore.ServerRequest<Sparkops_Tool_V1_ListDocumentsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_ListDocumentsResponse> {
+        return GRPCCore.ServerResponse<Sparkops_Tool_V1_ListDocumentsResponse>(
+            message: try await self.listDocuments(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func deleteDocument(
+        request: GRPCCore.ServerRequest<Sparkops_Tool_V1_DeleteDocumentRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_DeleteDocumentResponse> {
+        return GRPCCore.ServerResponse<Sparkops_Tool_V1_DeleteDocumentResponse>(
+            message: try await self.deleteDocument(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func searchDocuments(
+        request: GRPCCore.ServerRequest<Sparkops_Tool_V1_SearchDocumentsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_SearchDocumentsResponse> {
+        return GRPCCore.ServerResponse<Sparkops_Tool_V1_SearchDocumentsResponse>(
+            message: try await self.searchDocuments(
                 request: request.message,
                 context: context
             ),
@@ -1392,6 +1848,101 @@ extension Sparkops_Tool_V1_ToolService {
             deserializer: some GRPCCore.MessageDeserializer<Sparkops_Tool_V1_ListSecretsResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_ListSecretsResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "PutDocument" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_PutDocumentRequest` message.
+        ///   - serializer: A serializer for `Sparkops_Tool_V1_PutDocumentRequest` messages.
+        ///   - deserializer: A deserializer for `Sparkops_Tool_V1_Document` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func putDocument<Result>(
+            request: GRPCCore.ClientRequest<Sparkops_Tool_V1_PutDocumentRequest>,
+            serializer: some GRPCCore.MessageSerializer<Sparkops_Tool_V1_PutDocumentRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Sparkops_Tool_V1_Document>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_Document>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "GetDocument" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_GetDocumentRequest` message.
+        ///   - serializer: A serializer for `Sparkops_Tool_V1_GetDocumentRequest` messages.
+        ///   - deserializer: A deserializer for `Sparkops_Tool_V1_Document` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func getDocument<Result>(
+            request: GRPCCore.ClientRequest<Sparkops_Tool_V1_GetDocumentRequest>,
+            serializer: some GRPCCore.MessageSerializer<Sparkops_Tool_V1_GetDocumentRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Sparkops_Tool_V1_Document>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_Document>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ListDocuments" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_ListDocumentsRequest` message.
+        ///   - serializer: A serializer for `Sparkops_Tool_V1_ListDocumentsRequest` messages.
+        ///   - deserializer: A deserializer for `Sparkops_Tool_V1_ListDocumentsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func listDocuments<Result>(
+            request: GRPCCore.ClientRequest<Sparkops_Tool_V1_ListDocumentsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Sparkops_Tool_V1_ListDocumentsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Sparkops_Tool_V1_ListDocumentsResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_ListDocumentsResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "DeleteDocument" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_DeleteDocumentRequest` message.
+        ///   - serializer: A serializer for `Sparkops_Tool_V1_DeleteDocumentRequest` messages.
+        ///   - deserializer: A deserializer for `Sparkops_Tool_V1_DeleteDocumentResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func deleteDocument<Result>(
+            request: GRPCCore.ClientRequest<Sparkops_Tool_V1_DeleteDocumentRequest>,
+            serializer: some GRPCCore.MessageSerializer<Sparkops_Tool_V1_DeleteDocumentRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Sparkops_Tool_V1_DeleteDocumentResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_DeleteDocumentResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "SearchDocuments" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_SearchDocumentsRequest` message.
+        ///   - serializer: A serializer for `Sparkops_Tool_V1_SearchDocumentsRequest` messages.
+        ///   - deserializer: A deserializer for `Sparkops_Tool_V1_SearchDocumentsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func searchDocuments<Result>(
+            request: GRPCCore.ClientRequest<Sparkops_Tool_V1_SearchDocumentsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Sparkops_Tool_V1_SearchDocumentsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Sparkops_Tool_V1_SearchDocumentsResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_SearchDocumentsResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "DeleteSecret" method.
@@ -1760,6 +2311,156 @@ extension Sparkops_Tool_V1_ToolService {
             )
         }
 
+        /// Call the "PutDocument" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_PutDocumentRequest` message.
+        ///   - serializer: A serializer for `Sparkops_Tool_V1_PutDocumentRequest` messages.
+        ///   - deserializer: A deserializer for `Sparkops_Tool_V1_Document` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func putDocument<Result>(
+            request: GRPCCore.ClientRequest<Sparkops_Tool_V1_PutDocumentRequest>,
+            serializer: some GRPCCore.MessageSerializer<Sparkops_Tool_V1_PutDocumentRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Sparkops_Tool_V1_Document>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_Document>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Sparkops_Tool_V1_ToolService.Method.PutDocument.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "GetDocument" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_GetDocumentRequest` message.
+        ///   - serializer: A serializer for `Sparkops_Tool_V1_GetDocumentRequest` messages.
+        ///   - deserializer: A deserializer for `Sparkops_Tool_V1_Document` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func getDocument<Result>(
+            request: GRPCCore.ClientRequest<Sparkops_Tool_V1_GetDocumentRequest>,
+            serializer: some GRPCCore.MessageSerializer<Sparkops_Tool_V1_GetDocumentRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Sparkops_Tool_V1_Document>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_Document>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Sparkops_Tool_V1_ToolService.Method.GetDocument.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ListDocuments" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_ListDocumentsRequest` message.
+        ///   - serializer: A serializer for `Sparkops_Tool_V1_ListDocumentsRequest` messages.
+        ///   - deserializer: A deserializer for `Sparkops_Tool_V1_ListDocumentsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func listDocuments<Result>(
+            request: GRPCCore.ClientRequest<Sparkops_Tool_V1_ListDocumentsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Sparkops_Tool_V1_ListDocumentsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Sparkops_Tool_V1_ListDocumentsResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_ListDocumentsResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Sparkops_Tool_V1_ToolService.Method.ListDocuments.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "DeleteDocument" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_DeleteDocumentRequest` message.
+        ///   - serializer: A serializer for `Sparkops_Tool_V1_DeleteDocumentRequest` messages.
+        ///   - deserializer: A deserializer for `Sparkops_Tool_V1_DeleteDocumentResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func deleteDocument<Result>(
+            request: GRPCCore.ClientRequest<Sparkops_Tool_V1_DeleteDocumentRequest>,
+            serializer: some GRPCCore.MessageSerializer<Sparkops_Tool_V1_DeleteDocumentRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Sparkops_Tool_V1_DeleteDocumentResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_DeleteDocumentResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Sparkops_Tool_V1_ToolService.Method.DeleteDocument.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "SearchDocuments" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_SearchDocumentsRequest` message.
+        ///   - serializer: A serializer for `Sparkops_Tool_V1_SearchDocumentsRequest` messages.
+        ///   - deserializer: A deserializer for `Sparkops_Tool_V1_SearchDocumentsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func searchDocuments<Result>(
+            request: GRPCCore.ClientRequest<Sparkops_Tool_V1_SearchDocumentsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Sparkops_Tool_V1_SearchDocumentsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Sparkops_Tool_V1_SearchDocumentsResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_SearchDocumentsResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Sparkops_Tool_V1_ToolService.Method.SearchDocuments.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "DeleteSecret" method.
         ///
         /// - Parameters:
@@ -2065,6 +2766,131 @@ extension Sparkops_Tool_V1_ToolService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Tool_V1_ListSecretsRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Tool_V1_ListSecretsResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "PutDocument" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Sparkops_Tool_V1_PutDocumentRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func putDocument<Result>(
+        request: GRPCCore.ClientRequest<Sparkops_Tool_V1_PutDocumentRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_Document>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.putDocument(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Tool_V1_PutDocumentRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Tool_V1_Document>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetDocument" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Sparkops_Tool_V1_GetDocumentRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getDocument<Result>(
+        request: GRPCCore.ClientRequest<Sparkops_Tool_V1_GetDocumentRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_Document>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.getDocument(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Tool_V1_GetDocumentRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Tool_V1_Document>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListDocuments" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Sparkops_Tool_V1_ListDocumentsRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listDocuments<Result>(
+        request: GRPCCore.ClientRequest<Sparkops_Tool_V1_ListDocumentsRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_ListDocumentsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.listDocuments(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Tool_V1_ListDocumentsRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Tool_V1_ListDocumentsResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "DeleteDocument" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Sparkops_Tool_V1_DeleteDocumentRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func deleteDocument<Result>(
+        request: GRPCCore.ClientRequest<Sparkops_Tool_V1_DeleteDocumentRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_DeleteDocumentResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.deleteDocument(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Tool_V1_DeleteDocumentRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Tool_V1_DeleteDocumentResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SearchDocuments" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Sparkops_Tool_V1_SearchDocumentsRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func searchDocuments<Result>(
+        request: GRPCCore.ClientRequest<Sparkops_Tool_V1_SearchDocumentsRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_SearchDocumentsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.searchDocuments(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Tool_V1_SearchDocumentsRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Tool_V1_SearchDocumentsResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -2412,6 +3238,151 @@ extension Sparkops_Tool_V1_ToolService.ClientProtocol {
             metadata: metadata
         )
         return try await self.listSecrets(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "PutDocument" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func putDocument<Result>(
+        _ message: Sparkops_Tool_V1_PutDocumentRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_Document>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Sparkops_Tool_V1_PutDocumentRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.putDocument(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetDocument" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getDocument<Result>(
+        _ message: Sparkops_Tool_V1_GetDocumentRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_Document>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Sparkops_Tool_V1_GetDocumentRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.getDocument(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListDocuments" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listDocuments<Result>(
+        _ message: Sparkops_Tool_V1_ListDocumentsRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_ListDocumentsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Sparkops_Tool_V1_ListDocumentsRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.listDocuments(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "DeleteDocument" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func deleteDocument<Result>(
+        _ message: Sparkops_Tool_V1_DeleteDocumentRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_DeleteDocumentResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Sparkops_Tool_V1_DeleteDocumentRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.deleteDocument(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SearchDocuments" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func searchDocuments<Result>(
+        _ message: Sparkops_Tool_V1_SearchDocumentsRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_SearchDocumentsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Sparkops_Tool_V1_SearchDocumentsRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.searchDocuments(
             request: request,
             options: options,
             onResponse: handleResponse
