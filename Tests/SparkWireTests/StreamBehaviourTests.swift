@@ -309,7 +309,7 @@ struct StreamBehaviourTests {
 /// Polls `condition` until it holds, for at most `timeout`: generous, since it returns as soon as
 /// the condition holds and the bound only has to catch one that never comes, on a loaded machine.
 func eventually(
-    timeout: Duration = .seconds(20),
+    timeout: Duration = .seconds(60),
     _ condition: () async throws -> Bool,
     sourceLocation: SourceLocation = #_sourceLocation
 ) async throws {

@@ -82,10 +82,16 @@ final class SQLitePool: Sendable {
     }
 
     private func release(_ connection: SQLiteConnection) {
-        let waiter = self.state.withLock { state -> CheckedContinuation<SQLiteConnection, any Error>? in
-            if let waiter = state.waiters.popFirst() { return waiter }
+        let (waiter, closed) = self.state.withLock { state -> (CheckedContinuation<SQLiteConnection, any Error>?, Bool) in
+            if let waiter = state.waiters.popFirst() { return (waiter, false) }
+            // Returned after the pool closed: closed here, not kept.
+            if state.closed { return (nil, true) }
             state.idle.append(connection)
-            return nil
+            return (nil, false)
+        }
+        if closed {
+            connection.close().whenComplete { _ in self.state.withLock { $0.open -= 1 } }
+            return
         }
         waiter?.resume(returning: connection)
     }
@@ -98,8 +104,14 @@ final class SQLitePool: Sendable {
             on: MultiThreadedEventLoopGroup.singleton.any()
         ).get()
         let sql = connection.sql()
-        for pragma in ["PRAGMA journal_mode = WAL", "PRAGMA busy_timeout = 10000", "PRAGMA foreign_keys = ON", "PRAGMA synchronous = NORMAL"] {
-            try await sql.raw(SQLQueryString(pragma)).run()
+        do {
+            for pragma in ["PRAGMA journal_mode = WAL", "PRAGMA busy_timeout = 10000", "PRAGMA foreign_keys = ON", "PRAGMA synchronous = NORMAL"] {
+                try await sql.raw(SQLQueryString(pragma)).run()
+            }
+        } catch {
+            // A connection is closed before it is dropped, whatever stopped its setup.
+            try? await connection.close().get()
+            throw error
         }
         return connection
     }
@@ -115,6 +127,13 @@ final class SQLitePool: Sendable {
         }
         for waiter in waiters { waiter.resume(throwing: SparkStoreError("the store is closed")) }
         for connection in connections { try? await connection.close().get() }
+        self.state.withLock { $0.open -= connections.count }
+        // Connections still leased are closed as they come back (bounded): SQLite handles must be
+        // closed on the thread pool before it stops.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while self.state.withLock({ $0.open }) > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
         try? await self.threadPool.shutdownGracefully()
     }
 }
