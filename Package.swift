@@ -157,6 +157,8 @@ let coreTargets: [Target] = [
             swiftSettings: swiftSettings
         ),
         .target(name: "CSparkWireFuzz"),
+        // prctl for the tool service's sandbox (Swift cannot call the variadic C function).
+        .target(name: "CSparkSandbox"),
         // Test support shared by the tests and the benchmarks: the echo service, certificates.
         .target(
             name: "SparkTesting",
@@ -337,6 +339,7 @@ let package = Package(
             .product(name: "PostgresNIO", package: "postgres-nio"),
             .product(name: "SQLiteNIO", package: "sqlite-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            "CSparkSandbox",
         ])
         + service("gateway", module: "SparkGateway", dependencies: [
             .product(name: "Hummingbird", package: "hummingbird"),

@@ -50,6 +50,9 @@ public struct TestCluster: Sendable {
                 "gateway.port": "\(ports.gateway)",
                 "gateway.adminPort": "\(ports.gatewayAdmin)",
                 "project.bcryptCost": "4",
+                // Clusters side by side in one process: sandbox uids of their own for each.
+                "tool.sandboxFirstUID": "\(1_900_000_000 + Int.random(in: 0 ..< 1_000_000) * 16)",
+                "tool.maxConcurrentPrograms": "8",
                 "tool.masterKeys": "test:\(Data((0 ..< 32).map { _ in UInt8.random(in: 0 ... 255) }).base64EncodedString())",
                 "admin.email": Self.adminEmail,
                 "admin.password": Self.adminPassword,

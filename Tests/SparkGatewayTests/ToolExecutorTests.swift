@@ -203,6 +203,22 @@ struct ToolExecutorTests {
         }
     }
 
+    @Test("calls one after another leave no zombie behind to eat the process limit")
+    func noZombies() async throws {
+        try #require(Self.bubblewrap, "bubblewrap is installed by .ci/run and make deps")
+        try await TestCluster.run(backend: .sqlite) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await cluster.createProject("reaped", token: admin)
+            // Three processes at most while it runs (bubblewrap, its init, python): a zombie
+            // left by each call would stop the second or third.
+            try await Self.apply(cluster, admin, project: project, "tool: tight\nkind: python\nside_effects: none\npython:\n  code: 'print(7)'\n  limits: { processes: 4 }")
+            for call in 0 ..< 12 {
+                let reply = try await Self.invoke(cluster, admin, project: project, "tight")
+                #expect(reply.json["output"] as? Int == 7, "call \(call): \(reply.text)")
+            }
+        }
+    }
+
     @Test("the sandbox: no network, the user nobody, a read-only root without SparkOps's home, a private /tmp")
     func sandbox() async throws {
         try #require(Self.bubblewrap, "bubblewrap is installed by .ci/run and make deps")

@@ -25,10 +25,15 @@ struct ToolBenchmarks {
     static let concurrency = 16
 
     static func main() async throws {
-        print(machine())
+        say(machine())
+
         let server = try await HTTPEchoServer.start()
         let python = CommandLine.arguments.count > 1 ? CommandLine.arguments[1] : "/usr/bin/python3"
-        try await TestCluster.run(backend: .sqlite, overrides: ["tool.outboundAllow": "127.0.0.1:\(server.port)", "log.level": "error", "gateway.callTimeoutSeconds": "60"]) { cluster in
+        try await TestCluster.run(backend: .sqlite, overrides: [
+            "tool.outboundAllow": "127.0.0.1:\(server.port)", "log.level": "error", "gateway.callTimeoutSeconds": "60",
+            "gateway.rateLimit.principalPerMinute": "100000000", "gateway.rateLimit.principalBurst": "100000000",
+            "gateway.rateLimit.ipPerMinute": "100000000", "gateway.rateLimit.ipBurst": "100000000",
+        ]) { cluster in
             let token = try await cluster.adminToken()
             let project = try await cluster.createProject("bench", token: token)
             for source in [
@@ -38,12 +43,12 @@ struct ToolBenchmarks {
                 let applied = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/tools/apply", token: token, json: ["source": source])
                 guard applied.status == 200 else { fatalError("apply failed: \(applied.text)") }
             }
-            let invoke = { (tool: String) async throws -> Void in
+            let invoke: @Sendable (String) async throws -> Void = { tool in
                 let reply = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/tools/\(tool)/invoke", token: token, json: ["input": ["n": 1]])
                 guard reply.status == 200, reply.json["error"] == nil else { fatalError("invoke \(tool) failed: \(reply.text)") }
             }
 
-            print("\npython no-op, one call at a time, \(Self.pythonCalls) calls each (after 10 of warm-up)")
+            say("\npython no-op, one call at a time, \(Self.pythonCalls) calls each (after 10 of warm-up)")
             let sandboxed = try await Self.latencies(Self.pythonCalls) { try await invoke("noop") }
             let direct = try await Self.latencies(Self.pythonCalls) { try Self.spawn([python, "-I", "-B", "-c", "import sys; sys.stdout.write(sys.stdin.read())"]) }
             let bwrap = ["/usr/bin/prlimit", "--cpu=10:11", "--data=268435456", "--nproc=64", "--fsize=16777216", "--core=0", "--",
@@ -52,14 +57,14 @@ struct ToolBenchmarks {
                          "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--", python, "-I", "-B", "-c", "import sys; sys.stdout.write(sys.stdin.read())"]
             let hasBwrap = FileManager.default.isExecutableFile(atPath: "/usr/bin/bwrap")
             let sandboxOnly = hasBwrap ? try await Self.latencies(Self.pythonCalls) { try Self.spawn(bwrap) } : []
-            print(Self.row("", "p50 ms", "p99 ms", "vs python3"))
-            print(Self.row("SparkOps invoke (gateway → tool service → sandbox)", Self.ms(sandboxed, 0.5), Self.ms(sandboxed, 0.99), Self.ratio(sandboxed, direct)))
+            say(Self.row("", "p50 ms", "p99 ms", "vs python3"))
+            say(Self.row("SparkOps invoke (gateway → tool service → sandbox)", Self.ms(sandboxed, 0.5), Self.ms(sandboxed, 0.99), Self.ratio(sandboxed, direct)))
             if hasBwrap {
-                print(Self.row("prlimit + bubblewrap + python3, spawned directly", Self.ms(sandboxOnly, 0.5), Self.ms(sandboxOnly, 0.99), Self.ratio(sandboxOnly, direct)))
+                say(Self.row("prlimit + bubblewrap + python3, spawned directly", Self.ms(sandboxOnly, 0.5), Self.ms(sandboxOnly, 0.99), Self.ratio(sandboxOnly, direct)))
             }
-            print(Self.row("python3, spawned directly", Self.ms(direct, 0.5), Self.ms(direct, 0.99), "1.00×"))
+            say(Self.row("python3, spawned directly", Self.ms(direct, 0.5), Self.ms(direct, 0.99), "1.00×"))
 
-            print("\nhttp GET against a loopback server, \(Self.concurrency) calls at a time, \(Int(Self.httpSeconds)) s each")
+            say("\nhttp GET against a loopback server, \(Self.concurrency) calls at a time, \(Int(Self.httpSeconds)) s each")
             let viaTool = try await Self.throughput { try await invoke("get") }
             let client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: .init())
             let viaClient = try await Self.throughput {
@@ -68,9 +73,9 @@ struct ToolBenchmarks {
                 guard response.status == .ok else { fatalError("direct GET failed") }
             }
             try await client.shutdown()
-            print(Self.row("", "calls/s", "", "vs direct"))
-            print(Self.row("SparkOps invoke (gateway → tool service → guarded client)", String(format: "%.0f", viaTool), "", String(format: "%.2f×", viaTool / viaClient)))
-            print(Self.row("async-http-client, direct", String(format: "%.0f", viaClient), "", "1.00×"))
+            say(Self.row("", "calls/s", "", "vs direct"))
+            say(Self.row("SparkOps invoke (gateway → tool service → guarded client)", String(format: "%.0f", viaTool), "", String(format: "%.2f×", viaTool / viaClient)))
+            say(Self.row("async-http-client, direct", String(format: "%.0f", viaClient), "", "1.00×"))
         }
         try await server.stop()
     }
@@ -151,4 +156,9 @@ extension String {
     func leftPadded(_ width: Int) -> String {
         self.count >= width ? self : String(repeating: " ", count: width - self.count) + self
     }
+}
+
+/// Prints a line at once (the table survives a crash later in the run).
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }

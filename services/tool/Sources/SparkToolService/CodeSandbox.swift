@@ -82,6 +82,9 @@ struct CodeSandbox: Sendable {
         case "none": isolation = .none
         default: throw SparkConfigurationError("tool.sandbox must be auto, bubblewrap or none, not \(sandbox.debugDescription)")
         }
+        if isolation == .bubblewrap && !OrphanReaper.adopted {
+            logger.warning("cannot become the subreaper of the sandboxes' processes: under an init that does not reap, their zombies will pile up")
+        }
         if isolation == .none {
             logger.warning("python and node tools run without bubblewrap: no network isolation and the host's files are visible (install bubblewrap, or set tool.sandbox)")
         }
@@ -124,7 +127,16 @@ struct CodeSandbox: Sendable {
         let programPath = self.isolation == .bubblewrap ? "/tmp/\(fileName)" : hostFile
         return try await self.slots.run { (slot) async throws(Failure) -> Output in
             let arguments = self.command(kind: kind, programPath: programPath, hostFile: hostFile, slot: slot, limits: limits)
-            return try await self.execute(arguments, input: input, limits: limits, kind: kind)
+            let result: Swift.Result<Output, Failure>
+            do throws(Failure) {
+                result = .success(try await self.execute(arguments, input: input, limits: limits, kind: kind))
+            } catch {
+                result = .failure(error)
+            }
+            if self.isolation == .bubblewrap {
+                await OrphanReaper.reap(uid: self.dropTo.map { $0.firstUID + slot })
+            }
+            return try result.get()
         }
     }
 

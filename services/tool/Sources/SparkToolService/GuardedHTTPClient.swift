@@ -172,9 +172,18 @@ struct GuardedHTTPClient: Sendable {
             group.addTask {
                 do {
                     return try await channel.executeThenClose { inbound, outbound in
-                        try await outbound.write(.head(head))
-                        if let body = request.body { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
-                        try await outbound.write(.end(nil))
+                        // One write for the whole request; a server may answer and close as soon as
+                        // it has the head, so a failed write is not yet a failed exchange: the
+                        // answer, when there is one, is read all the same.
+                        var parts: [HTTPClientRequestPart] = [.head(head)]
+                        if let body = request.body { parts.append(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
+                        parts.append(.end(nil))
+                        var writeError: (any Error)?
+                        do {
+                            try await outbound.write(contentsOf: parts)
+                        } catch {
+                            writeError = error
+                        }
                         var status = 0
                         var responseHeaders: [(String, String)] = []
                         var collected: [UInt8] = []
@@ -191,7 +200,9 @@ struct GuardedHTTPClient: Sendable {
                                 return .success(Response(status: status, headers: responseHeaders, body: collected, url: request.url))
                             }
                         }
-                        guard status != 0 else { return .failure(.connection("\(target.host) closed the connection without answering")) }
+                        guard status != 0 else {
+                            return .failure(.connection("\(target.host) closed the connection without answering\(writeError.map { " (\($0))" } ?? "")"))
+                        }
                         return .success(Response(status: status, headers: responseHeaders, body: collected, url: request.url))
                     }
                 } catch {

@@ -1,0 +1,61 @@
+import CSparkSandbox
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Reaps the processes bubblewrap leaves behind.
+///
+/// bubblewrap's monitor exits as soon as the sandbox's init reports the program's status, so that
+/// init is orphaned and reparented to the machine's init; under an init that does not reap (a
+/// container's plain entrypoint, a VM's agent) each call leaves a zombie, and the zombies of a
+/// sandbox user count against its process limit until no program can start. The tool service
+/// therefore makes itself the subreaper of its descendants and, after each program, reaps its
+/// zombie children that were in a pid namespace of their own: only sandbox processes are, never
+/// a child that swift-subprocess (or anything else in the process) is waiting for.
+enum OrphanReaper {
+    /// Once per process.
+    static let adopted: Bool = spark_become_child_subreaper() == 0
+
+    /// Reaps the sandbox zombies, and when `uid` is given (the program's own uid), waits up to
+    /// `limit` for that uid's last processes (bubblewrap's init exits just after its monitor) so
+    /// that the next program of the slot starts with none of them left.
+    static func reap(uid: Int?, within limit: Duration = .milliseconds(500)) async {
+        let deadline = ContinuousClock.now + limit
+        while true {
+            let remaining = Self.reapOnce(countingUID: uid)
+            guard remaining > 0, ContinuousClock.now < deadline else { return }
+            try? await Task.sleep(for: .milliseconds(2))
+        }
+    }
+
+    /// Reaps what can be reaped now; returns how many processes of `countingUID` are left.
+    @discardableResult
+    static func reapOnce(countingUID: Int?) -> Int {
+        guard Self.adopted else { return 0 }
+        let me = getpid()
+        var left = 0
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return 0 }
+        for entry in entries {
+            guard let pid = pid_t(entry), pid != me,
+                  let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+            else { continue }
+            var parent: pid_t?
+            var zombie = false
+            var namespaces = 0
+            var uid: Int?
+            for line in status.split(separator: "\n") {
+                if line.hasPrefix("PPid:") { parent = pid_t(line.dropFirst(5).trimmingCharacters(in: .whitespaces)) }
+                if line.hasPrefix("State:") { zombie = line.dropFirst(6).trimmingCharacters(in: .whitespaces).hasPrefix("Z") }
+                if line.hasPrefix("NSpid:") { namespaces = line.dropFirst(6).split(whereSeparator: { $0 == " " || $0 == "\t" }).count }
+                if line.hasPrefix("Uid:") { uid = line.dropFirst(4).split(whereSeparator: { $0 == " " || $0 == "\t" }).first.flatMap { Int($0) } }
+            }
+            if parent == me, zombie, namespaces >= 2 {
+                var code: Int32 = 0
+                if waitpid(pid, &code, WNOHANG) == pid { continue }
+            }
+            if let countingUID, uid == countingUID { left += 1 }
+        }
+        return left
+    }
+}
