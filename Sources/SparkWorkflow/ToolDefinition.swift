@@ -1,4 +1,3 @@
-import Crypto
 public import SparkExpr
 
 /// A tool of a project, as written in YAML or JSON (docs/tools.md):
@@ -182,13 +181,7 @@ public struct ToolDefinition: Sendable, Hashable {
 
     public var canonicalJSON: String { self.canonicalValue.jsonText }
 
-    public var contentHash: String {
-        let digest = SHA256.hash(data: Array(self.canonicalJSON.utf8))
-        return "sha256:" + digest.map { byte in
-            let hex = String(byte, radix: 16)
-            return hex.count == 1 ? "0" + hex : hex
-        }.joined()
-    }
+    public var contentHash: String { ContentHash.of(self.canonicalJSON) }
 }
 
 extension WorkflowReader {

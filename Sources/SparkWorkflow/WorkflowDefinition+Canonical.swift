@@ -28,13 +28,7 @@ extension WorkflowDefinition {
 
     /// `sha256:` and the hex SHA-256 of ``canonicalJSON``: a version's identity. Applying a
     /// definition with the same hash creates no new version.
-    public var contentHash: String {
-        let digest = SHA256.hash(data: Array(self.canonicalJSON.utf8))
-        return "sha256:" + digest.map { byte in
-            let hex = String(byte, radix: 16)
-            return hex.count == 1 ? "0" + hex : hex
-        }.joined()
-    }
+    public var contentHash: String { ContentHash.of(self.canonicalJSON) }
 }
 
 extension WorkflowStep {
@@ -62,5 +56,16 @@ extension WorkflowStep {
         if let when = self.when { fields["when"] = .string(when) }
         if let timeout = self.timeout { fields["timeout"] = .string(timeout.description) }
         return .map(fields)
+    }
+}
+
+/// `sha256:` and the hex SHA-256 of a canonical JSON text: the identity of a definition's version.
+enum ContentHash {
+    static func of(_ canonicalJSON: String) -> String {
+        let digest = SHA256.hash(data: Array(canonicalJSON.utf8))
+        return "sha256:" + digest.map { byte in
+            let hex = String(byte, radix: 16)
+            return hex.count == 1 ? "0" + hex : hex
+        }.joined()
     }
 }

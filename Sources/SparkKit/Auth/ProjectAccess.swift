@@ -1,4 +1,5 @@
 public import GRPCCore
+public import Logging
 public import SparkProto
 public import SparkWire
 import SwiftProtobuf
@@ -37,6 +38,16 @@ public struct ProjectAccess: Sendable {
             throw SparkError(.permissionDenied, "\(permission) needs a higher role than \(decision.role.name)")
         }
         return principal
+    }
+
+    /// Appends a success to the project's audit log after a mutation that already stands: when
+    /// the log cannot be reached, the failure is logged and the mutation is not undone.
+    public func record(_ principal: Sparkops_Common_V1_Principal, projectID: String, action: String, target: String, detail: String = "", metadata: Metadata, logger: Logger) async {
+        do {
+            try await self.audit(principal, projectID: projectID, action: action, target: target, detail: detail, metadata: metadata)
+        } catch {
+            logger.error("could not record an audit event", metadata: ["action": "\(action)", "target": "\(target)", "error": "\(error)"])
+        }
     }
 
     /// Appends a success to the project's audit log.

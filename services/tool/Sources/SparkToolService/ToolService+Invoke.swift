@@ -166,10 +166,7 @@ extension ToolService {
     }
 
     static func hash(_ text: String) -> String {
-        SHA256.hash(data: Array(text.utf8)).map { byte in
-            let hex = String(byte, radix: 16)
-            return hex.count == 1 ? "0" + hex : hex
-        }.joined()
+        SparkHex.encode(SHA256.hash(data: Array(text.utf8)))
     }
 
     static func cut(_ logs: String) -> String {

@@ -326,12 +326,9 @@ public final class ToolService: Sparkops_Tool_V1_ToolService.ServiceProtocol {
         }
     }
 
+    /// Records the mutation in the project's audit log (a log that cannot be reached is logged).
     func audit(_ principal: Sparkops_Common_V1_Principal, projectID: String, action: String, target: String, detail: String = "", metadata: Metadata) async {
-        do {
-            try await self.access.audit(principal, projectID: projectID, action: action, target: target, detail: detail, metadata: metadata)
-        } catch {
-            self.logger.error("could not record an audit event", metadata: ["action": "\(action)", "target": "\(target)", "error": "\(error)"])
-        }
+        await self.access.record(principal, projectID: projectID, action: action, target: target, detail: detail, metadata: metadata, logger: self.logger)
     }
 
     static func message(_ row: ToolRow) throws -> Sparkops_Tool_V1_Tool {

@@ -302,14 +302,9 @@ public final class WorkflowService: Sparkops_Workflow_V1_WorkflowService.Service
         guard SparkID.isValid(id, prefix: "wf") else { throw SparkError.invalid("workflow_id", "is not a wf_… id") }
     }
 
-    /// Records the mutation in the project's audit log; the mutation stands if the log cannot be
-    /// reached, and the failure is logged.
+    /// Records the mutation in the project's audit log (a log that cannot be reached is logged).
     func audit(_ principal: Sparkops_Common_V1_Principal, projectID: String, action: String, target: String, detail: String = "", metadata: Metadata) async {
-        do {
-            try await self.access.audit(principal, projectID: projectID, action: action, target: target, detail: detail, metadata: metadata)
-        } catch {
-            self.logger.error("could not record an audit event", metadata: ["action": "\(action)", "target": "\(target)", "error": "\(error)"])
-        }
+        await self.access.record(principal, projectID: projectID, action: action, target: target, detail: detail, metadata: metadata, logger: self.logger)
     }
 
     static func message(_ row: WorkflowRow) -> Sparkops_Workflow_V1_Workflow {
