@@ -118,6 +118,7 @@ let coreTargets: [Target] = [
                 "SparkProjectService",
                 "SparkWorkflowService",
                 "SparkToolService",
+                "SparkAgentService",
                 "SparkGateway",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
@@ -279,6 +280,7 @@ let package = Package(
         .executable(name: "sparkops-project", targets: ["sparkops-project"]),
         .executable(name: "sparkops-workflow", targets: ["sparkops-workflow"]),
         .executable(name: "sparkops-tool", targets: ["sparkops-tool"]),
+        .executable(name: "sparkops-agent", targets: ["sparkops-agent"]),
         .library(name: "SparkWire", targets: ["SparkWire"]),
         .library(name: "SparkProto", targets: ["SparkProto"]),
         .library(name: "SparkKit", targets: ["SparkKit"]),
@@ -340,6 +342,16 @@ let package = Package(
             .product(name: "SQLiteNIO", package: "sqlite-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             "CSparkSandbox",
+        ])
+        + service("agent", module: "SparkAgentService", dependencies: [
+            "SparkWorkflow",
+            "SparkExpr",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            .product(name: "Yams", package: "Yams"),
         ])
         + service("gateway", module: "SparkGateway", dependencies: [
             .product(name: "Hummingbird", package: "hummingbird"),

@@ -111,3 +111,9 @@ extension ExprValue {
         }
     }
 }
+
+extension ExprValue: ExpressibleByStringLiteral {
+    public init(stringLiteral value: String) {
+        self = .string(value)
+    }
+}

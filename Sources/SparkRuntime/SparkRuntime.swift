@@ -3,6 +3,7 @@ import Foundation
 public import Logging
 public import ServiceLifecycle
 public import SparkKit
+import SparkAgentService
 import SparkGateway
 import SparkProjectService
 import SparkToolService
@@ -30,7 +31,9 @@ public enum SparkRuntime {
             return ServiceHost.services(try await WorkflowService.definition(host: host, config: config, logger: logger), config: host, logger: logger)
         case .tool:
             return ServiceHost.services(try await ToolService.definition(host: host, config: config, logger: logger), config: host, logger: logger)
-        case .agent, .run, .policy, .budget, .scheduler:
+        case .agent:
+            return ServiceHost.services(try await AgentService.definition(host: host, config: config, logger: logger), config: host, logger: logger)
+        case .run, .policy, .budget, .scheduler:
             throw SparkConfigurationError("the \(service.rawValue) service is not available yet; available: \(ServiceName.available.map(\.rawValue).joined(separator: ", "))")
         }
     }
@@ -67,6 +70,7 @@ public enum SparkRuntime {
             case .project: definition = try await ProjectService.definition(host: host, config: config, logger: logger)
             case .workflow: definition = try await WorkflowService.definition(host: host, config: config, logger: logger)
             case .tool: definition = try await ToolService.definition(host: host, config: config, logger: logger)
+            case .agent: definition = try await AgentService.definition(host: host, config: config, logger: logger)
             default: continue
             }
             guard let store = definition.store else { continue }

@@ -192,8 +192,9 @@ extension WorkflowReader {
     mutating func tool(_ root: SourceNode) -> ToolDefinition? {
         guard let top = self.fields(root, "", allowed: Self.toolFields) else { return nil }
         var name = self.name(top["tool"]?.0, "tool", pattern: Self.isResourceName, rule: "1–100 letters, digits, _ . -, starting with a letter or digit", at: root.location)
-        // Names the tool routes use for themselves (`…/tools/apply`), and ids' prefix.
-        if let taken = name, ["apply", "validate"].contains(taken) || taken.hasPrefix("tool_") {
+        // Names the tool routes use for themselves (`…/tools/apply`), ids' prefix, and the
+        // agents' built-in memory tools.
+        if let taken = name, ["apply", "validate"].contains(taken) || taken.hasPrefix("tool_") || taken.hasPrefix(AgentDefinition.memoryToolPrefix) {
             self.problem("tool", "\(taken.debugDescription) is reserved; choose another name", at: top["tool"]?.0.location ?? root.location)
             name = nil
         }

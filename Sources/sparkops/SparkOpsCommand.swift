@@ -9,7 +9,7 @@ struct SparkOpsCommand: AsyncParsableCommand {
         subcommands: [
             DevCommand.self, ServeCommand.self, MigrateCommand.self, CertsCommand.self, WireCommand.self,
             LoginCommand.self, LogoutCommand.self, UserCommand.self, ProjectCommand.self, MemberCommand.self, APIKeyCommand.self,
-            ApplyCommand.self, WorkflowCommand.self, ToolCommand.self, SecretCommand.self,
+            ApplyCommand.self, WorkflowCommand.self, ToolCommand.self, AgentCommand.self, SecretCommand.self,
         ]
     )
 }

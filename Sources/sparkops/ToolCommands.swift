@@ -19,8 +19,7 @@ struct ToolCommand: AsyncParsableCommand {
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
-            let page = try await APIClient(options: self.client).call(.GET, "/api/v1/projects/\(self.project)/tools?page_size=500")
-            Printer.print(page, format: self.client.output, rows: "tools", columns: ToolCommand.columns)
+            try await DefinitionReads.list("tools", project: self.project, client: self.client, columns: ToolCommand.columns)
         }
     }
 
@@ -32,19 +31,7 @@ struct ToolCommand: AsyncParsableCommand {
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
-            let api = APIClient(options: self.client)
-            let base = "/api/v1/projects/\(self.project)/tools/\(ToolCommand.escape(self.tool))"
-            guard let version = self.version else {
-                Printer.print(try await api.call(.GET, base), format: self.client.output, columns: ToolCommand.columns)
-                return
-            }
-            let found = try await api.call(.GET, "\(base)/versions/\(version)")
-            if self.client.output == .json {
-                Printer.print(found, format: .json, columns: [])
-            } else {
-                print("# version \(Printer.text(found["version"])), \(Printer.text(found["contentHash"]))")
-                print(found["source"] as? String ?? "")
-            }
+            try await DefinitionReads.get("tools", self.tool, project: self.project, version: self.version, client: self.client, columns: ToolCommand.columns)
         }
     }
 
@@ -173,9 +160,10 @@ struct SecretCommand: AsyncParsableCommand {
 }
 
 /// Definitions in files: every document of each file (YAML documents split at `---`), sent to the
-/// service its top-level key names: `tool:` to the tool service, the rest to the workflow service.
+/// service its top-level key names: `tool:` to the tool service, `agent:` to the agent service,
+/// the rest to the workflow service.
 struct DefinitionDocument {
-    enum Kind: String { case tool, workflow }
+    enum Kind: String { case tool, agent, workflow }
 
     var path: String
     /// The line the document starts at in its file (1-based).
@@ -184,7 +172,7 @@ struct DefinitionDocument {
     var kind: Kind
 
     var label: String { self.line == 1 ? self.path : "\(self.path) (document at line \(self.line))" }
-    var route: String { self.kind == .tool ? "tools" : "workflows" }
+    var route: String { "\(self.kind.rawValue)s" }
 
     static func load(_ path: String) throws -> [DefinitionDocument] {
         var documents: [DefinitionDocument] = []
@@ -222,10 +210,11 @@ struct DefinitionDocument {
     static func kind(of source: String) -> Kind {
         if source.drop(while: { $0.isWhitespace }).hasPrefix("{") {
             let object = (try? JSONSerialization.jsonObject(with: Data(source.utf8))) as? [String: Any]
-            return object?["tool"] != nil ? .tool : .workflow
+            return object?["tool"] != nil ? .tool : object?["agent"] != nil ? .agent : .workflow
         }
         let topKeys = source.split(separator: "\n").filter { !$0.hasPrefix(" ") && !$0.hasPrefix("\t") && !$0.hasPrefix("#") }
-        return topKeys.contains { $0.hasPrefix("tool:") } ? .tool : .workflow
+        if topKeys.contains(where: { $0.hasPrefix("tool:") }) { return .tool }
+        return topKeys.contains { $0.hasPrefix("agent:") } ? .agent : .workflow
     }
 }
 

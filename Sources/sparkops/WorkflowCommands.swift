@@ -2,13 +2,14 @@ import ArgumentParser
 import Foundation
 import NIOHTTP1
 
-/// `sparkops apply -f FILE|DIR`: every workflow definition in a file, or in the `.yaml`, `.yml`
-/// and `.json` files of a directory, applied to a project (created, or a new version when changed).
+/// `sparkops apply -f FILE|DIR`: every tool, agent and workflow definition in a file, or in the
+/// `.yaml`, `.yml` and `.json` files of a directory, applied to a project (created, or a new
+/// version when changed).
 struct ApplyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "apply",
-        abstract: "Apply tool and workflow definitions from a file or a directory (a new version only when one changed).",
-        discussion: "A file may hold several YAML documents separated by ---; a document with a top-level `tool:` is a tool, the others workflows. Tools are applied in file order, so put them before the workflows that use them."
+        abstract: "Apply tool, agent and workflow definitions from a file or a directory (a new version only when one changed).",
+        discussion: "A file may hold several YAML documents separated by ---; a document with a top-level `tool:` is a tool, one with `agent:` an agent, the others workflows. Documents are applied in file order, so put tools before the agents that call them and both before the workflows that use them."
     )
 
     @Option(name: .shortAndLong, help: "A YAML or JSON file, or a directory of them.") var file: String
@@ -66,8 +67,7 @@ struct WorkflowCommand: AsyncParsableCommand {
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
-            let page = try await APIClient(options: self.client).call(.GET, "/api/v1/projects/\(self.project)/workflows?page_size=500")
-            Printer.print(page, format: self.client.output, rows: "workflows", columns: WorkflowCommand.columns)
+            try await DefinitionReads.list("workflows", project: self.project, client: self.client, columns: WorkflowCommand.columns)
         }
     }
 
@@ -79,19 +79,7 @@ struct WorkflowCommand: AsyncParsableCommand {
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
-            let api = APIClient(options: self.client)
-            let base = "/api/v1/projects/\(self.project)/workflows/\(self.workflow)"
-            guard let version = self.version else {
-                Printer.print(try await api.call(.GET, base), format: self.client.output, columns: WorkflowCommand.columns)
-                return
-            }
-            let found = try await api.call(.GET, "\(base)/versions/\(version)")
-            if self.client.output == .json {
-                Printer.print(found, format: .json, columns: [])
-            } else {
-                print("# version \(Printer.text(found["version"])), \(Printer.text(found["contentHash"]))")
-                print(found["source"] as? String ?? "")
-            }
+            try await DefinitionReads.get("workflows", self.workflow, project: self.project, version: self.version, client: self.client, columns: WorkflowCommand.columns)
         }
     }
 }

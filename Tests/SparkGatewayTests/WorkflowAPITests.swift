@@ -23,17 +23,22 @@ struct WorkflowAPITests {
         outputs: { brief: "${{ steps.draft.output.text }}" }
         """
 
-    /// The tool the definition's steps name.
+    /// The agents of these tests name a built-in provider's model the catalog does not price.
+    static let overrides = ["agent.allowUnpricedModels": "true"]
+
+    /// The tool and the agent the definition's steps name.
     static func addTools(_ cluster: TestCluster, _ token: String, project: String, names: [String] = ["web-search"]) async throws {
         for name in names {
             let applied = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/tools/apply", token: token, json: ["source": "tool: \(name)\nkind: echo"])
             try #require(applied.status == 200, "\(applied.text)")
         }
+        let agent = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/agents/apply", token: token, json: ["source": "agent: writer\nprovider: openai\nmodel: gpt-4o-mini\n"])
+        try #require(agent.status == 200, "\(agent.text)")
     }
 
     @Test("a step naming a tool the project does not have is refused at its line and column, with the nearest name", arguments: TestBackend.all)
     func unknownTools(backend: TestBackend) async throws {
-        try await TestCluster.run(backend: backend) { cluster in
+        try await TestCluster.run(backend: backend, overrides: Self.overrides) { cluster in
             let admin = try await cluster.adminToken()
             let project = try await cluster.createProject("refs", token: admin)
             let other = try await cluster.createProject("other", token: admin)
@@ -57,7 +62,7 @@ struct WorkflowAPITests {
 
     @Test("apply creates version 1; the same definition again changes nothing; a change makes version 2", arguments: TestBackend.all)
     func versions(backend: TestBackend) async throws {
-        try await TestCluster.run(backend: backend) { cluster in
+        try await TestCluster.run(backend: backend, overrides: Self.overrides) { cluster in
             let admin = try await cluster.adminToken()
             let project = try await cluster.createProject("flows", token: admin)
             try await Self.addTools(cluster, admin, project: project)
@@ -130,7 +135,7 @@ struct WorkflowAPITests {
 
     @Test("validation reports every problem with line, column and field, and an invalid definition stores nothing", arguments: TestBackend.all)
     func validation(backend: TestBackend) async throws {
-        try await TestCluster.run(backend: backend) { cluster in
+        try await TestCluster.run(backend: backend, overrides: Self.overrides) { cluster in
             let admin = try await cluster.adminToken()
             let project = try await cluster.createProject("checked", token: admin)
             try await Self.addTools(cluster, admin, project: project)
@@ -160,7 +165,7 @@ struct WorkflowAPITests {
 
     @Test("roles: viewers read, editors write, outsiders see nothing, keys of another project nothing")
     func roles() async throws {
-        try await TestCluster.run(backend: .sqlite) { cluster in
+        try await TestCluster.run(backend: .sqlite, overrides: Self.overrides) { cluster in
             let admin = try await cluster.adminToken()
             let project = try await cluster.createProject("guarded", token: admin)
             let other = try await cluster.createProject("elsewhere", token: admin)

@@ -160,12 +160,14 @@ struct CLITests {
 
     @Test("sparkops apply, workflow validate, list and get")
     func workflows() async throws {
-        try await TestCluster.run(backend: .sqlite) { cluster in
+        try await TestCluster.run(backend: .sqlite, overrides: ["agent.allowUnpricedModels": "true"]) { cluster in
             let cli = CLI(url: cluster.baseURL, credentials: "\(cluster.home)/cli/credentials.json")
             #expect(try await cli("login", "--email", TestCluster.adminEmail, "--password", TestCluster.adminPassword).status == 0)
             let project = try await cli.json("project", "create", "with-workflows")["id"] as! String
             let tool = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/tools/apply", token: try await cluster.adminToken(), json: ["source": "tool: http-get\nkind: echo"])
             #expect(tool.status == 200, "\(tool.text)")
+            let agent = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/agents/apply", token: try await cluster.adminToken(), json: ["source": "agent: summarizer\nprovider: openai\nmodel: gpt-4o-mini"])
+            #expect(agent.status == 200, "\(agent.text)")
             let directory = "\(cluster.home)/flows"
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             let good = "name: nightly\nsteps:\n  - id: fetch\n    tool: http-get\n  - id: sum\n    agent: summarizer\n    needs: [fetch]\n    with: { text: \"${{ steps.fetch.output }}\" }\n"
@@ -271,6 +273,58 @@ struct CLITests {
             #expect(headers?["x-api-key"] as? String == "k-123", "\(whoami)")
             let key = try await cli("secret", "new-master-key")
             #expect(key.output.range(of: #"^k\d+:[A-Za-z0-9+/]{43}=\n$"#, options: .regularExpression) != nil, "\(key.output)")
+        }
+    }
+
+    @Test("sparkops apply routes agents to the agent service; agent list, validate and run print the answer and exit 1 when the step failed")
+    func agents() async throws {
+        let llm = try await FakeLLMServer.start()
+        defer { Task { try? await llm.stop() } }
+        let catalog = """
+            providers: [{ name: local, api: openai, base_url: "\(llm.baseURL)" }]
+            models: [{ provider: local, name: "*", input_per_million: 1000000, output_per_million: 1000000 }]
+            """
+        try await TestCluster.run(backend: .sqlite, overrides: ["agent.catalog": catalog]) { cluster in
+            let cli = CLI(url: cluster.baseURL, credentials: "\(cluster.home)/cli/credentials.json")
+            #expect(try await cli("login", "--email", TestCluster.adminEmail, "--password", TestCluster.adminPassword).status == 0)
+            let project = try #require(try await cli.json("project", "create", "with-agents")["id"] as? String)
+            let file = "\(cluster.home)/agents.yaml"
+            try """
+                tool: shout
+                kind: echo
+                ---
+                agent: crier
+                provider: local
+                model: tiny-1
+                tools: [shout]
+                ---
+                name: cry
+                steps:
+                  - id: cry
+                    agent: crier
+                    with: { prompt: hello }
+                """.write(toFile: file, atomically: true, encoding: .utf8)
+            let applied = try await cli.json("apply", "-f", file, "--project", project)
+            let rows = applied["applied"] as? [[String: Any]] ?? []
+            #expect(rows.map { "\($0["kind"] ?? "") \($0["name"] ?? "") \($0["outcome"] ?? "")" } == ["tool shout created", "agent crier created", "workflow cry created"], "\(applied)")
+            let listed = try await cli("agent", "list", "--project", project)
+            #expect(listed.output.contains("crier") && listed.output.contains("tiny-1"), "\(listed.output)")
+            let badFile = "\(cluster.home)/bad-agent.yaml"
+            try "agent: loud\nprovider: local\nmodel: m\ntools: [whisper]\n".write(toFile: badFile, atomically: true, encoding: .utf8)
+            let invalid = try await cli("agent", "validate", "-f", badFile, "--project", project)
+            #expect(invalid.status == 1)
+            #expect(invalid.output.contains("bad-agent.yaml:4:9: tools[0]: the project has no tool \"whisper\""), "\(invalid.output)")
+
+            llm.enqueue(.toolCalls([.init(name: "shout", arguments: #"{"word":"hey"}"#)]), .text("HEY!"))
+            let ran = try await cli("agent", "run", "crier", "--project", project, "--prompt", "Shout hey.", "--verbose")
+            #expect(ran.status == 0, "\(ran.output)")
+            #expect(ran.output.contains("HEY!"), "\(ran.output)")
+            #expect(ran.output.contains("tool 1: shout"), "\(ran.output)")
+            #expect(ran.output.contains("2 LLM calls, 1 tool calls, 200 tokens in, 40 out, $0.000240"), "\(ran.output)")
+            llm.enqueue(.status(400, message: "model tiny-1 not found"))
+            let failed = try await cli("agent", "run", "crier", "--project", project, "--prompt", "Again.")
+            #expect(failed.status == 1)
+            #expect(failed.output.contains("agent step failed (llm_error)") && failed.output.contains("model tiny-1 not found"), "\(failed.output)")
         }
     }
 }

@@ -15,6 +15,7 @@ struct DistributedTests {
         let projectAdminPort: Int
         let workflowAdminPort: Int
         let toolAdminPort: Int
+        let agentAdminPort: Int
         let settings: [String]
 
         static func make(databaseURL: String?, redisURL: String?) async throws -> Deployment {
@@ -24,7 +25,8 @@ struct DistributedTests {
                 gateway: try await FreePort.allocate(), gatewayAdmin: try await FreePort.allocate(),
                 project: try await FreePort.allocate(), projectAdmin: try await FreePort.allocate(),
                 workflow: try await FreePort.allocate(), workflowAdmin: try await FreePort.allocate(),
-                tool: try await FreePort.allocate(), toolAdmin: try await FreePort.allocate()
+                tool: try await FreePort.allocate(), toolAdmin: try await FreePort.allocate(),
+                agent: try await FreePort.allocate(), agentAdmin: try await FreePort.allocate()
             )
             var settings = [
                 "home=\(home)",
@@ -36,6 +38,8 @@ struct DistributedTests {
                 "workflow.adminPort=\(ports.workflowAdmin)",
                 "tool.port=\(ports.tool)",
                 "tool.adminPort=\(ports.toolAdmin)",
+                "agent.port=\(ports.agent)",
+                "agent.adminPort=\(ports.agentAdmin)",
                 "tool.masterKeys=system:\(Data((0 ..< 32).map { _ in UInt8.random(in: 0 ... 255) }).base64EncodedString())",
                 "project.bcryptCost=4",
                 "admin.email=\(TestCluster.adminEmail)",
@@ -52,7 +56,8 @@ struct DistributedTests {
             }
             return Deployment(
                 home: home, gatewayPort: ports.gateway, gatewayAdminPort: ports.gatewayAdmin,
-                projectAdminPort: ports.projectAdmin, workflowAdminPort: ports.workflowAdmin, toolAdminPort: ports.toolAdmin, settings: settings
+                projectAdminPort: ports.projectAdmin, workflowAdminPort: ports.workflowAdmin, toolAdminPort: ports.toolAdmin,
+                agentAdminPort: ports.agentAdmin, settings: settings
             )
         }
 
@@ -62,14 +67,14 @@ struct DistributedTests {
             try await ServiceProcess(executable, self.settings.flatMap { ["--set", $0] }, logDirectory: self.home)
         }
 
-        /// Starts the project service, the gateway, the workflow service and the tool service (in
-        /// that order in the result) and waits (bounded) until all report ready.
+        /// Starts the project service, the gateway, the workflow, tool and agent services (in that
+        /// order in the result) and waits (bounded) until all report ready.
         func startAll() async throws -> [ServiceProcess] {
             var processes: [ServiceProcess] = []
-            for executable in ["sparkops-project", "sparkops-gateway", "sparkops-workflow", "sparkops-tool"] {
+            for executable in ["sparkops-project", "sparkops-gateway", "sparkops-workflow", "sparkops-tool", "sparkops-agent"] {
                 processes.append(try await self.start(executable))
             }
-            let probes = [self.projectAdminPort, self.gatewayAdminPort, self.workflowAdminPort, self.toolAdminPort].map { HTTPTestClient(baseURL: "http://127.0.0.1:\($0)") }
+            let probes = [self.projectAdminPort, self.gatewayAdminPort, self.workflowAdminPort, self.toolAdminPort, self.agentAdminPort].map { HTTPTestClient(baseURL: "http://127.0.0.1:\($0)") }
             let deadline = ContinuousClock.now + .seconds(60)
             while ContinuousClock.now < deadline {
                 if let exited = processes.first(where: { !$0.isRunning }) {
@@ -95,7 +100,7 @@ struct DistributedTests {
             defer { try? FileManager.default.removeItem(atPath: deployment.home) }
 
             let certs = try await ServiceProcess.run(
-                "sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool"]
+                "sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent"]
             )
             #expect(certs.status == 0, "\(certs.output)")
 
@@ -168,7 +173,7 @@ struct DistributedTests {
     func peerOutage() async throws {
         let deployment = try await Deployment.make(databaseURL: nil, redisURL: nil)
         defer { try? FileManager.default.removeItem(atPath: deployment.home) }
-        _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool"])
+        _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent"])
         let processes = try await deployment.startAll()
         let token = try #require(try await deployment.gateway.send(
             .POST, "/api/v1/auth/login", json: ["email": TestCluster.adminEmail, "password": TestCluster.adminPassword]
@@ -199,6 +204,7 @@ struct DistributedTests {
         #expect(await processes[1].stop() == 0)
         #expect(await processes[2].stop() == 0)
         #expect(await processes[3].stop() == 0)
+        #expect(await processes[4].stop() == 0)
     }
 
     @Test(
@@ -210,7 +216,7 @@ struct DistributedTests {
         try await backend.withDatabase { databaseURL in
             let deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: backend.redisURL)
             defer { try? FileManager.default.removeItem(atPath: deployment.home) }
-            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool"])
+            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent"])
             var processes = try await deployment.startAll()
             // A second gateway replica sharing the same project service and Redis.
             let (secondPort, secondAdminPort) = (try await FreePort.allocate(), try await FreePort.allocate())

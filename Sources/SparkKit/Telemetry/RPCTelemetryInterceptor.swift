@@ -48,8 +48,16 @@ public struct RPCTelemetryInterceptor: ServerInterceptor {
                 logger.error("rpc failed", metadata: ["method": "\(method)", "code": "\(error.code)", "error": "\(error.message)"])
             }
             throw error
+        } catch let error as any (RPCErrorConvertible & Error) {
+            record("\(error.rpcErrorCode)")
+            throw error
         } catch {
+            // Not an RPC error: the caller sees UNKNOWN and nothing else, so the log says what it was.
             record("unknown")
+            var logger = self.logger
+            logger[metadataKey: "request_id"] = "\(request.metadata[stringValues: "x-request-id"].first(where: { _ in true }) ?? "")"
+            logger[metadataKey: "trace_id"] = "\(Self.traceID(request.metadata) ?? "")"
+            logger.error("rpc failed", metadata: ["method": "\(method)", "code": "unknown", "error": "\(String(reflecting: error).prefix(2000))"])
             throw error
         }
     }

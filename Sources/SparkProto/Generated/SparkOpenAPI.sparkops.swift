@@ -42,6 +42,536 @@ public enum SparkOpenAPI {
         ],
         "type" : "object"
       },
+      "sparkops.agent.v1.Agent" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "contentHash" : {
+            "type" : "string"
+          },
+          "createdBy" : {
+            "type" : "string"
+          },
+          "createTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "description" : {
+            "type" : "string"
+          },
+          "id" : {
+            "type" : "string"
+          },
+          "latestVersion" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "memory" : {
+            "type" : "boolean"
+          },
+          "model" : {
+            "type" : "string"
+          },
+          "name" : {
+            "type" : "string"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "provider" : {
+            "type" : "string"
+          },
+          "tools" : {
+            "items" : {
+              "type" : "string"
+            },
+            "type" : "array"
+          },
+          "updateTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.AgentExecution" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "agentId" : {
+            "type" : "string"
+          },
+          "agentVersion" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "costMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "durationMs" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "error" : {
+            "$ref" : "#/components/schemas/sparkops.agent.v1.AgentFailure"
+          },
+          "id" : {
+            "type" : "string"
+          },
+          "inputTokens" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "llmCalls" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.agent.v1.LLMCall"
+            },
+            "type" : "array"
+          },
+          "output" : {
+
+          },
+          "outputTokens" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "replayed" : {
+            "type" : "boolean"
+          },
+          "runId" : {
+            "type" : "string"
+          },
+          "startedBy" : {
+            "type" : "string"
+          },
+          "startTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "status" : {
+            "type" : "string"
+          },
+          "stepId" : {
+            "type" : "string"
+          },
+          "text" : {
+            "type" : "string"
+          },
+          "toolCalls" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.agent.v1.ToolCall"
+            },
+            "type" : "array"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.AgentFailure" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "message" : {
+            "type" : "string"
+          },
+          "reason" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.AgentProblem" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "column" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "field" : {
+            "type" : "string"
+          },
+          "line" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "message" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.AgentVersion" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "agentId" : {
+            "type" : "string"
+          },
+          "contentHash" : {
+            "type" : "string"
+          },
+          "createdBy" : {
+            "type" : "string"
+          },
+          "createTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "definition" : {
+            "type" : "object"
+          },
+          "source" : {
+            "type" : "string"
+          },
+          "version" : {
+            "format" : "int32",
+            "type" : "integer"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.ApplyAgentRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "projectId" : {
+            "type" : "string"
+          },
+          "source" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.ApplyAgentResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "agent" : {
+            "$ref" : "#/components/schemas/sparkops.agent.v1.Agent"
+          },
+          "changed" : {
+            "type" : "boolean"
+          },
+          "created" : {
+            "type" : "boolean"
+          },
+          "version" : {
+            "$ref" : "#/components/schemas/sparkops.agent.v1.AgentVersion"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.DeleteAgentMemoryResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.DeleteAgentResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.ExecuteAgentStepRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "agent" : {
+            "type" : "string"
+          },
+          "idempotencyKey" : {
+            "type" : "string"
+          },
+          "input" : {
+
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "prompt" : {
+            "type" : "string"
+          },
+          "runId" : {
+            "type" : "string"
+          },
+          "stepId" : {
+            "type" : "string"
+          },
+          "timeoutMs" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.ListAgentExecutionsResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "executions" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.agent.v1.AgentExecution"
+            },
+            "type" : "array"
+          },
+          "nextPageToken" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.ListAgentMemoryResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "facts" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.agent.v1.MemoryFact"
+            },
+            "type" : "array"
+          },
+          "summaries" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.agent.v1.MemorySummary"
+            },
+            "type" : "array"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.ListAgentsResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "agents" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.agent.v1.Agent"
+            },
+            "type" : "array"
+          },
+          "nextPageToken" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.ListAgentVersionsResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "nextPageToken" : {
+            "type" : "string"
+          },
+          "versions" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.agent.v1.AgentVersion"
+            },
+            "type" : "array"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.LLMCall" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "attempts" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "costMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "dropped" : {
+            "items" : {
+              "type" : "string"
+            },
+            "type" : "array"
+          },
+          "durationMs" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "error" : {
+            "type" : "string"
+          },
+          "finishReason" : {
+            "type" : "string"
+          },
+          "inputTokens" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "iteration" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "model" : {
+            "type" : "string"
+          },
+          "outputTokens" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "provider" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.MemoryFact" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "key" : {
+            "type" : "string"
+          },
+          "updatedBy" : {
+            "type" : "string"
+          },
+          "updateTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "value" : {
+
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.MemorySummary" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "createTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "executionId" : {
+            "type" : "string"
+          },
+          "id" : {
+            "type" : "string"
+          },
+          "text" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.PutAgentMemoryRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "agent" : {
+            "type" : "string"
+          },
+          "key" : {
+            "type" : "string"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "value" : {
+
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.ToolCall" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "arguments" : {
+
+          },
+          "callId" : {
+            "type" : "string"
+          },
+          "costMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "durationMs" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "error" : {
+            "$ref" : "#/components/schemas/sparkops.agent.v1.AgentFailure"
+          },
+          "invocationId" : {
+            "type" : "string"
+          },
+          "iteration" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "output" : {
+
+          },
+          "replayed" : {
+            "type" : "boolean"
+          },
+          "tool" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.UpdateAgentRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "agent" : {
+            "type" : "string"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "source" : {
+            "type" : "string"
+          },
+          "updateMask" : {
+            "items" : {
+              "type" : "string"
+            },
+            "type" : "array"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.ValidateAgentRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "projectId" : {
+            "type" : "string"
+          },
+          "source" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.agent.v1.ValidateAgentResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "contentHash" : {
+            "type" : "string"
+          },
+          "problems" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.agent.v1.AgentProblem"
+            },
+            "type" : "array"
+          },
+          "valid" : {
+            "type" : "boolean"
+          }
+        },
+        "type" : "object"
+      },
       "sparkops.gateway.WebSocketClientMessage" : {
         "oneOf" : [
           {
@@ -1868,6 +2398,922 @@ public enum SparkOpenAPI {
         "x-sparkops-rpc" : "/sparkops.project.v1.ProjectService/UpdateProject"
       }
     },
+    "/api/v1/projects/{project_id}/agent-executions" : {
+      "get" : {
+        "operationId" : "listAgentExecutions",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "agent",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_size",
+            "required" : false,
+            "schema" : {
+              "format" : "int32",
+              "type" : "integer"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_token",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.agent.v1.ListAgentExecutionsResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "The project's agent steps, newest first",
+        "tags" : [
+          "agent"
+        ],
+        "x-sparkops-permission" : "agent.read",
+        "x-sparkops-rpc" : "/sparkops.agent.v1.AgentService/ListAgentExecutions"
+      }
+    },
+    "/api/v1/projects/{project_id}/agent-executions/{execution_id}" : {
+      "get" : {
+        "operationId" : "getAgentExecution",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "execution_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.agent.v1.AgentExecution"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "An agent step, with every LLM call and tool call",
+        "tags" : [
+          "agent"
+        ],
+        "x-sparkops-permission" : "agent.read",
+        "x-sparkops-rpc" : "/sparkops.agent.v1.AgentService/GetAgentExecution"
+      }
+    },
+    "/api/v1/projects/{project_id}/agents" : {
+      "get" : {
+        "operationId" : "listAgents",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_size",
+            "required" : false,
+            "schema" : {
+              "format" : "int32",
+              "type" : "integer"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_token",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.agent.v1.ListAgentsResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "The project's agents",
+        "tags" : [
+          "agent"
+        ],
+        "x-sparkops-permission" : "agent.read",
+        "x-sparkops-rpc" : "/sparkops.agent.v1.AgentService/ListAgents"
+      }
+    },
+    "/api/v1/projects/{project_id}/agents/{agent}" : {
+      "delete" : {
+        "operationId" : "deleteAgent",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "agent",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.agent.v1.DeleteAgentResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Delete an agent",
+        "tags" : [
+          "agent"
+        ],
+        "x-sparkops-permission" : "agent.write",
+        "x-sparkops-rpc" : "/sparkops.agent.v1.AgentService/DeleteAgent"
+      },
+      "get" : {
+        "operationId" : "getAgent",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "agent",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.agent.v1.Agent"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "An agent, by id or name",
+        "tags" : [
+          "agent"
+        ],
+        "x-sparkops-permission" : "agent.read",
+        "x-sparkops-rpc" : "/sparkops.agent.v1.AgentService/GetAgent"
+      },
+      "patch" : {
+        "description" : "Changes only the fields the body names, or those listed in `updateMask` (AIP-134); `{}` changes nothing.",
+        "operationId" : "updateAgent",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "agent",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.agent.v1.UpdateAgentRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.agent.v1.ApplyAgentResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "A new definition: a new version when it changed",
+        "tags" : [
+          "agent"
+        ],
+        "x-sparkops-permission" : "agent.write",
+        "x-sparkops-rpc" : "/sparkops.agent.v1.AgentService/UpdateAgent"
+      }
+    },
+    "/api/v1/projects/{project_id}/agents/{agent}/execute" : {
+      "post" : {
+        "operationId" : "executeAgentStep",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "agent",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.agent.v1.ExecuteAgentStepRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.agent.v1.AgentExecution"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Run one agent step: the model calls tools until it answers or a limit is hit",
+        "tags" : [
+          "agent"
+        ],
+        "x-sparkops-call-timeout-seconds" : 3660,
+        "x-sparkops-max-body-bytes" : 4194304,
+        "x-sparkops-permission" : "run.create",
+        "x-sparkops-rpc" : "/sparkops.agent.v1.AgentService/ExecuteAgentStep"
+      }
+    },
+    "/api/v1/projects/{project_id}/agents/{agent}/memory" : {
+      "get" : {
+        "operationId" : "listAgentMemory",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "agent",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.agent.v1.ListAgentMemoryResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "An agent's facts and latest conversation summaries",
+        "tags" : [
+          "agent"
+        ],
+        "x-sparkops-permission" : "agent.read",
+        "x-sparkops-rpc" : "/sparkops.agent.v1.AgentService/ListAgentMemory"
+      }
+    },
+    "/api/v1/projects/{project_id}/agents/{agent}/memory/{key}" : {
+      "delete" : {
+        "operationId" : "deleteAgentMemory",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "agent",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "key",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.agent.v1.DeleteAgentMemoryResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Forget one of an agent's facts",
+        "tags" : [
+          "agent"
+        ],
+        "x-sparkops-permission" : "agent.write",
+        "x-sparkops-rpc" : "/sparkops.agent.v1.AgentService/DeleteAgentMemory"
+      },
+      "put" : {
+        "operationId" : "putAgentMemory",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "agent",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "key",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.agent.v1.PutAgentMemoryRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.agent.v1.MemoryFact"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Write one of an agent's facts",
+        "tags" : [
+          "agent"
+        ],
+        "x-sparkops-max-body-bytes" : 65536,
+        "x-sparkops-permission" : "agent.write",
+        "x-sparkops-rpc" : "/sparkops.agent.v1.AgentService/PutAgentMemory"
+      }
+    },
+    "/api/v1/projects/{project_id}/agents/{agent}/versions" : {
+      "get" : {
+        "operationId" : "listAgentVersions",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "agent",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_size",
+            "required" : false,
+            "schema" : {
+              "format" : "int32",
+              "type" : "integer"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_token",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.agent.v1.ListAgentVersionsResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "An agent's versions, newest first",
+        "tags" : [
+          "agent"
+        ],
+        "x-sparkops-permission" : "agent.read",
+        "x-sparkops-rpc" : "/sparkops.agent.v1.AgentService/ListAgentVersions"
+      }
+    },
+    "/api/v1/projects/{project_id}/agents/{agent}/versions/{version}" : {
+      "get" : {
+        "operationId" : "getAgentVersion",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "agent",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "version",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.agent.v1.AgentVersion"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "One version, with its source and canonical definition",
+        "tags" : [
+          "agent"
+        ],
+        "x-sparkops-permission" : "agent.read",
+        "x-sparkops-rpc" : "/sparkops.agent.v1.AgentService/GetAgentVersion"
+      }
+    },
+    "/api/v1/projects/{project_id}/agents/apply" : {
+      "post" : {
+        "operationId" : "applyAgent",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.agent.v1.ApplyAgentRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.agent.v1.ApplyAgentResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Create the agent of this name, or add a version when its definition changed",
+        "tags" : [
+          "agent"
+        ],
+        "x-sparkops-permission" : "agent.write",
+        "x-sparkops-rpc" : "/sparkops.agent.v1.AgentService/ApplyAgent"
+      }
+    },
+    "/api/v1/projects/{project_id}/agents/validate" : {
+      "post" : {
+        "operationId" : "validateAgent",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.agent.v1.ValidateAgentRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.agent.v1.ValidateAgentResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Every problem of an agent definition, with line, column and field; nothing is stored",
+        "tags" : [
+          "agent"
+        ],
+        "x-sparkops-permission" : "agent.read",
+        "x-sparkops-rpc" : "/sparkops.agent.v1.AgentService/ValidateAgent"
+      }
+    },
     "/api/v1/projects/{project_id}/api-keys" : {
       "get" : {
         "operationId" : "listApiKeys",
@@ -3136,6 +4582,7 @@ public enum SparkOpenAPI {
         "tags" : [
           "tool"
         ],
+        "x-sparkops-call-timeout-seconds" : 3660,
         "x-sparkops-max-body-bytes" : 4194304,
         "x-sparkops-permission" : "run.create",
         "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/InvokeTool"

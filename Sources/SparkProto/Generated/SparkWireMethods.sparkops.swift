@@ -10,6 +10,90 @@ public enum SparkProtoMethods {
     /// One entry per method, in proto declaration order.
     public static let all: [SparkWireMethod] = [
         SparkWireMethod(
+            path: "/sparkops.agent.v1.AgentService/ApplyAgent",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.agent.v1.AgentService/ValidateAgent",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.agent.v1.AgentService/GetAgent",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.agent.v1.AgentService/ListAgents",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.agent.v1.AgentService/UpdateAgent",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.agent.v1.AgentService/DeleteAgent",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.agent.v1.AgentService/GetAgentVersion",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.agent.v1.AgentService/ListAgentVersions",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.agent.v1.AgentService/ExecuteAgentStep",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.agent.v1.AgentService/GetAgentExecution",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.agent.v1.AgentService/ListAgentExecutions",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.agent.v1.AgentService/ListAgentMemory",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.agent.v1.AgentService/PutAgentMemory",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.agent.v1.AgentService/DeleteAgentMemory",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
             path: "/sparkops.health.v1.Health/Check",
             requestStreaming: false,
             responseStreaming: false,
@@ -281,6 +365,12 @@ public enum SparkProtoMethods {
         ),
         SparkWireMethod(
             path: "/sparkops.tool.v1.ToolService/SearchDocuments",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.tool.v1.ToolService/RevealSecret",
             requestStreaming: false,
             responseStreaming: false,
             idempotency: .noSideEffects

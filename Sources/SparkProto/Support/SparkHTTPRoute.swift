@@ -48,6 +48,8 @@ public struct SparkHTTPRoute: Sendable {
     public var hasBody: Bool
     /// The route's body limit in bytes; 0 means the gateway's default.
     public var maxBodyBytes: Int
+    /// The route's call deadline in seconds; 0 means the gateway's default.
+    public var callTimeoutSeconds: Int
     /// The project permission the caller needs, or empty.
     public var permission: String
     public var isPublic: Bool
@@ -66,6 +68,7 @@ public struct SparkHTTPRoute: Sendable {
         queryFields: [String: QueryField],
         hasBody: Bool,
         maxBodyBytes: UInt32 = 0,
+        callTimeoutSeconds: UInt32 = 0,
         permission: String,
         isPublic: Bool,
         adminOnly: Bool,
@@ -81,6 +84,7 @@ public struct SparkHTTPRoute: Sendable {
         self.queryFields = queryFields
         self.hasBody = hasBody
         self.maxBodyBytes = Int(maxBodyBytes)
+        self.callTimeoutSeconds = Int(callTimeoutSeconds)
         self.permission = permission
         self.isPublic = isPublic
         self.adminOnly = adminOnly

@@ -133,7 +133,7 @@ struct RouteDispatcher: Sendable {
 
         let message = try await self.requestMessage(request, context: context)
         var options = CallOptions.defaults
-        options.timeout = self.config.callTimeout
+        options.timeout = max(self.config.callTimeout, .seconds(self.route.callTimeoutSeconds))
         let response = try await self.route.call(self.client, message, metadata, options)
         self.afterSuccess(credential: credential)
         let bytes: [UInt8] = try response.jsonUTF8Bytes(options: Self.encodingOptions)

@@ -203,13 +203,7 @@ public final class ToolService: Sparkops_Tool_V1_ToolService.ServiceProtocol {
         let message = request.message
         try await self.access.require(request.metadata, projectID: message.projectID, permission: "tool.read")
         try Self.validateReference(message.tool)
-        let wanted: Int?
-        switch message.version {
-        case "", "latest": wanted = nil
-        default:
-            guard let number = Int(message.version), number >= 1 else { throw SparkError.invalid("version", "must be a version number or \"latest\"") }
-            wanted = number
-        }
+        let wanted = try DefinitionTable.versionNumber(message.version)
         let row = try await self.store.store.sql { db -> ToolVersionRow? in
             guard let tool = try await self.store.tool(message.tool, projectID: message.projectID, on: db) else { return nil }
             return try await self.store.version(toolID: tool.id, version: wanted ?? tool.latestVersion, on: db)
@@ -308,6 +302,22 @@ public final class ToolService: Sparkops_Tool_V1_ToolService.ServiceProtocol {
         guard deleted else { throw SparkError.notFound("secret") }
         await self.audit(principal, projectID: message.projectID, action: "secret.delete", target: message.name, metadata: request.metadata)
         return ServerResponse(message: .init())
+    }
+
+    /// The agent service reads a model provider's API key (the caller allowlist lets no one else
+    /// call this; it has no HTTP route). The end user must be allowed to run things in the project.
+    public func revealSecret(
+        request: ServerRequest<Sparkops_Tool_V1_RevealSecretRequest>,
+        context: ServerContext
+    ) async throws -> ServerResponse<Sparkops_Tool_V1_RevealSecretResponse> {
+        let message = request.message
+        try await self.access.require(request.metadata, projectID: message.projectID, permission: "run.create")
+        try Self.validateSecretName(message.name)
+        guard let row = try await self.store.store.sql({ try await self.store.secret(projectID: message.projectID, name: message.name, on: $0) }) else {
+            throw SparkError.notFound("secret")
+        }
+        let value = try self.secrets.open(keyID: row.keyID, sealed: row.sealed, projectID: row.projectID, name: row.name)
+        return ServerResponse(message: .with { $0.value = value })
     }
 
     // MARK: Helpers

@@ -60,12 +60,14 @@ public struct ToolServiceConfig: Sendable {
 
 extension ToolService {
     /// Who may call what: the gateway everything (for users); the agent and run services invoke
-    /// tools and read their definitions.
+    /// tools and read their definitions; only
+    /// the agent service reads a secret (a model provider's API key).
     public static let allowlist = CallerAllowlist(
         methods: [
             "/sparkops.tool.v1.ToolService/InvokeTool": ["gateway", "agent", "run"],
             "/sparkops.tool.v1.ToolService/GetTool": ["gateway", "agent", "run", "workflow"],
             "/sparkops.tool.v1.ToolService/ListTools": ["gateway", "agent", "run", "workflow"],
+            "/sparkops.tool.v1.ToolService/RevealSecret": ["agent"],
         ],
         services: ["sparkops.tool.v1.ToolService": ["gateway"]],
         principalSetters: ["gateway", "agent", "run", "workflow"]

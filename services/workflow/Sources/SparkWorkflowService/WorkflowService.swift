@@ -17,14 +17,14 @@ import SwiftProtobuf
 public final class WorkflowService: Sparkops_Workflow_V1_WorkflowService.ServiceProtocol {
     let store: WorkflowStore
     let access: ProjectAccess
-    /// Where the tools a definition names are looked up; nil checks none.
-    let tools: ToolDirectory?
+    /// Where the tools and agents a definition names are looked up; nil checks none.
+    let directory: ReferenceDirectory?
     let logger: Logger
 
-    init(store: SparkStore, access: ProjectAccess, tools: ToolDirectory?, logger: Logger) {
+    init(store: SparkStore, access: ProjectAccess, directory: ReferenceDirectory?, logger: Logger) {
         self.store = WorkflowStore(store: store)
         self.access = access
-        self.tools = tools
+        self.directory = directory
         self.logger = logger
     }
 
@@ -40,8 +40,8 @@ public final class WorkflowService: Sparkops_Workflow_V1_WorkflowService.Service
         }
     }
 
-    /// The definition, its tools checked against the project's (agents once the agent service
-    /// exists): INVALID_ARGUMENT on `source` otherwise.
+    /// The definition, its tools and agents checked against the project's: INVALID_ARGUMENT on
+    /// `source` otherwise.
     func checked(_ source: String, projectID: String, principal: Sparkops_Common_V1_Principal) async throws -> WorkflowDefinition {
         let definition = try Self.read(source)
         guard let references = try await self.references(for: definition, projectID: projectID, principal: principal) else { return definition }
@@ -53,8 +53,11 @@ public final class WorkflowService: Sparkops_Workflow_V1_WorkflowService.Service
     }
 
     func references(for definition: WorkflowDefinition, projectID: String, principal: Sparkops_Common_V1_Principal) async throws -> WorkflowReferences? {
-        guard !definition.toolNames.isEmpty, let tools = self.tools else { return nil }
-        return WorkflowReferences(tools: try await tools.names(projectID: projectID, principal: principal))
+        guard let directory = self.directory, !definition.toolNames.isEmpty || !definition.agentNames.isEmpty else { return nil }
+        return WorkflowReferences(
+            tools: definition.toolNames.isEmpty ? nil : try await directory.toolNames(projectID: projectID, principal: principal),
+            agents: definition.agentNames.isEmpty ? nil : try await directory.agentNames(projectID: projectID, principal: principal)
+        )
     }
 
     public func validateWorkflow(
@@ -238,13 +241,7 @@ public final class WorkflowService: Sparkops_Workflow_V1_WorkflowService.Service
         let message = request.message
         try await self.access.require(request.metadata, projectID: message.projectID, permission: "workflow.read")
         try Self.validateID(message.workflowID)
-        let wanted: Int?
-        switch message.version {
-        case "", "latest": wanted = nil
-        default:
-            guard let number = Int(message.version), number >= 1 else { throw SparkError.invalid("version", "must be a version number or \"latest\"") }
-            wanted = number
-        }
+        let wanted = try DefinitionTable.versionNumber(message.version)
         let row = try await self.store.store.sql { db -> VersionRow? in
             guard let workflow = try await self.store.workflow(id: message.workflowID, projectID: message.projectID, on: db) else { return nil }
             return try await self.store.version(workflowID: workflow.id, version: wanted ?? workflow.latestVersion, on: db)

@@ -16,12 +16,13 @@ extension WorkflowService {
     )
 
     /// The workflow service ready for the host: its store, migrations, its client of the
-    /// project service (for roles and the audit log) and of the tool service (the tools steps
-    /// name); ready once both are connected.
+    /// project service (for roles and the audit log) and of the tool and agent services (the tools
+    /// and agents steps name); ready once all are connected.
     public static func definition(host: HostConfig, config: ConfigReader, logger: Logger) async throws -> ServiceDefinition {
         let store = try SparkStore(service: "workflow", location: host.storeLocation(), logger: logger)
-        let peers = try PeerClients(caller: .workflow, peers: [.project, .tool], config: host)
-        let service = WorkflowService(store: store, access: ProjectAccess(client: peers[.project]), tools: ToolDirectory(client: peers[.tool]), logger: logger)
+        let peers = try PeerClients(caller: .workflow, peers: [.project, .tool, .agent], config: host)
+        let directory = ReferenceDirectory(tools: peers[.tool], agents: peers[.agent])
+        let service = WorkflowService(store: store, access: ProjectAccess(client: peers[.project]), directory: directory, logger: logger)
         return ServiceDefinition(
             name: .workflow,
             rpcServices: [service],

@@ -45,6 +45,9 @@ struct OpenAPIWriter {
                     "description": "Content-Type: application/json (otherwise 415). A missing body is 400.",
                     "content": ["application/json": ["schema": reference(route.method.inputType)]],
                 ]
+                if route.rule.callTimeoutSeconds > 0 {
+                    operation["x-sparkops-call-timeout-seconds"] = Int(route.rule.callTimeoutSeconds)
+                }
                 if route.rule.maxBodyBytes > 0 {
                     operation["x-sparkops-max-body-bytes"] = Int(route.rule.maxBodyBytes)
                 }

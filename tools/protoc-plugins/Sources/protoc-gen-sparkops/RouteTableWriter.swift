@@ -37,6 +37,7 @@ struct RouteTableWriter {
                             queryFields: [\(queryFields.isEmpty ? ":" : queryFields.joined(separator: ", "))],
                             hasBody: \(route.hasBody),
                             maxBodyBytes: \(route.rule.maxBodyBytes),
+                            callTimeoutSeconds: \(route.rule.callTimeoutSeconds),
                             permission: "\(route.rule.permission)",
                             isPublic: \(route.rule.public),
                             adminOnly: \(route.rule.adminOnly),

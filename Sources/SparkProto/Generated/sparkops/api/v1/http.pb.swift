@@ -98,6 +98,11 @@ public nonisolated struct Sparkops_Api_V1_HttpRule: Sendable {
   /// any costly work (the sign-in routes take 16 KiB).
   public var maxBodyBytes: UInt32 = 0
 
+  /// The deadline of the gateway's call to the service, in seconds, for routes whose work bounds
+  /// itself (a tool call, an agent step); 0 means the gateway's `gateway.callTimeoutSeconds`. The
+  /// gateway takes the larger of the two.
+  public var callTimeoutSeconds: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// The method and path template; `{field}` segments fill fields of the request message.
@@ -166,7 +171,7 @@ fileprivate nonisolated let _protobuf_package = "sparkops.api.v1"
 
 nonisolated extension Sparkops_Api_V1_HttpRule: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HttpRule"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}get\0\u{1}post\0\u{1}put\0\u{1}patch\0\u{1}delete\0\u{1}body\0\u{1}permission\0\u{1}public\0\u{3}success_status\0\u{1}summary\0\u{3}admin_only\0\u{3}max_body_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}get\0\u{1}post\0\u{1}put\0\u{1}patch\0\u{1}delete\0\u{1}body\0\u{1}permission\0\u{1}public\0\u{3}success_status\0\u{1}summary\0\u{3}admin_only\0\u{3}max_body_bytes\0\u{3}call_timeout_seconds\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -221,6 +226,7 @@ nonisolated extension Sparkops_Api_V1_HttpRule: SwiftProtobuf.Message, SwiftProt
       case 10: try { try decoder.decodeSingularStringField(value: &self.summary) }()
       case 11: try { try decoder.decodeSingularBoolField(value: &self.adminOnly) }()
       case 12: try { try decoder.decodeSingularUInt32Field(value: &self.maxBodyBytes) }()
+      case 13: try { try decoder.decodeSingularUInt32Field(value: &self.callTimeoutSeconds) }()
       default: break
       }
     }
@@ -275,6 +281,9 @@ nonisolated extension Sparkops_Api_V1_HttpRule: SwiftProtobuf.Message, SwiftProt
     if self.maxBodyBytes != 0 {
       try visitor.visitSingularUInt32Field(value: self.maxBodyBytes, fieldNumber: 12)
     }
+    if self.callTimeoutSeconds != 0 {
+      try visitor.visitSingularUInt32Field(value: self.callTimeoutSeconds, fieldNumber: 13)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -287,6 +296,7 @@ nonisolated extension Sparkops_Api_V1_HttpRule: SwiftProtobuf.Message, SwiftProt
     if lhs.summary != rhs.summary {return false}
     if lhs.adminOnly != rhs.adminOnly {return false}
     if lhs.maxBodyBytes != rhs.maxBodyBytes {return false}
+    if lhs.callTimeoutSeconds != rhs.callTimeoutSeconds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

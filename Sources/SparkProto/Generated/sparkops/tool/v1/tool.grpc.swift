@@ -232,6 +232,19 @@ public enum Sparkops_Tool_V1_ToolService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "RevealSecret" metadata.
+        public enum RevealSecret: Sendable {
+            /// Request type for "RevealSecret".
+            public typealias Input = Sparkops_Tool_V1_RevealSecretRequest
+            /// Response type for "RevealSecret".
+            public typealias Output = Sparkops_Tool_V1_RevealSecretResponse
+            /// Descriptor for "RevealSecret".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService"),
+                method: "RevealSecret",
+                type: .unary
+            )
+        }
         /// Namespace for "DeleteSecret" metadata.
         public enum DeleteSecret: Sendable {
             /// Request type for "DeleteSecret".
@@ -263,6 +276,7 @@ public enum Sparkops_Tool_V1_ToolService: Sendable {
             ListDocuments.descriptor,
             DeleteDocument.descriptor,
             SearchDocuments.descriptor,
+            RevealSecret.descriptor,
             DeleteSecret.descriptor
         ]
     }
@@ -514,6 +528,24 @@ extension Sparkops_Tool_V1_ToolService {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_SearchDocumentsResponse>
 
+        /// Handle the "RevealSecret" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Only the agent service may call it (caller allowlist); it has no HTTP route.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Sparkops_Tool_V1_RevealSecretRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Sparkops_Tool_V1_RevealSecretResponse` messages.
+        func revealSecret(
+            request: GRPCCore.StreamingServerRequest<Sparkops_Tool_V1_RevealSecretRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_RevealSecretResponse>
+
         /// Handle the "DeleteSecret" method.
         ///
         /// - Parameters:
@@ -761,6 +793,24 @@ extension Sparkops_Tool_V1_ToolService {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_SearchDocumentsResponse>
 
+        /// Handle the "RevealSecret" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Only the agent service may call it (caller allowlist); it has no HTTP route.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_RevealSecretRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Sparkops_Tool_V1_RevealSecretResponse` message.
+        func revealSecret(
+            request: GRPCCore.ServerRequest<Sparkops_Tool_V1_RevealSecretRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_RevealSecretResponse>
+
         /// Handle the "DeleteSecret" method.
         ///
         /// - Parameters:
@@ -1006,6 +1056,24 @@ extension Sparkops_Tool_V1_ToolService {
             context: GRPCCore.ServerContext
         ) async throws -> Sparkops_Tool_V1_SearchDocumentsResponse
 
+        /// Handle the "RevealSecret" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Only the agent service may call it (caller allowlist); it has no HTTP route.
+        ///
+        /// - Parameters:
+        ///   - request: A `Sparkops_Tool_V1_RevealSecretRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Sparkops_Tool_V1_RevealSecretResponse` to respond with.
+        func revealSecret(
+            request: Sparkops_Tool_V1_RevealSecretRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Sparkops_Tool_V1_RevealSecretResponse
+
         /// Handle the "DeleteSecret" method.
         ///
         /// - Parameters:
@@ -1203,6 +1271,17 @@ extension Sparkops_Tool_V1_ToolService.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Sparkops_Tool_V1_ToolService.Method.RevealSecret.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Tool_V1_RevealSecretRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Tool_V1_RevealSecretResponse>(),
+            handler: { request, context in
+                try await self.revealSecret(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Sparkops_Tool_V1_ToolService.Method.DeleteSecret.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Tool_V1_DeleteSecretRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Tool_V1_DeleteSecretResponse>(),
@@ -1389,6 +1468,17 @@ extension Sparkops_Tool_V1_ToolService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_SearchDocumentsResponse> {
         let response = try await self.searchDocuments(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func revealSecret(
+        request: GRPCCore.StreamingServerRequest<Sparkops_Tool_V1_RevealSecretRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_RevealSecretResponse> {
+        let response = try await self.revealSecret(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1611,6 +1701,19 @@ extension Sparkops_Tool_V1_ToolService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_SearchDocumentsResponse> {
         return GRPCCore.ServerResponse<Sparkops_Tool_V1_SearchDocumentsResponse>(
             message: try await self.searchDocuments(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func revealSecret(
+        request: GRPCCore.ServerRequest<Sparkops_Tool_V1_RevealSecretRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_RevealSecretResponse> {
+        return GRPCCore.ServerResponse<Sparkops_Tool_V1_RevealSecretResponse>(
+            message: try await self.revealSecret(
                 request: request.message,
                 context: context
             ),
@@ -1943,6 +2046,29 @@ extension Sparkops_Tool_V1_ToolService {
             deserializer: some GRPCCore.MessageDeserializer<Sparkops_Tool_V1_SearchDocumentsResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_SearchDocumentsResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "RevealSecret" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Only the agent service may call it (caller allowlist); it has no HTTP route.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_RevealSecretRequest` message.
+        ///   - serializer: A serializer for `Sparkops_Tool_V1_RevealSecretRequest` messages.
+        ///   - deserializer: A deserializer for `Sparkops_Tool_V1_RevealSecretResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func revealSecret<Result>(
+            request: GRPCCore.ClientRequest<Sparkops_Tool_V1_RevealSecretRequest>,
+            serializer: some GRPCCore.MessageSerializer<Sparkops_Tool_V1_RevealSecretRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Sparkops_Tool_V1_RevealSecretResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_RevealSecretResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "DeleteSecret" method.
@@ -2461,6 +2587,40 @@ extension Sparkops_Tool_V1_ToolService {
             )
         }
 
+        /// Call the "RevealSecret" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Only the agent service may call it (caller allowlist); it has no HTTP route.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_RevealSecretRequest` message.
+        ///   - serializer: A serializer for `Sparkops_Tool_V1_RevealSecretRequest` messages.
+        ///   - deserializer: A deserializer for `Sparkops_Tool_V1_RevealSecretResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func revealSecret<Result>(
+            request: GRPCCore.ClientRequest<Sparkops_Tool_V1_RevealSecretRequest>,
+            serializer: some GRPCCore.MessageSerializer<Sparkops_Tool_V1_RevealSecretRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Sparkops_Tool_V1_RevealSecretResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_RevealSecretResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Sparkops_Tool_V1_ToolService.Method.RevealSecret.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "DeleteSecret" method.
         ///
         /// - Parameters:
@@ -2891,6 +3051,35 @@ extension Sparkops_Tool_V1_ToolService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Tool_V1_SearchDocumentsRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Tool_V1_SearchDocumentsResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RevealSecret" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Only the agent service may call it (caller allowlist); it has no HTTP route.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Sparkops_Tool_V1_RevealSecretRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func revealSecret<Result>(
+        request: GRPCCore.ClientRequest<Sparkops_Tool_V1_RevealSecretRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_RevealSecretResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.revealSecret(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Tool_V1_RevealSecretRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Tool_V1_RevealSecretResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -3383,6 +3572,39 @@ extension Sparkops_Tool_V1_ToolService.ClientProtocol {
             metadata: metadata
         )
         return try await self.searchDocuments(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RevealSecret" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Only the agent service may call it (caller allowlist); it has no HTTP route.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func revealSecret<Result>(
+        _ message: Sparkops_Tool_V1_RevealSecretRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_RevealSecretResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Sparkops_Tool_V1_RevealSecretRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.revealSecret(
             request: request,
             options: options,
             onResponse: handleResponse

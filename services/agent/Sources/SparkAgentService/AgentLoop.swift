@@ -1,0 +1,309 @@
+import Foundation
+import GRPCCore
+import Logging
+import SparkExpr
+import SparkKit
+import SparkProto
+import SparkWorkflow
+import SwiftProtobuf
+
+/// One agent step: the model is called, the tools it asks for are invoked through the tool
+/// service and their results given back, until it answers, a limit is hit or the deadline passes.
+///
+/// A tool call the model got wrong (a tool it was not offered, arguments that are not JSON or do
+/// not fit the tool's input schema) goes back to the model as an error, within the iteration
+/// limit; so does an answer that does not fit the agent's output schema. Before each call the
+/// context manager (``ContextWindow``) fits the conversation to the model's window.
+struct AgentLoop {
+    struct Failure: Error {
+        var reason: String
+        var message: String
+    }
+
+    let definition: AgentDefinition
+    let provider: ModelCatalog.Provider
+    let pricing: ModelCatalog.Model
+    let llm: LLMClient
+    let apiKey: String?
+    /// The project's tools the agent names, by name (a tool deleted since is missing).
+    let tools: [String: Sparkops_Tool_V1_Tool]
+    let projectTools: ProjectTools
+    let principal: Sparkops_Common_V1_Principal
+    let projectID: String
+    let memory: AgentMemory?
+    /// The step's idempotency key: each tool call is made under `<key>/<iteration>/<n>`.
+    let idempotencyKey: String
+    let deadline: ContinuousClock.Instant
+    let logger: Logger
+
+    var llmCalls: [Sparkops_Agent_V1_LLMCall] = []
+    var toolCalls: [Sparkops_Agent_V1_ToolCall] = []
+
+    /// The largest tool output given to the model; more is cut, and the model told so.
+    static let maxToolResultCharacters = 32 * 1024
+    /// The largest output a tool call of an agent may return.
+    static let maxToolOutputBytes: Int64 = 256 * 1024
+
+    /// The answer: its text and its output (`{"text": …}`, or the JSON the output schema asked for).
+    mutating func run(prompt: String, input: ExprValue?) async -> Result<(text: String, output: ExprValue), Failure> {
+        var system = self.definition.systemPrompt
+        if let memory = self.memory {
+            do {
+                system += (system.isEmpty ? "" : "\n\n") + (try await memory.briefing())
+            } catch {
+                self.logger.warning("could not read the agent's memory", metadata: ["error": "\(error)"])
+            }
+        }
+        if let schema = self.definition.outputSchema {
+            system += (system.isEmpty ? "" : "\n\n") + "Answer with one JSON value only, no other text, that fits this JSON Schema: \(schema.jsonText)"
+        }
+        var offered = self.definition.tools.compactMap { name -> ChatTool? in
+            guard let tool = self.tools[name] else { return nil }
+            let schema = (try? ExprValue(jsonText: tool.inputSchema.jsonString())) ?? .map(["type": "object"])
+            return ChatTool(name: name, description: tool.description_p, parameters: schema)
+        }
+        if self.memory != nil { offered += AgentMemory.tools }
+        var task = prompt
+        if let input, input != .null { task += "\n\nInput (JSON):\n\(input.jsonText)" }
+        var messages: [ChatMessage] = [.user(task)]
+        var window = ContextWindow(
+            contextWindow: self.pricing.contextWindow, maxTokens: self.definition.maxTokens,
+            fixedTokens: system.utf8.count / 4 + offered.reduce(0) { $0 + $1.estimatedTokens }
+        )
+
+        for iteration in 1 ... self.definition.maxIterations {
+            if Task.isCancelled { return .failure(Failure(reason: "cancelled", message: "the step was cancelled")) }
+            guard ContinuousClock.now < self.deadline else {
+                return .failure(Failure(reason: "timeout", message: "the step's deadline passed after \(iteration - 1) model calls"))
+            }
+            let response: ChatResponse
+            switch await self.call(&window, messages: messages, system: system, tools: offered, iteration: iteration) {
+            case .success(let answer): response = answer
+            case .failure(let failure): return .failure(failure)
+            }
+            if !response.toolCalls.isEmpty {
+                messages.append(ChatMessage(role: .assistant, text: response.text, toolCalls: response.toolCalls))
+                for (index, call) in response.toolCalls.enumerated() {
+                    messages.append(await self.invoke(call, iteration: iteration, index: index + 1, offered: offered))
+                }
+                continue
+            }
+            guard let schema = self.definition.schema else {
+                return .success((response.text, .map(["text": .string(response.text)])))
+            }
+            switch Self.parseAnswer(response.text, schema: schema) {
+            case .success(let output):
+                return .success((response.text, output))
+            case .failure(let problem):
+                guard iteration < self.definition.maxIterations else {
+                    return .failure(Failure(reason: "invalid_output", message: "the model's answer does not fit the output schema: \(problem)"))
+                }
+                messages.append(ChatMessage(role: .assistant, text: response.text))
+                messages.append(.user("Your answer does not fit the output schema: \(problem). Answer again with the JSON value only."))
+            }
+        }
+        return .failure(Failure(reason: "max_iterations", message: "the model had not answered after \(self.definition.maxIterations) calls (max_iterations)"))
+    }
+
+    /// One model call, fitted to the window; a context-length refusal trims more, twice at most.
+    mutating func call(_ window: inout ContextWindow, messages: [ChatMessage], system: String, tools: [ChatTool], iteration: Int) async -> Result<ChatResponse, Failure> {
+        let started = ContinuousClock.now
+        var record = Sparkops_Agent_V1_LLMCall.with {
+            $0.iteration = Int32(iteration)
+            $0.provider = self.provider.name
+            $0.model = self.definition.model
+        }
+        defer {
+            record.durationMs = started.duration(to: .now).milliseconds
+            self.llmCalls.append(record)
+        }
+        var attempts = 0
+        for trim in 0 ..< 3 {
+            guard let fitted = window.fit(messages) else {
+                record.error = "the task alone does not fit the model's window of \(window.contextWindow) tokens"
+                return .failure(Failure(reason: "context_length", message: "the task and the system prompt do not fit \(self.definition.model)'s context window of \(window.contextWindow) tokens with max_tokens \(self.definition.maxTokens)"))
+            }
+            record.dropped = fitted.dropped
+            let request = ChatRequest(model: self.definition.model, system: system, messages: fitted.messages, tools: tools, maxTokens: self.definition.maxTokens, temperature: self.definition.temperature)
+            do {
+                let outcome = try await self.llm.complete(request, provider: self.provider, apiKey: self.apiKey, deadline: self.deadline)
+                attempts += outcome.attempts
+                let response = outcome.response
+                record.attempts = Int32(attempts)
+                record.inputTokens = response.inputTokens
+                record.outputTokens = response.outputTokens
+                record.costMicros = self.pricing.cost(inputTokens: response.inputTokens, outputTokens: response.outputTokens)
+                record.finishReason = response.finishReason
+                window.calibrate(estimated: fitted.estimatedTokens, reported: Int(clamping: response.inputTokens))
+                return .success(response)
+            } catch {
+                attempts += 1
+                record.attempts = Int32(attempts)
+                record.error = error.description
+                switch error {
+                case .contextLength where trim < 2:
+                    window.shrink()
+                    continue
+                case .contextLength:
+                    return .failure(Failure(reason: "context_length", message: error.description))
+                case .deadline(let message):
+                    return .failure(Failure(reason: Task.isCancelled ? "cancelled" : "timeout", message: message))
+                case .failed, .malformed:
+                    return .failure(Failure(reason: "llm_error", message: "\(self.provider.name) \(self.definition.model): \(error.description)"))
+                }
+            }
+        }
+        return .failure(Failure(reason: "context_length", message: record.error))
+    }
+
+    /// Runs one tool call and says what came of it, for the model.
+    mutating func invoke(_ call: ChatToolCall, iteration: Int, index: Int, offered: [ChatTool]) async -> ChatMessage {
+        let started = ContinuousClock.now
+        var record = Sparkops_Agent_V1_ToolCall.with {
+            $0.iteration = Int32(iteration)
+            $0.callID = call.id
+            $0.tool = call.name
+        }
+        func failed(_ reason: String, _ message: String) -> ChatMessage {
+            record.error = .with {
+                $0.reason = reason
+                $0.message = message
+            }
+            return ChatMessage(role: .tool, text: "error (\(reason)): \(message)", toolCallID: call.id, isError: true)
+        }
+        defer {
+            record.durationMs = started.duration(to: .now).milliseconds
+            self.toolCalls.append(record)
+        }
+        guard let tool = offered.first(where: { $0.name == call.name }) else {
+            return failed("unknown_tool", "there is no tool \(call.name.debugDescription); the tools are \(offered.map(\.name).joined(separator: ", "))")
+        }
+        let arguments: ExprValue
+        do {
+            arguments = call.arguments.trimmingCharacters(in: .whitespaces).isEmpty ? .map([:]) : try ExprValue(jsonText: call.arguments)
+            record.arguments = try Google_Protobuf_Value(jsonString: arguments.jsonText)
+        } catch {
+            return failed("invalid_arguments", "the arguments are not JSON: \(String(call.arguments.prefix(200)).debugDescription)")
+        }
+        let problems = ((try? JSONSchema(tool.parameters)) ?? (try! JSONSchema(.bool(true)))).problems(arguments)
+        if !problems.isEmpty {
+            return failed("invalid_arguments", "the arguments do not fit the tool's input schema: " + problems.map { "\($0.path.isEmpty ? "(arguments)" : $0.path): \($0.message)" }.joined(separator: "; "))
+        }
+        let output: ExprValue
+        if AgentMemory.isMemoryTool(call.name), let memory = self.memory {
+            do {
+                output = try await memory.call(call.name, arguments)
+            } catch {
+                return failed("refused", "\(error)")
+            }
+        } else {
+            let remaining = ContinuousClock.now.duration(to: self.deadline)
+            guard remaining > .milliseconds(100) else { return failed("timeout", "the step's deadline passed") }
+            do {
+                let response = try await self.projectTools.invoke(.with {
+                    $0.projectID = self.projectID
+                    $0.tool = call.name
+                    $0.input = try Google_Protobuf_Value(jsonString: arguments.jsonText)
+                    if !self.idempotencyKey.isEmpty { $0.idempotencyKey = "\(self.idempotencyKey)/\(iteration)/\(index)" }
+                    $0.timeoutMs = max(1, remaining.milliseconds)
+                    $0.maxOutputBytes = Self.maxToolOutputBytes
+                }, principal: self.principal, timeout: remaining)
+                record.costMicros = response.costMicros
+                record.replayed = response.replayed
+                record.invocationID = response.invocationID
+                if response.hasError {
+                    if response.hasOutput { record.output = response.output }
+                    return failed(response.error.reason, response.error.message)
+                }
+                record.output = response.output
+                output = (try? ExprValue(jsonText: response.output.jsonString())) ?? .null
+            } catch let error as RPCError {
+                let reason = error.code == .invalidArgument ? "invalid_arguments" : error.code == .deadlineExceeded ? "timeout" : "refused"
+                return failed(reason, error.message)
+            } catch {
+                return failed("refused", "\(error)")
+            }
+        }
+        if record.output.kind == nil { record.output = (try? Google_Protobuf_Value(jsonString: output.jsonText)) ?? .init() }
+        var text = output.jsonText
+        if text.count > Self.maxToolResultCharacters {
+            text = String(text.prefix(Self.maxToolResultCharacters)) + " … (cut: the output is \(text.count) characters)"
+        }
+        return ChatMessage(role: .tool, text: text, toolCallID: call.id)
+    }
+
+    /// The answer as JSON fitting the schema, from the text or a ```json fence in it.
+    static func parseAnswer(_ text: String, schema: JSONSchema) -> Result<ExprValue, Failure> {
+        var body = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        if let fence = body.range(of: "```") {
+            var inner = body[fence.upperBound...]
+            if inner.hasPrefix("json") { inner = inner.dropFirst(4) }
+            if let end = inner.range(of: "```") { body = String(inner[..<end.lowerBound]).trimmingCharacters(in: .whitespacesAndNewlines) }
+        }
+        guard let value = try? ExprValue(jsonText: body) else {
+            return .failure(Failure(reason: "invalid_output", message: "it is not JSON"))
+        }
+        let problems = schema.problems(value)
+        guard problems.isEmpty else {
+            return .failure(Failure(reason: "invalid_output", message: problems.map { "\($0.path.isEmpty ? "(answer)" : $0.path): \($0.message)" }.joined(separator: "; ")))
+        }
+        return .success(value)
+    }
+}
+
+/// The context manager: fits a conversation to the model's window. It keeps the task (the first
+/// message) and the latest exchanges whole (an assistant's tool calls with their results), and
+/// leaves out the oldest exchanges first, saying in the task and in the record what it dropped.
+struct ContextWindow {
+    let contextWindow: Int
+    let maxTokens: Int
+    /// The system prompt and the tools' schemas.
+    let fixedTokens: Int
+    /// Reported tokens per estimated token, from the provider's usage of earlier calls.
+    var scale: Double = 1.0
+    /// Less than 1 after the provider refused a prompt as too long.
+    var share: Double = 1.0
+
+    struct Fitted {
+        var messages: [ChatMessage]
+        var dropped: [String]
+        var estimatedTokens: Int
+    }
+
+    func cost(_ tokens: Int) -> Int { Int((Double(tokens) * self.scale).rounded(.up)) }
+
+    /// Nil when even the task alone does not fit.
+    func fit(_ messages: [ChatMessage]) -> Fitted? {
+        let budget = Int(Double(self.contextWindow - self.maxTokens) * self.share) - self.cost(self.fixedTokens)
+        guard let task = messages.first, budget > 0 else { return nil }
+        // Exchanges: an assistant message and what follows it up to the next one.
+        var exchanges: [[ChatMessage]] = []
+        for message in messages.dropFirst() {
+            if message.role == .assistant || exchanges.isEmpty { exchanges.append([message]) } else { exchanges[exchanges.count - 1].append(message) }
+        }
+        let sizes = exchanges.map { exchange in exchange.reduce(0) { $0 + $1.estimatedTokens } }
+        var total = task.estimatedTokens + sizes.reduce(0, +)
+        var start = 0
+        var dropped: [String] = []
+        while self.cost(total) > budget, start < exchanges.count - 1 {
+            dropped += exchanges[start].map(\.role.rawValue)
+            total -= sizes[start]
+            start += 1
+        }
+        guard self.cost(total) <= budget else { return nil }
+        var first = task
+        if !dropped.isEmpty {
+            first.text += "\n\n(\(dropped.count) earlier messages of this task were left out to fit the context window.)"
+        }
+        return Fitted(messages: [first] + exchanges[start...].joined(), dropped: dropped, estimatedTokens: total + self.fixedTokens)
+    }
+
+    mutating func calibrate(estimated: Int, reported: Int) {
+        guard estimated > 0, reported > 0 else { return }
+        self.scale = min(4.0, max(1.0, Double(reported) / Double(estimated)))
+    }
+
+    mutating func shrink() {
+        self.share *= 0.6
+    }
+}
