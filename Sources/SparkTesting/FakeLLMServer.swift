@@ -70,20 +70,30 @@ public final class FakeLLMServer: Sendable {
 
     public static func start() async throws -> FakeLLMServer {
         let box = StateBox()
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.backlog, value: 256)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(FakeLLMHandler(box: box))
-                }
-            }
-            .bind(host: "127.0.0.1", port: 0)
-            .get()
+        let channel = try await LoopbackHTTP.bind { head, body in
+            guard let server = box.server.withLock({ $0 }) else { return LoopbackHTTP.Answer(status: .serviceUnavailable) }
+            return server.respond(head, body)
+        }
         let server = FakeLLMServer(port: channel.localAddress?.port ?? 0, channel: channel)
         box.server.withLock { $0 = server }
         return server
+    }
+
+    func respond(_ head: HTTPRequestHead, _ body: [UInt8]) -> LoopbackHTTP.Answer {
+        let path = head.uri.split(separator: "?").first.map(String.init) ?? head.uri
+        let received = Received(
+            path: path,
+            headers: Dictionary(head.headers.map { ($0.name.lowercased(), $0.value) }, uniquingKeysWith: { first, _ in first }),
+            body: String(decoding: body, as: UTF8.self)
+        )
+        guard head.method == .POST, path == "/v1/chat/completions" || path == "/v1/messages" else {
+            return LoopbackHTTP.Answer(status: .notFound, headers: [("Content-Type", "application/json")], body: Array(#"{"error":{"message":"no such path"}}"#.utf8))
+        }
+        let reply = self.take(received)
+        let (status, headers, payload) = Self.answer(reply, anthropic: path == "/v1/messages", model: received.json["model"] as? String ?? "")
+        var delay: TimeAmount?
+        if case .slow(let milliseconds, _) = reply { delay = .milliseconds(Int64(milliseconds)) }
+        return LoopbackHTTP.Answer(status: HTTPResponseStatus(statusCode: status), headers: headers + [("Content-Type", "application/json")], body: Array(payload), delay: delay)
     }
 
     /// Adds replies, answered in order.
@@ -158,65 +168,6 @@ public final class FakeLLMServer: Sendable {
                 "choices": [["index": 0, "message": ["role": "assistant", "content": NSNull(), "tool_calls": toolCalls], "finish_reason": "tool_calls"]],
                 "usage": ["prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output],
             ]))
-        }
-    }
-}
-
-final class FakeLLMHandler: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundOut = HTTPServerResponsePart
-
-    let box: FakeLLMServer.StateBox
-    var head: HTTPRequestHead?
-    var body: [UInt8] = []
-
-    init(box: FakeLLMServer.StateBox) {
-        self.box = box
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch self.unwrapInboundIn(data) {
-        case .head(let head):
-            self.head = head
-            self.body = []
-        case .body(let buffer):
-            self.body += buffer.readableBytesView
-        case .end:
-            guard let head = self.head, let server = self.box.server.withLock({ $0 }) else { return }
-            let path = head.uri.split(separator: "?").first.map(String.init) ?? head.uri
-            let received = FakeLLMServer.Received(
-                path: path,
-                headers: Dictionary(head.headers.map { ($0.name.lowercased(), $0.value) }, uniquingKeysWith: { first, _ in first }),
-                body: String(decoding: self.body, as: UTF8.self)
-            )
-            var status = 404
-            var headers: [(String, String)] = []
-            var payload = Data(#"{"error":{"message":"no such path"}}"#.utf8)
-            var delay: Int64 = 0
-            if head.method == .POST, path == "/v1/chat/completions" || path == "/v1/messages" {
-                let reply = server.take(received)
-                if case .slow(let milliseconds, _) = reply { delay = Int64(milliseconds) }
-                (status, headers, payload) = FakeLLMServer.answer(reply, anthropic: path == "/v1/messages", model: received.json["model"] as? String ?? "")
-            }
-            var httpHeaders = HTTPHeaders(headers)
-            httpHeaders.add(name: "Content-Type", value: "application/json")
-            httpHeaders.add(name: "Content-Length", value: String(payload.count))
-            let keepAlive = head.isKeepAlive
-            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            let response = HTTPResponseHead(version: head.version, status: HTTPResponseStatus(statusCode: status), headers: httpHeaders)
-            let send = { [payload] in
-                let context = loopBound.value
-                context.write(NIOAny(HTTPServerResponsePart.head(response)), promise: nil)
-                context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: payload)))), promise: nil)
-                let promise = context.eventLoop.makePromise(of: Void.self)
-                context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: promise)
-                if !keepAlive { promise.futureResult.whenComplete { _ in loopBound.value.close(promise: nil) } }
-            }
-            if delay > 0 {
-                context.eventLoop.scheduleTask(in: .milliseconds(delay)) { send() }
-            } else {
-                send()
-            }
         }
     }
 }

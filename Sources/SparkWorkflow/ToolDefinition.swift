@@ -11,7 +11,7 @@ public import SparkExpr
 /// ```
 public struct ToolDefinition: Sendable, Hashable {
     public enum Kind: String, Sendable, Hashable, CaseIterable {
-        case echo, http, python, node, sql, search
+        case echo, http, python, node, sql, search, mcp
     }
 
     /// What running the tool does to the world, which decides whether a run may retry it.
@@ -83,6 +83,27 @@ public struct ToolDefinition: Sendable, Hashable {
         public var url: String = ""
     }
 
+    /// A Model Context Protocol server whose tools the tool offers: a program over stdio (inline
+    /// python or node code, or a command of the host), or a streamable HTTP endpoint.
+    public struct MCP: Sendable, Hashable {
+        public enum Server: Sendable, Hashable {
+            /// Inline code run like a python or node tool (kind python or node, and its limits).
+            case code(Kind, Code)
+            /// A program of the host and its arguments, run in the same sandbox.
+            case command([String], Code)
+            /// `https://…/mcp`, through the outbound guard.
+            case url(String)
+        }
+
+        public var server: Server
+        /// Only these of the server's tools; empty: all of them.
+        public var tools: [String] = []
+        /// url: sent as the request's credential.
+        public var auth: Auth?
+        /// url: hosts, addresses and CIDR ranges that may be reached although not public.
+        public var allow: [String] = []
+    }
+
     public var name: String
     public var description: String = ""
     public var kind: Kind
@@ -95,12 +116,21 @@ public struct ToolDefinition: Sendable, Hashable {
     public var code: Code?
     public var sql: SQL?
     public var search: Search?
+    public var mcp: MCP?
 
     public init(name: String, kind: Kind, sideEffects: SideEffects) {
         self.name = name
         self.kind = kind
         self.sideEffects = sideEffects
     }
+
+    /// The input of every mcp tool: which of the server's tools, and its arguments.
+    public static let mcpInputSchema: ExprValue = .map([
+        "type": "object",
+        "properties": .map(["tool": .map(["type": "string", "minLength": .int(1)]), "arguments": .map(["type": "object"])]),
+        "required": .list(["tool"]),
+        "additionalProperties": .bool(false),
+    ])
 
     /// The input schema, compiled; valid for every definition ``read(_:limits:)`` returned.
     public var schema: JSONSchema {
@@ -156,6 +186,29 @@ public struct ToolDefinition: Sendable, Hashable {
                 "url": .string(search.url),
             ])
         }
+        if let mcp = self.mcp {
+            var spec: [String: ExprValue] = ["tools": .list(mcp.tools.map(ExprValue.string)), "allow": .list(mcp.allow.map(ExprValue.string))]
+            func codeValue(_ code: Code) -> ExprValue {
+                .map([
+                    "memory_mb": .int(Int64(code.memoryMB)), "cpu_seconds": .int(Int64(code.cpuSeconds)),
+                    "processes": .int(Int64(code.processes)), "file_mb": .int(Int64(code.fileMB)),
+                ])
+            }
+            switch mcp.server {
+            case .code(let kind, let code):
+                spec[kind.rawValue] = .string(code.source)
+                spec["limits"] = codeValue(code)
+            case .command(let command, let limits):
+                spec["command"] = .list(command.map(ExprValue.string))
+                spec["limits"] = codeValue(limits)
+            case .url(let url):
+                spec["url"] = .string(url)
+            }
+            if let auth = mcp.auth {
+                spec["auth"] = .map(["secret": .string(auth.secret), "scheme": .string(auth.scheme.rawValue), "header": .string(auth.header)])
+            }
+            fields["mcp"] = .map(spec)
+        }
         if let sql = self.sql {
             fields["sql"] = .map([
                 "connection": .string(sql.connection),
@@ -185,7 +238,7 @@ public struct ToolDefinition: Sendable, Hashable {
 }
 
 extension WorkflowReader {
-    static let toolFields = ["tool", "description", "kind", "side_effects", "cost_micros", "input_schema", "timeout", "max_output_bytes", "http", "python", "node", "sql", "search"]
+    static let toolFields = ["tool", "description", "kind", "side_effects", "cost_micros", "input_schema", "timeout", "max_output_bytes", "http", "python", "node", "sql", "search", "mcp"]
     /// What a tool's templates may name.
     static let toolTemplateSchema = ExprSchema.object(["input": .any])
 
@@ -256,7 +309,7 @@ extension WorkflowReader {
             }
         }
         // The kind's own section, and no other kind's.
-        for other in ["http", "python", "node", "sql", "search"] where other != kind.rawValue {
+        for other in ["http", "python", "node", "sql", "search", "mcp"] where other != kind.rawValue {
             if let entry = top[other] {
                 self.problem(other, "a \(kind.rawValue) tool takes no \(other) section", at: entry.1)
             }
@@ -287,8 +340,67 @@ extension WorkflowReader {
             } else {
                 self.problem("sql", "is required for a sql tool: its connection secret and query", at: root.location)
             }
+        case .mcp:
+            if let node = top["input_schema"]?.0 {
+                self.problem("input_schema", "an mcp tool's input is {tool, arguments}: each of the server's tools has its own schema", at: node.location)
+            }
+            tool.inputSchema = ToolDefinition.mcpInputSchema
+            if let node = top["mcp"]?.0 {
+                tool.mcp = self.mcpSpec(node)
+            } else {
+                self.problem("mcp", "is required for an mcp tool: the server's command, code or url", at: root.location)
+            }
         }
         return tool
+    }
+
+    mutating func mcpSpec(_ node: SourceNode) -> ToolDefinition.MCP? {
+        guard let fields = self.fields(node, "mcp", allowed: ["python", "node", "command", "url", "tools", "auth", "allow", "limits"]) else { return nil }
+        let given = ["python", "node", "command", "url"].filter { fields[$0] != nil }
+        guard given.count == 1 else {
+            self.problem("mcp", given.isEmpty ? "needs one of python, node (the server's code), command (a program of the host) or url" : "takes one of \(given.joined(separator: ", ")), not several", at: node.location)
+            return nil
+        }
+        var limits = ToolDefinition.Code(source: "")
+        if let limitsNode = fields["limits"]?.0 {
+            if given[0] == "url" { self.problem("mcp.limits", "limits are for a server this service runs, not a url", at: limitsNode.location) }
+            self.limits(limitsNode, "mcp.limits", into: &limits)
+        }
+        let server: ToolDefinition.MCP.Server
+        switch given[0] {
+        case "python", "node":
+            guard let source = self.string(fields[given[0]]?.0, "mcp.\(given[0])", required: true) else { return nil }
+            guard source.utf8.count <= 256 * 1024 else {
+                self.problem("mcp.\(given[0])", "is longer than 256 KiB", at: fields[given[0]]!.0.location)
+                return nil
+            }
+            limits.source = source
+            server = .code(given[0] == "python" ? .python : .node, limits)
+        case "command":
+            let command = self.stringList(fields["command"]?.0, "mcp.command")
+            guard let program = command.first, program.hasPrefix("/") else {
+                self.problem("mcp.command", "must be a list whose first item is the absolute path of a program of the host (under /usr, /bin, /opt…)", at: fields["command"]!.0.location)
+                return nil
+            }
+            _ = program
+            limits.source = command.joined(separator: " ")
+            server = .command(command, limits)
+        default:
+            guard let url = self.string(fields["url"]?.0, "mcp.url", required: true) else { return nil }
+            guard url.lowercased().hasPrefix("http://") || url.lowercased().hasPrefix("https://") else {
+                self.problem("mcp.url", "must start with http:// or https://", at: fields["url"]!.0.location)
+                return nil
+            }
+            server = .url(url)
+        }
+        var spec = ToolDefinition.MCP(server: server)
+        spec.tools = self.stringList(fields["tools"]?.0, "mcp.tools")
+        spec.allow = self.stringList(fields["allow"]?.0, "mcp.allow")
+        if let authNode = fields["auth"]?.0 {
+            if case .url = server {} else { self.problem("mcp.auth", "auth is for a url server", at: authNode.location) }
+            spec.auth = self.authSpec(authNode, "mcp.auth")
+        }
+        return spec
     }
 
     mutating func searchSpec(_ node: SourceNode) -> ToolDefinition.Search? {
@@ -450,21 +562,7 @@ extension WorkflowReader {
                 self.problem("http.body", "a \(spec.method) request has no body", at: bodyNode.location)
             }
         }
-        if let authNode = fields["auth"]?.0, let auth = self.fields(authNode, "http.auth", allowed: ["secret", "scheme", "header"]) {
-            let secret = self.name(auth["secret"]?.0, "http.auth.secret", pattern: Self.isSecretName, rule: "the name of a secret of the project: letters, digits, _ . -", at: authNode.location)
-            var value = ToolDefinition.Auth(secret: secret ?? "")
-            if let schemeNode = auth["scheme"]?.0 {
-                let text = self.string(schemeNode, "http.auth.scheme") ?? ""
-                if let scheme = ToolDefinition.Auth.Scheme(rawValue: text) { value.scheme = scheme } else {
-                    self.problem("http.auth.scheme", "must be bearer, basic or header", at: schemeNode.location)
-                }
-            }
-            value.header = self.string(auth["header"]?.0, "http.auth.header") ?? ""
-            if value.scheme == .header && value.header.isEmpty {
-                self.problem("http.auth.header", "is required with scheme header: the header that carries the secret", at: authNode.location)
-            }
-            if secret != nil { spec.auth = value }
-        }
+        if let authNode = fields["auth"]?.0 { spec.auth = self.authSpec(authNode, "http.auth") }
         spec.allow = self.stringList(fields["allow"]?.0, "http.allow")
         if let bytes = fields["max_response_bytes"]?.0 {
             if case .int(let count) = bytes.value, (1 ... 64 << 20).contains(count) { spec.maxResponseBytes = Int(count) } else {
@@ -477,6 +575,24 @@ extension WorkflowReader {
             }
         }
         return spec
+    }
+
+    /// `auth`: the secret that goes with a request, and how.
+    mutating func authSpec(_ node: SourceNode, _ field: String) -> ToolDefinition.Auth? {
+        guard let auth = self.fields(node, field, allowed: ["secret", "scheme", "header"]) else { return nil }
+        let secret = self.name(auth["secret"]?.0, "\(field).secret", pattern: Self.isSecretName, rule: "the name of a secret of the project: letters, digits, _ . -", at: node.location)
+        var value = ToolDefinition.Auth(secret: secret ?? "")
+        if let schemeNode = auth["scheme"]?.0 {
+            let text = self.string(schemeNode, "\(field).scheme") ?? ""
+            if let scheme = ToolDefinition.Auth.Scheme(rawValue: text) { value.scheme = scheme } else {
+                self.problem("\(field).scheme", "must be bearer, basic or header", at: schemeNode.location)
+            }
+        }
+        value.header = self.string(auth["header"]?.0, "\(field).header") ?? ""
+        if value.scheme == .header && value.header.isEmpty {
+            self.problem("\(field).header", "is required with scheme header: the header that carries the secret", at: node.location)
+        }
+        return secret == nil ? nil : value
     }
 
     /// Secret names: like resource names.
@@ -497,19 +613,23 @@ extension WorkflowReader {
         for (index, package) in code.packages.enumerated() where !Self.isPackageName(package) {
             self.problem("\(kind).packages[\(index)]", "\(package.debugDescription) is not a package name", at: self.at("\(kind).packages[\(index)]"))
         }
-        if let limitsNode = fields["limits"]?.0, let limits = self.fields(limitsNode, "\(kind).limits", allowed: ["memory_mb", "cpu_seconds", "processes", "file_mb"]) {
-            func bounded(_ key: String, _ range: ClosedRange<Int64>, _ assign: (Int) -> Void) {
-                guard let value = limits[key]?.0 else { return }
-                if case .int(let number) = value.value, range.contains(number) { assign(Int(number)) } else {
-                    self.problem("\(kind).limits.\(key)", "must be a whole number from \(range.lowerBound) to \(range.upperBound)", at: value.location)
-                }
-            }
-            bounded("memory_mb", 16 ... 16384) { code.memoryMB = $0 }
-            bounded("cpu_seconds", 1 ... 3600) { code.cpuSeconds = $0 }
-            bounded("processes", 1 ... 4096) { code.processes = $0 }
-            bounded("file_mb", 0 ... 4096) { code.fileMB = $0 }
-        }
+        if let limitsNode = fields["limits"]?.0 { self.limits(limitsNode, "\(kind).limits", into: &code) }
         return code
+    }
+
+    /// A program's `limits` mapping: memory, CPU time, processes, file size.
+    mutating func limits(_ node: SourceNode, _ field: String, into code: inout ToolDefinition.Code) {
+        guard let limits = self.fields(node, field, allowed: ["memory_mb", "cpu_seconds", "processes", "file_mb"]) else { return }
+        func bounded(_ key: String, _ range: ClosedRange<Int64>, _ assign: (Int) -> Void) {
+            guard let value = limits[key]?.0 else { return }
+            if case .int(let number) = value.value, range.contains(number) { assign(Int(number)) } else {
+                self.problem("\(field).\(key)", "must be a whole number from \(range.lowerBound) to \(range.upperBound)", at: value.location)
+            }
+        }
+        bounded("memory_mb", 16 ... 16384) { code.memoryMB = $0 }
+        bounded("cpu_seconds", 1 ... 3600) { code.cpuSeconds = $0 }
+        bounded("processes", 1 ... 4096) { code.processes = $0 }
+        bounded("file_mb", 0 ... 4096) { code.fileMB = $0 }
     }
 
     /// pip and npm names: letters, digits, `. _ - @ /`.

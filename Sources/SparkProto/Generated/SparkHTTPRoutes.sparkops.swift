@@ -1061,6 +1061,31 @@ extension SparkHTTPRoute {
             }
         ),
         SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/tools/{tool}/functions",
+            pathFields: ["project_id": "projectId", "tool": "tool"],
+            queryFields: [:],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 120,
+            permission: "tool.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "tool",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListToolFunctions"),
+            decodeRequest: { bytes, options in try Sparkops_Tool_V1_ListToolFunctionsRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Tool_V1_ListToolFunctionsRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListToolFunctions"),
+                    serializer: ProtobufSerializer<Sparkops_Tool_V1_ListToolFunctionsRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Tool_V1_ListToolFunctionsResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
             verb: .put,
             path: "/api/v1/projects/{project_id}/secrets/{name}",
             pathFields: ["project_id": "projectId", "name": "name"],

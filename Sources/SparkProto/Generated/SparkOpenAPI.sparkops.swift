@@ -1382,6 +1382,21 @@ public enum SparkOpenAPI {
         },
         "type" : "object"
       },
+      "sparkops.tool.v1.ListToolFunctionsResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "fetched" : {
+            "type" : "boolean"
+          },
+          "functions" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.tool.v1.ToolFunction"
+            },
+            "type" : "array"
+          }
+        },
+        "type" : "object"
+      },
       "sparkops.tool.v1.ListToolsResponse" : {
         "additionalProperties" : false,
         "properties" : {
@@ -1586,6 +1601,21 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "reason" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.ToolFunction" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "description" : {
+            "type" : "string"
+          },
+          "inputSchema" : {
+            "type" : "object"
+          },
+          "name" : {
             "type" : "string"
           }
         },
@@ -4515,6 +4545,64 @@ public enum SparkOpenAPI {
         ],
         "x-sparkops-permission" : "tool.write",
         "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/UpdateTool"
+      }
+    },
+    "/api/v1/projects/{project_id}/tools/{tool}/functions" : {
+      "get" : {
+        "operationId" : "listToolFunctions",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "tool",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.tool.v1.ListToolFunctionsResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "What a model can call of a tool: for an mcp tool, its server's tools (asked of the server, kept 5 minutes)",
+        "tags" : [
+          "tool"
+        ],
+        "x-sparkops-permission" : "tool.read",
+        "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/ListToolFunctions"
       }
     },
     "/api/v1/projects/{project_id}/tools/{tool}/invoke" : {

@@ -328,6 +328,12 @@ public enum SparkProtoMethods {
             idempotency: .unknown
         ),
         SparkWireMethod(
+            path: "/sparkops.tool.v1.ToolService/ListToolFunctions",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
             path: "/sparkops.tool.v1.ToolService/PutSecret",
             requestStreaming: false,
             responseStreaming: false,

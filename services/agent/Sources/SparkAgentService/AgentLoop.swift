@@ -25,8 +25,8 @@ struct AgentLoop {
     let pricing: ModelCatalog.Model
     let llm: LLMClient
     let apiKey: String?
-    /// The project's tools the agent names, by name (a tool deleted since is missing).
-    let tools: [String: Sparkops_Tool_V1_Tool]
+    /// What the model is offered of the project's tools (a tool deleted since is missing).
+    let tools: [OfferedTool]
     let projectTools: ProjectTools
     let principal: Sparkops_Common_V1_Principal
     let projectID: String
@@ -57,11 +57,7 @@ struct AgentLoop {
         if let schema = self.definition.outputSchema {
             system += (system.isEmpty ? "" : "\n\n") + "Answer with one JSON value only, no other text, that fits this JSON Schema: \(schema.jsonText)"
         }
-        var offered = self.definition.tools.compactMap { name -> ChatTool? in
-            guard let tool = self.tools[name] else { return nil }
-            let schema = (try? ExprValue(jsonText: tool.inputSchema.jsonString())) ?? .map(["type": "object"])
-            return ChatTool(name: name, description: tool.description_p, parameters: schema)
-        }
+        var offered = self.tools.map(\.chat)
         if self.memory != nil { offered += AgentMemory.tools }
         var task = prompt
         if let input, input != .null { task += "\n\nInput (JSON):\n\(input.jsonText)" }
@@ -200,10 +196,12 @@ struct AgentLoop {
             let remaining = ContinuousClock.now.duration(to: self.deadline)
             guard remaining > .milliseconds(100) else { return failed("timeout", "the step's deadline passed") }
             do {
+                let target = self.tools.first { $0.chat.name == call.name }
+                let input: ExprValue = target?.function.map { .map(["tool": .string($0), "arguments": arguments]) } ?? arguments
                 let response = try await self.projectTools.invoke(.with {
                     $0.projectID = self.projectID
-                    $0.tool = call.name
-                    $0.input = try Google_Protobuf_Value(jsonString: arguments.jsonText)
+                    $0.tool = target?.tool ?? call.name
+                    $0.input = try Google_Protobuf_Value(jsonString: input.jsonText)
                     if !self.idempotencyKey.isEmpty { $0.idempotencyKey = "\(self.idempotencyKey)/\(iteration)/\(index)" }
                     $0.timeoutMs = max(1, remaining.milliseconds)
                     $0.maxOutputBytes = Self.maxToolOutputBytes
@@ -249,6 +247,14 @@ struct AgentLoop {
         }
         return .success(value)
     }
+}
+
+/// A tool as the model sees it: one of the project's tools, or one tool of an mcp tool's server
+/// (offered as `<tool>__<function>` and invoked as the mcp tool with `{tool, arguments}`).
+struct OfferedTool: Sendable {
+    var chat: ChatTool
+    var tool: String
+    var function: String?
 }
 
 /// The context manager: fits a conversation to the model's window. It keeps the task (the first

@@ -133,11 +133,31 @@ extension AgentService {
                 return LoopOutcome(result: .failure(AgentLoop.Failure(reason: "secret_missing", message: "the project has no secret \(secretName.debugDescription) holding the API key of \(provider.name); write it with `sparkops secret set \(secretName)`")), llmCalls: [], toolCalls: [])
             }
         }
-        var tools: [String: Sparkops_Tool_V1_Tool] = [:]
+        var tools: [OfferedTool] = []
         if !definition.tools.isEmpty {
+            var found: [String: Sparkops_Tool_V1_Tool] = [:]
             let wanted = Set(definition.tools)
             for tool in try await self.tools.list(projectID: execution.projectID, principal: principal) where wanted.contains(tool.name) {
-                tools[tool.name] = tool
+                found[tool.name] = tool
+            }
+            for name in definition.tools {
+                guard let tool = found[name] else { continue }
+                guard tool.kind == "mcp" else {
+                    let schema = (try? ExprValue(jsonText: tool.inputSchema.jsonString())) ?? .map(["type": "object"])
+                    tools.append(OfferedTool(chat: ChatTool(name: name, description: tool.description_p, parameters: schema), tool: name))
+                    continue
+                }
+                // Each of the server's tools, under a name a model accepts.
+                for function in try await self.tools.functions(of: name, projectID: execution.projectID, principal: principal) {
+                    let offered = "\(name)__\(function.name)"
+                    guard offered.count <= 64, offered.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") }) else {
+                        self.logger.warning("an MCP server's tool cannot be offered to a model under its name", metadata: ["tool": "\(name)", "function": "\(function.name)"])
+                        continue
+                    }
+                    let schema = (try? ExprValue(jsonText: function.inputSchema.jsonString())) ?? .map(["type": "object"])
+                    let description = function.description_p.isEmpty ? tool.description_p : function.description_p
+                    tools.append(OfferedTool(chat: ChatTool(name: offered, description: description, parameters: schema), tool: name, function: function.name))
+                }
             }
         }
         var loop = AgentLoop(

@@ -28,6 +28,16 @@ struct ProjectTools: Sendable {
         return tools
     }
 
+    /// An mcp tool's server's tools.
+    func functions(of tool: String, projectID: String, principal: Sparkops_Common_V1_Principal) async throws -> [Sparkops_Tool_V1_ToolFunction] {
+        var options = CallOptions.defaults
+        options.timeout = .seconds(120)
+        return try await self.client.listToolFunctions(.with {
+            $0.projectID = projectID
+            $0.tool = tool
+        }, metadata: principal.metadata, options: options).functions
+    }
+
     func invoke(_ request: Sparkops_Tool_V1_InvokeToolRequest, principal: Sparkops_Common_V1_Principal, timeout: Duration) async throws -> Sparkops_Tool_V1_InvokeToolResponse {
         var options = CallOptions.defaults
         options.timeout = timeout + .seconds(5)

@@ -179,6 +179,23 @@ struct CodeSandbox: Sendable {
     }
 
     func command(kind: ToolDefinition.Kind, programPath: String, hostFile: String, slot: Int, limits: Limits) -> [String] {
+        self.command(self.interpreter(kind: kind, programPath: programPath, limits: limits), binding: (hostFile, programPath), slot: slot, limits: limits)
+    }
+
+    /// How python or node runs a program file.
+    func interpreter(kind: ToolDefinition.Kind, programPath: String, limits: Limits) -> [String] {
+        switch kind {
+        case .python:
+            return [self.pythonPath, "-I", "-B", programPath]
+        default:
+            // V8 reserves address space it never touches; its heap is held under the data limit.
+            return [self.nodePath, "--max-old-space-size=\(max(8, limits.memoryMB * 3 / 4))", programPath]
+        }
+    }
+
+    /// `program` under setpriv, prlimit and bubblewrap; `binding` is a host file the sandbox
+    /// sees (read-only) at a path of its own.
+    func command(_ program: [String], binding: (host: String, inside: String)?, slot: Int, limits: Limits) -> [String] {
         var arguments: [String] = []
         if let drop = self.dropTo {
             let uid = drop.firstUID + slot
@@ -203,19 +220,11 @@ struct CodeSandbox: Sendable {
             for path in self.readOnlyPaths where FileManager.default.fileExists(atPath: path) {
                 arguments += ["--ro-bind", path, path]
             }
-            arguments += [
-                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-                "--ro-bind", hostFile, programPath, "--chdir", "/tmp",
-            ]
+            arguments += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+            if let binding { arguments += ["--ro-bind", binding.host, binding.inside] }
+            arguments += ["--chdir", "/tmp"]
         }
-        switch kind {
-        case .python:
-            arguments += [self.pythonPath, "-I", "-B", programPath]
-        default:
-            // V8 reserves address space it never touches; its heap is held under the data limit.
-            arguments += [self.nodePath, "--max-old-space-size=\(max(8, limits.memoryMB * 3 / 4))", programPath]
-        }
-        return arguments
+        return arguments + program
     }
 
     /// What happened to a run, besides its exit status.
@@ -234,7 +243,9 @@ struct CodeSandbox: Sendable {
         }
     }
 
-    func execute(_ arguments: [String], input: [UInt8], limits: Limits, kind: ToolDefinition.Kind) async throws(Failure) -> Output {
+    /// A sandboxed program's process: its own session (its group is what a kill reaches), a
+    /// small environment, and SIGKILL when it is torn down.
+    static func configuration(_ arguments: [String]) -> Configuration {
         var options = PlatformOptions()
         options.createSession = true
         options.teardownSequence = [.send(signal: .kill, allowedDurationToNextStep: .milliseconds(100))]
@@ -245,13 +256,17 @@ struct CodeSandbox: Sendable {
             "PYTHONDONTWRITEBYTECODE": "1",
             "NODE_PATH": "/usr/local/lib/node_modules:/usr/lib/node_modules",
         ]
-        let configuration = Configuration(
+        return Configuration(
             executable: .path(FilePath(arguments[0])),
             arguments: Arguments(Array(arguments.dropFirst())),
             environment: .custom(environment),
             workingDirectory: nil,
             platformOptions: options
         )
+    }
+
+    func execute(_ arguments: [String], input: [UInt8], limits: Limits, kind: ToolDefinition.Kind) async throws(Failure) -> Output {
+        let configuration = Self.configuration(arguments)
         let state = RunState()
         let start = ContinuousClock.now
         let status: TerminationStatus

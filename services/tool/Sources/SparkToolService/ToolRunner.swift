@@ -10,6 +10,7 @@ struct ToolRunner: Sendable {
     let sandbox: CodeSandbox
     let http: GuardedHTTPClient
     let sql: SQLRunner
+    var mcp: MCPRunner { MCPRunner(sandbox: self.sandbox, http: self.http) }
 
     struct Failure: Error, Sendable {
         var reason: String
@@ -54,6 +55,17 @@ struct ToolRunner: Sendable {
         case .search:
             guard let spec = tool.search else { throw Failure(reason: "invalid_tool", message: "the search tool has no search section") }
             outcome = try await self.search(spec, input: input, timeout: timeout, maxOutputBytes: maxOutputBytes, project: project)
+        case .mcp:
+            guard let spec = tool.mcp else { throw Failure(reason: "invalid_tool", message: "the mcp tool has no mcp section") }
+            guard case .map(let fields) = input, case .string(let name) = fields["tool"] else {
+                throw Failure(reason: "invalid_request", message: "the input names the server's tool: {\"tool\": …, \"arguments\": {…}}")
+            }
+            do {
+                let output = try await self.mcp.call(spec, tool: name, arguments: fields["arguments"] ?? .map([:]), timeout: timeout, maxBytes: maxOutputBytes, secret: secret)
+                outcome = Outcome(output: output, logs: "")
+            } catch {
+                throw Failure(reason: error.reason, message: error.message, logs: error.logs)
+            }
         }
         let size = outcome.output.jsonText.utf8.count
         guard size <= maxOutputBytes else {
@@ -217,6 +229,22 @@ struct ToolRunner: Sendable {
         }
     }
 
+    /// The request header that carries `auth`'s secret.
+    static func header(for auth: ToolDefinition.Auth, secret: @Sendable (String) async throws -> String?) async throws(Failure) -> (String, String) {
+        let value: String?
+        do {
+            value = try await secret(auth.secret)
+        } catch {
+            throw Failure(reason: "secret_missing", message: "the secret \(auth.secret) cannot be opened: \(error)")
+        }
+        guard let value else { throw Failure(reason: "secret_missing", message: "the project has no secret named \(auth.secret); set it with `sparkops secret set \(auth.secret)`") }
+        switch auth.scheme {
+        case .bearer: return ("Authorization", "Bearer \(value)")
+        case .basic: return ("Authorization", "Basic \(Data(value.utf8).base64EncodedString())")
+        case .header: return (auth.header, value)
+        }
+    }
+
     func http(
         _ spec: ToolDefinition.HTTP,
         input: ExprValue,
@@ -245,20 +273,7 @@ struct ToolRunner: Sendable {
             }
             headers.append((name, value))
         }
-        if let auth = spec.auth {
-            let value: String?
-            do {
-                value = try await secret(auth.secret)
-            } catch {
-                throw Failure(reason: "secret_missing", message: "the secret \(auth.secret) cannot be opened: \(error)")
-            }
-            guard let value else { throw Failure(reason: "secret_missing", message: "the project has no secret named \(auth.secret); set it with `sparkops secret set \(auth.secret)`") }
-            switch auth.scheme {
-            case .bearer: headers.append(("Authorization", "Bearer \(value)"))
-            case .basic: headers.append(("Authorization", "Basic \(Data(value.utf8).base64EncodedString())"))
-            case .header: headers.append((auth.header, value))
-            }
-        }
+        if let auth = spec.auth { headers.append(try await Self.header(for: auth, secret: secret)) }
         let method = HTTPMethod(rawValue: spec.method)
         var body: [UInt8]?
         let hasContentType = headers.contains { $0.0.lowercased() == "content-type" }

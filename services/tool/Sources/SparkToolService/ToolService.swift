@@ -24,6 +24,8 @@ public final class ToolService: Sparkops_Tool_V1_ToolService.ServiceProtocol {
     let logger: Logger
     /// Parsed definitions by content hash: invoking does not parse YAML each time.
     let definitions = Mutex<[String: ToolDefinition]>([:])
+    /// mcp tools' server tools, by project and content hash, with when they were asked.
+    let mcpFunctions = Mutex<[String: (ContinuousClock.Instant, [MCPRunner.Function])]>([:])
 
     init(store: SparkStore, access: ProjectAccess, secrets: SecretBox, runner: ToolRunner, logger: Logger) {
         self.store = ToolStore(store: store)

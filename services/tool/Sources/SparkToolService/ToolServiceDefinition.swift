@@ -68,6 +68,7 @@ extension ToolService {
             "/sparkops.tool.v1.ToolService/GetTool": ["gateway", "agent", "run", "workflow"],
             "/sparkops.tool.v1.ToolService/ListTools": ["gateway", "agent", "run", "workflow"],
             "/sparkops.tool.v1.ToolService/RevealSecret": ["agent"],
+            "/sparkops.tool.v1.ToolService/ListToolFunctions": ["gateway", "agent", "run"],
         ],
         services: ["sparkops.tool.v1.ToolService": ["gateway"]],
         principalSetters: ["gateway", "agent", "run", "workflow"]

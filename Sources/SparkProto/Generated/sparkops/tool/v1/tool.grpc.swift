@@ -1,4 +1,4 @@
-/// The tool service: a project's tools (echo, http, python, node, sql, search), their versions,
+/// The tool service: a project's tools (echo, http, python, node, sql, search, mcp), their versions,
 /// their write-only secrets, the documents search tools find, and invoking tools with an
 /// idempotency key, a deadline and an output cap.
 
@@ -141,6 +141,19 @@ public enum Sparkops_Tool_V1_ToolService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "ListToolFunctions" metadata.
+        public enum ListToolFunctions: Sendable {
+            /// Request type for "ListToolFunctions".
+            public typealias Input = Sparkops_Tool_V1_ListToolFunctionsRequest
+            /// Response type for "ListToolFunctions".
+            public typealias Output = Sparkops_Tool_V1_ListToolFunctionsResponse
+            /// Descriptor for "ListToolFunctions".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService"),
+                method: "ListToolFunctions",
+                type: .unary
+            )
+        }
         /// Namespace for "PutSecret" metadata.
         public enum PutSecret: Sendable {
             /// Request type for "PutSecret".
@@ -269,6 +282,7 @@ public enum Sparkops_Tool_V1_ToolService: Sendable {
             GetToolVersion.descriptor,
             ListToolVersions.descriptor,
             InvokeTool.descriptor,
+            ListToolFunctions.descriptor,
             PutSecret.descriptor,
             ListSecrets.descriptor,
             PutDocument.descriptor,
@@ -429,6 +443,20 @@ extension Sparkops_Tool_V1_ToolService {
             request: GRPCCore.StreamingServerRequest<Sparkops_Tool_V1_InvokeToolRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_InvokeToolResponse>
+
+        /// Handle the "ListToolFunctions" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Sparkops_Tool_V1_ListToolFunctionsRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Sparkops_Tool_V1_ListToolFunctionsResponse` messages.
+        func listToolFunctions(
+            request: GRPCCore.StreamingServerRequest<Sparkops_Tool_V1_ListToolFunctionsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_ListToolFunctionsResponse>
 
         /// Handle the "PutSecret" method.
         ///
@@ -695,6 +723,20 @@ extension Sparkops_Tool_V1_ToolService {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_InvokeToolResponse>
 
+        /// Handle the "ListToolFunctions" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_ListToolFunctionsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Sparkops_Tool_V1_ListToolFunctionsResponse` message.
+        func listToolFunctions(
+            request: GRPCCore.ServerRequest<Sparkops_Tool_V1_ListToolFunctionsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_ListToolFunctionsResponse>
+
         /// Handle the "PutSecret" method.
         ///
         /// - Parameters:
@@ -958,6 +1000,20 @@ extension Sparkops_Tool_V1_ToolService {
             context: GRPCCore.ServerContext
         ) async throws -> Sparkops_Tool_V1_InvokeToolResponse
 
+        /// Handle the "ListToolFunctions" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Sparkops_Tool_V1_ListToolFunctionsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Sparkops_Tool_V1_ListToolFunctionsResponse` to respond with.
+        func listToolFunctions(
+            request: Sparkops_Tool_V1_ListToolFunctionsRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Sparkops_Tool_V1_ListToolFunctionsResponse
+
         /// Handle the "PutSecret" method.
         ///
         /// - Parameters:
@@ -1194,6 +1250,17 @@ extension Sparkops_Tool_V1_ToolService.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Sparkops_Tool_V1_ToolService.Method.ListToolFunctions.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Tool_V1_ListToolFunctionsRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Tool_V1_ListToolFunctionsResponse>(),
+            handler: { request, context in
+                try await self.listToolFunctions(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Sparkops_Tool_V1_ToolService.Method.PutSecret.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Tool_V1_PutSecretRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Tool_V1_Secret>(),
@@ -1391,6 +1458,17 @@ extension Sparkops_Tool_V1_ToolService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_InvokeToolResponse> {
         let response = try await self.invokeTool(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func listToolFunctions(
+        request: GRPCCore.StreamingServerRequest<Sparkops_Tool_V1_ListToolFunctionsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Sparkops_Tool_V1_ListToolFunctionsResponse> {
+        let response = try await self.listToolFunctions(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1610,6 +1688,19 @@ extension Sparkops_Tool_V1_ToolService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_InvokeToolResponse> {
         return GRPCCore.ServerResponse<Sparkops_Tool_V1_InvokeToolResponse>(
             message: try await self.invokeTool(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func listToolFunctions(
+        request: GRPCCore.ServerRequest<Sparkops_Tool_V1_ListToolFunctionsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Sparkops_Tool_V1_ListToolFunctionsResponse> {
+        return GRPCCore.ServerResponse<Sparkops_Tool_V1_ListToolFunctionsResponse>(
+            message: try await self.listToolFunctions(
                 request: request.message,
                 context: context
             ),
@@ -1913,6 +2004,25 @@ extension Sparkops_Tool_V1_ToolService {
             deserializer: some GRPCCore.MessageDeserializer<Sparkops_Tool_V1_InvokeToolResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_InvokeToolResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ListToolFunctions" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_ListToolFunctionsRequest` message.
+        ///   - serializer: A serializer for `Sparkops_Tool_V1_ListToolFunctionsRequest` messages.
+        ///   - deserializer: A deserializer for `Sparkops_Tool_V1_ListToolFunctionsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func listToolFunctions<Result>(
+            request: GRPCCore.ClientRequest<Sparkops_Tool_V1_ListToolFunctionsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Sparkops_Tool_V1_ListToolFunctionsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Sparkops_Tool_V1_ListToolFunctionsResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_ListToolFunctionsResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "PutSecret" method.
@@ -2370,6 +2480,36 @@ extension Sparkops_Tool_V1_ToolService {
             try await self.client.unary(
                 request: request,
                 descriptor: Sparkops_Tool_V1_ToolService.Method.InvokeTool.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ListToolFunctions" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Sparkops_Tool_V1_ListToolFunctionsRequest` message.
+        ///   - serializer: A serializer for `Sparkops_Tool_V1_ListToolFunctionsRequest` messages.
+        ///   - deserializer: A deserializer for `Sparkops_Tool_V1_ListToolFunctionsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func listToolFunctions<Result>(
+            request: GRPCCore.ClientRequest<Sparkops_Tool_V1_ListToolFunctionsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Sparkops_Tool_V1_ListToolFunctionsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Sparkops_Tool_V1_ListToolFunctionsResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_ListToolFunctionsResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Sparkops_Tool_V1_ToolService.Method.ListToolFunctions.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -2881,6 +3021,31 @@ extension Sparkops_Tool_V1_ToolService.ClientProtocol {
         )
     }
 
+    /// Call the "ListToolFunctions" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Sparkops_Tool_V1_ListToolFunctionsRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listToolFunctions<Result>(
+        request: GRPCCore.ClientRequest<Sparkops_Tool_V1_ListToolFunctionsRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_ListToolFunctionsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.listToolFunctions(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Sparkops_Tool_V1_ListToolFunctionsRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Sparkops_Tool_V1_ListToolFunctionsResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
     /// Call the "PutSecret" method.
     ///
     /// - Parameters:
@@ -3369,6 +3534,35 @@ extension Sparkops_Tool_V1_ToolService.ClientProtocol {
             metadata: metadata
         )
         return try await self.invokeTool(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListToolFunctions" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listToolFunctions<Result>(
+        _ message: Sparkops_Tool_V1_ListToolFunctionsRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Sparkops_Tool_V1_ListToolFunctionsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Sparkops_Tool_V1_ListToolFunctionsRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.listToolFunctions(
             request: request,
             options: options,
             onResponse: handleResponse

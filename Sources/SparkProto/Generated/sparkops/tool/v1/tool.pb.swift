@@ -8,7 +8,7 @@
 // For information on using the generated types, please see the documentation:
 //   https://github.com/apple/swift-protobuf/
 
-/// The tool service: a project's tools (echo, http, python, node, sql, search), their versions,
+/// The tool service: a project's tools (echo, http, python, node, sql, search, mcp), their versions,
 /// their write-only secrets, the documents search tools find, and invoking tools with an
 /// idempotency key, a deadline and an output cap.
 
@@ -39,7 +39,7 @@ public nonisolated struct Sparkops_Tool_V1_Tool: Sendable {
 
   public var description_p: String = String()
 
-  /// echo, http, python or node.
+  /// echo, http, python, node, sql, search or mcp.
   public var kind: String = String()
 
   /// none, idempotent or non_idempotent.
@@ -520,6 +520,62 @@ public nonisolated struct Sparkops_Tool_V1_InvokeToolResponse: Sendable {
 
   fileprivate var _output: SwiftProtobuf.Google_Protobuf_Value? = nil
   fileprivate var _error: Sparkops_Tool_V1_ToolFailure? = nil
+}
+
+/// What a model can call of a tool: the tool itself, or for an mcp tool each of its server's tools.
+public nonisolated struct Sparkops_Tool_V1_ToolFunction: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var description_p: String = String()
+
+  public var inputSchema: SwiftProtobuf.Google_Protobuf_Struct {
+    get {_inputSchema ?? SwiftProtobuf.Google_Protobuf_Struct()}
+    set {_inputSchema = newValue}
+  }
+  /// Returns true if `inputSchema` has been explicitly set.
+  public var hasInputSchema: Bool {self._inputSchema != nil}
+  /// Clears the value of `inputSchema`. Subsequent reads from it will return its default value.
+  public mutating func clearInputSchema() {self._inputSchema = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _inputSchema: SwiftProtobuf.Google_Protobuf_Struct? = nil
+}
+
+public nonisolated struct Sparkops_Tool_V1_ListToolFunctionsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var projectID: String = String()
+
+  public var tool: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Sparkops_Tool_V1_ListToolFunctionsResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var functions: [Sparkops_Tool_V1_ToolFunction] = []
+
+  /// An mcp tool's server was asked (false: the list came from a recent answer, or the tool is
+  /// not an mcp tool).
+  public var fetched: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Sparkops_Tool_V1_PutSecretRequest: Sendable {
@@ -1792,6 +1848,120 @@ nonisolated extension Sparkops_Tool_V1_InvokeToolResponse: SwiftProtobuf.Message
     if lhs.invocationID != rhs.invocationID {return false}
     if lhs.logs != rhs.logs {return false}
     if lhs._error != rhs._error {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Sparkops_Tool_V1_ToolFunction: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ToolFunction"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}description\0\u{3}input_schema\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.description_p) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._inputSchema) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.description_p.isEmpty {
+      try visitor.visitSingularStringField(value: self.description_p, fieldNumber: 2)
+    }
+    try { if let v = self._inputSchema {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Sparkops_Tool_V1_ToolFunction, rhs: Sparkops_Tool_V1_ToolFunction) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.description_p != rhs.description_p {return false}
+    if lhs._inputSchema != rhs._inputSchema {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Sparkops_Tool_V1_ListToolFunctionsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListToolFunctionsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}tool\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.projectID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.tool) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.projectID.isEmpty {
+      try visitor.visitSingularStringField(value: self.projectID, fieldNumber: 1)
+    }
+    if !self.tool.isEmpty {
+      try visitor.visitSingularStringField(value: self.tool, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Sparkops_Tool_V1_ListToolFunctionsRequest, rhs: Sparkops_Tool_V1_ListToolFunctionsRequest) -> Bool {
+    if lhs.projectID != rhs.projectID {return false}
+    if lhs.tool != rhs.tool {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Sparkops_Tool_V1_ListToolFunctionsResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListToolFunctionsResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}functions\0\u{1}fetched\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.functions) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.fetched) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.functions.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.functions, fieldNumber: 1)
+    }
+    if self.fetched != false {
+      try visitor.visitSingularBoolField(value: self.fetched, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Sparkops_Tool_V1_ListToolFunctionsResponse, rhs: Sparkops_Tool_V1_ListToolFunctionsResponse) -> Bool {
+    if lhs.functions != rhs.functions {return false}
+    if lhs.fetched != rhs.fetched {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
