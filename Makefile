@@ -5,7 +5,7 @@ SECONDS ?= 60
 
 # Debian packages the build, the tests and the polyglot clients need.
 DEBIAN_PACKAGES := protobuf-compiler protobuf-c-compiler libprotobuf-c-dev libssl-dev libpq-dev \
-	libhiredis-dev libsqlite3-dev pkg-config make gcc python3 python3-pip curl bubblewrap nodejs util-linux
+	libhiredis-dev libsqlite3-dev pkg-config make gcc python3 python3-pip curl bubblewrap nodejs util-linux chromium
 
 .PHONY: help deps build run run-distributed test proto proto-check clients fuzz-wire bench-wire bench-gateway bench-tools format clean
 

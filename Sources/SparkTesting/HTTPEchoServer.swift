@@ -13,7 +13,9 @@ import Synchronization
 /// - `/bytes?n=<count>` answers `count` bytes of `x` as text/plain;
 /// - `/slow?ms=<milliseconds>` answers after that long;
 /// - `/searxng?q=<words>&format=json` answers as a SearXNG instance does, with three results
-///   naming the words.
+///   naming the words;
+/// - `/html?img=<url>` answers a small HTML page (title "Test page") whose script adds a
+///   paragraph, with an image from `img` when given.
 ///
 /// ```swift
 /// let server = try await HTTPEchoServer.start()
@@ -71,6 +73,16 @@ extension HTTPEchoServer {
             }
             answer.body = Array((try? JSONSerialization.data(withJSONObject: ["query": words, "number_of_results": 3, "results": results], options: [.sortedKeys])) ?? Data())
             answer.headers = [("Content-Type", "application/json")]
+        } else if path.hasPrefix("/html") {
+            let image = query["img"].map { "<img src=\"\($0)\">" } ?? ""
+            let page = """
+                <!doctype html><html><head><title>Test page</title>
+                <style>h1 { color: #c00 }</style>
+                <script>document.addEventListener("DOMContentLoaded", () => document.body.insertAdjacentHTML("beforeend", "<p>added by script</p>"))</script>
+                </head><body><h1>Hello &amp; welcome</h1><p>Second paragraph</p>\(image)</body></html>
+                """
+            answer.body = Array(page.utf8)
+            answer.headers = [("Content-Type", "text/html; charset=utf-8")]
         } else if path.hasPrefix("/bytes") {
             answer.body = [UInt8](repeating: UInt8(ascii: "x"), count: Int(query["n"] ?? "0") ?? 0)
             answer.headers = [("Content-Type", "text/plain")]

@@ -11,7 +11,7 @@ public import SparkExpr
 /// ```
 public struct ToolDefinition: Sendable, Hashable {
     public enum Kind: String, Sendable, Hashable, CaseIterable {
-        case echo, http, python, node, sql, search, mcp
+        case echo, http, python, node, sql, search, mcp, browser
     }
 
     /// What running the tool does to the world, which decides whether a run may retry it.
@@ -104,6 +104,23 @@ public struct ToolDefinition: Sendable, Hashable {
         public var allow: [String] = []
     }
 
+    /// A page loaded by headless Chromium, every connection through the outbound guard.
+    public struct Browser: Sendable, Hashable {
+        public enum Format: String, Sendable, Hashable, CaseIterable { case text, html, screenshot }
+        /// A template over `input`.
+        public var url: String = "${{ input.url }}"
+        public var format: Format = .text
+        public var width: Int = 1280
+        public var height: Int = 800
+        /// How long scripts may run after the page loads (Chromium's virtual time budget).
+        public var wait: WorkflowDuration = WorkflowDuration(milliseconds: 0)
+        /// Hosts, addresses and CIDR ranges that may be reached although not public; with any
+        /// entry, only those hosts are reached.
+        public var allow: [String] = []
+
+        public init() {}
+    }
+
     public var name: String
     public var description: String = ""
     public var kind: Kind
@@ -117,12 +134,20 @@ public struct ToolDefinition: Sendable, Hashable {
     public var sql: SQL?
     public var search: Search?
     public var mcp: MCP?
+    public var browser: Browser?
 
     public init(name: String, kind: Kind, sideEffects: SideEffects) {
         self.name = name
         self.kind = kind
         self.sideEffects = sideEffects
     }
+
+    /// A browser tool's input unless it declares one: the page.
+    public static let browserInputSchema: ExprValue = .map([
+        "type": "object",
+        "properties": .map(["url": .map(["type": "string", "minLength": .int(1)])]),
+        "required": .list(["url"]),
+    ])
 
     /// The input of every mcp tool: which of the server's tools, and its arguments.
     public static let mcpInputSchema: ExprValue = .map([
@@ -186,6 +211,12 @@ public struct ToolDefinition: Sendable, Hashable {
                 "url": .string(search.url),
             ])
         }
+        if let browser = self.browser {
+            fields["browser"] = .map([
+                "url": .string(browser.url), "format": .string(browser.format.rawValue), "width": .int(Int64(browser.width)),
+                "height": .int(Int64(browser.height)), "wait": .string(browser.wait.description), "allow": .list(browser.allow.map(ExprValue.string)),
+            ])
+        }
         if let mcp = self.mcp {
             var spec: [String: ExprValue] = ["tools": .list(mcp.tools.map(ExprValue.string)), "allow": .list(mcp.allow.map(ExprValue.string))]
             func codeValue(_ code: Code) -> ExprValue {
@@ -238,7 +269,7 @@ public struct ToolDefinition: Sendable, Hashable {
 }
 
 extension WorkflowReader {
-    static let toolFields = ["tool", "description", "kind", "side_effects", "cost_micros", "input_schema", "timeout", "max_output_bytes", "http", "python", "node", "sql", "search", "mcp"]
+    static let toolFields = ["tool", "description", "kind", "side_effects", "cost_micros", "input_schema", "timeout", "max_output_bytes", "http", "python", "node", "sql", "search", "mcp", "browser"]
     /// What a tool's templates may name.
     static let toolTemplateSchema = ExprSchema.object(["input": .any])
 
@@ -261,8 +292,9 @@ extension WorkflowReader {
         } else {
             self.problem("kind", "is required: one of \(ToolDefinition.Kind.allCases.map(\.rawValue).joined(separator: ", "))", at: root.location)
         }
-        // echo has none; sql runs read-only, so it has none either.
-        let readsOnly = kind == .echo || kind == .sql || kind == .search
+        // echo has none; sql runs read-only, so it has none either; a search or a page load
+        // reads (a browser tool may say otherwise).
+        let readsOnly = kind == .echo || kind == .sql || kind == .search || kind == .browser
         var sideEffects: ToolDefinition.SideEffects? = readsOnly ? ToolDefinition.SideEffects.none : nil
         if let node = top["side_effects"]?.0 {
             let text = self.string(node, "side_effects") ?? ""
@@ -309,7 +341,7 @@ extension WorkflowReader {
             }
         }
         // The kind's own section, and no other kind's.
-        for other in ["http", "python", "node", "sql", "search", "mcp"] where other != kind.rawValue {
+        for other in ["http", "python", "node", "sql", "search", "mcp", "browser"] where other != kind.rawValue {
             if let entry = top[other] {
                 self.problem(other, "a \(kind.rawValue) tool takes no \(other) section", at: entry.1)
             }
@@ -340,6 +372,9 @@ extension WorkflowReader {
             } else {
                 self.problem("sql", "is required for a sql tool: its connection secret and query", at: root.location)
             }
+        case .browser:
+            if top["input_schema"] == nil { tool.inputSchema = ToolDefinition.browserInputSchema }
+            tool.browser = top["browser"].flatMap { self.browserSpec($0.0) } ?? ToolDefinition.Browser()
         case .mcp:
             if let node = top["input_schema"]?.0 {
                 self.problem("input_schema", "an mcp tool's input is {tool, arguments}: each of the server's tools has its own schema", at: node.location)
@@ -352,6 +387,31 @@ extension WorkflowReader {
             }
         }
         return tool
+    }
+
+    mutating func browserSpec(_ node: SourceNode) -> ToolDefinition.Browser? {
+        guard let fields = self.fields(node, "browser", allowed: ["url", "format", "width", "height", "wait", "allow"]) else { return nil }
+        var spec = ToolDefinition.Browser()
+        if let urlNode = fields["url"]?.0, let url = self.template(urlNode, "browser.url") { spec.url = url }
+        if let formatNode = fields["format"]?.0 {
+            let text = self.string(formatNode, "browser.format") ?? ""
+            if let format = ToolDefinition.Browser.Format(rawValue: text) { spec.format = format } else {
+                self.problem("browser.format", "must be text, html or screenshot", at: formatNode.location)
+            }
+        }
+        for (key, range) in [("width", 200 ... 4096), ("height", 200 ... 4096)] {
+            guard let value = fields[key]?.0 else { continue }
+            if case .int(let number) = value.value, range.contains(Int(number)) {
+                if key == "width" { spec.width = Int(number) } else { spec.height = Int(number) }
+            } else {
+                self.problem("browser.\(key)", "must be a whole number of pixels from \(range.lowerBound) to \(range.upperBound)", at: value.location)
+            }
+        }
+        if let wait = self.duration(fields["wait"]?.0, "browser.wait") {
+            if wait > .seconds(60) { self.problem("browser.wait", "must be at most 1m", at: fields["wait"]!.0.location) } else { spec.wait = wait }
+        }
+        spec.allow = self.stringList(fields["allow"]?.0, "browser.allow")
+        return spec
     }
 
     mutating func mcpSpec(_ node: SourceNode) -> ToolDefinition.MCP? {

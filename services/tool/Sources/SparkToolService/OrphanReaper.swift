@@ -12,7 +12,10 @@ import Glibc
 /// sandbox user count against its process limit until no program can start. The tool service
 /// therefore makes itself the subreaper of its descendants and, after each program, reaps its
 /// zombie children that were in a pid namespace of their own: only sandbox processes are, never
-/// a child that swift-subprocess (or anything else in the process) is waiting for.
+/// a child that swift-subprocess (or anything else in the process) is waiting for. Chromium, which
+/// runs outside bubblewrap, leaves its crash handler and zygote behind the same way: those
+/// zombies are reaped by name, and only when they are not the leader of their session (the
+/// process swift-subprocess started, and waits for, is).
 enum OrphanReaper {
     /// Once per process.
     static let adopted: Bool = spark_become_child_subreaper() == 0
@@ -44,18 +47,29 @@ enum OrphanReaper {
             var zombie = false
             var namespaces = 0
             var uid: Int?
+            var name = ""
             for line in status.split(separator: "\n") {
+                if line.hasPrefix("Name:") { name = line.dropFirst(5).trimmingCharacters(in: .whitespaces) }
                 if line.hasPrefix("PPid:") { parent = pid_t(line.dropFirst(5).trimmingCharacters(in: .whitespaces)) }
                 if line.hasPrefix("State:") { zombie = line.dropFirst(6).trimmingCharacters(in: .whitespaces).hasPrefix("Z") }
                 if line.hasPrefix("NSpid:") { namespaces = line.dropFirst(6).split(whereSeparator: { $0 == " " || $0 == "\t" }).count }
                 if line.hasPrefix("Uid:") { uid = line.dropFirst(4).split(whereSeparator: { $0 == " " || $0 == "\t" }).first.flatMap { Int($0) } }
             }
-            if parent == me, zombie, namespaces >= 2 {
+            if parent == me, zombie, namespaces >= 2 || (name.hasPrefix("chrom") && !Self.leadsSession(pid)) {
                 var code: Int32 = 0
                 if waitpid(pid, &code, WNOHANG) == pid { continue }
             }
             if let countingUID, uid == countingUID { left += 1 }
         }
         return left
+    }
+
+    /// Whether `pid` is its session's leader (field 6 of /proc/<pid>/stat, after the name).
+    static func leadsSession(_ pid: pid_t) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return true }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // state ppid pgrp session …
+        guard fields.count > 3, let session = pid_t(fields[3]) else { return true }
+        return session == pid
     }
 }

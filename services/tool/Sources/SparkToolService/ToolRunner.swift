@@ -10,6 +10,7 @@ struct ToolRunner: Sendable {
     let sandbox: CodeSandbox
     let http: GuardedHTTPClient
     let sql: SQLRunner
+    let browser: BrowserRunner
     var mcp: MCPRunner { MCPRunner(sandbox: self.sandbox, http: self.http) }
 
     struct Failure: Error, Sendable {
@@ -55,6 +56,10 @@ struct ToolRunner: Sendable {
         case .search:
             guard let spec = tool.search else { throw Failure(reason: "invalid_tool", message: "the search tool has no search section") }
             outcome = try await self.search(spec, input: input, timeout: timeout, maxOutputBytes: maxOutputBytes, project: project)
+        case .browser:
+            let spec = tool.browser ?? ToolDefinition.Browser()
+            let url = try Self.renderURL(spec.url, ["input": input])
+            outcome = Outcome(output: try await self.browser.run(spec, url: url, timeout: timeout, maxBytes: maxOutputBytes), logs: "")
         case .mcp:
             guard let spec = tool.mcp else { throw Failure(reason: "invalid_tool", message: "the mcp tool has no mcp section") }
             guard case .map(let fields) = input, case .string(let name) = fields["tool"] else {

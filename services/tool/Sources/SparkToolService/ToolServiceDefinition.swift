@@ -32,6 +32,8 @@ public import SparkWire
 /// - `tool.httpCAFile` (string): PEM certificates http and sql tools trust besides the system's.
 /// - `tool.sqliteDirectories` (string): comma-separated directories whose SQLite files sql tools
 ///   may open (read-only). Empty (the default): none.
+/// - `tool.chromiumPath` (string): the Chromium browser tools run (default `/usr/bin/chromium`
+///   when installed).
 public struct ToolServiceConfig: Sendable {
     public var outboundAllow: [String]
     public var sandbox: String
@@ -42,6 +44,7 @@ public struct ToolServiceConfig: Sendable {
     public var retentionHours: Int
     public var httpCAFile: String?
     public var sqliteDirectories: [String]
+    public var chromiumPath: String?
 
     public init(config: ConfigReader) throws {
         self.outboundAllow = config.string(forKey: "tool.outboundAllow", default: "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
@@ -55,6 +58,7 @@ public struct ToolServiceConfig: Sendable {
         self.sqliteDirectories = config.string(forKey: "tool.sqliteDirectories", default: "").split(separator: ",")
             .map { URL(filePath: $0.trimmingCharacters(in: .whitespaces)).standardizedFileURL.resolvingSymlinksInPath().path }
             .filter { $0.hasPrefix("/") && $0 != "/" }
+        self.chromiumPath = config.string(forKey: "tool.chromiumPath")
     }
 }
 
@@ -101,7 +105,8 @@ extension ToolService {
         let runner = ToolRunner(
             sandbox: sandbox,
             http: try GuardedHTTPClient(outbound: outbound, extraTrustRootsPEM: trustRoots),
-            sql: SQLRunner(outbound: outbound, sqliteDirectories: settings.sqliteDirectories, tls: databaseTLS)
+            sql: SQLRunner(outbound: outbound, sqliteDirectories: settings.sqliteDirectories, tls: databaseTLS),
+            browser: BrowserRunner(chromium: BrowserRunner.find(settings.chromiumPath), sandbox: sandbox, outbound: outbound)
         )
         let service = ToolService(store: store, access: ProjectAccess(client: peers[.project]), secrets: secrets, runner: runner, logger: logger)
         return ServiceDefinition(

@@ -1,4 +1,4 @@
-/// The tool service: a project's tools (echo, http, python, node, sql, search, mcp), their versions,
+/// The tool service: a project's tools (echo, http, python, node, sql, search, mcp, browser), their versions,
 /// their write-only secrets, the documents search tools find, and invoking tools with an
 /// idempotency key, a deadline and an output cap.
 

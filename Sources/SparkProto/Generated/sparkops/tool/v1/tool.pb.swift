@@ -8,7 +8,7 @@
 // For information on using the generated types, please see the documentation:
 //   https://github.com/apple/swift-protobuf/
 
-/// The tool service: a project's tools (echo, http, python, node, sql, search, mcp), their versions,
+/// The tool service: a project's tools (echo, http, python, node, sql, search, mcp, browser), their versions,
 /// their write-only secrets, the documents search tools find, and invoking tools with an
 /// idempotency key, a deadline and an output cap.
 
@@ -39,7 +39,7 @@ public nonisolated struct Sparkops_Tool_V1_Tool: Sendable {
 
   public var description_p: String = String()
 
-  /// echo, http, python, node, sql, search or mcp.
+  /// echo, http, python, node, sql, search, mcp or browser.
   public var kind: String = String()
 
   /// none, idempotent or non_idempotent.
