@@ -41,18 +41,27 @@ public enum SparkRuntime {
     /// Runs the services in one service group until SIGTERM or SIGINT, then shuts them down
     /// gracefully: calls in flight finish, new ones are refused.
     public static func run(_ names: [ServiceName], host: HostConfig, config: ConfigReader, logger: Logger) async throws {
-        var services: [any ServiceLifecycle.Service] = []
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         for name in Self.startOrder(names) {
             var serviceLogger = logger
             serviceLogger[metadataKey: "service"] = "\(name.rawValue)"
-            services += try await Self.services(for: name, host: host, config: config, logger: serviceLogger)
+            services += Self.supervised(try await Self.services(for: name, host: host, config: config, logger: serviceLogger), logger: serviceLogger)
         }
         let group = ServiceGroup(configuration: .init(
-            services: services.map { .init(service: $0) },
+            services: services,
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))
         try await group.run()
+    }
+
+    /// Each part of a service in a service group: one that fails says so in the log (the group
+    /// itself logs only at debug level), and the others then shut down gracefully rather than
+    /// being cancelled, so that listeners finish the connections they accepted.
+    public static func supervised(_ services: [any ServiceLifecycle.Service], logger: Logger) -> [ServiceGroupConfiguration.ServiceConfiguration] {
+        services.map { service in
+            .init(service: SupervisedService(service: service, logger: logger), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup)
+        }
     }
 
     /// The gateway last: a service group stops its services in reverse order, so the edge stops
@@ -159,5 +168,24 @@ public enum SparkRuntime {
     static func fail(_ message: String) -> Never {
         FileHandle.standardError.write(Data("error: \(message)\n".utf8))
         exit(1)
+    }
+}
+
+/// A part of a service that logs why it stopped when it failed.
+struct SupervisedService: ServiceLifecycle.Service, CustomStringConvertible {
+    let service: any ServiceLifecycle.Service
+    let logger: Logger
+
+    var description: String { "\(type(of: self.service))" }
+
+    func run() async throws {
+        do {
+            try await self.service.run()
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            self.logger.error("a part of the service failed; SparkOps shuts down", metadata: ["part": "\(type(of: self.service))", "error": "\(String(reflecting: error).prefix(2000))"])
+            throw error
+        }
     }
 }

@@ -84,13 +84,13 @@ public struct TestCluster: Sendable {
             logger.logLevel = Logger.Level(rawValue: ProcessInfo.processInfo.environment["SPARKOPS_TEST_LOG_LEVEL"] ?? "warning") ?? .warning
             try SparkRuntime.ensureCertificates(host: host, logger: logger)
 
-            var services: [any ServiceLifecycle.Service] = []
+            var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
             for name in SparkRuntime.startOrder(ServiceName.available) {
-                services += try await SparkRuntime.services(for: name, host: host, config: config, logger: logger)
+                services += SparkRuntime.supervised(try await SparkRuntime.services(for: name, host: host, config: config, logger: logger), logger: logger)
             }
             var groupLogger = Logger(label: "sparkops.test.shutdown") { StreamLogHandler.standardError(label: $0) }
             groupLogger.logLevel = ProcessInfo.processInfo.environment["SPARKOPS_TEST_SHUTDOWN_DEBUG"] == nil ? .warning : .debug
-            var groupConfiguration = ServiceGroupConfiguration(services: services.map { .init(service: $0) }, logger: groupLogger)
+            var groupConfiguration = ServiceGroupConfiguration(services: services, logger: groupLogger)
             // A service that does not finish its graceful shutdown is cancelled, and the test fails.
             groupConfiguration.maximumGracefulShutdownDuration = .seconds(15)
             groupConfiguration.maximumCancellationDuration = .seconds(5)
