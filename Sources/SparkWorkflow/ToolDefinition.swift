@@ -376,7 +376,8 @@ extension WorkflowReader {
             if top["input_schema"] == nil { tool.inputSchema = ToolDefinition.browserInputSchema }
             tool.browser = top["browser"].flatMap { self.browserSpec($0.0) } ?? ToolDefinition.Browser()
         case .mcp:
-            if let node = top["input_schema"]?.0 {
+            // The canonical form writes the fixed schema out; anything else is refused.
+            if let node = top["input_schema"]?.0, node.value != ToolDefinition.mcpInputSchema {
                 self.problem("input_schema", "an mcp tool's input is {tool, arguments}: each of the server's tools has its own schema", at: node.location)
             }
             tool.inputSchema = ToolDefinition.mcpInputSchema
