@@ -119,6 +119,7 @@ let coreTargets: [Target] = [
                 "SparkWorkflowService",
                 "SparkToolService",
                 "SparkAgentService",
+                "SparkPolicyService",
                 "SparkGateway",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
@@ -229,6 +230,8 @@ let coreTargets: [Target] = [
                 "SparkKit",
                 "SparkProto",
                 "SparkGateway",
+                "SparkWire",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -281,6 +284,7 @@ let package = Package(
         .executable(name: "sparkops-workflow", targets: ["sparkops-workflow"]),
         .executable(name: "sparkops-tool", targets: ["sparkops-tool"]),
         .executable(name: "sparkops-agent", targets: ["sparkops-agent"]),
+        .executable(name: "sparkops-policy", targets: ["sparkops-policy"]),
         .library(name: "SparkWire", targets: ["SparkWire"]),
         .library(name: "SparkProto", targets: ["SparkProto"]),
         .library(name: "SparkKit", targets: ["SparkKit"]),
@@ -356,6 +360,7 @@ let package = Package(
             .product(name: "NIOFoundationCompat", package: "swift-nio"),
             .product(name: "Yams", package: "Yams"),
         ])
+        + service("policy", module: "SparkPolicyService", dependencies: ["SparkWorkflow", "SparkExpr"])
         + service("gateway", module: "SparkGateway", dependencies: [
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),

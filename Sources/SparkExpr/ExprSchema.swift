@@ -49,6 +49,17 @@ extension Expr {
         _ = checker.type(of: self, in: schema)
         return checker.problems
     }
+
+    /// Every problem against `schema`, and one more when the expression's type is known and is
+    /// not `expected` (a condition that is an int, say).
+    public func check(against schema: ExprSchema, expecting expected: ExprSchema) -> [ExprError] {
+        var checker = ExprChecker()
+        let type = checker.type(of: self, in: schema)
+        if checker.problems.isEmpty, type != .any, type != expected {
+            checker.fail(.type, "must be a \(expected.typeName), not a \(type.typeName)", at: self.location)
+        }
+        return checker.problems
+    }
 }
 
 struct ExprChecker {
@@ -142,6 +153,9 @@ struct ExprChecker {
             self.expect(.bool, b, op.rawValue, at: at)
             return .bool
         case .equal, .notEqual:
+            if known, a != .null, b != .null, !(a.isNumber && b.isNumber), a.typeName != b.typeName {
+                self.fail(.type, "\(op.rawValue) compares a \(a.typeName) and a \(b.typeName), which are never equal", at: at)
+            }
             return .bool
         case .less, .lessOrEqual, .greater, .greaterOrEqual:
             if known && !((a.isNumber && b.isNumber) || (a == .string && b == .string)) {

@@ -4,6 +4,7 @@ public import Logging
 public import ServiceLifecycle
 public import SparkKit
 import SparkAgentService
+import SparkPolicyService
 import SparkGateway
 import SparkProjectService
 import SparkToolService
@@ -33,7 +34,9 @@ public enum SparkRuntime {
             return ServiceHost.services(try await ToolService.definition(host: host, config: config, logger: logger), config: host, logger: logger)
         case .agent:
             return ServiceHost.services(try await AgentService.definition(host: host, config: config, logger: logger), config: host, logger: logger)
-        case .run, .policy, .budget, .scheduler:
+        case .policy:
+            return ServiceHost.services(try await PolicyService.definition(host: host, config: config, logger: logger), config: host, logger: logger)
+        case .run, .budget, .scheduler:
             throw SparkConfigurationError("the \(service.rawValue) service is not available yet; available: \(ServiceName.available.map(\.rawValue).joined(separator: ", "))")
         }
     }
@@ -80,6 +83,7 @@ public enum SparkRuntime {
             case .workflow: definition = try await WorkflowService.definition(host: host, config: config, logger: logger)
             case .tool: definition = try await ToolService.definition(host: host, config: config, logger: logger)
             case .agent: definition = try await AgentService.definition(host: host, config: config, logger: logger)
+            case .policy: definition = try await PolicyService.definition(host: host, config: config, logger: logger)
             default: continue
             }
             guard let store = definition.store else { continue }

@@ -1,4 +1,6 @@
 import Synchronization
+public import GRPCCore
+public import SparkWire
 import Configuration
 import Foundation
 import NIOHTTP1
@@ -189,6 +191,27 @@ public struct TestCluster: Sendable {
             throw TestSetupError(description: "creating user \(email) failed: \(reply.status) \(reply.text)")
         }
         return id
+    }
+
+    /// Runs `body` with a SparkWire client to `peer` that presents `caller`'s certificate: for
+    /// the calls only services make (a policy decision asked by the agent service, say).
+    public func withPeer<T: Sendable>(
+        _ peer: ServiceName, as caller: ServiceName, _ body: @Sendable (GRPCClient<SparkWireClientTransport>) async throws -> T
+    ) async throws -> T {
+        let client = try PeerClients(caller: caller, peers: [peer], config: self.hostConfig)[peer]
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await client.runConnections() }
+            do {
+                let result = try await body(client)
+                client.beginGracefulShutdown()
+                try await group.waitForAll()
+                return result
+            } catch {
+                client.beginGracefulShutdown()
+                try? await group.waitForAll()
+                throw error
+            }
+        }
     }
 
     /// Runs `body` against the project service's database directly (to set up what the API cannot,

@@ -161,9 +161,9 @@ struct SecretCommand: AsyncParsableCommand {
 
 /// Definitions in files: every document of each file (YAML documents split at `---`), sent to the
 /// service its top-level key names: `tool:` to the tool service, `agent:` to the agent service,
-/// the rest to the workflow service.
+/// `policy:` to the policy service, the rest to the workflow service.
 struct DefinitionDocument {
-    enum Kind: String { case tool, agent, workflow }
+    enum Kind: String { case tool, agent, policy, workflow }
 
     var path: String
     /// The line the document starts at in its file (1-based).
@@ -172,7 +172,7 @@ struct DefinitionDocument {
     var kind: Kind
 
     var label: String { self.line == 1 ? self.path : "\(self.path) (document at line \(self.line))" }
-    var route: String { "\(self.kind.rawValue)s" }
+    var route: String { self.kind == .policy ? "policies" : "\(self.kind.rawValue)s" }
 
     static func load(_ path: String) throws -> [DefinitionDocument] {
         var documents: [DefinitionDocument] = []
@@ -210,10 +210,11 @@ struct DefinitionDocument {
     static func kind(of source: String) -> Kind {
         if source.drop(while: { $0.isWhitespace }).hasPrefix("{") {
             let object = (try? JSONSerialization.jsonObject(with: Data(source.utf8))) as? [String: Any]
-            return object?["tool"] != nil ? .tool : object?["agent"] != nil ? .agent : .workflow
+            return object?["tool"] != nil ? .tool : object?["agent"] != nil ? .agent : object?["policy"] != nil ? .policy : .workflow
         }
         let topKeys = source.split(separator: "\n").filter { !$0.hasPrefix(" ") && !$0.hasPrefix("\t") && !$0.hasPrefix("#") }
         if topKeys.contains(where: { $0.hasPrefix("tool:") }) { return .tool }
+        if topKeys.contains(where: { $0.hasPrefix("policy:") }) { return .policy }
         return topKeys.contains { $0.hasPrefix("agent:") } ? .agent : .workflow
     }
 }

@@ -8,8 +8,8 @@ import NIOHTTP1
 struct ApplyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "apply",
-        abstract: "Apply tool, agent and workflow definitions from a file or a directory (a new version only when one changed).",
-        discussion: "A file may hold several YAML documents separated by ---; a document with a top-level `tool:` is a tool, one with `agent:` an agent, the others workflows. Documents are applied in file order, so put tools before the agents that call them and both before the workflows that use them."
+        abstract: "Apply tool, agent, policy and workflow definitions from a file or a directory (a new version only when one changed).",
+        discussion: "A file may hold several YAML documents separated by ---; a document with a top-level `tool:` is a tool, one with `agent:` an agent, one with `policy:` a policy, the others workflows. Documents are applied in file order, so put tools before the agents that call them and both before the workflows that use them."
     )
 
     @Option(name: .shortAndLong, help: "A YAML or JSON file, or a directory of them.") var file: String

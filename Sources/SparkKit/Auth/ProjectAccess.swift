@@ -40,6 +40,15 @@ public struct ProjectAccess: Sendable {
         return principal
     }
 
+    /// The principal's role in the project; `.unspecified` when it has none there.
+    public func role(of principal: Sparkops_Common_V1_Principal, projectID: String) async throws -> Sparkops_Common_V1_Role {
+        try await self.project.authorize(.with {
+            $0.principal = principal
+            $0.projectID = projectID
+            $0.permission = "project.read"
+        }).role
+    }
+
     /// Appends a success to the project's audit log after a mutation that already stands: when
     /// the log cannot be reached, the failure is logged and the mutation is not undone.
     public func record(_ principal: Sparkops_Common_V1_Principal, projectID: String, action: String, target: String, detail: String = "", metadata: Metadata, logger: Logger) async {

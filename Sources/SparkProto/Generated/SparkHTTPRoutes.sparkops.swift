@@ -362,6 +362,356 @@ extension SparkHTTPRoute {
         ),
         SparkHTTPRoute(
             verb: .post,
+            path: "/api/v1/projects/{project_id}/policies/apply",
+            pathFields: ["project_id": "projectId"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 2097152,
+            callTimeoutSeconds: 0,
+            permission: "policy.write",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "policy",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ApplyPolicy"),
+            decodeRequest: { bytes, options in try Sparkops_Policy_V1_ApplyPolicyRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Policy_V1_ApplyPolicyRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ApplyPolicy"),
+                    serializer: ProtobufSerializer<Sparkops_Policy_V1_ApplyPolicyRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Policy_V1_ApplyPolicyResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .post,
+            path: "/api/v1/projects/{project_id}/policies/validate",
+            pathFields: ["project_id": "projectId"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 2097152,
+            callTimeoutSeconds: 0,
+            permission: "policy.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "policy",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ValidatePolicy"),
+            decodeRequest: { bytes, options in try Sparkops_Policy_V1_ValidatePolicyRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Policy_V1_ValidatePolicyRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ValidatePolicy"),
+                    serializer: ProtobufSerializer<Sparkops_Policy_V1_ValidatePolicyRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Policy_V1_ValidatePolicyResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/policies/{policy}",
+            pathFields: ["project_id": "projectId", "policy": "policy"],
+            queryFields: [:],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "policy.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "policy",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetPolicy"),
+            decodeRequest: { bytes, options in try Sparkops_Policy_V1_GetPolicyRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Policy_V1_GetPolicyRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetPolicy"),
+                    serializer: ProtobufSerializer<Sparkops_Policy_V1_GetPolicyRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Policy_V1_Policy>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/policies",
+            pathFields: ["project_id": "projectId"],
+            queryFields: ["page_size": .init(jsonName: "pageSize", kind: .integer), "page_token": .init(jsonName: "pageToken", kind: .string)],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "policy.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "policy",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListPolicies"),
+            decodeRequest: { bytes, options in try Sparkops_Policy_V1_ListPoliciesRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Policy_V1_ListPoliciesRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListPolicies"),
+                    serializer: ProtobufSerializer<Sparkops_Policy_V1_ListPoliciesRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Policy_V1_ListPoliciesResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .delete,
+            path: "/api/v1/projects/{project_id}/policies/{policy}",
+            pathFields: ["project_id": "projectId", "policy": "policy"],
+            queryFields: [:],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "policy.write",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "policy",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "DeletePolicy"),
+            decodeRequest: { bytes, options in try Sparkops_Policy_V1_DeletePolicyRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Policy_V1_DeletePolicyRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "DeletePolicy"),
+                    serializer: ProtobufSerializer<Sparkops_Policy_V1_DeletePolicyRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Policy_V1_DeletePolicyResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/policies/{policy}/versions/{version}",
+            pathFields: ["project_id": "projectId", "policy": "policy", "version": "version"],
+            queryFields: [:],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "policy.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "policy",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetPolicyVersion"),
+            decodeRequest: { bytes, options in try Sparkops_Policy_V1_GetPolicyVersionRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Policy_V1_GetPolicyVersionRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetPolicyVersion"),
+                    serializer: ProtobufSerializer<Sparkops_Policy_V1_GetPolicyVersionRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Policy_V1_PolicyVersion>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/policies/{policy}/versions",
+            pathFields: ["project_id": "projectId", "policy": "policy"],
+            queryFields: ["page_size": .init(jsonName: "pageSize", kind: .integer), "page_token": .init(jsonName: "pageToken", kind: .string)],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "policy.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "policy",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListPolicyVersions"),
+            decodeRequest: { bytes, options in try Sparkops_Policy_V1_ListPolicyVersionsRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Policy_V1_ListPolicyVersionsRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListPolicyVersions"),
+                    serializer: ProtobufSerializer<Sparkops_Policy_V1_ListPolicyVersionsRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Policy_V1_ListPolicyVersionsResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .post,
+            path: "/api/v1/policies/apply",
+            pathFields: [:],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 2097152,
+            callTimeoutSeconds: 0,
+            permission: "",
+            isPublic: false,
+            adminOnly: true,
+            successStatus: 200,
+            service: "policy",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ApplyGlobalPolicy"),
+            decodeRequest: { bytes, options in try Sparkops_Policy_V1_ApplyPolicyRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Policy_V1_ApplyPolicyRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ApplyGlobalPolicy"),
+                    serializer: ProtobufSerializer<Sparkops_Policy_V1_ApplyPolicyRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Policy_V1_ApplyPolicyResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/policies/{policy}",
+            pathFields: ["policy": "policy"],
+            queryFields: ["project_id": .init(jsonName: "projectId", kind: .string)],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "policy",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetGlobalPolicy"),
+            decodeRequest: { bytes, options in try Sparkops_Policy_V1_GetPolicyRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Policy_V1_GetPolicyRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetGlobalPolicy"),
+                    serializer: ProtobufSerializer<Sparkops_Policy_V1_GetPolicyRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Policy_V1_Policy>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/policies",
+            pathFields: [:],
+            queryFields: ["project_id": .init(jsonName: "projectId", kind: .string), "page_size": .init(jsonName: "pageSize", kind: .integer), "page_token": .init(jsonName: "pageToken", kind: .string)],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "policy",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListGlobalPolicies"),
+            decodeRequest: { bytes, options in try Sparkops_Policy_V1_ListPoliciesRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Policy_V1_ListPoliciesRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListGlobalPolicies"),
+                    serializer: ProtobufSerializer<Sparkops_Policy_V1_ListPoliciesRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Policy_V1_ListPoliciesResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .delete,
+            path: "/api/v1/policies/{policy}",
+            pathFields: ["policy": "policy"],
+            queryFields: ["project_id": .init(jsonName: "projectId", kind: .string)],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "",
+            isPublic: false,
+            adminOnly: true,
+            successStatus: 200,
+            service: "policy",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "DeleteGlobalPolicy"),
+            decodeRequest: { bytes, options in try Sparkops_Policy_V1_DeletePolicyRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Policy_V1_DeletePolicyRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "DeleteGlobalPolicy"),
+                    serializer: ProtobufSerializer<Sparkops_Policy_V1_DeletePolicyRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Policy_V1_DeletePolicyResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .post,
+            path: "/api/v1/projects/{project_id}/policies/test",
+            pathFields: ["project_id": "projectId"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 2097152,
+            callTimeoutSeconds: 0,
+            permission: "policy.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "policy",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "TestPolicy"),
+            decodeRequest: { bytes, options in try Sparkops_Policy_V1_TestPolicyRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Policy_V1_TestPolicyRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "TestPolicy"),
+                    serializer: ProtobufSerializer<Sparkops_Policy_V1_TestPolicyRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Policy_V1_TestPolicyResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/violations/{violation_id}",
+            pathFields: ["project_id": "projectId", "violation_id": "violationId"],
+            queryFields: [:],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "policy.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "policy",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetViolation"),
+            decodeRequest: { bytes, options in try Sparkops_Policy_V1_GetViolationRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Policy_V1_GetViolationRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetViolation"),
+                    serializer: ProtobufSerializer<Sparkops_Policy_V1_GetViolationRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Policy_V1_Violation>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/violations",
+            pathFields: ["project_id": "projectId"],
+            queryFields: ["point": .init(jsonName: "point", kind: .string), "effect": .init(jsonName: "effect", kind: .string), "page_size": .init(jsonName: "pageSize", kind: .integer), "page_token": .init(jsonName: "pageToken", kind: .string)],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "policy.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "policy",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListViolations"),
+            decodeRequest: { bytes, options in try Sparkops_Policy_V1_ListViolationsRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Policy_V1_ListViolationsRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListViolations"),
+                    serializer: ProtobufSerializer<Sparkops_Policy_V1_ListViolationsRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Policy_V1_ListViolationsResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .post,
             path: "/api/v1/auth/login",
             pathFields: [:],
             queryFields: [:],

@@ -751,6 +751,566 @@ public enum SparkOpenAPI {
         ],
         "type" : "object"
       },
+      "sparkops.policy.v1.ApplyPolicyRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "projectId" : {
+            "type" : "string"
+          },
+          "source" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.ApplyPolicyResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "changed" : {
+            "type" : "boolean"
+          },
+          "created" : {
+            "type" : "boolean"
+          },
+          "policy" : {
+            "$ref" : "#/components/schemas/sparkops.policy.v1.Policy"
+          },
+          "version" : {
+            "$ref" : "#/components/schemas/sparkops.policy.v1.PolicyVersion"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.Decision" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "decidedBy" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.policy.v1.RuleMatch"
+            },
+            "type" : "array"
+          },
+          "effect" : {
+            "type" : "string"
+          },
+          "matches" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.policy.v1.RuleMatch"
+            },
+            "type" : "array"
+          },
+          "message" : {
+            "type" : "string"
+          },
+          "point" : {
+            "type" : "string"
+          },
+          "policies" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.policy.v1.PolicyRef"
+            },
+            "type" : "array"
+          },
+          "time" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "violationId" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.DeletePolicyResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.ListPoliciesResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "nextPageToken" : {
+            "type" : "string"
+          },
+          "policies" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.policy.v1.Policy"
+            },
+            "type" : "array"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.ListPolicyVersionsResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "nextPageToken" : {
+            "type" : "string"
+          },
+          "versions" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.policy.v1.PolicyVersion"
+            },
+            "type" : "array"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.ListViolationsResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "nextPageToken" : {
+            "type" : "string"
+          },
+          "violations" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.policy.v1.Violation"
+            },
+            "type" : "array"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.Policy" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "contentHash" : {
+            "type" : "string"
+          },
+          "createdBy" : {
+            "type" : "string"
+          },
+          "createTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "defaultEffect" : {
+            "type" : "string"
+          },
+          "description" : {
+            "type" : "string"
+          },
+          "id" : {
+            "type" : "string"
+          },
+          "latestVersion" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "name" : {
+            "type" : "string"
+          },
+          "points" : {
+            "items" : {
+              "type" : "string"
+            },
+            "type" : "array"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "rules" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.policy.v1.PolicyRule"
+            },
+            "type" : "array"
+          },
+          "updateTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.PolicyContext" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "agent" : {
+            "type" : "string"
+          },
+          "budget" : {
+            "$ref" : "#/components/schemas/sparkops.policy.v1.PolicyContext.Budget"
+          },
+          "estimatedCostMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "labels" : {
+            "additionalProperties" : {
+              "type" : "string"
+            },
+            "type" : "object"
+          },
+          "model" : {
+            "$ref" : "#/components/schemas/sparkops.policy.v1.PolicyContext.Model"
+          },
+          "principal" : {
+            "$ref" : "#/components/schemas/sparkops.policy.v1.PolicyContext.Principal"
+          },
+          "runId" : {
+            "type" : "string"
+          },
+          "step" : {
+            "$ref" : "#/components/schemas/sparkops.policy.v1.PolicyContext.Step"
+          },
+          "tool" : {
+            "$ref" : "#/components/schemas/sparkops.policy.v1.PolicyContext.Tool"
+          },
+          "workflow" : {
+            "$ref" : "#/components/schemas/sparkops.policy.v1.PolicyContext.Workflow"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.PolicyContext.Budget" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "id" : {
+            "type" : "string"
+          },
+          "limitMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "percentUsed" : {
+            "type" : "number"
+          },
+          "reservedMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "spentMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.PolicyContext.Model" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "inputTokens" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "maxTokens" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "name" : {
+            "type" : "string"
+          },
+          "provider" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.PolicyContext.Principal" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "id" : {
+            "type" : "string"
+          },
+          "kind" : {
+            "type" : "string"
+          },
+          "role" : {
+            "type" : "string"
+          },
+          "userId" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.PolicyContext.Step" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "attempt" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "id" : {
+            "type" : "string"
+          },
+          "kind" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.PolicyContext.Tool" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "arguments" : {
+
+          },
+          "costMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "host" : {
+            "type" : "string"
+          },
+          "kind" : {
+            "type" : "string"
+          },
+          "name" : {
+            "type" : "string"
+          },
+          "sideEffects" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.PolicyContext.Workflow" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "id" : {
+            "type" : "string"
+          },
+          "name" : {
+            "type" : "string"
+          },
+          "version" : {
+            "format" : "int32",
+            "type" : "integer"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.PolicyProblem" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "column" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "field" : {
+            "type" : "string"
+          },
+          "line" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "message" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.PolicyRef" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "global" : {
+            "type" : "boolean"
+          },
+          "id" : {
+            "type" : "string"
+          },
+          "name" : {
+            "type" : "string"
+          },
+          "version" : {
+            "format" : "int32",
+            "type" : "integer"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.PolicyRule" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "effect" : {
+            "type" : "string"
+          },
+          "message" : {
+            "type" : "string"
+          },
+          "name" : {
+            "type" : "string"
+          },
+          "points" : {
+            "items" : {
+              "type" : "string"
+            },
+            "type" : "array"
+          },
+          "when" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.PolicyVersion" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "contentHash" : {
+            "type" : "string"
+          },
+          "createdBy" : {
+            "type" : "string"
+          },
+          "createTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "definition" : {
+            "type" : "object"
+          },
+          "policyId" : {
+            "type" : "string"
+          },
+          "source" : {
+            "type" : "string"
+          },
+          "version" : {
+            "format" : "int32",
+            "type" : "integer"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.RuleMatch" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "effect" : {
+            "type" : "string"
+          },
+          "error" : {
+            "type" : "string"
+          },
+          "global" : {
+            "type" : "boolean"
+          },
+          "message" : {
+            "type" : "string"
+          },
+          "policyId" : {
+            "type" : "string"
+          },
+          "policyName" : {
+            "type" : "string"
+          },
+          "policyVersion" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "rule" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.TestPolicyRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "context" : {
+            "$ref" : "#/components/schemas/sparkops.policy.v1.PolicyContext"
+          },
+          "point" : {
+            "type" : "string"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "source" : {
+            "type" : "string"
+          },
+          "time" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "withSaved" : {
+            "type" : "boolean"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.TestPolicyResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "decision" : {
+            "$ref" : "#/components/schemas/sparkops.policy.v1.Decision"
+          },
+          "environment" : {
+            "type" : "object"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.ValidatePolicyRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "projectId" : {
+            "type" : "string"
+          },
+          "source" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.ValidatePolicyResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "contentHash" : {
+            "type" : "string"
+          },
+          "problems" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.policy.v1.PolicyProblem"
+            },
+            "type" : "array"
+          },
+          "valid" : {
+            "type" : "boolean"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.policy.v1.Violation" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "context" : {
+            "type" : "object"
+          },
+          "createTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "decision" : {
+            "$ref" : "#/components/schemas/sparkops.policy.v1.Decision"
+          },
+          "effect" : {
+            "type" : "string"
+          },
+          "id" : {
+            "type" : "string"
+          },
+          "point" : {
+            "type" : "string"
+          },
+          "principalId" : {
+            "type" : "string"
+          },
+          "projectId" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
       "sparkops.project.v1.AddMemberRequest" : {
         "additionalProperties" : false,
         "properties" : {
@@ -2162,6 +2722,237 @@ public enum SparkOpenAPI {
         "x-sparkops-admin-only" : true,
         "x-sparkops-max-body-bytes" : 16384,
         "x-sparkops-rpc" : "/sparkops.project.v1.ProjectService/ClearLoginThrottle"
+      }
+    },
+    "/api/v1/policies" : {
+      "get" : {
+        "operationId" : "listGlobalPolicies",
+        "parameters" : [
+          {
+            "in" : "query",
+            "name" : "project_id",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_size",
+            "required" : false,
+            "schema" : {
+              "format" : "int32",
+              "type" : "integer"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_token",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.policy.v1.ListPoliciesResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "The global policies",
+        "tags" : [
+          "policy"
+        ],
+        "x-sparkops-rpc" : "/sparkops.policy.v1.PolicyService/ListGlobalPolicies"
+      }
+    },
+    "/api/v1/policies/{policy}" : {
+      "delete" : {
+        "operationId" : "deleteGlobalPolicy",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "policy",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "project_id",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.policy.v1.DeletePolicyResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Delete a global policy",
+        "tags" : [
+          "policy"
+        ],
+        "x-sparkops-admin-only" : true,
+        "x-sparkops-rpc" : "/sparkops.policy.v1.PolicyService/DeleteGlobalPolicy"
+      },
+      "get" : {
+        "operationId" : "getGlobalPolicy",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "policy",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "project_id",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.policy.v1.Policy"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "A global policy, by id or name, with its rules",
+        "tags" : [
+          "policy"
+        ],
+        "x-sparkops-rpc" : "/sparkops.policy.v1.PolicyService/GetGlobalPolicy"
+      }
+    },
+    "/api/v1/policies/apply" : {
+      "post" : {
+        "operationId" : "applyGlobalPolicy",
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.policy.v1.ApplyPolicyRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.policy.v1.ApplyPolicyResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Create or change a global policy, which applies to every project",
+        "tags" : [
+          "policy"
+        ],
+        "x-sparkops-admin-only" : true,
+        "x-sparkops-max-body-bytes" : 2097152,
+        "x-sparkops-rpc" : "/sparkops.policy.v1.PolicyService/ApplyGlobalPolicy"
       }
     },
     "/api/v1/projects" : {
@@ -4105,6 +4896,514 @@ public enum SparkOpenAPI {
         "x-sparkops-rpc" : "/sparkops.project.v1.ProjectService/RemoveMember"
       }
     },
+    "/api/v1/projects/{project_id}/policies" : {
+      "get" : {
+        "operationId" : "listPolicies",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_size",
+            "required" : false,
+            "schema" : {
+              "format" : "int32",
+              "type" : "integer"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_token",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.policy.v1.ListPoliciesResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "The project's policies",
+        "tags" : [
+          "policy"
+        ],
+        "x-sparkops-permission" : "policy.read",
+        "x-sparkops-rpc" : "/sparkops.policy.v1.PolicyService/ListPolicies"
+      }
+    },
+    "/api/v1/projects/{project_id}/policies/{policy}" : {
+      "delete" : {
+        "operationId" : "deletePolicy",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "policy",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.policy.v1.DeletePolicyResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Delete a policy",
+        "tags" : [
+          "policy"
+        ],
+        "x-sparkops-permission" : "policy.write",
+        "x-sparkops-rpc" : "/sparkops.policy.v1.PolicyService/DeletePolicy"
+      },
+      "get" : {
+        "operationId" : "getPolicy",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "policy",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.policy.v1.Policy"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "A policy, by id or name, with its rules",
+        "tags" : [
+          "policy"
+        ],
+        "x-sparkops-permission" : "policy.read",
+        "x-sparkops-rpc" : "/sparkops.policy.v1.PolicyService/GetPolicy"
+      }
+    },
+    "/api/v1/projects/{project_id}/policies/{policy}/versions" : {
+      "get" : {
+        "operationId" : "listPolicyVersions",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "policy",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_size",
+            "required" : false,
+            "schema" : {
+              "format" : "int32",
+              "type" : "integer"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_token",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.policy.v1.ListPolicyVersionsResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "A policy's versions, newest first",
+        "tags" : [
+          "policy"
+        ],
+        "x-sparkops-permission" : "policy.read",
+        "x-sparkops-rpc" : "/sparkops.policy.v1.PolicyService/ListPolicyVersions"
+      }
+    },
+    "/api/v1/projects/{project_id}/policies/{policy}/versions/{version}" : {
+      "get" : {
+        "operationId" : "getPolicyVersion",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "policy",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "version",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.policy.v1.PolicyVersion"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "One version, with its source and canonical definition",
+        "tags" : [
+          "policy"
+        ],
+        "x-sparkops-permission" : "policy.read",
+        "x-sparkops-rpc" : "/sparkops.policy.v1.PolicyService/GetPolicyVersion"
+      }
+    },
+    "/api/v1/projects/{project_id}/policies/apply" : {
+      "post" : {
+        "operationId" : "applyPolicy",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.policy.v1.ApplyPolicyRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.policy.v1.ApplyPolicyResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Create the policy of this name, or add a version when its definition changed",
+        "tags" : [
+          "policy"
+        ],
+        "x-sparkops-max-body-bytes" : 2097152,
+        "x-sparkops-permission" : "policy.write",
+        "x-sparkops-rpc" : "/sparkops.policy.v1.PolicyService/ApplyPolicy"
+      }
+    },
+    "/api/v1/projects/{project_id}/policies/test" : {
+      "post" : {
+        "operationId" : "testPolicy",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.policy.v1.TestPolicyRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.policy.v1.TestPolicyResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "A dry run: the decision of saved policies or of one that is not saved, on a given context",
+        "tags" : [
+          "policy"
+        ],
+        "x-sparkops-max-body-bytes" : 2097152,
+        "x-sparkops-permission" : "policy.read",
+        "x-sparkops-rpc" : "/sparkops.policy.v1.PolicyService/TestPolicy"
+      }
+    },
+    "/api/v1/projects/{project_id}/policies/validate" : {
+      "post" : {
+        "operationId" : "validatePolicy",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.policy.v1.ValidatePolicyRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.policy.v1.ValidatePolicyResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Every problem of a policy definition, with line, column and field; nothing is stored",
+        "tags" : [
+          "policy"
+        ],
+        "x-sparkops-max-body-bytes" : 2097152,
+        "x-sparkops-permission" : "policy.read",
+        "x-sparkops-rpc" : "/sparkops.policy.v1.PolicyService/ValidatePolicy"
+      }
+    },
     "/api/v1/projects/{project_id}/secrets" : {
       "get" : {
         "operationId" : "listSecrets",
@@ -4937,6 +6236,147 @@ public enum SparkOpenAPI {
         ],
         "x-sparkops-permission" : "tool.read",
         "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/ValidateTool"
+      }
+    },
+    "/api/v1/projects/{project_id}/violations" : {
+      "get" : {
+        "operationId" : "listViolations",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "point",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "effect",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_size",
+            "required" : false,
+            "schema" : {
+              "format" : "int32",
+              "type" : "integer"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_token",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.policy.v1.ListViolationsResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "The project's denials and holds, newest first",
+        "tags" : [
+          "policy"
+        ],
+        "x-sparkops-permission" : "policy.read",
+        "x-sparkops-rpc" : "/sparkops.policy.v1.PolicyService/ListViolations"
+      }
+    },
+    "/api/v1/projects/{project_id}/violations/{violation_id}" : {
+      "get" : {
+        "operationId" : "getViolation",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "violation_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.policy.v1.Violation"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "A violation, with the context it was decided on",
+        "tags" : [
+          "policy"
+        ],
+        "x-sparkops-permission" : "policy.read",
+        "x-sparkops-rpc" : "/sparkops.policy.v1.PolicyService/GetViolation"
       }
     },
     "/api/v1/projects/{project_id}/workflows" : {

@@ -106,6 +106,96 @@ public enum SparkProtoMethods {
             idempotency: .noSideEffects
         ),
         SparkWireMethod(
+            path: "/sparkops.policy.v1.PolicyService/ApplyPolicy",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.policy.v1.PolicyService/ValidatePolicy",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.policy.v1.PolicyService/GetPolicy",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.policy.v1.PolicyService/ListPolicies",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.policy.v1.PolicyService/DeletePolicy",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.policy.v1.PolicyService/GetPolicyVersion",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.policy.v1.PolicyService/ListPolicyVersions",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.policy.v1.PolicyService/ApplyGlobalPolicy",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.policy.v1.PolicyService/GetGlobalPolicy",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.policy.v1.PolicyService/ListGlobalPolicies",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.policy.v1.PolicyService/DeleteGlobalPolicy",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.policy.v1.PolicyService/Evaluate",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.policy.v1.PolicyService/TestPolicy",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.policy.v1.PolicyService/GetViolation",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.policy.v1.PolicyService/ListViolations",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
             path: "/sparkops.project.v1.ProjectService/Login",
             requestStreaming: false,
             responseStreaming: false,
