@@ -144,6 +144,46 @@ struct AgentAPITests {
         }
     }
 
+    @Test("a tool call a policy denies or holds does not run; the model is told, with the rule, and the record says why", arguments: TestBackend.all)
+    func policyOnToolCalls(backend: TestBackend) async throws {
+        let llm = try await FakeLLMServer.start()
+        defer { Task { try? await llm.stop() } }
+        try await TestCluster.run(backend: backend, overrides: Self.overrides(llm)) { cluster in
+            let project = try await Self.project(cluster)
+            try #require(try await Self.apply(cluster, project, Self.agent()).status == 200)
+            let policy = try await cluster.http.send(.POST, "\(project.base)/policies/apply", token: project.token, json: ["source": """
+                policy: names
+                points: [tool.invoke]
+                rules:
+                  - name: no-eve
+                    effect: deny
+                    when: tool.arguments.name == "Eve" && agent.name == "helper"
+                    message: Eve is not to be repeated.
+                  - name: ask-for-bob
+                    effect: require_approval
+                    when: tool.arguments.name == "Bob"
+                """])
+            try #require(policy.status == 200, "\(policy.text)")
+            llm.enqueue(
+                .toolCalls([.init(name: "repeat", arguments: #"{"name":"Eve"}"#), .init(name: "repeat", arguments: #"{"name":"Bob"}"#)]),
+                .text("Neither could be repeated.")
+            )
+            let reply = try await Self.execute(cluster, project, ["prompt": "Repeat Eve and Bob."])
+            try #require(reply.status == 200, "\(reply.text)")
+            #expect(reply.json["status"] as? String == "succeeded", "\(reply.text)")
+            let toolCalls = try #require(reply.json["toolCalls"] as? [[String: Any]])
+            #expect(toolCalls.compactMap { ($0["error"] as? [String: Any])?["reason"] as? String } == ["policy_denied", "approval_required"])
+            #expect(((toolCalls.first?["error"] as? [String: Any])?["message"] as? String)?.contains("names/no-eve: Eve is not to be repeated.") == true)
+            #expect(toolCalls.allSatisfy { $0["output"] == nil })
+            // The model saw both refusals.
+            let second = try #require(llm.requests.last)
+            #expect(second.text(containing: "names/no-eve"))
+            #expect(second.text(containing: "names/ask-for-bob"))
+            let violations = try await cluster.http.send(.GET, "\(project.base)/violations", token: project.token)
+            #expect((violations.json["violations"] as? [[String: Any]])?.count == 2)
+        }
+    }
+
     @Test("a step calls the tool the model asks for and gives the result back, on both provider APIs", arguments: TestBackend.all, ["fake-openai", "fake-anthropic"])
     func loop(backend: TestBackend, provider: String) async throws {
         let llm = try await FakeLLMServer.start()

@@ -430,4 +430,60 @@ struct PolicyAPITests {
             #expect(last.decidedBy.map(\.rule) == ["r999"])
         }
     }
+
+    @Test("the tool service asks before every call: a deny is 403 naming the rule, a hold returns the approval and runs nothing", arguments: TestBackend.all)
+    func toolEnforcement(backend: TestBackend) async throws {
+        try await TestCluster.run(backend: backend) { cluster in
+            let project = try await Self.project(cluster)
+            for tool in ["pay", "blocked"] {
+                let applied = try await cluster.http.send(.POST, "\(project.base)/tools/apply", token: project.token, json: [
+                    "source": "tool: \(tool)\nkind: echo\nside_effects: non_idempotent\ncost_micros: 700\n",
+                ])
+                try #require(applied.status == 200, "\(applied.text)")
+            }
+            try #require(try await Self.apply(cluster, project, Self.payments).status == 200)
+            try #require(try await Self.apply(cluster, project, """
+                policy: blocklist
+                rules:
+                  - name: no-blocked
+                    effect: deny
+                    when: tool.name == "blocked" && tool.side_effects == "non_idempotent" && tool.cost_micros == 700 && principal.kind == "user"
+                    message: The blocked tool may not run.
+                """).status == 200)
+            func invoke(_ tool: String, _ input: [String: Any]) async throws -> HTTPTestClient.Reply {
+                try await cluster.http.send(.POST, "\(project.base)/tools/\(tool)/invoke", token: project.token, json: ["input": input])
+            }
+            let small = try await invoke("pay", ["amount": 20])
+            try #require(small.status == 200, "\(small.text)")
+            #expect((small.json["output"] as? [String: Any])?["amount"] as? Int == 20)
+            #expect(small.json["approval"] == nil)
+
+            let large = try await invoke("pay", ["amount": 250])
+            try #require(large.status == 200, "\(large.text)")
+            #expect((large.json["error"] as? [String: Any])?["reason"] as? String == "approval_required")
+            #expect(large.json["output"] == nil)
+            #expect(large.json["invocationId"] == nil)
+            let approval = try #require(large.json["approval"] as? [String: Any])
+            #expect(approval["tool"] as? String == "pay")
+            #expect(approval["rule"] as? String == "payments/large-payment")
+            #expect(approval["message"] as? String == "Payments above 100 need an approver.")
+            #expect((approval["argumentsDigest"] as? String)?.hasPrefix("sha256:") == true)
+            let violationID = try #require(approval["violationId"] as? String)
+            // The same arguments, the same digest; other arguments, another.
+            let again = try await invoke("pay", ["amount": 250])
+            #expect((again.json["approval"] as? [String: Any])?["argumentsDigest"] as? String == approval["argumentsDigest"] as? String)
+            let other = try await invoke("pay", ["amount": 251])
+            #expect((other.json["approval"] as? [String: Any])?["argumentsDigest"] as? String != approval["argumentsDigest"] as? String)
+
+            let denied = try await invoke("blocked", ["x": 1])
+            #expect(denied.status == 403)
+            #expect(denied.errorMessage?.contains("blocklist/no-blocked: The blocked tool may not run.") == true)
+
+            let violation = try await cluster.http.send(.GET, "\(project.base)/violations/\(violationID)", token: project.token)
+            #expect(violation.json["point"] as? String == "tool.invoke")
+            #expect(((violation.json["context"] as? [String: Any])?["tool"] as? [String: Any])?["side_effects"] as? String == "non_idempotent")
+            let listed = try await cluster.http.send(.GET, "\(project.base)/violations?point=tool.invoke", token: project.token)
+            #expect((listed.json["violations"] as? [[String: Any]])?.compactMap { $0["effect"] as? String } == ["deny", "require_approval", "require_approval", "require_approval"])
+        }
+    }
 }

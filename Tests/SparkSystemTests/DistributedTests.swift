@@ -16,6 +16,7 @@ struct DistributedTests {
         let workflowAdminPort: Int
         let toolAdminPort: Int
         let agentAdminPort: Int
+        let policyAdminPort: Int
         let settings: [String]
 
         static func make(databaseURL: String?, redisURL: String?) async throws -> Deployment {
@@ -26,7 +27,8 @@ struct DistributedTests {
                 project: try await FreePort.allocate(), projectAdmin: try await FreePort.allocate(),
                 workflow: try await FreePort.allocate(), workflowAdmin: try await FreePort.allocate(),
                 tool: try await FreePort.allocate(), toolAdmin: try await FreePort.allocate(),
-                agent: try await FreePort.allocate(), agentAdmin: try await FreePort.allocate()
+                agent: try await FreePort.allocate(), agentAdmin: try await FreePort.allocate(),
+                policy: try await FreePort.allocate(), policyAdmin: try await FreePort.allocate()
             )
             var settings = [
                 "home=\(home)",
@@ -40,6 +42,8 @@ struct DistributedTests {
                 "tool.adminPort=\(ports.toolAdmin)",
                 "agent.port=\(ports.agent)",
                 "agent.adminPort=\(ports.agentAdmin)",
+                "policy.port=\(ports.policy)",
+                "policy.adminPort=\(ports.policyAdmin)",
                 "tool.masterKeys=system:\(Data((0 ..< 32).map { _ in UInt8.random(in: 0 ... 255) }).base64EncodedString())",
                 "project.bcryptCost=4",
                 "admin.email=\(TestCluster.adminEmail)",
@@ -57,7 +61,7 @@ struct DistributedTests {
             return Deployment(
                 home: home, gatewayPort: ports.gateway, gatewayAdminPort: ports.gatewayAdmin,
                 projectAdminPort: ports.projectAdmin, workflowAdminPort: ports.workflowAdmin, toolAdminPort: ports.toolAdmin,
-                agentAdminPort: ports.agentAdmin, settings: settings
+                agentAdminPort: ports.agentAdmin, policyAdminPort: ports.policyAdmin, settings: settings
             )
         }
 
@@ -67,14 +71,14 @@ struct DistributedTests {
             try await ServiceProcess(executable, self.settings.flatMap { ["--set", $0] }, logDirectory: self.home)
         }
 
-        /// Starts the project service, the gateway, the workflow, tool and agent services (in that
+        /// Starts the project service, the gateway, the workflow, tool, agent and policy services (in that
         /// order in the result) and waits (bounded) until all report ready.
         func startAll() async throws -> [ServiceProcess] {
             var processes: [ServiceProcess] = []
-            for executable in ["sparkops-project", "sparkops-gateway", "sparkops-workflow", "sparkops-tool", "sparkops-agent"] {
+            for executable in ["sparkops-project", "sparkops-gateway", "sparkops-workflow", "sparkops-tool", "sparkops-agent", "sparkops-policy"] {
                 processes.append(try await self.start(executable))
             }
-            let probes = [self.projectAdminPort, self.gatewayAdminPort, self.workflowAdminPort, self.toolAdminPort, self.agentAdminPort].map { HTTPTestClient(baseURL: "http://127.0.0.1:\($0)") }
+            let probes = [self.projectAdminPort, self.gatewayAdminPort, self.workflowAdminPort, self.toolAdminPort, self.agentAdminPort, self.policyAdminPort].map { HTTPTestClient(baseURL: "http://127.0.0.1:\($0)") }
             let deadline = ContinuousClock.now + .seconds(60)
             while ContinuousClock.now < deadline {
                 if let exited = processes.first(where: { !$0.isRunning }) {
@@ -100,7 +104,7 @@ struct DistributedTests {
             defer { try? FileManager.default.removeItem(atPath: deployment.home) }
 
             let certs = try await ServiceProcess.run(
-                "sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent"]
+                "sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy"]
             )
             #expect(certs.status == 0, "\(certs.output)")
 
@@ -173,7 +177,7 @@ struct DistributedTests {
     func peerOutage() async throws {
         let deployment = try await Deployment.make(databaseURL: nil, redisURL: nil)
         defer { try? FileManager.default.removeItem(atPath: deployment.home) }
-        _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent"])
+        _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy"])
         let processes = try await deployment.startAll()
         let token = try #require(try await deployment.gateway.send(
             .POST, "/api/v1/auth/login", json: ["email": TestCluster.adminEmail, "password": TestCluster.adminPassword]
@@ -205,6 +209,7 @@ struct DistributedTests {
         #expect(await processes[2].stop() == 0)
         #expect(await processes[3].stop() == 0)
         #expect(await processes[4].stop() == 0)
+        #expect(await processes[5].stop() == 0)
     }
 
     @Test(
@@ -216,7 +221,7 @@ struct DistributedTests {
         try await backend.withDatabase { databaseURL in
             let deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: backend.redisURL)
             defer { try? FileManager.default.removeItem(atPath: deployment.home) }
-            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent"])
+            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy"])
             var processes = try await deployment.startAll()
             // A second gateway replica sharing the same project service and Redis.
             let (secondPort, secondAdminPort) = (try await FreePort.allocate(), try await FreePort.allocate())

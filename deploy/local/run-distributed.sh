@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-services=(project tool agent workflow gateway)
+services=(project policy tool agent workflow gateway)
 home=${SPARKOPS_HOME:-.sparkops-distributed}
 configuration=${CONFIGURATION:-debug}
 
@@ -49,7 +49,7 @@ done
 # Ready when every admin listener says so (services: migrated; gateway: connected to its peers).
 for _ in $(seq 1 120); do
 	ready=1
-	for port in 9001 9002 9003 9005 9000; do
+	for port in 9001 9006 9002 9003 9005 9000; do
 		curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz" 2>/dev/null || ready=0
 	done
 	[ $ready = 1 ] && break
@@ -58,5 +58,5 @@ for _ in $(seq 1 120); do
 done
 [ $ready = 1 ] || { echo "not ready after 60 s; see $home/logs" >&2; exit 1; }
 grep -h -B1 "  password: " "$home/logs/project.log" || true
-echo "SparkOps (distributed): API on http://localhost:8000, metrics on :9000 (gateway), :9001 (project), :9002 (agent), :9003 (workflow) and :9005 (tool). Ctrl-C stops."
+echo "SparkOps (distributed): API on http://localhost:8000, metrics on :9000 (gateway), :9001 (project), :9002 (agent), :9003 (workflow), :9005 (tool) and :9006 (policy). Ctrl-C stops."
 wait

@@ -1852,6 +1852,9 @@ public enum SparkOpenAPI {
       "sparkops.tool.v1.InvokeToolRequest" : {
         "additionalProperties" : false,
         "properties" : {
+          "agent" : {
+            "type" : "string"
+          },
           "idempotencyKey" : {
             "type" : "string"
           },
@@ -1864,6 +1867,12 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "projectId" : {
+            "type" : "string"
+          },
+          "runId" : {
+            "type" : "string"
+          },
+          "stepId" : {
             "type" : "string"
           },
           "timeoutMs" : {
@@ -1880,6 +1889,9 @@ public enum SparkOpenAPI {
       "sparkops.tool.v1.InvokeToolResponse" : {
         "additionalProperties" : false,
         "properties" : {
+          "approval" : {
+            "$ref" : "#/components/schemas/sparkops.tool.v1.ToolApproval"
+          },
           "costMicros" : {
             "format" : "int64",
             "pattern" : "^-?[0-9]+$",
@@ -2149,6 +2161,27 @@ public enum SparkOpenAPI {
           },
           "updateTime" : {
             "format" : "date-time",
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.tool.v1.ToolApproval" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "argumentsDigest" : {
+            "type" : "string"
+          },
+          "message" : {
+            "type" : "string"
+          },
+          "rule" : {
+            "type" : "string"
+          },
+          "tool" : {
+            "type" : "string"
+          },
+          "violationId" : {
             "type" : "string"
           }
         },

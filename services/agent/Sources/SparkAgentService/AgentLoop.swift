@@ -35,6 +35,9 @@ struct AgentLoop {
     let idempotencyKey: String
     let deadline: ContinuousClock.Instant
     let logger: Logger
+    /// The run and step the agent step belongs to, passed on to the tool calls' policies.
+    var runID = ""
+    var stepID = ""
 
     var llmCalls: [Sparkops_Agent_V1_LLMCall] = []
     var toolCalls: [Sparkops_Agent_V1_ToolCall] = []
@@ -205,6 +208,9 @@ struct AgentLoop {
                     if !self.idempotencyKey.isEmpty { $0.idempotencyKey = "\(self.idempotencyKey)/\(iteration)/\(index)" }
                     $0.timeoutMs = max(1, remaining.milliseconds)
                     $0.maxOutputBytes = Self.maxToolOutputBytes
+                    $0.agent = self.definition.name
+                    $0.runID = self.runID
+                    $0.stepID = self.stepID
                 }, principal: self.principal, timeout: remaining)
                 record.costMicros = response.costMicros
                 record.replayed = response.replayed
@@ -216,7 +222,12 @@ struct AgentLoop {
                 record.output = response.output
                 output = (try? ExprValue(jsonText: response.output.jsonString())) ?? .null
             } catch let error as RPCError {
-                let reason = error.code == .invalidArgument ? "invalid_arguments" : error.code == .deadlineExceeded ? "timeout" : "refused"
+                let reason = switch error.code {
+                case .invalidArgument: "invalid_arguments"
+                case .deadlineExceeded: "timeout"
+                case .permissionDenied where error.message.hasPrefix("denied by policy"): "policy_denied"
+                default: "refused"
+                }
                 return failed(reason, error.message)
             } catch {
                 return failed("refused", "\(error)")

@@ -164,7 +164,8 @@ extension AgentService {
             definition: definition, provider: provider, pricing: pricing, llm: self.llm, apiKey: apiKey, tools: tools,
             projectTools: self.tools, principal: principal, projectID: execution.projectID,
             memory: definition.memory ? AgentMemory(store: self.store, projectID: execution.projectID, agentID: execution.agentID, executionID: execution.id) : nil,
-            idempotencyKey: execution.key == execution.id ? "" : execution.key, deadline: deadline, logger: self.logger
+            idempotencyKey: execution.key == execution.id ? "" : execution.key, deadline: deadline, logger: self.logger,
+            runID: execution.runID, stepID: execution.stepID
         )
         let result = await loop.run(prompt: prompt, input: input)
         return LoopOutcome(result: result, llmCalls: loop.llmCalls, toolCalls: loop.toolCalls)

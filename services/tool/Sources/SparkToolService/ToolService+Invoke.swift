@@ -43,6 +43,9 @@ extension ToolService {
             let listed = problems.map { "\($0.path): \($0.message)" }.joined(separator: "; ")
             throw SparkError(.invalidArgument, "the input does not fit the tool's input_schema: \(listed)", field: first.path)
         }
+        if let held = try await self.askPolicy(message, definition: definition, input: input, metadata: request.metadata) {
+            return ServerResponse(message: held)
+        }
         var timeout = Duration.milliseconds(definition.timeout.milliseconds)
         if message.timeoutMs > 0 { timeout = min(timeout, .milliseconds(message.timeoutMs)) }
         let maxOutput = message.maxOutputBytes > 0 ? min(Int(clamping: message.maxOutputBytes), definition.maxOutputBytes) : definition.maxOutputBytes
@@ -108,6 +111,60 @@ extension ToolService {
             self.logger.info("tool call failed", metadata: ["tool": "\(row.name)", "reason": "\(response.error.reason)", "invocation": "\(invocationID)"])
         }
         return ServerResponse(message: response)
+    }
+
+    /// Asks the policy service (`tool.invoke`) before the call runs: a deny throws
+    /// PERMISSION_DENIED naming the rule; a require_approval is the response to give (nothing
+    /// ran); nil lets the call go on.
+    func askPolicy(
+        _ message: Sparkops_Tool_V1_InvokeToolRequest, definition: ToolDefinition, input: ExprValue, metadata: Metadata
+    ) async throws -> Sparkops_Tool_V1_InvokeToolResponse? {
+        let arguments = try Google_Protobuf_Value(jsonString: input.jsonText)
+        let decision = try await self.policy.check("tool.invoke", projectID: message.projectID, context: .with {
+            $0.tool = .with {
+                $0.name = definition.name
+                $0.kind = definition.kind.rawValue
+                $0.host = Self.policyHost(definition, input: input)
+                $0.sideEffects = definition.sideEffects.rawValue
+                $0.costMicros = definition.costMicros
+                $0.arguments = arguments
+            }
+            $0.estimatedCostMicros = definition.costMicros
+            $0.runID = message.runID
+            $0.step.id = message.stepID
+            $0.agent = message.agent
+        }, metadata: metadata)
+        guard decision.effect == "require_approval" else { return nil }
+        let first = decision.decidedBy.first
+        return .with {
+            $0.error = .with {
+                $0.reason = "approval_required"
+                $0.message = "held by policy \(decision.message): a human must approve this call"
+            }
+            $0.approval = .with {
+                $0.tool = definition.name
+                $0.argumentsDigest = "sha256:" + Self.hash(input.jsonText)
+                $0.rule = first.map { $0.rule.isEmpty ? $0.policyName : "\($0.policyName)/\($0.rule)" } ?? ""
+                $0.message = first?.message ?? decision.message
+                $0.violationID = decision.violationID
+            }
+        }
+    }
+
+    /// The host a call reaches, as policies see it (`tool.host`): an http, mcp or browser tool's
+    /// URL host (a browser tool's page from its input); empty when it is not known before the call.
+    static func policyHost(_ definition: ToolDefinition, input: ExprValue) -> String {
+        var url: String?
+        switch definition.kind {
+        case .http: url = definition.http?.url
+        case .mcp: if case .url(let address) = definition.mcp?.server { url = address }
+        case .browser:
+            url = definition.browser?.url
+            if url == "${{ input.url }}", case .map(let fields) = input, case .string(let page) = fields["url"] { url = page }
+        default: break
+        }
+        guard let url, let components = URLComponents(string: url), let host = components.host, !host.contains("$") else { return "" }
+        return host.lowercased()
     }
 
     /// Takes the key for this call, or answers with what an earlier call under it got: its

@@ -79,11 +79,12 @@ extension ToolService {
     )
 
     /// The tool service ready for the host: its store and migrations, its master keys, its
-    /// executors, and its client of the project service.
+    /// executors, and its clients of the project service (roles, audit) and the policy service
+    /// (a decision before every call).
     public static func definition(host: HostConfig, config: ConfigReader, logger: Logger) async throws -> ServiceDefinition {
         let settings = try ToolServiceConfig(config: config)
         let store = try SparkStore(service: "tool", location: host.storeLocation(), logger: logger)
-        let peers = try PeerClients(caller: .tool, peers: [.project], config: host)
+        let peers = try PeerClients(caller: .tool, peers: [.project, .policy], config: host)
         let secrets = try SecretBox.load(config: config, host: host)
         let outbound: OutboundGuard
         do {
@@ -108,7 +109,10 @@ extension ToolService {
             sql: SQLRunner(outbound: outbound, sqliteDirectories: settings.sqliteDirectories, tls: databaseTLS),
             browser: BrowserRunner(chromium: BrowserRunner.find(settings.chromiumPath), sandbox: sandbox, outbound: outbound)
         )
-        let service = ToolService(store: store, access: ProjectAccess(client: peers[.project]), secrets: secrets, runner: runner, logger: logger)
+        let service = ToolService(
+            store: store, access: ProjectAccess(client: peers[.project]), secrets: secrets, runner: runner,
+            policy: PolicyCheck(client: peers[.policy]), logger: logger
+        )
         return ServiceDefinition(
             name: .tool,
             rpcServices: [service],

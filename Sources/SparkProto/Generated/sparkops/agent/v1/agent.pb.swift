@@ -500,7 +500,9 @@ public nonisolated struct Sparkops_Agent_V1_ToolCall: Sendable {
   public mutating func clearOutput() {self._output = nil}
 
   /// Set when the call did not produce an output; the model was told why. Reasons are the tool
-  /// service's (timeout, http_status, …) and unknown_tool, invalid_arguments, refused.
+  /// service's (timeout, http_status, …) and unknown_tool, invalid_arguments, refused, policy_denied
+  /// (a policy denied the call: the message names the rule) and approval_required (a policy holds
+  /// the call for a human; the model is told it did not run).
   public var error: Sparkops_Agent_V1_AgentFailure {
     get {_error ?? Sparkops_Agent_V1_AgentFailure()}
     set {_error = newValue}

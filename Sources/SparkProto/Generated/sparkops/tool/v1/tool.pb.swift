@@ -448,11 +448,42 @@ public nonisolated struct Sparkops_Tool_V1_InvokeToolRequest: Sendable {
   /// The largest output the caller accepts, in bytes of JSON; 0 takes the tool's own cap.
   public var maxOutputBytes: Int64 = 0
 
+  /// What the call belongs to, for the policies that decide on it (docs/policies.md): the run and
+  /// step, and the agent making the call. Optional.
+  public var runID: String = String()
+
+  public var stepID: String = String()
+
+  public var agent: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _input: SwiftProtobuf.Google_Protobuf_Value? = nil
+}
+
+/// A policy holds the call for a human's decision: nothing ran.
+public nonisolated struct Sparkops_Tool_V1_ToolApproval: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var tool: String = String()
+
+  /// sha256: of the input's canonical JSON: an approval is for exactly these arguments.
+  public var argumentsDigest: String = String()
+
+  /// The rule that held it, as `policy/rule`, and its message.
+  public var rule: String = String()
+
+  public var message: String = String()
+
+  public var violationID: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// How a tool run failed: the call was valid and the tool ran (or was refused before it could
@@ -463,7 +494,7 @@ public nonisolated struct Sparkops_Tool_V1_ToolFailure: Sendable {
   // methods supported on all messages.
 
   /// timeout, memory_limit, cpu_limit, process_limit, file_limit, output_limit, exit_status,
-  /// invalid_output, outbound_refused, http_status, http_error, secret_missing.
+  /// invalid_output, outbound_refused, http_status, http_error, secret_missing, approval_required.
   public var reason: String = String()
 
   public var message: String = String()
@@ -514,12 +545,24 @@ public nonisolated struct Sparkops_Tool_V1_InvokeToolResponse: Sendable {
   /// Clears the value of `error`. Subsequent reads from it will return its default value.
   public mutating func clearError() {self._error = nil}
 
+  /// Set when a policy requires approval for the call (error reason approval_required): the
+  /// tool did not run.
+  public var approval: Sparkops_Tool_V1_ToolApproval {
+    get {_approval ?? Sparkops_Tool_V1_ToolApproval()}
+    set {_approval = newValue}
+  }
+  /// Returns true if `approval` has been explicitly set.
+  public var hasApproval: Bool {self._approval != nil}
+  /// Clears the value of `approval`. Subsequent reads from it will return its default value.
+  public mutating func clearApproval() {self._approval = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _output: SwiftProtobuf.Google_Protobuf_Value? = nil
   fileprivate var _error: Sparkops_Tool_V1_ToolFailure? = nil
+  fileprivate var _approval: Sparkops_Tool_V1_ToolApproval? = nil
 }
 
 /// What a model can call of a tool: the tool itself, or for an mcp tool each of its server's tools.
@@ -1692,7 +1735,7 @@ nonisolated extension Sparkops_Tool_V1_ListToolVersionsResponse: SwiftProtobuf.M
 
 nonisolated extension Sparkops_Tool_V1_InvokeToolRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".InvokeToolRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}tool\0\u{1}input\0\u{3}idempotency_key\0\u{3}timeout_ms\0\u{3}max_output_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}tool\0\u{1}input\0\u{3}idempotency_key\0\u{3}timeout_ms\0\u{3}max_output_bytes\0\u{3}run_id\0\u{3}step_id\0\u{1}agent\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1706,6 +1749,9 @@ nonisolated extension Sparkops_Tool_V1_InvokeToolRequest: SwiftProtobuf.Message,
       case 4: try { try decoder.decodeSingularStringField(value: &self.idempotencyKey) }()
       case 5: try { try decoder.decodeSingularInt64Field(value: &self.timeoutMs) }()
       case 6: try { try decoder.decodeSingularInt64Field(value: &self.maxOutputBytes) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.runID) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.stepID) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.agent) }()
       default: break
       }
     }
@@ -1734,6 +1780,15 @@ nonisolated extension Sparkops_Tool_V1_InvokeToolRequest: SwiftProtobuf.Message,
     if self.maxOutputBytes != 0 {
       try visitor.visitSingularInt64Field(value: self.maxOutputBytes, fieldNumber: 6)
     }
+    if !self.runID.isEmpty {
+      try visitor.visitSingularStringField(value: self.runID, fieldNumber: 7)
+    }
+    if !self.stepID.isEmpty {
+      try visitor.visitSingularStringField(value: self.stepID, fieldNumber: 8)
+    }
+    if !self.agent.isEmpty {
+      try visitor.visitSingularStringField(value: self.agent, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1744,6 +1799,59 @@ nonisolated extension Sparkops_Tool_V1_InvokeToolRequest: SwiftProtobuf.Message,
     if lhs.idempotencyKey != rhs.idempotencyKey {return false}
     if lhs.timeoutMs != rhs.timeoutMs {return false}
     if lhs.maxOutputBytes != rhs.maxOutputBytes {return false}
+    if lhs.runID != rhs.runID {return false}
+    if lhs.stepID != rhs.stepID {return false}
+    if lhs.agent != rhs.agent {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Sparkops_Tool_V1_ToolApproval: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ToolApproval"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tool\0\u{3}arguments_digest\0\u{1}rule\0\u{1}message\0\u{3}violation_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.tool) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.argumentsDigest) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.rule) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.message) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.violationID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.tool.isEmpty {
+      try visitor.visitSingularStringField(value: self.tool, fieldNumber: 1)
+    }
+    if !self.argumentsDigest.isEmpty {
+      try visitor.visitSingularStringField(value: self.argumentsDigest, fieldNumber: 2)
+    }
+    if !self.rule.isEmpty {
+      try visitor.visitSingularStringField(value: self.rule, fieldNumber: 3)
+    }
+    if !self.message.isEmpty {
+      try visitor.visitSingularStringField(value: self.message, fieldNumber: 4)
+    }
+    if !self.violationID.isEmpty {
+      try visitor.visitSingularStringField(value: self.violationID, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Sparkops_Tool_V1_ToolApproval, rhs: Sparkops_Tool_V1_ToolApproval) -> Bool {
+    if lhs.tool != rhs.tool {return false}
+    if lhs.argumentsDigest != rhs.argumentsDigest {return false}
+    if lhs.rule != rhs.rule {return false}
+    if lhs.message != rhs.message {return false}
+    if lhs.violationID != rhs.violationID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1786,7 +1894,7 @@ nonisolated extension Sparkops_Tool_V1_ToolFailure: SwiftProtobuf.Message, Swift
 
 nonisolated extension Sparkops_Tool_V1_InvokeToolResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".InvokeToolResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}output\0\u{3}tool_version\0\u{3}duration_ms\0\u{3}cost_micros\0\u{1}replayed\0\u{3}invocation_id\0\u{1}logs\0\u{1}error\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}output\0\u{3}tool_version\0\u{3}duration_ms\0\u{3}cost_micros\0\u{1}replayed\0\u{3}invocation_id\0\u{1}logs\0\u{1}error\0\u{1}approval\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1802,6 +1910,7 @@ nonisolated extension Sparkops_Tool_V1_InvokeToolResponse: SwiftProtobuf.Message
       case 6: try { try decoder.decodeSingularStringField(value: &self.invocationID) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.logs) }()
       case 8: try { try decoder.decodeSingularMessageField(value: &self._error) }()
+      case 9: try { try decoder.decodeSingularMessageField(value: &self._approval) }()
       default: break
       }
     }
@@ -1836,6 +1945,9 @@ nonisolated extension Sparkops_Tool_V1_InvokeToolResponse: SwiftProtobuf.Message
     try { if let v = self._error {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
     } }()
+    try { if let v = self._approval {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1848,6 +1960,7 @@ nonisolated extension Sparkops_Tool_V1_InvokeToolResponse: SwiftProtobuf.Message
     if lhs.invocationID != rhs.invocationID {return false}
     if lhs.logs != rhs.logs {return false}
     if lhs._error != rhs._error {return false}
+    if lhs._approval != rhs._approval {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
