@@ -88,7 +88,10 @@ struct ToolCommand: AsyncParsableCommand {
                 if let logs = result["logs"] as? String, !logs.isEmpty {
                     FileHandle.standardError.write(Data(logs.utf8))
                 }
-                if let failure {
+                if let approval = result["approval"] as? [String: Any] {
+                    let line = "held for approval by \(Printer.text(approval["rule"])): \(Printer.text(approval["message"])) (violation \(Printer.text(approval["violationId"])), arguments \(Printer.text(approval["argumentsDigest"])))\n"
+                    FileHandle.standardError.write(Data(line.utf8))
+                } else if let failure {
                     FileHandle.standardError.write(Data("tool failed (\(Printer.text(failure["reason"]))): \(Printer.text(failure["message"]))\n".utf8))
                 }
             }

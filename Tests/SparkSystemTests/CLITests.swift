@@ -327,4 +327,66 @@ struct CLITests {
             #expect(failed.output.contains("agent step failed (llm_error)") && failed.output.contains("model tiny-1 not found"), "\(failed.output)")
         }
     }
+
+    @Test("sparkops policy apply, list, get and test (--expect), a tool call held and one denied, violation list and get")
+    func policies() async throws {
+        try await TestCluster.run(backend: .sqlite) { cluster in
+            let cli = CLI(url: cluster.baseURL, credentials: "\(cluster.home)/cli/credentials.json")
+            #expect(try await cli("login", "--email", TestCluster.adminEmail, "--password", TestCluster.adminPassword).status == 0)
+            let project = try #require(try await cli.json("project", "create", "governed")["id"] as? String)
+            let file = "\(cluster.home)/governed.yaml"
+            try """
+                tool: pay
+                kind: echo
+                side_effects: non_idempotent
+                ---
+                policy: payments
+                points: [tool.invoke]
+                rules:
+                  - name: large-payment
+                    effect: require_approval
+                    when: tool.name == "pay" && tool.arguments.amount > 100
+                    message: Payments above 100 need an approver.
+                  - name: no-refunds
+                    effect: deny
+                    when: '"refund" in tool.arguments && tool.arguments.refund == true'
+                    message: Refunds go through support.
+                """.write(toFile: file, atomically: true, encoding: .utf8)
+            let applied = try await cli.json("apply", "-f", file, "--project", project)
+            let rows = applied["applied"] as? [[String: Any]] ?? []
+            #expect(rows.map { "\($0["kind"] ?? "") \($0["name"] ?? "") \($0["outcome"] ?? "")" } == ["tool pay created", "policy payments created"], "\(applied)")
+            let listed = try await cli("policy", "list", "--project", project)
+            #expect(listed.output.contains("payments") && listed.output.contains("tool.invoke"), "\(listed.output)")
+            let shown = try await cli("policy", "get", "payments", "--project", project)
+            #expect(shown.output.contains("large-payment") && shown.output.contains("require_approval"), "\(shown.output)")
+            let neither = try await cli("policy", "list", "--project", project, "--global")
+            #expect(neither.status != 0)
+
+            let held = try await cli("policy", "test", "--project", project, "--point", "tool.invoke", "--context", #"{"tool": {"name": "pay", "arguments": {"amount": 250}}}"#, "--expect", "require_approval")
+            #expect(held.status == 0, "\(held.output)")
+            #expect(held.output.contains("require_approval: payments/large-payment: Payments above 100 need an approver."), "\(held.output)")
+            let wrong = try await cli("policy", "test", "--project", project, "--point", "tool.invoke", "--context", #"{"tool": {"name": "pay", "arguments": {"amount": 5}}}"#, "--expect", "deny")
+            #expect(wrong.status == 1, "\(wrong.output)")
+            #expect(wrong.output.contains("allow:"), "\(wrong.output)")
+            let unsaved = "\(cluster.home)/unsaved.yaml"
+            try "policy: night\nrules:\n  - { name: no-nights, effect: deny, when: 'time.hour < 6' }\n".write(toFile: unsaved, atomically: true, encoding: .utf8)
+            let night = try await cli("policy", "test", "--project", project, "--point", "llm.call", "-f", unsaved, "--at", "2026-12-02T03:00:00Z", "--expect", "deny")
+            #expect(night.status == 0, "\(night.output)")
+
+            let invoked = try await cli("tool", "invoke", "pay", "--project", project, "--input", #"{"amount": 250}"#)
+            #expect(invoked.status == 1)
+            #expect(invoked.output.contains("held for approval by payments/large-payment: Payments above 100 need an approver. (violation viol_"), "\(invoked.output)")
+            let refused = try await cli("tool", "invoke", "pay", "--project", project, "--input", #"{"amount": 5, "refund": true}"#)
+            #expect(refused.status != 0)
+            #expect(refused.output.contains("payments/no-refunds: Refunds go through support."), "\(refused.output)")
+
+            let violations = try await cli("violation", "list", "--project", project)
+            #expect(violations.output.contains("deny") && violations.output.contains("payments/no-refunds"), "\(violations.output)")
+            #expect(violations.output.contains("require_approval"), "\(violations.output)")
+            let page = try await cli.json("violation", "list", "--project", project, "--effect", "deny")
+            let id = try #require((page["violations"] as? [[String: Any]])?.first?["id"] as? String)
+            let one = try await cli("violation", "get", id, "--project", project)
+            #expect(one.output.contains("\"refund\" : true"), "\(one.output)")
+        }
+    }
 }
