@@ -290,7 +290,7 @@ struct AgentAPITests {
         let llm = try await FakeLLMServer.start()
         defer { Task { try? await llm.stop() } }
         // A step outlasts the gateway's usual call deadline: the route has its own.
-        try await TestCluster.run(backend: backend, overrides: Self.overrides(llm).merging(["gateway.callTimeoutSeconds": "5"]) { $1 }) { cluster in
+        try await TestCluster.run(backend: backend, overrides: Self.overrides(llm).merging(["gateway.callTimeoutSeconds": "15"]) { $1 }) { cluster in
             let project = try await Self.project(cluster)
             try #require(try await Self.apply(cluster, project, Self.agent(provider: "fake-anthropic")).status == 200)
             llm.enqueue(.status(429, retryAfter: "1"), .status(529), .text("finally"))
@@ -316,7 +316,7 @@ struct AgentAPITests {
             #expect((limited.json["error"] as? [String: Any])?["reason"] as? String == "llm_error")
             #expect(((limited.json["error"] as? [String: Any])?["message"] as? String)?.contains("deadline") == true, "\(limited.text)")
 
-            llm.enqueue(.slow(milliseconds: 6500, .text("worth the wait")))
+            llm.enqueue(.slow(milliseconds: 16_500, .text("worth the wait")))
             let patient = try await Self.execute(cluster, project, ["prompt": "Take your time."])
             #expect(patient.json["text"] as? String == "worth the wait", "\(patient.text)")
 
