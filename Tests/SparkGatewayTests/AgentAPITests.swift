@@ -144,6 +144,50 @@ struct AgentAPITests {
         }
     }
 
+    @Test("every model call is decided by policy first: a deny or a hold ends the step with the rule, and the model is not called", arguments: TestBackend.all)
+    func policyOnModelCalls(backend: TestBackend) async throws {
+        let llm = try await FakeLLMServer.start()
+        defer { Task { try? await llm.stop() } }
+        try await TestCluster.run(backend: backend, overrides: Self.overrides(llm)) { cluster in
+            let project = try await Self.project(cluster)
+            try #require(try await Self.apply(cluster, project, Self.agent()).status == 200)
+            try #require(try await Self.apply(cluster, project, Self.agent("careful", provider: "fake-anthropic")).status == 200)
+            try #require(try await Self.apply(cluster, project, Self.agent("big", extra: "max_tokens: 4000")).status == 200)
+            let policy = try await cluster.http.send(.POST, "\(project.base)/policies/apply", token: project.token, json: ["source": """
+                policy: models
+                points: [llm.call]
+                rules:
+                  - name: cost-cap
+                    effect: deny
+                    when: cost.estimated_micros > 20000 && model.max_tokens == 4000
+                    message: One call may not cost more than 2 cents.
+                  - name: anthropic-needs-approval
+                    effect: require_approval
+                    when: model.provider == "fake-anthropic" && agent.name == "careful" && model.input_tokens > 0
+                """])
+            try #require(policy.status == 200, "\(policy.text)")
+
+            // 4000 tokens out at 8 $/M is 32,000 micro-dollars at worst: denied before the call.
+            let denied = try await Self.execute(cluster, project, agent: "big", ["prompt": "Write a lot."])
+            #expect(denied.json["status"] as? String == "failed", "\(denied.text)")
+            #expect((denied.json["error"] as? [String: Any])?["reason"] as? String == "policy_denied")
+            #expect(((denied.json["error"] as? [String: Any])?["message"] as? String)?.contains("models/cost-cap: One call may not cost more than 2 cents.") == true, "\(denied.text)")
+            let held = try await Self.execute(cluster, project, agent: "careful", ["prompt": "Think."])
+            #expect((held.json["error"] as? [String: Any])?["reason"] as? String == "approval_required", "\(held.text)")
+            #expect(((held.json["error"] as? [String: Any])?["message"] as? String)?.contains("models/anthropic-needs-approval") == true)
+            #expect(llm.requests.isEmpty, "no model was called")
+
+            // 1024 tokens out is 8,192 at worst: allowed.
+            llm.enqueue(.text("fine"))
+            let allowed = try await Self.execute(cluster, project, ["prompt": "Say fine."])
+            #expect(allowed.json["status"] as? String == "succeeded", "\(allowed.text)")
+            #expect(llm.requests.count == 1)
+            let violations = try await cluster.http.send(.GET, "\(project.base)/violations?point=llm.call", token: project.token)
+            let listed = try #require(violations.json["violations"] as? [[String: Any]])
+            #expect(listed.compactMap { $0["effect"] as? String } == ["require_approval", "deny"])
+        }
+    }
+
     @Test("a tool call a policy denies or holds does not run; the model is told, with the rule, and the record says why", arguments: TestBackend.all)
     func policyOnToolCalls(backend: TestBackend) async throws {
         let llm = try await FakeLLMServer.start()

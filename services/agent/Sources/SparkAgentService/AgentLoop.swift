@@ -28,6 +28,8 @@ struct AgentLoop {
     /// What the model is offered of the project's tools (a tool deleted since is missing).
     let tools: [OfferedTool]
     let projectTools: ProjectTools
+    /// Asked before every model call (`llm.call`).
+    let policy: PolicyCheck
     let principal: Sparkops_Common_V1_Principal
     let projectID: String
     let memory: AgentMemory?
@@ -123,6 +125,10 @@ struct AgentLoop {
                 return .failure(Failure(reason: "context_length", message: "the task and the system prompt do not fit \(self.definition.model)'s context window of \(window.contextWindow) tokens with max_tokens \(self.definition.maxTokens)"))
             }
             record.dropped = fitted.dropped
+            if trim == 0, let refusal = await self.askPolicy(estimatedTokens: fitted.estimatedTokens) {
+                record.error = refusal.message
+                return .failure(refusal)
+            }
             let request = ChatRequest(model: self.definition.model, system: system, messages: fitted.messages, tools: tools, maxTokens: self.definition.maxTokens, temperature: self.definition.temperature)
             do {
                 let outcome = try await self.llm.complete(request, provider: self.provider, apiKey: self.apiKey, deadline: self.deadline)
@@ -153,6 +159,34 @@ struct AgentLoop {
             }
         }
         return .failure(Failure(reason: "context_length", message: record.error))
+    }
+
+    /// Asks the policy service before a model call, with the call's worst case (the prompt as
+    /// estimated plus max_tokens, at the model's price); the failure that ends the step when a
+    /// policy denies or holds the call, or cannot be asked.
+    func askPolicy(estimatedTokens: Int) async -> Failure? {
+        let inputTokens = Int64(estimatedTokens)
+        let maxTokens = Int64(self.definition.maxTokens)
+        do {
+            let decision = try await self.policy.check("llm.call", projectID: self.projectID, context: .with {
+                $0.model = .with {
+                    $0.provider = self.provider.name
+                    $0.name = self.definition.model
+                    $0.inputTokens = inputTokens
+                    $0.maxTokens = maxTokens
+                }
+                $0.estimatedCostMicros = self.pricing.cost(inputTokens: inputTokens, outputTokens: maxTokens)
+                $0.agent = self.definition.name
+                $0.runID = self.runID
+                $0.step.id = self.stepID
+            }, metadata: self.principal.metadata)
+            guard decision.effect == "require_approval" else { return nil }
+            return Failure(reason: "approval_required", message: "held by policy \(decision.message): a human must approve this model call (violation \(decision.violationID))")
+        } catch let error as SparkError where error.code == .permissionDenied {
+            return Failure(reason: "policy_denied", message: error.message)
+        } catch {
+            return Failure(reason: "policy_error", message: "the policy service could not be asked, so the model was not called: \(error)")
+        }
     }
 
     /// Runs one tool call and says what came of it, for the model.

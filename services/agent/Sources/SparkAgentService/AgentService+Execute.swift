@@ -162,7 +162,7 @@ extension AgentService {
         }
         var loop = AgentLoop(
             definition: definition, provider: provider, pricing: pricing, llm: self.llm, apiKey: apiKey, tools: tools,
-            projectTools: self.tools, principal: principal, projectID: execution.projectID,
+            projectTools: self.tools, policy: self.policy, principal: principal, projectID: execution.projectID,
             memory: definition.memory ? AgentMemory(store: self.store, projectID: execution.projectID, agentID: execution.agentID, executionID: execution.id) : nil,
             idempotencyKey: execution.key == execution.id ? "" : execution.key, deadline: deadline, logger: self.logger,
             runID: execution.runID, stepID: execution.stepID

@@ -22,16 +22,18 @@ public final class AgentService: Sparkops_Agent_V1_AgentService.ServiceProtocol 
     let tools: ProjectTools
     let catalog: ModelCatalog
     let llm: LLMClient
+    let policy: PolicyCheck
     let logger: Logger
     /// Parsed definitions by content hash.
     let definitions = Mutex<[String: AgentDefinition]>([:])
 
-    init(store: SparkStore, access: ProjectAccess, tools: ProjectTools, catalog: ModelCatalog, llm: LLMClient, logger: Logger) {
+    init(store: SparkStore, access: ProjectAccess, tools: ProjectTools, catalog: ModelCatalog, llm: LLMClient, policy: PolicyCheck, logger: Logger) {
         self.store = AgentStore(store: store)
         self.access = access
         self.tools = tools
         self.catalog = catalog
         self.llm = llm
+        self.policy = policy
         self.logger = logger
     }
 

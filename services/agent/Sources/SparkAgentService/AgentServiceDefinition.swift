@@ -49,14 +49,16 @@ extension AgentService {
     )
 
     /// The agent service ready for the host: its store and migrations, its model catalog, and its
-    /// clients of the project service (roles, audit) and the tool service (tools, API keys).
+    /// clients of the project service (roles, audit), the tool service (tools, API keys) and the
+    /// policy service (a decision before every model call).
     public static func definition(host: HostConfig, config: ConfigReader, logger: Logger) async throws -> ServiceDefinition {
         let settings = try AgentServiceConfig(config: config)
         let store = try SparkStore(service: "agent", location: host.storeLocation(), logger: logger)
-        let peers = try PeerClients(caller: .agent, peers: [.project, .tool], config: host)
+        let peers = try PeerClients(caller: .agent, peers: [.project, .tool, .policy], config: host)
         let service = AgentService(
             store: store, access: ProjectAccess(client: peers[.project]), tools: ProjectTools(client: peers[.tool]),
-            catalog: settings.catalog, llm: LLMClient(http: HTTPClient.shared, logger: logger), logger: logger
+            catalog: settings.catalog, llm: LLMClient(http: HTTPClient.shared, logger: logger),
+            policy: PolicyCheck(client: peers[.policy]), logger: logger
         )
         return ServiceDefinition(
             name: .agent,

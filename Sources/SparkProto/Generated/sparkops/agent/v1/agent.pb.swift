@@ -420,7 +420,7 @@ public nonisolated struct Sparkops_Agent_V1_AgentFailure: Sendable {
   // methods supported on all messages.
 
   /// max_iterations, timeout, llm_error, llm_refused, invalid_output, context_length, unpriced_model,
-  /// secret_missing.
+  /// secret_missing, policy_denied, approval_required, policy_error (docs/agents.md).
   public var reason: String = String()
 
   public var message: String = String()
