@@ -137,7 +137,8 @@ public enum PolicyContextSchema {
         "labels": .map(.string),
     ])
 
-    /// The root names a condition reads (`principal`, `budget`, …), to fetch only what a rule needs.
+    /// The names a condition reads, as `root.field` (`principal.role`), or as the bare root when it
+    /// reads the whole of it (`principal["role"]`, `size(budget)`), to fetch only what a rule needs.
     public static func roots(of expr: Expr) -> Set<String> {
         var found: Set<String> = []
         func walk(_ expr: Expr) {
@@ -145,8 +146,8 @@ public enum PolicyContextSchema {
             case .literal: break
             case .identifier(let name): found.insert(name)
             case .member(let target, let name):
-                if case .identifier(let root) = target.kind { found.insert("\(root).\(name)") }
-                walk(target)
+                // `principal.kind` reads principal.kind, not the whole of principal.
+                if case .identifier(let root) = target.kind { found.insert("\(root).\(name)") } else { walk(target) }
             case .index(let target, let index):
                 walk(target)
                 walk(index)

@@ -62,5 +62,8 @@ struct PolicyDefinitionTests {
         let roots = PolicyContextSchema.roots(of: expr)
         #expect(roots.isSuperset(of: ["principal.role", "budget.percent_used", "tool.arguments"]))
         #expect(!roots.contains("model.name"))
+        #expect(!roots.contains("principal"), "reading principal.role is not reading all of principal")
+        #expect(PolicyContextSchema.roots(of: try Expr.parse("principal[\"kind\"] == \"user\"")).contains("principal"))
+        #expect(!PolicyContextSchema.roots(of: try Expr.parse("principal.kind == \"user\"")).contains("principal.role"))
     }
 }
