@@ -94,7 +94,9 @@ public struct TestCluster: Sendable {
             groupLogger.logLevel = ProcessInfo.processInfo.environment["SPARKOPS_TEST_SHUTDOWN_DEBUG"] == nil ? .warning : .debug
             var groupConfiguration = ServiceGroupConfiguration(services: services, logger: groupLogger)
             // A service that does not finish its graceful shutdown is cancelled, and the test fails.
-            groupConfiguration.maximumGracefulShutdownDuration = .seconds(15)
+            // Six services and their peer clients stop one after another: on a loaded 2-core
+            // machine that once took longer than 15 s.
+            groupConfiguration.maximumGracefulShutdownDuration = .seconds(30)
             groupConfiguration.maximumCancellationDuration = .seconds(5)
             let group = ServiceGroup(configuration: groupConfiguration)
             let cluster = TestCluster(

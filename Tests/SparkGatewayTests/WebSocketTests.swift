@@ -56,6 +56,8 @@ struct WebSocketTests {
             let forged = try await Socket.converse(cluster, "/api/v1/ws?ticket=wst_forged") { socket in
                 let refused = try await socket.receive()
                 #expect(refused["code"] as? String == "UNAUTHENTICATED")
+                // Wait for the server's close frame, so that the client's own close cannot race it.
+                #expect(try await socket.receive().isEmpty)
             }
             #expect(forged.serverCloseCode == 1008)
         }
@@ -95,12 +97,14 @@ struct WebSocketTests {
             let bad = try await Socket.converse(cluster, "/api/v1/ws") { socket in
                 try await socket.send(["type": "auth", "token": "sk_definitely-not-a-key"])
                 #expect(try await socket.receive()["code"] as? String == "UNAUTHENTICATED")
+                #expect(try await socket.receive().isEmpty)
             }
             #expect(bad.serverCloseCode == 1008)
 
             let unauthenticated = try await Socket.converse(cluster, "/api/v1/ws") { socket in
                 try await socket.send(["type": "subscribe", "topic": "runs", "projectId": project])
                 #expect(try await socket.receive()["code"] as? String == "UNAUTHENTICATED")
+                #expect(try await socket.receive().isEmpty)
             }
             #expect(unauthenticated.serverCloseCode == 1008)
         }
@@ -113,6 +117,9 @@ struct WebSocketTests {
             let silent = try await Socket.converse(cluster, "/api/v1/ws") { socket in
                 let closing = try await socket.receive()
                 #expect(closing["code"] as? String == "UNAUTHENTICATED")
+                // The close frame follows the error; waiting for it keeps the client's own
+                // close (1000) from racing the server's (1008).
+                #expect(try await socket.receive().isEmpty)
             }
             #expect(silent.serverCloseCode == 1008)
             #expect(ContinuousClock.now - started >= .milliseconds(900))
