@@ -49,7 +49,9 @@ public struct HTTPTestClient: Sendable {
             request.headers.add(name: "Content-Type", value: "application/json")
             request.body = .bytes(ByteBuffer(string: body))
         }
-        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+        // Generous: on a loaded 2-core machine an agent step of several calls has taken over 30 s.
+        // A request that hangs still fails, after two minutes.
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(120))
         let bytes = try await response.body.collect(upTo: 32 << 20)
         return Reply(status: Int(response.status.code), headers: response.headers, text: String(buffer: bytes))
     }
