@@ -265,24 +265,9 @@ extension WorkflowReader {
     /// its problems when it is not a bool over known names.
     mutating func condition(_ source: String, field: String, at base: SourceLocation) -> Expr? {
         let limits = ExprLimits(maxSourceLength: 4096, maxDepth: 32, maxSteps: 2_000)
-        do {
-            let expr: Expr
-            if source.contains("${{") {
-                let template = try ExprTemplate.parse(source, base: base, limits: limits)
-                guard template.parts.count == 1, let only = template.expressions.first else {
-                    self.problem(field, "a condition is one ${{ … }} expression and nothing else", at: base)
-                    return nil
-                }
-                expr = only
-            } else {
-                expr = try Expr.parse(source, limits: limits).relocated(by: base)
-            }
-            let problems = expr.check(against: PolicyContextSchema.schema, expecting: .bool)
-            for problem in problems { self.problem(field, problem.message, at: problem.location) }
-            return problems.isEmpty ? expr : nil
-        } catch {
-            self.problem(field, error.message, at: source.contains("${{") ? error.location : error.location.offset(by: base))
-            return nil
-        }
+        guard let expr = self.parseCondition(source, field: field, at: base, limits: limits) else { return nil }
+        let problems = expr.check(against: PolicyContextSchema.schema, expecting: .bool)
+        for problem in problems { self.problem(field, problem.message, at: problem.location) }
+        return problems.isEmpty ? expr : nil
     }
 }

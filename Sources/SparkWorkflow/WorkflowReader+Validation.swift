@@ -124,23 +124,27 @@ extension WorkflowReader {
 
     /// `when:` is an expression, with or without `${{ }}` around it.
     mutating func checkCondition(_ source: String, field: String, schema: ExprSchema, visible: Set<String>, all: Set<String>) {
-        let base = self.at(field)
+        guard let expr = self.parseCondition(source, field: field, at: self.at(field)) else { return }
+        self.report(expr.check(against: schema), expr: expr, field: field, visible: visible, all: all)
+    }
+
+    /// A condition (a step's or a rule's `when:`), with or without `${{ }}` around it, placed where
+    /// it was written (`base`); nil, with the problem, when it does not parse.
+    mutating func parseCondition(_ source: String, field: String, at base: SourceLocation, limits: ExprLimits = .default) -> Expr? {
         do {
-            let expr: Expr
             if source.contains("${{") {
-                let template = try ExprTemplate.parse(source, base: base)
+                let template = try ExprTemplate.parse(source, base: base, limits: limits)
                 guard template.parts.count == 1, let only = template.expressions.first else {
                     self.problem(field, "a condition is one ${{ … }} expression and nothing else", at: base)
-                    return
+                    return nil
                 }
-                expr = only
-            } else {
-                expr = try Expr.parse(source).relocated(by: base)
+                return only
             }
-            self.report(expr.check(against: schema), expr: expr, field: field, visible: visible, all: all)
+            return try Expr.parse(source, limits: limits).relocated(by: base)
         } catch {
             let location = source.contains("${{") ? error.location : error.location.offset(by: base)
             self.problem(field, error.message, at: location)
+            return nil
         }
     }
 

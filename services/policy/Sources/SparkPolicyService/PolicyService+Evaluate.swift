@@ -24,17 +24,16 @@ extension PolicyService {
         try Self.validateProject(message.projectID)
         var policyContext = message.context
         try Self.validate(policyContext)
-        if let principal = try? Sparkops_Common_V1_Principal.required(request.metadata) {
-            policyContext.principal.id = principal.id
-            policyContext.principal.kind = principal.kind == .apiKey ? "api_key" : "user"
-            policyContext.principal.userID = principal.userID
+        let caller = try? Sparkops_Common_V1_Principal.required(request.metadata)
+        if let caller {
+            policyContext.principal.id = caller.id
+            policyContext.principal.kind = caller.kind == .apiKey ? "api_key" : "user"
+            policyContext.principal.userID = caller.userID
             policyContext.principal.role = ""
         }
         let policies = try await self.policies(projectID: message.projectID)
         let reads = policies.filter { $0.definition.applies(at: point) }.reduce(into: Set<String>()) { $0.formUnion($1.reads) }
-        if policyContext.principal.role.isEmpty, !policyContext.principal.id.isEmpty, reads.contains("principal.role") || reads.contains("principal"),
-            let principal = try? Sparkops_Common_V1_Principal.required(request.metadata)
-        {
+        if let principal = caller, reads.contains("principal.role") || reads.contains("principal") {
             let role = try await self.access.role(of: principal, projectID: message.projectID)
             policyContext.principal.role = role == .unspecified ? "" : role.name
         }
