@@ -120,6 +120,7 @@ let coreTargets: [Target] = [
                 "SparkToolService",
                 "SparkAgentService",
                 "SparkPolicyService",
+                "SparkBudgetService",
                 "SparkGateway",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
@@ -285,6 +286,7 @@ let package = Package(
         .executable(name: "sparkops-tool", targets: ["sparkops-tool"]),
         .executable(name: "sparkops-agent", targets: ["sparkops-agent"]),
         .executable(name: "sparkops-policy", targets: ["sparkops-policy"]),
+        .executable(name: "sparkops-budget", targets: ["sparkops-budget"]),
         .library(name: "SparkWire", targets: ["SparkWire"]),
         .library(name: "SparkProto", targets: ["SparkProto"]),
         .library(name: "SparkKit", targets: ["SparkKit"]),
@@ -361,6 +363,7 @@ let package = Package(
             .product(name: "Yams", package: "Yams"),
         ])
         + service("policy", module: "SparkPolicyService", dependencies: ["SparkWorkflow", "SparkExpr"])
+        + service("budget", module: "SparkBudgetService", dependencies: [.product(name: "Metrics", package: "swift-metrics")])
         + service("gateway", module: "SparkGateway", dependencies: [
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),

@@ -4,6 +4,7 @@ public import Logging
 public import ServiceLifecycle
 public import SparkKit
 import SparkAgentService
+import SparkBudgetService
 import SparkPolicyService
 import SparkGateway
 import SparkProjectService
@@ -36,7 +37,9 @@ public enum SparkRuntime {
             return ServiceHost.services(try await AgentService.definition(host: host, config: config, logger: logger), config: host, logger: logger)
         case .policy:
             return ServiceHost.services(try await PolicyService.definition(host: host, config: config, logger: logger), config: host, logger: logger)
-        case .run, .budget, .scheduler:
+        case .budget:
+            return ServiceHost.services(try await BudgetService.definition(host: host, config: config, logger: logger), config: host, logger: logger)
+        case .run, .scheduler:
             throw SparkConfigurationError("the \(service.rawValue) service is not available yet; available: \(ServiceName.available.map(\.rawValue).joined(separator: ", "))")
         }
     }
@@ -84,6 +87,7 @@ public enum SparkRuntime {
             case .tool: definition = try await ToolService.definition(host: host, config: config, logger: logger)
             case .agent: definition = try await AgentService.definition(host: host, config: config, logger: logger)
             case .policy: definition = try await PolicyService.definition(host: host, config: config, logger: logger)
+            case .budget: definition = try await BudgetService.definition(host: host, config: config, logger: logger)
             default: continue
             }
             guard let store = definition.store else { continue }

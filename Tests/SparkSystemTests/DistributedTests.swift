@@ -17,6 +17,7 @@ struct DistributedTests {
         let toolAdminPort: Int
         let agentAdminPort: Int
         let policyAdminPort: Int
+        let budgetAdminPort: Int
         let settings: [String]
 
         static func make(databaseURL: String?, redisURL: String?) async throws -> Deployment {
@@ -28,7 +29,8 @@ struct DistributedTests {
                 workflow: try await FreePort.allocate(), workflowAdmin: try await FreePort.allocate(),
                 tool: try await FreePort.allocate(), toolAdmin: try await FreePort.allocate(),
                 agent: try await FreePort.allocate(), agentAdmin: try await FreePort.allocate(),
-                policy: try await FreePort.allocate(), policyAdmin: try await FreePort.allocate()
+                policy: try await FreePort.allocate(), policyAdmin: try await FreePort.allocate(),
+                budget: try await FreePort.allocate(), budgetAdmin: try await FreePort.allocate()
             )
             var settings = [
                 "home=\(home)",
@@ -44,6 +46,8 @@ struct DistributedTests {
                 "agent.adminPort=\(ports.agentAdmin)",
                 "policy.port=\(ports.policy)",
                 "policy.adminPort=\(ports.policyAdmin)",
+                "budget.port=\(ports.budget)",
+                "budget.adminPort=\(ports.budgetAdmin)",
                 "tool.masterKeys=system:\(Data((0 ..< 32).map { _ in UInt8.random(in: 0 ... 255) }).base64EncodedString())",
                 "project.bcryptCost=4",
                 "admin.email=\(TestCluster.adminEmail)",
@@ -61,7 +65,7 @@ struct DistributedTests {
             return Deployment(
                 home: home, gatewayPort: ports.gateway, gatewayAdminPort: ports.gatewayAdmin,
                 projectAdminPort: ports.projectAdmin, workflowAdminPort: ports.workflowAdmin, toolAdminPort: ports.toolAdmin,
-                agentAdminPort: ports.agentAdmin, policyAdminPort: ports.policyAdmin, settings: settings
+                agentAdminPort: ports.agentAdmin, policyAdminPort: ports.policyAdmin, budgetAdminPort: ports.budgetAdmin, settings: settings
             )
         }
 
@@ -71,14 +75,14 @@ struct DistributedTests {
             try await ServiceProcess(executable, self.settings.flatMap { ["--set", $0] }, logDirectory: self.home)
         }
 
-        /// Starts the project service, the gateway, the workflow, tool, agent and policy services (in that
+        /// Starts the project service, the gateway, the workflow, tool, agent, policy and budget services (in that
         /// order in the result) and waits (bounded) until all report ready.
         func startAll() async throws -> [ServiceProcess] {
             var processes: [ServiceProcess] = []
-            for executable in ["sparkops-project", "sparkops-gateway", "sparkops-workflow", "sparkops-tool", "sparkops-agent", "sparkops-policy"] {
+            for executable in ["sparkops-project", "sparkops-gateway", "sparkops-workflow", "sparkops-tool", "sparkops-agent", "sparkops-policy", "sparkops-budget"] {
                 processes.append(try await self.start(executable))
             }
-            let probes = [self.projectAdminPort, self.gatewayAdminPort, self.workflowAdminPort, self.toolAdminPort, self.agentAdminPort, self.policyAdminPort].map { HTTPTestClient(baseURL: "http://127.0.0.1:\($0)") }
+            let probes = [self.projectAdminPort, self.gatewayAdminPort, self.workflowAdminPort, self.toolAdminPort, self.agentAdminPort, self.policyAdminPort, self.budgetAdminPort].map { HTTPTestClient(baseURL: "http://127.0.0.1:\($0)") }
             let deadline = ContinuousClock.now + .seconds(60)
             while ContinuousClock.now < deadline {
                 if let exited = processes.first(where: { !$0.isRunning }) {
@@ -104,7 +108,7 @@ struct DistributedTests {
             defer { try? FileManager.default.removeItem(atPath: deployment.home) }
 
             let certs = try await ServiceProcess.run(
-                "sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy"]
+                "sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget"]
             )
             #expect(certs.status == 0, "\(certs.output)")
 
@@ -177,7 +181,7 @@ struct DistributedTests {
     func peerOutage() async throws {
         let deployment = try await Deployment.make(databaseURL: nil, redisURL: nil)
         defer { try? FileManager.default.removeItem(atPath: deployment.home) }
-        _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy"])
+        _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget"])
         let processes = try await deployment.startAll()
         let token = try #require(try await deployment.gateway.send(
             .POST, "/api/v1/auth/login", json: ["email": TestCluster.adminEmail, "password": TestCluster.adminPassword]
@@ -221,7 +225,7 @@ struct DistributedTests {
         try await backend.withDatabase { databaseURL in
             let deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: backend.redisURL)
             defer { try? FileManager.default.removeItem(atPath: deployment.home) }
-            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy"])
+            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget"])
             var processes = try await deployment.startAll()
             // A second gateway replica sharing the same project service and Redis.
             let (secondPort, secondAdminPort) = (try await FreePort.allocate(), try await FreePort.allocate())

@@ -102,14 +102,15 @@ struct StreamBehaviourTests {
             let client = try await RawWireClient.handshake(port: port, certificates: self.certificates)
             defer { Task { await client.close() } }
             var metadata = Metadata()
-            metadata.addString("5000", forKey: "echo-delay-ms")
+            // The handler would answer after a minute; the deadline must end the call long before.
+            metadata.addString("60000", forKey: "echo-delay-ms")
             try await client.send(WireFrame(
                 streamID: 1,
                 headers: .init(method: "/sparkops.testing.v1.EchoService/Get", timeoutMicros: 150_000, metadata: metadata),
                 messages: [Self.echoRequest("slow")],
                 endStream: true
             ))
-            let frames = try await client.log.wait(timeout: .seconds(3)) { frames, _ in
+            let frames = try await client.log.wait(timeout: .seconds(30)) { frames, _ in
                 frames.contains { $0.streamID == 1 && $0.trailers != nil }
             }
             #expect(frames.first { $0.streamID == 1 }?.trailers?.code == UInt32(Status.Code.deadlineExceeded.rawValue))

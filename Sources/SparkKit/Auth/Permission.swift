@@ -15,6 +15,7 @@ public enum Permission {
         "budget.read": .viewer,
         "run.create": .runner,
         "run.cancel": .runner,
+        "budget.spend": .runner,
         "approval.decide": .approver,
         "workflow.write": .editor,
         "agent.write": .editor,

@@ -361,6 +361,281 @@ extension SparkHTTPRoute {
             }
         ),
         SparkHTTPRoute(
+            verb: .put,
+            path: "/api/v1/projects/{project_id}/budgets/{budget}",
+            pathFields: ["project_id": "projectId", "budget": "budget"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "budget.write",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "budget",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "SetBudget"),
+            decodeRequest: { bytes, options in try Sparkops_Budget_V1_SetBudgetRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Budget_V1_SetBudgetRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "SetBudget"),
+                    serializer: ProtobufSerializer<Sparkops_Budget_V1_SetBudgetRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Budget_V1_SetBudgetResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/budgets/{budget}",
+            pathFields: ["project_id": "projectId", "budget": "budget"],
+            queryFields: [:],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "budget.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "budget",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "GetBudget"),
+            decodeRequest: { bytes, options in try Sparkops_Budget_V1_GetBudgetRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Budget_V1_GetBudgetRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "GetBudget"),
+                    serializer: ProtobufSerializer<Sparkops_Budget_V1_GetBudgetRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Budget_V1_Budget>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/budgets",
+            pathFields: ["project_id": "projectId"],
+            queryFields: ["page_size": .init(jsonName: "pageSize", kind: .integer), "page_token": .init(jsonName: "pageToken", kind: .string)],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "budget.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "budget",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "ListBudgets"),
+            decodeRequest: { bytes, options in try Sparkops_Budget_V1_ListBudgetsRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Budget_V1_ListBudgetsRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "ListBudgets"),
+                    serializer: ProtobufSerializer<Sparkops_Budget_V1_ListBudgetsRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Budget_V1_ListBudgetsResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .delete,
+            path: "/api/v1/projects/{project_id}/budgets/{budget}",
+            pathFields: ["project_id": "projectId", "budget": "budget"],
+            queryFields: [:],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "budget.write",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "budget",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "DeleteBudget"),
+            decodeRequest: { bytes, options in try Sparkops_Budget_V1_DeleteBudgetRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Budget_V1_DeleteBudgetRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "DeleteBudget"),
+                    serializer: ProtobufSerializer<Sparkops_Budget_V1_DeleteBudgetRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Budget_V1_DeleteBudgetResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .post,
+            path: "/api/v1/projects/{project_id}/reservations",
+            pathFields: ["project_id": "projectId"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "budget.spend",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 201,
+            service: "budget",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "Reserve"),
+            decodeRequest: { bytes, options in try Sparkops_Budget_V1_ReserveRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Budget_V1_ReserveRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "Reserve"),
+                    serializer: ProtobufSerializer<Sparkops_Budget_V1_ReserveRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Budget_V1_ReserveResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .post,
+            path: "/api/v1/projects/{project_id}/reservations/{reservation_id}/settle",
+            pathFields: ["project_id": "projectId", "reservation_id": "reservationId"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "budget.spend",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "budget",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "Settle"),
+            decodeRequest: { bytes, options in try Sparkops_Budget_V1_SettleRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Budget_V1_SettleRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "Settle"),
+                    serializer: ProtobufSerializer<Sparkops_Budget_V1_SettleRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Budget_V1_SettleResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .post,
+            path: "/api/v1/projects/{project_id}/reservations/{reservation_id}/release",
+            pathFields: ["project_id": "projectId", "reservation_id": "reservationId"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "budget.spend",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "budget",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "Release"),
+            decodeRequest: { bytes, options in try Sparkops_Budget_V1_ReleaseRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Budget_V1_ReleaseRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "Release"),
+                    serializer: ProtobufSerializer<Sparkops_Budget_V1_ReleaseRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Budget_V1_ReleaseResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/reservations/{reservation_id}",
+            pathFields: ["project_id": "projectId", "reservation_id": "reservationId"],
+            queryFields: [:],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "budget.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "budget",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "GetReservation"),
+            decodeRequest: { bytes, options in try Sparkops_Budget_V1_GetReservationRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Budget_V1_GetReservationRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "GetReservation"),
+                    serializer: ProtobufSerializer<Sparkops_Budget_V1_GetReservationRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Budget_V1_Reservation>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/budgets/{budget}/usage",
+            pathFields: ["project_id": "projectId", "budget": "budget"],
+            queryFields: ["period": .init(jsonName: "period", kind: .string), "group_by": .init(jsonName: "groupBy", kind: .string)],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "budget.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "budget",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "GetUsage"),
+            decodeRequest: { bytes, options in try Sparkops_Budget_V1_GetUsageRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Budget_V1_GetUsageRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "GetUsage"),
+                    serializer: ProtobufSerializer<Sparkops_Budget_V1_GetUsageRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Budget_V1_GetUsageResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/budgets/{budget}/ledger",
+            pathFields: ["project_id": "projectId", "budget": "budget"],
+            queryFields: ["period": .init(jsonName: "period", kind: .string), "page_size": .init(jsonName: "pageSize", kind: .integer), "page_token": .init(jsonName: "pageToken", kind: .string)],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "budget.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "budget",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "ListLedger"),
+            decodeRequest: { bytes, options in try Sparkops_Budget_V1_ListLedgerRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Budget_V1_ListLedgerRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "ListLedger"),
+                    serializer: ProtobufSerializer<Sparkops_Budget_V1_ListLedgerRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Budget_V1_ListLedgerResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/budget-alerts",
+            pathFields: ["project_id": "projectId"],
+            queryFields: ["page_size": .init(jsonName: "pageSize", kind: .integer), "page_token": .init(jsonName: "pageToken", kind: .string)],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "budget.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "budget",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "ListAlerts"),
+            decodeRequest: { bytes, options in try Sparkops_Budget_V1_ListAlertsRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Budget_V1_ListAlertsRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "ListAlerts"),
+                    serializer: ProtobufSerializer<Sparkops_Budget_V1_ListAlertsRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Budget_V1_ListAlertsResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
             verb: .post,
             path: "/api/v1/projects/{project_id}/policies/apply",
             pathFields: ["project_id": "projectId"],

@@ -572,6 +572,482 @@ public enum SparkOpenAPI {
         },
         "type" : "object"
       },
+      "sparkops.budget.v1.Alert" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "budgetId" : {
+            "type" : "string"
+          },
+          "budgetName" : {
+            "type" : "string"
+          },
+          "createTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "limitMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "period" : {
+            "type" : "string"
+          },
+          "reservedMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "spentMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "threshold" : {
+            "format" : "int32",
+            "type" : "integer"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.budget.v1.Attribution" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "agent" : {
+            "type" : "string"
+          },
+          "apiKeyId" : {
+            "type" : "string"
+          },
+          "model" : {
+            "type" : "string"
+          },
+          "runId" : {
+            "type" : "string"
+          },
+          "stepId" : {
+            "type" : "string"
+          },
+          "tool" : {
+            "type" : "string"
+          },
+          "workflow" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.budget.v1.Budget" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "agent" : {
+            "type" : "string"
+          },
+          "apiKeyId" : {
+            "type" : "string"
+          },
+          "createdBy" : {
+            "type" : "string"
+          },
+          "createTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "description" : {
+            "type" : "string"
+          },
+          "id" : {
+            "type" : "string"
+          },
+          "kind" : {
+            "type" : "string"
+          },
+          "limitMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "name" : {
+            "type" : "string"
+          },
+          "period" : {
+            "type" : "string"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "updateTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "usage" : {
+            "$ref" : "#/components/schemas/sparkops.budget.v1.Usage"
+          },
+          "workflow" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.budget.v1.DeleteBudgetResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+
+        },
+        "type" : "object"
+      },
+      "sparkops.budget.v1.GetUsageResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "alerts" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.budget.v1.Alert"
+            },
+            "type" : "array"
+          },
+          "budget" : {
+            "$ref" : "#/components/schemas/sparkops.budget.v1.Budget"
+          },
+          "groups" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.budget.v1.UsageGroup"
+            },
+            "type" : "array"
+          },
+          "usage" : {
+            "$ref" : "#/components/schemas/sparkops.budget.v1.Usage"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.budget.v1.LedgerEntry" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "amountMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "attribution" : {
+            "$ref" : "#/components/schemas/sparkops.budget.v1.Attribution"
+          },
+          "budgetId" : {
+            "type" : "string"
+          },
+          "createTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "id" : {
+            "type" : "string"
+          },
+          "kind" : {
+            "type" : "string"
+          },
+          "period" : {
+            "type" : "string"
+          },
+          "reservationId" : {
+            "type" : "string"
+          },
+          "reservedAfterMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "spentAfterMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.budget.v1.ListAlertsResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "alerts" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.budget.v1.Alert"
+            },
+            "type" : "array"
+          },
+          "nextPageToken" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.budget.v1.ListBudgetsResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "budgets" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.budget.v1.Budget"
+            },
+            "type" : "array"
+          },
+          "nextPageToken" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.budget.v1.ListLedgerResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "entries" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.budget.v1.LedgerEntry"
+            },
+            "type" : "array"
+          },
+          "nextPageToken" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.budget.v1.ReleaseRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "projectId" : {
+            "type" : "string"
+          },
+          "reservationId" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.budget.v1.ReleaseResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "alreadyReleased" : {
+            "type" : "boolean"
+          },
+          "reservation" : {
+            "$ref" : "#/components/schemas/sparkops.budget.v1.Reservation"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.budget.v1.Reservation" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "actualMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "amountMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "attribution" : {
+            "$ref" : "#/components/schemas/sparkops.budget.v1.Attribution"
+          },
+          "budgetIds" : {
+            "items" : {
+              "type" : "string"
+            },
+            "type" : "array"
+          },
+          "createTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "expireTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "finishTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "id" : {
+            "type" : "string"
+          },
+          "late" : {
+            "type" : "boolean"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "status" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.budget.v1.ReserveRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "amountMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "attribution" : {
+            "$ref" : "#/components/schemas/sparkops.budget.v1.Attribution"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "ttlSeconds" : {
+            "format" : "int32",
+            "type" : "integer"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.budget.v1.ReserveResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "reservation" : {
+            "$ref" : "#/components/schemas/sparkops.budget.v1.Reservation"
+          },
+          "usage" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.budget.v1.Usage"
+            },
+            "type" : "array"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.budget.v1.SetBudgetRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "agent" : {
+            "type" : "string"
+          },
+          "apiKeyId" : {
+            "type" : "string"
+          },
+          "budget" : {
+            "type" : "string"
+          },
+          "description" : {
+            "type" : "string"
+          },
+          "kind" : {
+            "type" : "string"
+          },
+          "limitMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "period" : {
+            "type" : "string"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "workflow" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.budget.v1.SetBudgetResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "budget" : {
+            "$ref" : "#/components/schemas/sparkops.budget.v1.Budget"
+          },
+          "created" : {
+            "type" : "boolean"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.budget.v1.SettleRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "actualMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "reservationId" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.budget.v1.SettleResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "alreadySettled" : {
+            "type" : "boolean"
+          },
+          "reservation" : {
+            "$ref" : "#/components/schemas/sparkops.budget.v1.Reservation"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.budget.v1.Usage" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "alertedPercent" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "limitMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "percentUsed" : {
+            "type" : "number"
+          },
+          "period" : {
+            "type" : "string"
+          },
+          "remainingMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "reservedMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "spentMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.budget.v1.UsageGroup" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "calls" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "key" : {
+            "type" : "string"
+          },
+          "spentMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
       "sparkops.gateway.WebSocketClientMessage" : {
         "oneOf" : [
           {
@@ -4427,6 +4903,478 @@ public enum SparkOpenAPI {
         "x-sparkops-rpc" : "/sparkops.project.v1.ProjectService/ListAuditEvents"
       }
     },
+    "/api/v1/projects/{project_id}/budget-alerts" : {
+      "get" : {
+        "operationId" : "listAlerts",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_size",
+            "required" : false,
+            "schema" : {
+              "format" : "int32",
+              "type" : "integer"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_token",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.budget.v1.ListAlertsResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "The project's budget alerts, newest first",
+        "tags" : [
+          "budget"
+        ],
+        "x-sparkops-permission" : "budget.read",
+        "x-sparkops-rpc" : "/sparkops.budget.v1.BudgetService/ListAlerts"
+      }
+    },
+    "/api/v1/projects/{project_id}/budgets" : {
+      "get" : {
+        "operationId" : "listBudgets",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_size",
+            "required" : false,
+            "schema" : {
+              "format" : "int32",
+              "type" : "integer"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_token",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.budget.v1.ListBudgetsResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "The project's budgets, with their current usage",
+        "tags" : [
+          "budget"
+        ],
+        "x-sparkops-permission" : "budget.read",
+        "x-sparkops-rpc" : "/sparkops.budget.v1.BudgetService/ListBudgets"
+      }
+    },
+    "/api/v1/projects/{project_id}/budgets/{budget}" : {
+      "delete" : {
+        "operationId" : "deleteBudget",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "budget",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.budget.v1.DeleteBudgetResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Delete a budget, its usage and its ledger",
+        "tags" : [
+          "budget"
+        ],
+        "x-sparkops-permission" : "budget.write",
+        "x-sparkops-rpc" : "/sparkops.budget.v1.BudgetService/DeleteBudget"
+      },
+      "get" : {
+        "operationId" : "getBudget",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "budget",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.budget.v1.Budget"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "A budget, by id or name, with its current period's usage",
+        "tags" : [
+          "budget"
+        ],
+        "x-sparkops-permission" : "budget.read",
+        "x-sparkops-rpc" : "/sparkops.budget.v1.BudgetService/GetBudget"
+      },
+      "put" : {
+        "operationId" : "setBudget",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "budget",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.budget.v1.SetBudgetRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.budget.v1.SetBudgetResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Create the budget of this name, or change its scope, period, limit or kind",
+        "tags" : [
+          "budget"
+        ],
+        "x-sparkops-permission" : "budget.write",
+        "x-sparkops-rpc" : "/sparkops.budget.v1.BudgetService/SetBudget"
+      }
+    },
+    "/api/v1/projects/{project_id}/budgets/{budget}/ledger" : {
+      "get" : {
+        "operationId" : "listLedger",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "budget",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "period",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_size",
+            "required" : false,
+            "schema" : {
+              "format" : "int32",
+              "type" : "integer"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_token",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.budget.v1.ListLedgerResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "A budget's ledger, newest first",
+        "tags" : [
+          "budget"
+        ],
+        "x-sparkops-permission" : "budget.read",
+        "x-sparkops-rpc" : "/sparkops.budget.v1.BudgetService/ListLedger"
+      }
+    },
+    "/api/v1/projects/{project_id}/budgets/{budget}/usage" : {
+      "get" : {
+        "operationId" : "getUsage",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "budget",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "period",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "group_by",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.budget.v1.GetUsageResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "A budget's usage in a period, optionally by workflow, agent, model, tool or run",
+        "tags" : [
+          "budget"
+        ],
+        "x-sparkops-permission" : "budget.read",
+        "x-sparkops-rpc" : "/sparkops.budget.v1.BudgetService/GetUsage"
+      }
+    },
     "/api/v1/projects/{project_id}/documents" : {
       "get" : {
         "operationId" : "listDocuments",
@@ -5435,6 +6383,263 @@ public enum SparkOpenAPI {
         "x-sparkops-max-body-bytes" : 2097152,
         "x-sparkops-permission" : "policy.read",
         "x-sparkops-rpc" : "/sparkops.policy.v1.PolicyService/ValidatePolicy"
+      }
+    },
+    "/api/v1/projects/{project_id}/reservations" : {
+      "post" : {
+        "operationId" : "reserve",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.budget.v1.ReserveRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "201" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.budget.v1.ReserveResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Hold an amount on the budgets that cover a call, or refuse it",
+        "tags" : [
+          "budget"
+        ],
+        "x-sparkops-permission" : "budget.spend",
+        "x-sparkops-rpc" : "/sparkops.budget.v1.BudgetService/Reserve"
+      }
+    },
+    "/api/v1/projects/{project_id}/reservations/{reservation_id}" : {
+      "get" : {
+        "operationId" : "getReservation",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "reservation_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.budget.v1.Reservation"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "A reservation and what became of it",
+        "tags" : [
+          "budget"
+        ],
+        "x-sparkops-permission" : "budget.read",
+        "x-sparkops-rpc" : "/sparkops.budget.v1.BudgetService/GetReservation"
+      }
+    },
+    "/api/v1/projects/{project_id}/reservations/{reservation_id}/release" : {
+      "post" : {
+        "operationId" : "release",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "reservation_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.budget.v1.ReleaseRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.budget.v1.ReleaseResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Give a reservation back",
+        "tags" : [
+          "budget"
+        ],
+        "x-sparkops-permission" : "budget.spend",
+        "x-sparkops-rpc" : "/sparkops.budget.v1.BudgetService/Release"
+      }
+    },
+    "/api/v1/projects/{project_id}/reservations/{reservation_id}/settle" : {
+      "post" : {
+        "operationId" : "settle",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "reservation_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.budget.v1.SettleRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.budget.v1.SettleResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Replace a reservation by the actual cost",
+        "tags" : [
+          "budget"
+        ],
+        "x-sparkops-permission" : "budget.spend",
+        "x-sparkops-rpc" : "/sparkops.budget.v1.BudgetService/Settle"
       }
     },
     "/api/v1/projects/{project_id}/secrets" : {

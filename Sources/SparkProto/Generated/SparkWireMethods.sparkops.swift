@@ -94,6 +94,72 @@ public enum SparkProtoMethods {
             idempotency: .unknown
         ),
         SparkWireMethod(
+            path: "/sparkops.budget.v1.BudgetService/SetBudget",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.budget.v1.BudgetService/GetBudget",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.budget.v1.BudgetService/ListBudgets",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.budget.v1.BudgetService/DeleteBudget",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.budget.v1.BudgetService/Reserve",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.budget.v1.BudgetService/Settle",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.budget.v1.BudgetService/Release",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.budget.v1.BudgetService/GetReservation",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.budget.v1.BudgetService/GetUsage",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.budget.v1.BudgetService/ListLedger",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.budget.v1.BudgetService/ListAlerts",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
             path: "/sparkops.health.v1.Health/Check",
             requestStreaming: false,
             responseStreaming: false,

@@ -1,0 +1,209 @@
+import Foundation
+import NIOHTTP1
+import SparkTesting
+import Testing
+
+/// The budget service through the gateway, on every backend: budgets and their bad input,
+/// reservations that settle once and release once, reservations of another project, and 200
+/// concurrent reservations that never overspend.
+@Suite("Budget API")
+struct BudgetAPITests {
+    struct Project {
+        let token: String
+        let id: String
+        var base: String { "/api/v1/projects/\(self.id)" }
+    }
+
+    static func project(_ cluster: TestCluster, _ name: String = "budgets") async throws -> Project {
+        let token = try await cluster.adminToken()
+        return Project(token: token, id: try await cluster.createProject(name, token: token))
+    }
+
+    /// A micro-dollar figure of a reply: JSON leaves zeros out, and writes 64-bit numbers as strings.
+    static func micros(_ value: Any?) -> Int64 {
+        if let text = value as? String { return Int64(text) ?? -1 }
+        return (value as? NSNumber)?.int64Value ?? 0
+    }
+
+    @Test("budgets are set, read, changed and deleted; bad input names the field", arguments: TestBackend.all)
+    func budgets(backend: TestBackend) async throws {
+        try await TestCluster.run(backend: backend) { cluster in
+            let project = try await Self.project(cluster)
+            let created = try await cluster.http.send(.PUT, "\(project.base)/budgets/llm", token: project.token, json: ["limitMicros": "5000000", "period": "day"])
+            #expect(created.status == 200, "\(created.text)")
+            #expect(created.json["created"] as? Bool == true)
+            let budget = try #require(created.json["budget"] as? [String: Any])
+            #expect(budget["kind"] as? String == "hard")
+            #expect(Self.micros(budget["limitMicros"]) == 5_000_000)
+
+            let changed = try await cluster.http.send(.PUT, "\(project.base)/budgets/llm", token: project.token, json: ["limitMicros": "7000000", "period": "day", "kind": "soft"])
+            #expect(changed.status == 200 && changed.json["created"] as? Bool != true, "\(changed.text)")
+            let got = try await cluster.http.send(.GET, "\(project.base)/budgets/llm", token: project.token)
+            #expect(Self.micros(got.json["limitMicros"]) == 7_000_000)
+            #expect(got.json["kind"] as? String == "soft")
+
+            let badInputs: [([String: Any], String)] = [
+                (["limitMicros": "0"], "limitMicros"),
+                (["limitMicros": "-5"], "limitMicros"),
+                (["limitMicros": "9000000000000000000"], "limitMicros"),
+                (["limitMicros": "99999999999999999999"], "limitMicros"),
+                (["limitMicros": "100", "kind": "maybe"], "kind"),
+                (["limitMicros": "100", "period": "week"], "period"),
+                (["limitMicros": "100", "apiKeyId": "nope"], "apiKeyId"),
+            ]
+            for (body, field) in badInputs {
+                let reply = try await cluster.http.send(.PUT, "\(project.base)/budgets/other", token: project.token, json: body)
+                #expect(reply.status == 400, "\(body): \(reply.text)")
+                #expect(reply.text.contains(field), "\(body): \(reply.text)")
+            }
+            let period = try await cluster.http.send(.PUT, "\(project.base)/budgets/llm", token: project.token, json: ["limitMicros": "100", "period": "month"])
+            #expect(period.status == 409, "\(period.text)")
+            let badName = try await cluster.http.send(.PUT, "\(project.base)/budgets/bad%20name", token: project.token, json: ["limitMicros": "100"])
+            #expect(badName.status == 400)
+
+            // Another project sees none of it.
+            let other = try await Self.project(cluster, "elsewhere")
+            #expect(try await cluster.http.send(.GET, "\(other.base)/budgets/llm", token: other.token).status == 404)
+            #expect(try await cluster.http.send(.DELETE, "\(other.base)/budgets/llm", token: other.token).status == 404)
+
+            let list = try await cluster.http.send(.GET, "\(project.base)/budgets", token: project.token)
+            #expect((list.json["budgets"] as? [[String: Any]])?.count == 1)
+            #expect(try await cluster.http.send(.DELETE, "\(project.base)/budgets/llm", token: project.token).status == 200)
+            #expect(try await cluster.http.send(.GET, "\(project.base)/budgets/llm", token: project.token).status == 404)
+        }
+    }
+
+    @Test("a reservation settles once at one amount, releases once, is refused when it does not fit, and is another project's 404", arguments: TestBackend.all)
+    func reservations(backend: TestBackend) async throws {
+        try await TestCluster.run(backend: backend) { cluster in
+            let project = try await Self.project(cluster)
+            _ = try await cluster.http.send(.PUT, "\(project.base)/budgets/total", token: project.token, json: ["limitMicros": "1000", "period": "total"])
+            _ = try await cluster.http.send(.PUT, "\(project.base)/budgets/agent-a", token: project.token, json: ["limitMicros": "600", "agent": "a"])
+
+            let reserved = try await cluster.http.send(.POST, "\(project.base)/reservations", token: project.token, json: ["amountMicros": "500", "attribution": ["agent": "a", "model": "openai/gpt"]])
+            #expect(reserved.status == 201, "\(reserved.text)")
+            let reservation = try #require(reserved.json["reservation"] as? [String: Any])
+            let id = try #require(reservation["id"] as? String)
+            #expect((reservation["budgetIds"] as? [String])?.count == 2)
+
+            // The agent's budget has 100 left: 200 does not fit it, though it fits the total.
+            let refused = try await cluster.http.send(.POST, "\(project.base)/reservations", token: project.token, json: ["amountMicros": "200", "attribution": ["agent": "a"]])
+            #expect(refused.status == 429, "\(refused.text)")
+            #expect(refused.text.contains("agent-a"), "\(refused.text)")
+            // Nothing of the refused one stays on the total budget.
+            let total = try await cluster.http.send(.GET, "\(project.base)/budgets/total", token: project.token)
+            let usage = try #require(total.json["usage"] as? [String: Any])
+            #expect(Self.micros(usage["reservedMicros"]) == 500)
+
+            let settle = "\(project.base)/reservations/\(id)/settle"
+            let first = try await cluster.http.send(.POST, settle, token: project.token, json: ["actualMicros": "300"])
+            #expect(first.status == 200, "\(first.text)")
+            #expect((first.json["reservation"] as? [String: Any])?["status"] as? String == "settled")
+            let again = try await cluster.http.send(.POST, settle, token: project.token, json: ["actualMicros": "300"])
+            #expect(again.json["alreadySettled"] as? Bool == true)
+            let different = try await cluster.http.send(.POST, settle, token: project.token, json: ["actualMicros": "400"])
+            #expect(different.status == 409, "\(different.text)")
+            let released = try await cluster.http.send(.POST, "\(project.base)/reservations/\(id)/release", token: project.token, json: [:])
+            #expect(released.status == 409)
+            let after = try #require(try await cluster.http.send(.GET, "\(project.base)/budgets/total", token: project.token).json["usage"] as? [String: Any])
+            #expect(Self.micros(after["spentMicros"]) == 300)
+            #expect(Self.micros(after["reservedMicros"]) == 0)
+
+            // A release gives the amount back, once.
+            let second = try #require(try await cluster.http.send(.POST, "\(project.base)/reservations", token: project.token, json: ["amountMicros": "250"]).json["reservation"] as? [String: Any])
+            let secondID = try #require(second["id"] as? String)
+            #expect(try await cluster.http.send(.POST, "\(project.base)/reservations/\(secondID)/release", token: project.token, json: [:]).json["alreadyReleased"] as? Bool != true)
+            #expect(try await cluster.http.send(.POST, "\(project.base)/reservations/\(secondID)/release", token: project.token, json: [:]).json["alreadyReleased"] as? Bool == true)
+            #expect(try await cluster.http.send(.POST, "\(project.base)/reservations/\(secondID)/settle", token: project.token, json: ["actualMicros": "1"]).status == 409)
+
+            // The ledger: reserve and settle of the first, reserve and release of the second.
+            let ledger = try await cluster.http.send(.GET, "\(project.base)/budgets/total/ledger", token: project.token)
+            let kinds = (ledger.json["entries"] as? [[String: Any]])?.compactMap { $0["kind"] as? String }
+            #expect(kinds == ["release", "reserve", "settle", "reserve"])
+            let byModel = try await cluster.http.send(.GET, "\(project.base)/budgets/total/usage?groupBy=model", token: project.token)
+            let groups = try #require(byModel.json["groups"] as? [[String: Any]])
+            #expect(groups.first?["key"] as? String == "openai/gpt")
+            #expect(Self.micros(groups.first?["spentMicros"]) == 300)
+            #expect((byModel.json["alerts"] as? [[String: Any]])?.count == nil)
+
+            // Bad input.
+            for (body, field) in [(["amountMicros": "0"], "amountMicros"), (["amountMicros": "-1"], "amountMicros"), (["amountMicros": "1000000000001"], "amountMicros"), (["amountMicros": "5", "ttlSeconds": -1], "ttlSeconds")] as [([String: Any], String)] {
+                let reply = try await cluster.http.send(.POST, "\(project.base)/reservations", token: project.token, json: body)
+                #expect(reply.status == 400, "\(body): \(reply.text)")
+                #expect(reply.text.contains(field), "\(body): \(reply.text)")
+            }
+            #expect(try await cluster.http.send(.POST, settle, token: project.token, json: ["actualMicros": "-3"]).status == 400)
+            #expect(try await cluster.http.send(.POST, "\(project.base)/reservations/res_0123/settle", token: project.token, json: ["actualMicros": "3"]).status == 400)
+            let unknown = "res_" + String(repeating: "0", count: 32)
+            #expect(try await cluster.http.send(.POST, "\(project.base)/reservations/\(unknown)/settle", token: project.token, json: ["actualMicros": "3"]).status == 404)
+            let other = try await Self.project(cluster, "elsewhere")
+            #expect(try await cluster.http.send(.POST, "/api/v1/projects/\(other.id)/reservations/\(id)/settle", token: other.token, json: ["actualMicros": "300"]).status == 404)
+            #expect(try await cluster.http.send(.GET, "/api/v1/projects/\(other.id)/reservations/\(id)", token: other.token).status == 404)
+        }
+    }
+
+    @Test("200 concurrent reservations of random sizes never overspend, admit all that fits, and all end settled or released", arguments: TestBackend.all)
+    func concurrentReservations(backend: TestBackend) async throws {
+        try await TestCluster.run(backend: backend) { cluster in
+            let project = try await Self.project(cluster)
+            let limit: Int64 = 50_000
+            _ = try await cluster.http.send(.PUT, "\(project.base)/budgets/cap", token: project.token, json: ["limitMicros": "\(limit)", "period": "total"])
+            let amounts = (0 ..< 200).map { _ in Int64.random(in: 1 ... 900) }
+            let outcomes = try await withThrowingTaskGroup(of: (Int64, String?, Int).self) { group in
+                for amount in amounts {
+                    group.addTask {
+                        let reply = try await cluster.http.send(.POST, "\(project.base)/reservations", token: project.token, json: ["amountMicros": "\(amount)"])
+                        return (amount, (reply.json["reservation"] as? [String: Any])?["id"] as? String, reply.status)
+                    }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(outcomes.allSatisfy { $0.2 == 201 || $0.2 == 429 }, "\(outcomes.map(\.2))")
+            let admitted = outcomes.filter { $0.1 != nil }
+            let admittedTotal = admitted.reduce(0) { $0 + $1.0 }
+            #expect(admittedTotal <= limit)
+            // Nothing was released while they ran, so what was left only shrank: every refused
+            // amount is larger than what is left at the end (the admitted set is maximal for
+            // the order of admission).
+            let leftover = limit - admittedTotal
+            for refused in outcomes where refused.1 == nil {
+                #expect(refused.0 > leftover, "\(refused.0) was refused with \(leftover) left")
+            }
+            #expect(admitted.count < 200, "the amounts were meant to exceed the limit")
+
+            // The ledger's figures after every entry stay within the limit.
+            var entries: [[String: Any]] = []
+            var token = ""
+            repeat {
+                let page = try await cluster.http.send(.GET, "\(project.base)/budgets/cap/ledger?pageSize=500&pageToken=\(token)", token: project.token)
+                entries += page.json["entries"] as? [[String: Any]] ?? []
+                token = page.json["nextPageToken"] as? String ?? ""
+            } while !token.isEmpty
+            #expect(entries.count == admitted.count)
+            for entry in entries {
+                #expect(Self.micros(entry["spentAfterMicros"]) + Self.micros(entry["reservedAfterMicros"]) <= limit)
+            }
+
+            // Half settle at less than they held, half release, concurrently.
+            let spent = try await withThrowingTaskGroup(of: Int64.self) { group in
+                for (index, (amount, id, _)) in admitted.enumerated() {
+                    group.addTask {
+                        let id = id!
+                        if index % 2 == 0 {
+                            let reply = try await cluster.http.send(.POST, "\(project.base)/reservations/\(id)/settle", token: project.token, json: ["actualMicros": "\(amount / 2)"])
+                            #expect(reply.status == 200, "\(reply.text)")
+                            return amount / 2
+                        }
+                        let reply = try await cluster.http.send(.POST, "\(project.base)/reservations/\(id)/release", token: project.token, json: [:])
+                        #expect(reply.status == 200, "\(reply.text)")
+                        return 0
+                    }
+                }
+                return try await group.reduce(0, +)
+            }
+            let usage = try #require(try await cluster.http.send(.GET, "\(project.base)/budgets/cap", token: project.token).json["usage"] as? [String: Any])
+            #expect(Self.micros(usage["reservedMicros"]) == 0)
+            #expect(Self.micros(usage["spentMicros"]) == spent)
+        }
+    }
+}
