@@ -41,6 +41,12 @@ struct BudgetAPITests {
             let got = try await cluster.http.send(.GET, "\(project.base)/budgets/llm", token: project.token)
             #expect(Self.micros(got.json["limitMicros"]) == 7_000_000)
             #expect(got.json["kind"] as? String == "soft")
+            // Without a period, a change keeps the budget's period.
+            let kept = try await cluster.http.send(.PUT, "\(project.base)/budgets/llm", token: project.token, json: ["limitMicros": "8000000", "kind": "soft"])
+            #expect(kept.status == 200, "\(kept.text)")
+            let keptBudget = try #require(kept.json["budget"] as? [String: Any])
+            #expect(keptBudget["period"] as? String == "day")
+            #expect(Self.micros(keptBudget["limitMicros"]) == 8_000_000)
 
             let badInputs: [([String: Any], String)] = [
                 (["limitMicros": "0"], "limitMicros"),

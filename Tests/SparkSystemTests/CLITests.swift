@@ -389,4 +389,48 @@ struct CLITests {
             #expect(one.output.contains("\"refund\" : true"), "\(one.output)")
         }
     }
+    @Test("sparkops budget set, list, get, usage --by, ledger and alerts; a tool call refused once the budget is spent; bad amounts")
+    func budgets() async throws {
+        try await TestCluster.run(backend: .sqlite) { cluster in
+            let cli = CLI(url: cluster.baseURL, credentials: "\(cluster.home)/cli/credentials.json")
+            #expect(try await cli("login", "--email", TestCluster.adminEmail, "--password", TestCluster.adminPassword).status == 0)
+            let project = try #require(try await cli.json("project", "create", "thrifty")["id"] as? String)
+            let file = "\(cluster.home)/paid.yaml"
+            try "tool: paid\nkind: echo\ncost_micros: 300000\n".write(toFile: file, atomically: true, encoding: .utf8)
+            #expect(try await cli("apply", "-f", file, "--project", project).status == 0)
+
+            let created = try await cli("budget", "set", "tools", "--project", project, "--limit", "0.5", "--period", "total")
+            #expect(created.status == 0, "\(created.output)")
+            #expect(created.output.contains("created budget tools (bud_") && created.output.contains("$0.5"), "\(created.output)")
+            let set = try await cli.json("budget", "set", "tools", "--project", project, "--limit", "0.75")
+            #expect(set["created"] as? Bool != true)
+            #expect((set["budget"] as? [String: Any])?["limitMicros"] as? String == "750000", "\(set)")
+
+            #expect(try await cli("tool", "invoke", "paid", "--project", project, "--input", "{}").status == 0)
+            #expect(try await cli("tool", "invoke", "paid", "--project", project, "--input", "{}").status == 0)
+            let refused = try await cli("tool", "invoke", "paid", "--project", project, "--input", "{}")
+            #expect(refused.status != 0)
+            #expect(refused.output.contains("budget tools (total) has 150000 of its 750000 micro-USD left"), "\(refused.output)")
+
+            let listed = try await cli("budget", "list", "--project", project)
+            let row = try #require(listed.output.split(separator: "\n").first { $0.hasPrefix("tools") }, "\(listed.output)")
+            #expect(row.contains("project") && row.contains("total") && row.contains("$0.75") && row.contains("$0.6") && row.contains("$0.15") && row.contains("80.0%"), "\(listed.output)")
+            let usage = try await cli("budget", "usage", "tools", "--project", project, "--by", "tool")
+            #expect(usage.output.contains("tools total: spent $0.6 + reserved $0 of $0.75 (80.0 %), $0.15 left"), "\(usage.output)")
+            #expect(usage.output.contains("paid") && usage.output.contains("2"), "\(usage.output)")
+            let ledger = try await cli.json("budget", "ledger", "tools", "--project", project)
+            #expect((ledger["entries"] as? [[String: Any]])?.compactMap { $0["kind"] as? String } == ["settle", "reserve", "settle", "reserve"], "\(ledger)")
+            let alerts = try await cli("budget", "alerts", "--project", project)
+            #expect(alerts.output.contains("tools") && alerts.output.contains("80") && alerts.output.contains("50"), "\(alerts.output)")
+
+            for bad in ["-1", "1.0000001", "five", "", "12345678901"] {
+                let result = try await cli("budget", "set", "x", "--project", project, "--limit", bad)
+                #expect(result.status != 0 && result.output.contains("--limit"), "\(bad): \(result.output)")
+            }
+            let badPeriod = try await cli("budget", "set", "y", "--project", project, "--limit", "1", "--period", "week")
+            #expect(badPeriod.status != 0 && badPeriod.output.contains("period"), "\(badPeriod.output)")
+            #expect(try await cli("budget", "delete", "tools", "--project", project).status == 0)
+            #expect(try await cli("budget", "get", "tools", "--project", project).status != 0)
+        }
+    }
 }

@@ -305,6 +305,9 @@ public enum SparkOpenAPI {
             "format" : "int64",
             "pattern" : "^-?[0-9]+$",
             "type" : "string"
+          },
+          "workflow" : {
+            "type" : "string"
           }
         },
         "type" : "object"
@@ -2357,6 +2360,9 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "tool" : {
+            "type" : "string"
+          },
+          "workflow" : {
             "type" : "string"
           }
         },

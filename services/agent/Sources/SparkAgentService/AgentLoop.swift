@@ -30,6 +30,8 @@ struct AgentLoop {
     let projectTools: ProjectTools
     /// Asked before every model call (`llm.call`).
     let policy: PolicyCheck
+    /// Holds each model call's worst case before it, settled at its cost after.
+    let budget: BudgetSpend
     let principal: Sparkops_Common_V1_Principal
     let projectID: String
     let memory: AgentMemory?
@@ -40,6 +42,7 @@ struct AgentLoop {
     /// The run and step the agent step belongs to, passed on to the tool calls' policies.
     var runID = ""
     var stepID = ""
+    var workflow = ""
 
     var llmCalls: [Sparkops_Agent_V1_LLMCall] = []
     var toolCalls: [Sparkops_Agent_V1_ToolCall] = []
@@ -106,7 +109,9 @@ struct AgentLoop {
         return .failure(Failure(reason: "max_iterations", message: "the model had not answered after \(self.definition.maxIterations) calls (max_iterations)"))
     }
 
-    /// One model call, fitted to the window; a context-length refusal trims more, twice at most.
+    /// One model call, fitted to the window, asked of the policy service and reserved on the
+    /// budgets first; a context-length refusal trims more, twice at most. The reservation is
+    /// settled at the call's cost once the provider answered, and released when it did not.
     mutating func call(_ window: inout ContextWindow, messages: [ChatMessage], system: String, tools: [ChatTool], iteration: Int) async -> Result<ChatResponse, Failure> {
         let started = ContinuousClock.now
         var record = Sparkops_Agent_V1_LLMCall.with {
@@ -118,17 +123,45 @@ struct AgentLoop {
             record.durationMs = started.duration(to: .now).milliseconds
             self.llmCalls.append(record)
         }
+        guard let fitted = window.fit(messages) else {
+            record.error = "the task alone does not fit the model's window of \(window.contextWindow) tokens"
+            return .failure(Failure(reason: "context_length", message: "the task and the system prompt do not fit \(self.definition.model)'s context window of \(window.contextWindow) tokens with max_tokens \(self.definition.maxTokens)"))
+        }
+        if let refusal = await self.askPolicy(estimatedTokens: fitted.estimatedTokens) {
+            record.error = refusal.message
+            return .failure(refusal)
+        }
+        let hold: BudgetSpend.Hold?
+        switch await self.reserve(estimatedTokens: fitted.estimatedTokens) {
+        case .success(let reserved): hold = reserved
+        case .failure(let refusal):
+            record.error = refusal.message
+            return .failure(refusal)
+        }
+        let result = await self.complete(&window, &record, first: fitted, messages: messages, system: system, tools: tools)
+        if case .success = result {
+            await self.budget.settle(hold, actualMicros: record.costMicros, metadata: self.principal.metadata)
+        } else {
+            await self.budget.release(hold, metadata: self.principal.metadata)
+        }
+        return result
+    }
+
+    /// The provider's answer to the fitted conversation, trimming it further when the provider
+    /// says it is too long.
+    func complete(
+        _ window: inout ContextWindow, _ record: inout Sparkops_Agent_V1_LLMCall, first: ContextWindow.Fitted, messages: [ChatMessage],
+        system: String, tools: [ChatTool]
+    ) async -> Result<ChatResponse, Failure> {
         var attempts = 0
+        var next: ContextWindow.Fitted? = first
         for trim in 0 ..< 3 {
-            guard let fitted = window.fit(messages) else {
+            if trim > 0 { next = window.fit(messages) }
+            guard let fitted = next else {
                 record.error = "the task alone does not fit the model's window of \(window.contextWindow) tokens"
                 return .failure(Failure(reason: "context_length", message: "the task and the system prompt do not fit \(self.definition.model)'s context window of \(window.contextWindow) tokens with max_tokens \(self.definition.maxTokens)"))
             }
             record.dropped = fitted.dropped
-            if trim == 0, let refusal = await self.askPolicy(estimatedTokens: fitted.estimatedTokens) {
-                record.error = refusal.message
-                return .failure(refusal)
-            }
             let request = ChatRequest(model: self.definition.model, system: system, messages: fitted.messages, tools: tools, maxTokens: self.definition.maxTokens, temperature: self.definition.temperature)
             do {
                 let outcome = try await self.llm.complete(request, provider: self.provider, apiKey: self.apiKey, deadline: self.deadline)
@@ -161,6 +194,34 @@ struct AgentLoop {
         return .failure(Failure(reason: "context_length", message: record.error))
     }
 
+    /// The call's worst case (the prompt as estimated plus max_tokens, at the model's price).
+    func worstCase(estimatedTokens: Int) -> Int64 {
+        self.pricing.cost(inputTokens: Int64(estimatedTokens), outputTokens: Int64(self.definition.maxTokens))
+    }
+
+    /// Holds the call's worst case on the budgets that cover it (the project's, the workflow's,
+    /// the agent's, the API key's), for as long as the step may still take and a minute more.
+    func reserve(estimatedTokens: Int) async -> Result<BudgetSpend.Hold?, Failure> {
+        let remaining = ContinuousClock.now.duration(to: self.deadline).components.seconds
+        do {
+            return .success(try await self.budget.reserve(
+                self.worstCase(estimatedTokens: estimatedTokens), projectID: self.projectID,
+                attribution: .with {
+                    $0.workflow = self.workflow
+                    $0.agent = self.definition.name
+                    $0.model = "\(self.provider.name)/\(self.definition.model)"
+                    $0.runID = self.runID
+                    $0.stepID = self.stepID
+                },
+                ttlSeconds: Int(max(1, remaining)) + 60, metadata: self.principal.metadata
+            ))
+        } catch let error as RPCError where error.code == .resourceExhausted {
+            return .failure(Failure(reason: "budget_exceeded", message: "the model was not called: \(error.message)"))
+        } catch {
+            return .failure(Failure(reason: "budget_error", message: "the budget service could not be asked, so the model was not called: \(error)"))
+        }
+    }
+
     /// Asks the policy service before a model call, with the call's worst case (the prompt as
     /// estimated plus max_tokens, at the model's price); the failure that ends the step when a
     /// policy denies or holds the call, or cannot be asked.
@@ -175,8 +236,9 @@ struct AgentLoop {
                     $0.inputTokens = inputTokens
                     $0.maxTokens = maxTokens
                 }
-                $0.estimatedCostMicros = self.pricing.cost(inputTokens: inputTokens, outputTokens: maxTokens)
+                $0.estimatedCostMicros = self.worstCase(estimatedTokens: estimatedTokens)
                 $0.agent = self.definition.name
+                $0.workflow.name = self.workflow
                 $0.runID = self.runID
                 $0.step.id = self.stepID
             }, metadata: self.principal.metadata)
@@ -243,6 +305,7 @@ struct AgentLoop {
                     $0.timeoutMs = max(1, remaining.milliseconds)
                     $0.maxOutputBytes = Self.maxToolOutputBytes
                     $0.agent = self.definition.name
+                    $0.workflow = self.workflow
                     $0.runID = self.runID
                     $0.stepID = self.stepID
                 }, principal: self.principal, timeout: remaining)
@@ -260,6 +323,7 @@ struct AgentLoop {
                 case .invalidArgument: "invalid_arguments"
                 case .deadlineExceeded: "timeout"
                 case .permissionDenied where error.message.hasPrefix("denied by policy"): "policy_denied"
+                case .resourceExhausted: "budget_exceeded"
                 default: "refused"
                 }
                 return failed(reason, error.message)

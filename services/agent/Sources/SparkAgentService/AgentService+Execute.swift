@@ -28,7 +28,7 @@ extension AgentService {
             throw SparkError.invalid("idempotency_key", "must be at most 200 printable ASCII characters, without spaces")
         }
         guard message.timeoutMs >= 0 else { throw SparkError.invalid("timeout_ms", "must be 0 (the agent's timeout) or more") }
-        for (field, value) in [("run_id", message.runID), ("step_id", message.stepID)] where value.utf8.count > 200 {
+        for (field, value) in [("run_id", message.runID), ("step_id", message.stepID), ("workflow", message.workflow)] where value.utf8.count > 200 {
             throw SparkError.invalid(field, "is longer than 200 characters")
         }
         let input: ExprValue?
@@ -75,7 +75,7 @@ extension AgentService {
             $0.startedBy = principal.id
         }
         do {
-            let outcome = try await self.run(definition, provider: provider, pricing: pricing, prompt: message.prompt, input: input, execution: execution, principal: principal, deadline: started.advanced(by: timeout))
+            let outcome = try await self.run(definition, provider: provider, pricing: pricing, prompt: message.prompt, input: input, execution: execution, workflow: message.workflow, principal: principal, deadline: started.advanced(by: timeout))
             result.llmCalls = outcome.llmCalls
             result.toolCalls = outcome.toolCalls
             switch outcome.result {
@@ -123,7 +123,7 @@ extension AgentService {
 
     func run(
         _ definition: AgentDefinition, provider: ModelCatalog.Provider, pricing: ModelCatalog.Model, prompt: String, input: ExprValue?,
-        execution: ExecutionRow, principal: Sparkops_Common_V1_Principal, deadline: ContinuousClock.Instant
+        execution: ExecutionRow, workflow: String, principal: Sparkops_Common_V1_Principal, deadline: ContinuousClock.Instant
     ) async throws -> LoopOutcome {
         let secretName = definition.apiKeySecret.isEmpty ? provider.apiKeySecret : definition.apiKeySecret
         var apiKey: String?
@@ -162,10 +162,10 @@ extension AgentService {
         }
         var loop = AgentLoop(
             definition: definition, provider: provider, pricing: pricing, llm: self.llm, apiKey: apiKey, tools: tools,
-            projectTools: self.tools, policy: self.policy, principal: principal, projectID: execution.projectID,
+            projectTools: self.tools, policy: self.policy, budget: self.budget, principal: principal, projectID: execution.projectID,
             memory: definition.memory ? AgentMemory(store: self.store, projectID: execution.projectID, agentID: execution.agentID, executionID: execution.id) : nil,
             idempotencyKey: execution.key == execution.id ? "" : execution.key, deadline: deadline, logger: self.logger,
-            runID: execution.runID, stepID: execution.stepID
+            runID: execution.runID, stepID: execution.stepID, workflow: workflow
         )
         let result = await loop.run(prompt: prompt, input: input)
         return LoopOutcome(result: result, llmCalls: loop.llmCalls, toolCalls: loop.toolCalls)

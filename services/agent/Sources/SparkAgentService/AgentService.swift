@@ -23,17 +23,19 @@ public final class AgentService: Sparkops_Agent_V1_AgentService.ServiceProtocol 
     let catalog: ModelCatalog
     let llm: LLMClient
     let policy: PolicyCheck
+    let budget: BudgetSpend
     let logger: Logger
     /// Parsed definitions by content hash.
     let definitions = Mutex<[String: AgentDefinition]>([:])
 
-    init(store: SparkStore, access: ProjectAccess, tools: ProjectTools, catalog: ModelCatalog, llm: LLMClient, policy: PolicyCheck, logger: Logger) {
+    init(store: SparkStore, access: ProjectAccess, tools: ProjectTools, catalog: ModelCatalog, llm: LLMClient, policy: PolicyCheck, budget: BudgetSpend, logger: Logger) {
         self.store = AgentStore(store: store)
         self.access = access
         self.tools = tools
         self.catalog = catalog
         self.llm = llm
         self.policy = policy
+        self.budget = budget
         self.logger = logger
     }
 

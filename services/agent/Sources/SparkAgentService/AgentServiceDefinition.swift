@@ -49,16 +49,17 @@ extension AgentService {
     )
 
     /// The agent service ready for the host: its store and migrations, its model catalog, and its
-    /// clients of the project service (roles, audit), the tool service (tools, API keys) and the
-    /// policy service (a decision before every model call).
+    /// clients of the project service (roles, audit), the tool service (tools, API keys), the
+    /// policy service (a decision before every model call) and the budget service (each call's
+    /// worst case held before it, its cost settled after).
     public static func definition(host: HostConfig, config: ConfigReader, logger: Logger) async throws -> ServiceDefinition {
         let settings = try AgentServiceConfig(config: config)
         let store = try SparkStore(service: "agent", location: host.storeLocation(), logger: logger)
-        let peers = try PeerClients(caller: .agent, peers: [.project, .tool, .policy], config: host)
+        let peers = try PeerClients(caller: .agent, peers: [.project, .tool, .policy, .budget], config: host)
         let service = AgentService(
             store: store, access: ProjectAccess(client: peers[.project]), tools: ProjectTools(client: peers[.tool]),
             catalog: settings.catalog, llm: LLMClient(http: HTTPClient.shared, logger: logger),
-            policy: PolicyCheck(client: peers[.policy]), logger: logger
+            policy: PolicyCheck(client: peers[.policy]), budget: BudgetSpend(client: peers[.budget], logger: logger), logger: logger
         )
         return ServiceDefinition(
             name: .agent,

@@ -35,7 +35,8 @@ public final class BudgetService: Sparkops_Budget_V1_BudgetService.ServiceProtoc
         let message = request.message
         let principal = try await self.access.require(request.metadata, projectID: message.projectID, permission: "budget.write")
         let name = try Validate.name(message.budget, field: "budget")
-        let period = try Validate.period(message.period)
+        // An empty period keeps an existing budget's period and gives a new one a monthly period.
+        let requested = try Validate.period(message.period)
         guard message.limitMicros > 0 else { throw SparkError.invalid("limit_micros", "must be more than 0 (micro-dollars: 1000000 is 1 USD)") }
         guard message.limitMicros <= BudgetStore.maxLimit else {
             throw SparkError.invalid("limit_micros", "must be at most \(BudgetStore.maxLimit) (1 billion USD)")
@@ -53,10 +54,9 @@ public final class BudgetService: Sparkops_Budget_V1_BudgetService.ServiceProtoc
         guard message.description_p.count <= 1000 else { throw SparkError.invalid("description", "must be at most 1000 characters") }
 
         let now = BudgetStore.now()
-        let currentPeriod = period.key(at: Date(), in: self.settings.timeZone)
         let (row, created) = try await self.store.store.transaction { db -> (BudgetRow, Bool) in
             if var existing = try await self.store.budget(name, projectID: message.projectID, on: db), existing.name == name {
-                guard existing.period == period else {
+                guard requested == nil || existing.period == requested else {
                     throw SparkError(
                         .failedPrecondition,
                         "budget \(name) counts per \(existing.period.rawValue); its period cannot change (delete it and set it again)",
@@ -70,7 +70,7 @@ public final class BudgetService: Sparkops_Budget_V1_BudgetService.ServiceProtoc
                 existing.hard = hard
                 existing.description = message.description_p
                 existing.updatedAt = now
-                try await self.store.update(existing, currentPeriod: currentPeriod, on: db)
+                try await self.store.update(existing, currentPeriod: existing.period.key(at: Date(), in: self.settings.timeZone), on: db)
                 return (existing, false)
             }
             guard try await self.store.count(projectID: message.projectID, on: db) < BudgetStore.maxBudgets else {
@@ -78,7 +78,7 @@ public final class BudgetService: Sparkops_Budget_V1_BudgetService.ServiceProtoc
             }
             let row = BudgetRow(
                 id: SparkID.make("bud"), projectID: message.projectID, name: name, workflow: workflow, agent: agent, apiKeyID: apiKeyID,
-                period: period, limitMicros: message.limitMicros, hard: hard, description: message.description_p,
+                period: requested ?? .month, limitMicros: message.limitMicros, hard: hard, description: message.description_p,
                 createdAt: now, updatedAt: now, createdBy: principal.id
             )
             try await self.store.insert(row, on: db)
@@ -86,7 +86,7 @@ public final class BudgetService: Sparkops_Budget_V1_BudgetService.ServiceProtoc
         }
         await self.access.record(
             principal, projectID: message.projectID, action: created ? "budget.create" : "budget.update", target: row.id,
-            detail: "\(name): \(row.limitMicros) micro-USD per \(period.rawValue), \(hard ? "hard" : "soft")", metadata: request.metadata, logger: self.logger
+            detail: "\(name): \(row.limitMicros) micro-USD per \(row.period.rawValue), \(hard ? "hard" : "soft")", metadata: request.metadata, logger: self.logger
         )
         let budget = try await self.message(row)
         return ServerResponse(message: .with {
@@ -339,8 +339,8 @@ enum Validate {
         return value
     }
 
-    static func period(_ value: String) throws -> BudgetPeriod {
-        if value.isEmpty { return .month }
+    static func period(_ value: String) throws -> BudgetPeriod? {
+        if value.isEmpty { return nil }
         guard let period = BudgetPeriod(rawValue: value) else { throw SparkError.invalid("period", "must be day, month or total, not \(value.debugDescription)") }
         return period
     }

@@ -86,7 +86,7 @@ struct ReservationSweeper: ServiceLifecycle.Service {
                     failing = false
                 } catch {
                     // Before the migrations ran, or while the database is away: say so once.
-                    if !failing { self.logger.warning("could not expire reservations", metadata: ["error": "\(error)"]) }
+                    if !failing { self.logger.warning("could not expire reservations", metadata: ["error": "\(String(reflecting: error).prefix(1000))"]) }
                     failing = true
                 }
             }

@@ -37,6 +37,9 @@ extension PolicyService {
             let role = try await self.access.role(of: principal, projectID: message.projectID)
             policyContext.principal.role = role == .unspecified ? "" : role.name
         }
+        if let principal = caller, reads.contains(where: { $0 == "budget" || $0.hasPrefix("budget.") }) {
+            policyContext.budget = try await self.budgets.tightest(projectID: message.projectID, context: policyContext, principal: principal)
+        }
         let now = Date()
         let environment = PolicyEnvironment.make(point: point, projectID: message.projectID, context: policyContext, time: now, zone: self.settings.timeZone)
         var decision = PolicyEngine.decide(point: point, policies: policies, environment: environment, fallback: self.settings.defaultEffect)

@@ -19,13 +19,16 @@ public final class PolicyService: Sparkops_Policy_V1_PolicyService.ServiceProtoc
     let store: PolicyStore
     let access: ProjectAccess
     let settings: PolicyServiceConfig
+    /// Where the `budget.*` names come from.
+    let budgets: BudgetFigures
     let logger: Logger
     /// Compiled policies by scope ("" for the global ones), with the revision they were read at.
     let compiled = Mutex<[String: (revision: Int64, policies: [CompiledPolicy])]>([:])
 
-    init(store: SparkStore, access: ProjectAccess, settings: PolicyServiceConfig, logger: Logger) {
+    init(store: SparkStore, access: ProjectAccess, budgets: BudgetFigures, settings: PolicyServiceConfig, logger: Logger) {
         self.store = PolicyStore(store: store)
         self.access = access
+        self.budgets = budgets
         self.settings = settings
         self.logger = logger
     }

@@ -41,13 +41,15 @@ extension PolicyService {
         principalSetters: ["gateway", "agent", "tool", "run"]
     )
 
-    /// The policy service ready for the host: its store and migrations, and its client of the
-    /// project service (roles, audit).
+    /// The policy service ready for the host: its store and migrations, and its clients of the
+    /// project service (roles, audit) and the budget service (the `budget.*` names).
     public static func definition(host: HostConfig, config: ConfigReader, logger: Logger) async throws -> ServiceDefinition {
         let settings = try PolicyServiceConfig(config: config)
         let store = try SparkStore(service: "policy", location: host.storeLocation(), logger: logger)
-        let peers = try PeerClients(caller: .policy, peers: [.project], config: host)
-        let service = PolicyService(store: store, access: ProjectAccess(client: peers[.project]), settings: settings, logger: logger)
+        let peers = try PeerClients(caller: .policy, peers: [.project, .budget], config: host)
+        let service = PolicyService(
+            store: store, access: ProjectAccess(client: peers[.project]), budgets: BudgetFigures(client: peers[.budget]), settings: settings, logger: logger
+        )
         return ServiceDefinition(
             name: .policy,
             rpcServices: [service],

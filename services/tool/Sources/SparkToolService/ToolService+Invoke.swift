@@ -27,6 +27,11 @@ extension ToolService {
             throw SparkError.invalid("idempotency_key", "must be at most 200 printable ASCII characters, without spaces")
         }
         guard message.timeoutMs >= 0 else { throw SparkError.invalid("timeout_ms", "must be 0 (the tool's own timeout) or more") }
+        for (field, value) in [("run_id", message.runID), ("step_id", message.stepID), ("agent", message.agent), ("workflow", message.workflow)] {
+            guard value.utf8.count <= 200, !value.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+                throw SparkError.invalid(field, "must be at most 200 characters, without control characters")
+            }
+        }
         guard message.maxOutputBytes >= 0 else { throw SparkError.invalid("max_output_bytes", "must be 0 (the tool's own cap) or more") }
         let input: ExprValue
         do {
@@ -56,10 +61,19 @@ extension ToolService {
             id: invocationID, projectID: message.projectID, toolID: row.id, key: key.isEmpty ? invocationID : key,
             requestHash: requestHash, status: "running", toolVersion: row.latestVersion, response: "", startedAt: now, finishedAt: nil
         )
-        if !key.isEmpty, let earlier = try await self.claim(invocation, definition: definition) {
-            return ServerResponse(message: earlier)
-        } else if key.isEmpty {
-            try await self.store.store.transaction { _ = try await self.store.begin(invocation, on: $0) }
+        // The call's cost is held before it runs; a call answered from an earlier one under its
+        // key costs nothing, and gives the hold back.
+        let hold = try await self.reserve(message, definition: definition, timeout: timeout, metadata: request.metadata)
+        do {
+            if !key.isEmpty, let earlier = try await self.claim(invocation, definition: definition) {
+                await self.budget.release(hold, metadata: request.metadata)
+                return ServerResponse(message: earlier)
+            } else if key.isEmpty {
+                try await self.store.store.transaction { _ = try await self.store.begin(invocation, on: $0) }
+            }
+        } catch {
+            await self.budget.release(hold, metadata: request.metadata)
+            throw error
         }
 
         let started = ContinuousClock.now
@@ -98,6 +112,8 @@ extension ToolService {
             if let output = error.output { response.output = (try? Google_Protobuf_Value(jsonString: output.jsonText)) ?? Google_Protobuf_Value() }
             response.logs = Self.cut(error.logs)
         }
+        // The tool ran, whatever came of it: its configured cost is spent.
+        await self.budget.settle(hold, actualMicros: definition.costMicros, metadata: request.metadata)
         let elapsed = ContinuousClock.now - started
         response.durationMs = elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000
         let stored = try response.jsonString()
@@ -133,6 +149,7 @@ extension ToolService {
             $0.runID = message.runID
             $0.step.id = message.stepID
             $0.agent = message.agent
+            $0.workflow.name = message.workflow
         }, metadata: metadata)
         guard decision.effect == "require_approval" else { return nil }
         let first = decision.decidedBy.first
@@ -148,6 +165,32 @@ extension ToolService {
                 $0.message = first?.message ?? decision.message
                 $0.violationID = decision.violationID
             }
+        }
+    }
+
+    /// Holds the tool's configured cost on the budgets that cover the call, for its timeout and a
+    /// minute more; RESOURCE_EXHAUSTED naming the budget when a hard one has no room (nothing ran).
+    func reserve(
+        _ message: Sparkops_Tool_V1_InvokeToolRequest, definition: ToolDefinition, timeout: Duration, metadata: Metadata
+    ) async throws -> BudgetSpend.Hold? {
+        do {
+            return try await self.budget.reserve(
+                definition.costMicros, projectID: message.projectID,
+                attribution: .with {
+                    $0.workflow = message.workflow
+                    $0.agent = message.agent
+                    $0.tool = definition.name
+                    $0.runID = message.runID
+                    $0.stepID = message.stepID
+                },
+                ttlSeconds: Int(timeout.components.seconds) + 60, metadata: metadata
+            )
+        } catch let error as RPCError where error.code == .resourceExhausted {
+            throw SparkError(.resourceExhausted, "the tool was not run: \(error.message)")
+        } catch let error as RPCError where error.code == .invalidArgument {
+            throw error
+        } catch {
+            throw SparkError(.unavailable, "the budget service could not be asked, so the tool was not run: \(error)")
         }
     }
 

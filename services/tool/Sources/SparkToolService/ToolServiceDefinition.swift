@@ -79,12 +79,12 @@ extension ToolService {
     )
 
     /// The tool service ready for the host: its store and migrations, its master keys, its
-    /// executors, and its clients of the project service (roles, audit) and the policy service
-    /// (a decision before every call).
+    /// executors, and its clients of the project service (roles, audit), the policy service
+    /// (a decision before every call) and the budget service (each call's cost held before it).
     public static func definition(host: HostConfig, config: ConfigReader, logger: Logger) async throws -> ServiceDefinition {
         let settings = try ToolServiceConfig(config: config)
         let store = try SparkStore(service: "tool", location: host.storeLocation(), logger: logger)
-        let peers = try PeerClients(caller: .tool, peers: [.project, .policy], config: host)
+        let peers = try PeerClients(caller: .tool, peers: [.project, .policy, .budget], config: host)
         let secrets = try SecretBox.load(config: config, host: host)
         let outbound: OutboundGuard
         do {
@@ -111,7 +111,7 @@ extension ToolService {
         )
         let service = ToolService(
             store: store, access: ProjectAccess(client: peers[.project]), secrets: secrets, runner: runner,
-            policy: PolicyCheck(client: peers[.policy]), logger: logger
+            policy: PolicyCheck(client: peers[.policy]), budget: BudgetSpend(client: peers[.budget], logger: logger), logger: logger
         )
         return ServiceDefinition(
             name: .tool,

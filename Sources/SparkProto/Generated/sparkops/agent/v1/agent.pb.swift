@@ -406,6 +406,10 @@ public nonisolated struct Sparkops_Agent_V1_ExecuteAgentStepRequest: Sendable {
 
   public var stepID: String = String()
 
+  /// The workflow the step belongs to, if any: for the policies that decide on its calls and the
+  /// budgets that count its spend (a budget scoped to this workflow).
+  public var workflow: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -420,7 +424,8 @@ public nonisolated struct Sparkops_Agent_V1_AgentFailure: Sendable {
   // methods supported on all messages.
 
   /// max_iterations, timeout, llm_error, llm_refused, invalid_output, context_length, unpriced_model,
-  /// secret_missing, policy_denied, approval_required, policy_error (docs/agents.md).
+  /// secret_missing, policy_denied, approval_required, policy_error, budget_exceeded, budget_error
+  /// (docs/agents.md).
   public var reason: String = String()
 
   public var message: String = String()
@@ -1589,7 +1594,7 @@ nonisolated extension Sparkops_Agent_V1_ListAgentVersionsResponse: SwiftProtobuf
 
 nonisolated extension Sparkops_Agent_V1_ExecuteAgentStepRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ExecuteAgentStepRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}agent\0\u{1}prompt\0\u{1}input\0\u{3}idempotency_key\0\u{3}timeout_ms\0\u{3}run_id\0\u{3}step_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}agent\0\u{1}prompt\0\u{1}input\0\u{3}idempotency_key\0\u{3}timeout_ms\0\u{3}run_id\0\u{3}step_id\0\u{1}workflow\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1605,6 +1610,7 @@ nonisolated extension Sparkops_Agent_V1_ExecuteAgentStepRequest: SwiftProtobuf.M
       case 6: try { try decoder.decodeSingularInt64Field(value: &self.timeoutMs) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.runID) }()
       case 8: try { try decoder.decodeSingularStringField(value: &self.stepID) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.workflow) }()
       default: break
       }
     }
@@ -1639,6 +1645,9 @@ nonisolated extension Sparkops_Agent_V1_ExecuteAgentStepRequest: SwiftProtobuf.M
     if !self.stepID.isEmpty {
       try visitor.visitSingularStringField(value: self.stepID, fieldNumber: 8)
     }
+    if !self.workflow.isEmpty {
+      try visitor.visitSingularStringField(value: self.workflow, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1651,6 +1660,7 @@ nonisolated extension Sparkops_Agent_V1_ExecuteAgentStepRequest: SwiftProtobuf.M
     if lhs.timeoutMs != rhs.timeoutMs {return false}
     if lhs.runID != rhs.runID {return false}
     if lhs.stepID != rhs.stepID {return false}
+    if lhs.workflow != rhs.workflow {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -400,7 +400,8 @@ public nonisolated struct Sparkops_Budget_V1_SetBudgetRequest: Sendable {
 
   public var apiKeyID: String = String()
 
-  /// day, month or total; default month.
+  /// day, month or total. Left empty, a new budget counts per month and an existing one keeps
+  /// its period.
   public var period: String = String()
 
   public var limitMicros: Int64 = 0

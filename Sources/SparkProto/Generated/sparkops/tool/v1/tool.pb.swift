@@ -449,12 +449,15 @@ public nonisolated struct Sparkops_Tool_V1_InvokeToolRequest: Sendable {
   public var maxOutputBytes: Int64 = 0
 
   /// What the call belongs to, for the policies that decide on it (docs/policies.md): the run and
-  /// step, and the agent making the call. Optional.
+  /// step, the agent making the call and the workflow. Optional. The workflow and agent also
+  /// choose the budgets that count the call's cost (docs/budgets.md).
   public var runID: String = String()
 
   public var stepID: String = String()
 
   public var agent: String = String()
+
+  public var workflow: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1735,7 +1738,7 @@ nonisolated extension Sparkops_Tool_V1_ListToolVersionsResponse: SwiftProtobuf.M
 
 nonisolated extension Sparkops_Tool_V1_InvokeToolRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".InvokeToolRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}tool\0\u{1}input\0\u{3}idempotency_key\0\u{3}timeout_ms\0\u{3}max_output_bytes\0\u{3}run_id\0\u{3}step_id\0\u{1}agent\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}tool\0\u{1}input\0\u{3}idempotency_key\0\u{3}timeout_ms\0\u{3}max_output_bytes\0\u{3}run_id\0\u{3}step_id\0\u{1}agent\0\u{1}workflow\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1752,6 +1755,7 @@ nonisolated extension Sparkops_Tool_V1_InvokeToolRequest: SwiftProtobuf.Message,
       case 7: try { try decoder.decodeSingularStringField(value: &self.runID) }()
       case 8: try { try decoder.decodeSingularStringField(value: &self.stepID) }()
       case 9: try { try decoder.decodeSingularStringField(value: &self.agent) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.workflow) }()
       default: break
       }
     }
@@ -1789,6 +1793,9 @@ nonisolated extension Sparkops_Tool_V1_InvokeToolRequest: SwiftProtobuf.Message,
     if !self.agent.isEmpty {
       try visitor.visitSingularStringField(value: self.agent, fieldNumber: 9)
     }
+    if !self.workflow.isEmpty {
+      try visitor.visitSingularStringField(value: self.workflow, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1802,6 +1809,7 @@ nonisolated extension Sparkops_Tool_V1_InvokeToolRequest: SwiftProtobuf.Message,
     if lhs.runID != rhs.runID {return false}
     if lhs.stepID != rhs.stepID {return false}
     if lhs.agent != rhs.agent {return false}
+    if lhs.workflow != rhs.workflow {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
