@@ -19,11 +19,7 @@ struct BudgetAPITests {
         return Project(token: token, id: try await cluster.createProject(name, token: token))
     }
 
-    /// A micro-dollar figure of a reply: JSON leaves zeros out, and writes 64-bit numbers as strings.
-    static func micros(_ value: Any?) -> Int64 {
-        if let text = value as? String { return Int64(text) ?? -1 }
-        return (value as? NSNumber)?.int64Value ?? 0
-    }
+    static func micros(_ value: Any?) -> Int64 { ReservationLoad.micros(value) }
 
     @Test("budgets are set, read, changed and deleted; bad input names the field", arguments: TestBackend.all)
     func budgets(backend: TestBackend) async throws {
@@ -152,64 +148,9 @@ struct BudgetAPITests {
     func concurrentReservations(backend: TestBackend) async throws {
         try await TestCluster.run(backend: backend) { cluster in
             let project = try await Self.project(cluster)
-            let limit: Int64 = 50_000
-            _ = try await cluster.http.send(.PUT, "\(project.base)/budgets/cap", token: project.token, json: ["limitMicros": "\(limit)", "period": "total"])
-            let amounts = (0 ..< 200).map { _ in Int64.random(in: 1 ... 900) }
-            let outcomes = try await withThrowingTaskGroup(of: (Int64, String?, Int).self) { group in
-                for amount in amounts {
-                    group.addTask {
-                        let reply = try await cluster.http.send(.POST, "\(project.base)/reservations", token: project.token, json: ["amountMicros": "\(amount)"])
-                        return (amount, (reply.json["reservation"] as? [String: Any])?["id"] as? String, reply.status)
-                    }
-                }
-                return try await group.reduce(into: []) { $0.append($1) }
-            }
-            #expect(outcomes.allSatisfy { $0.2 == 201 || $0.2 == 429 }, "\(outcomes.map(\.2))")
-            let admitted = outcomes.filter { $0.1 != nil }
-            let admittedTotal = admitted.reduce(0) { $0 + $1.0 }
-            #expect(admittedTotal <= limit)
-            // Nothing was released while they ran, so what was left only shrank: every refused
-            // amount is larger than what is left at the end (the admitted set is maximal for
-            // the order of admission).
-            let leftover = limit - admittedTotal
-            for refused in outcomes where refused.1 == nil {
-                #expect(refused.0 > leftover, "\(refused.0) was refused with \(leftover) left")
-            }
-            #expect(admitted.count < 200, "the amounts were meant to exceed the limit")
-
-            // The ledger's figures after every entry stay within the limit.
-            var entries: [[String: Any]] = []
-            var token = ""
-            repeat {
-                let page = try await cluster.http.send(.GET, "\(project.base)/budgets/cap/ledger?pageSize=500&pageToken=\(token)", token: project.token)
-                entries += page.json["entries"] as? [[String: Any]] ?? []
-                token = page.json["nextPageToken"] as? String ?? ""
-            } while !token.isEmpty
-            #expect(entries.count == admitted.count)
-            for entry in entries {
-                #expect(Self.micros(entry["spentAfterMicros"]) + Self.micros(entry["reservedAfterMicros"]) <= limit)
-            }
-
-            // Half settle at less than they held, half release, concurrently.
-            let spent = try await withThrowingTaskGroup(of: Int64.self) { group in
-                for (index, (amount, id, _)) in admitted.enumerated() {
-                    group.addTask {
-                        let id = id!
-                        if index % 2 == 0 {
-                            let reply = try await cluster.http.send(.POST, "\(project.base)/reservations/\(id)/settle", token: project.token, json: ["actualMicros": "\(amount / 2)"])
-                            #expect(reply.status == 200, "\(reply.text)")
-                            return amount / 2
-                        }
-                        let reply = try await cluster.http.send(.POST, "\(project.base)/reservations/\(id)/release", token: project.token, json: [:])
-                        #expect(reply.status == 200, "\(reply.text)")
-                        return 0
-                    }
-                }
-                return try await group.reduce(0, +)
-            }
-            let usage = try #require(try await cluster.http.send(.GET, "\(project.base)/budgets/cap", token: project.token).json["usage"] as? [String: Any])
-            #expect(Self.micros(usage["reservedMicros"]) == 0)
-            #expect(Self.micros(usage["spentMicros"]) == spent)
+            let load = try await ReservationLoad.run(clients: [cluster.http], base: project.base, token: project.token)
+            #expect(load.problems.isEmpty, "\(load.problems)")
+            #expect(load.admitted.count > 0 && load.admitted.count < 200)
         }
     }
 }

@@ -18,7 +18,7 @@ struct DistributedTests {
         let agentAdminPort: Int
         let policyAdminPort: Int
         let budgetAdminPort: Int
-        let settings: [String]
+        var settings: [String]
 
         static func make(databaseURL: String?, redisURL: String?) async throws -> Deployment {
             let home = FileManager.default.temporaryDirectory.appending(path: "sparkops-system-\(UUID().uuidString)").path
@@ -75,14 +75,25 @@ struct DistributedTests {
             try await ServiceProcess(executable, self.settings.flatMap { ["--set", $0] }, logDirectory: self.home)
         }
 
+        /// A second process of one service: its own settings (ports) on top of the deployment's.
+        struct Replica {
+            var executable: String
+            var settings: [String]
+            var adminPort: Int
+        }
+
         /// Starts the project service, the gateway, the workflow, tool, agent, policy and budget services (in that
-        /// order in the result) and waits (bounded) until all report ready.
-        func startAll() async throws -> [ServiceProcess] {
+        /// order in the result), then `replicas`, and waits (bounded) until all report ready.
+        func startAll(replicas: [Replica] = []) async throws -> [ServiceProcess] {
             var processes: [ServiceProcess] = []
             for executable in ["sparkops-project", "sparkops-gateway", "sparkops-workflow", "sparkops-tool", "sparkops-agent", "sparkops-policy", "sparkops-budget"] {
                 processes.append(try await self.start(executable))
             }
-            let probes = [self.projectAdminPort, self.gatewayAdminPort, self.workflowAdminPort, self.toolAdminPort, self.agentAdminPort, self.policyAdminPort, self.budgetAdminPort].map { HTTPTestClient(baseURL: "http://127.0.0.1:\($0)") }
+            for replica in replicas {
+                processes.append(try await ServiceProcess(replica.executable, (self.settings + replica.settings).flatMap { ["--set", $0] }, logDirectory: self.home))
+            }
+            let adminPorts = [self.projectAdminPort, self.gatewayAdminPort, self.workflowAdminPort, self.toolAdminPort, self.agentAdminPort, self.policyAdminPort, self.budgetAdminPort]
+            let probes = (adminPorts + replicas.map(\.adminPort)).map { HTTPTestClient(baseURL: "http://127.0.0.1:\($0)") }
             let deadline = ContinuousClock.now + .seconds(60)
             while ContinuousClock.now < deadline {
                 if let exited = processes.first(where: { !$0.isRunning }) {

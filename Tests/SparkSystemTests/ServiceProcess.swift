@@ -49,6 +49,13 @@ final class ServiceProcess: Sendable {
         await self.child.stop(within: limit)
     }
 
+    /// Sends SIGKILL, as a crash or an out-of-memory kill would, and waits (bounded) until the
+    /// process is gone.
+    func kill() async {
+        self.child.signal(SIGKILL)
+        _ = await self.child.wait(within: .seconds(20))
+    }
+
     /// Runs `executable` to completion (bounded by 60 s) and returns its exit status and output.
     static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:], input: String? = nil) async throws -> (status: Int32, output: String) {
         let directory = FileManager.default.temporaryDirectory.path

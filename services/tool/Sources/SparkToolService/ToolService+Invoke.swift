@@ -168,8 +168,9 @@ extension ToolService {
         }
     }
 
-    /// Holds the tool's configured cost on the budgets that cover the call, for its timeout and a
-    /// minute more; RESOURCE_EXHAUSTED naming the budget when a hard one has no room (nothing ran).
+    /// Holds the tool's configured cost on the budgets that cover the call, for its timeout and
+    /// `tool.budgetHoldSeconds` more (a minute by default): a service killed mid-call leaves a
+    /// hold that expires then. RESOURCE_EXHAUSTED naming the budget when a hard one has no room (nothing ran).
     func reserve(
         _ message: Sparkops_Tool_V1_InvokeToolRequest, definition: ToolDefinition, timeout: Duration, metadata: Metadata
     ) async throws -> BudgetSpend.Hold? {
@@ -183,7 +184,7 @@ extension ToolService {
                     $0.runID = message.runID
                     $0.stepID = message.stepID
                 },
-                ttlSeconds: Int(timeout.components.seconds) + 60, metadata: metadata
+                ttlSeconds: Int(timeout.components.seconds) + 1 + self.budgetHoldSeconds, metadata: metadata
             )
         } catch let error as RPCError where error.code == .resourceExhausted {
             throw SparkError(.resourceExhausted, "the tool was not run: \(error.message)")

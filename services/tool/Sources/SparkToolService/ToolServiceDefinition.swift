@@ -34,6 +34,8 @@ public import SparkWire
 ///   may open (read-only). Empty (the default): none.
 /// - `tool.chromiumPath` (string): the Chromium browser tools run (default `/usr/bin/chromium`
 ///   when installed).
+/// - `tool.budgetHoldSeconds` (int, default 60, 1 to 3600): how long past a call's timeout the
+///   reservation of a paid tool's cost holds, so that a tool service killed mid-call frees it.
 public struct ToolServiceConfig: Sendable {
     public var outboundAllow: [String]
     public var sandbox: String
@@ -45,6 +47,7 @@ public struct ToolServiceConfig: Sendable {
     public var httpCAFile: String?
     public var sqliteDirectories: [String]
     public var chromiumPath: String?
+    public var budgetHoldSeconds: Int
 
     public init(config: ConfigReader) throws {
         self.outboundAllow = config.string(forKey: "tool.outboundAllow", default: "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
@@ -59,6 +62,7 @@ public struct ToolServiceConfig: Sendable {
             .map { URL(filePath: $0.trimmingCharacters(in: .whitespaces)).standardizedFileURL.resolvingSymlinksInPath().path }
             .filter { $0.hasPrefix("/") && $0 != "/" }
         self.chromiumPath = config.string(forKey: "tool.chromiumPath")
+        self.budgetHoldSeconds = try config.integer(forKey: "tool.budgetHoldSeconds", default: 60, in: 1...3600)
     }
 }
 
@@ -111,7 +115,8 @@ extension ToolService {
         )
         let service = ToolService(
             store: store, access: ProjectAccess(client: peers[.project]), secrets: secrets, runner: runner,
-            policy: PolicyCheck(client: peers[.policy]), budget: BudgetSpend(client: peers[.budget], logger: logger), logger: logger
+            policy: PolicyCheck(client: peers[.policy]), budget: BudgetSpend(client: peers[.budget], logger: logger),
+            budgetHoldSeconds: settings.budgetHoldSeconds, logger: logger
         )
         return ServiceDefinition(
             name: .tool,
