@@ -7,7 +7,7 @@ SECONDS ?= 60
 DEBIAN_PACKAGES := protobuf-compiler protobuf-c-compiler libprotobuf-c-dev libssl-dev libpq-dev \
 	libhiredis-dev libsqlite3-dev pkg-config make gcc python3 python3-pip curl bubblewrap nodejs util-linux chromium
 
-.PHONY: help deps build run run-distributed test proto proto-check clients fuzz-wire bench-wire bench-gateway bench-tools format clean
+.PHONY: help deps build run run-distributed test proto proto-check clients fuzz-wire bench-wire bench-gateway bench-tools bench-policy format clean
 
 help:
 	@echo "make deps         install missing Debian packages and Python modules"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench-wire   SparkWire against gRPC HTTP/2 and raw TLS, side by side"
 	@echo "make bench-gateway  wrk against an authenticated read through the gateway (SQLite, PostgreSQL)"
 	@echo "make bench-tools  python and http tool calls beside python3 and async-http-client, side by side"
+	@echo "make bench-policy Evaluate beside a SparkWire echo; Reserve+Settle beside one UPDATE on PostgreSQL"
 
 # Installs only what is missing, with sudo when not root.
 deps:
@@ -80,6 +81,10 @@ bench-gateway: deps
 bench-tools: deps
 	cd Benchmarks && $(SWIFT) build -c release --product ToolBenchmarks
 	Benchmarks/.build/release/ToolBenchmarks
+
+bench-policy: deps
+	cd Benchmarks && $(SWIFT) build -c release --product PolicyBenchmarks
+	eval "$$(deploy/local/services.sh --test)" && Benchmarks/.build/release/PolicyBenchmarks
 
 format:
 	$(SWIFT) format --in-place --recursive Sources Tests Benchmarks/Sources

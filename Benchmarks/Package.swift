@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/vapor/sql-kit.git", from: "3.36.0"),
     ],
     targets: [
         .executableTarget(
@@ -33,15 +34,31 @@ let package = Package(
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
+        .target(name: "BenchmarkSupport", swiftSettings: [.swiftLanguageMode(.v6)]),
         .executableTarget(
             name: "ToolBenchmarks",
             dependencies: [
+                "BenchmarkSupport",
                 .product(name: "SparkKit", package: "sparkops"),
                 .product(name: "SparkTesting", package: "sparkops"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        .executableTarget(
+            name: "PolicyBenchmarks",
+            dependencies: [
+                "BenchmarkSupport",
+                .product(name: "SparkKit", package: "sparkops"),
+                .product(name: "SparkProto", package: "sparkops"),
+                .product(name: "SparkWire", package: "sparkops"),
+                .product(name: "SparkTesting", package: "sparkops"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "SQLKit", package: "sql-kit"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),

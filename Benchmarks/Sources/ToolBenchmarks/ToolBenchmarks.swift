@@ -10,6 +10,7 @@
 // SparkOps runs in this process as `sparkops dev` does (every service and the gateway, SQLite);
 // the loopback server too.
 import AsyncHTTPClient
+import BenchmarkSupport
 import Foundation
 import NIOCore
 import NIOFoundationCompat
@@ -25,7 +26,7 @@ struct ToolBenchmarks {
     static let concurrency = 16
 
     static func main() async throws {
-        say(machine())
+        Bench.say(Bench.machine())
 
         let server = try await HTTPEchoServer.start()
         let python = CommandLine.arguments.count > 1 ? CommandLine.arguments[1] : "/usr/bin/python3"
@@ -48,70 +49,36 @@ struct ToolBenchmarks {
                 guard reply.status == 200, reply.json["error"] == nil else { fatalError("invoke \(tool) failed: \(reply.text)") }
             }
 
-            say("\npython no-op, one call at a time, \(Self.pythonCalls) calls each (after 10 of warm-up)")
-            let sandboxed = try await Self.latencies(Self.pythonCalls) { try await invoke("noop") }
-            let direct = try await Self.latencies(Self.pythonCalls) { try Self.spawn([python, "-I", "-B", "-c", "import sys; sys.stdout.write(sys.stdin.read())"]) }
+            Bench.say("\npython no-op, one call at a time, \(Self.pythonCalls) calls each (after 10 of warm-up)")
+            let sandboxed = try await Bench.latencies(Self.pythonCalls) { try await invoke("noop") }
+            let direct = try await Bench.latencies(Self.pythonCalls) { try Self.spawn([python, "-I", "-B", "-c", "import sys; sys.stdout.write(sys.stdin.read())"]) }
             let bwrap = ["/usr/bin/prlimit", "--cpu=10:11", "--data=268435456", "--nproc=64", "--fsize=16777216", "--core=0", "--",
                          "/usr/bin/bwrap", "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534", "--die-with-parent", "--new-session",
                          "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
                          "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--", python, "-I", "-B", "-c", "import sys; sys.stdout.write(sys.stdin.read())"]
             let hasBwrap = FileManager.default.isExecutableFile(atPath: "/usr/bin/bwrap")
-            let sandboxOnly = hasBwrap ? try await Self.latencies(Self.pythonCalls) { try Self.spawn(bwrap) } : []
-            say(Self.row("", "p50 ms", "p99 ms", "vs python3"))
-            say(Self.row("SparkOps invoke (gateway → tool service → sandbox)", Self.ms(sandboxed, 0.5), Self.ms(sandboxed, 0.99), Self.ratio(sandboxed, direct)))
+            let sandboxOnly = hasBwrap ? try await Bench.latencies(Self.pythonCalls) { try Self.spawn(bwrap) } : []
+            Bench.say(Bench.row("", "p50 ms", "p99 ms", "vs python3"))
+            Bench.say(Bench.row("SparkOps invoke (gateway → tool service → sandbox)", Bench.ms(sandboxed, 0.5), Bench.ms(sandboxed, 0.99), Bench.ratio(sandboxed, direct)))
             if hasBwrap {
-                say(Self.row("prlimit + bubblewrap + python3, spawned directly", Self.ms(sandboxOnly, 0.5), Self.ms(sandboxOnly, 0.99), Self.ratio(sandboxOnly, direct)))
+                Bench.say(Bench.row("prlimit + bubblewrap + python3, spawned directly", Bench.ms(sandboxOnly, 0.5), Bench.ms(sandboxOnly, 0.99), Bench.ratio(sandboxOnly, direct)))
             }
-            say(Self.row("python3, spawned directly", Self.ms(direct, 0.5), Self.ms(direct, 0.99), "1.00×"))
+            Bench.say(Bench.row("python3, spawned directly", Bench.ms(direct, 0.5), Bench.ms(direct, 0.99), "1.00×"))
 
-            say("\nhttp GET against a loopback server, \(Self.concurrency) calls at a time, \(Int(Self.httpSeconds)) s each")
-            let viaTool = try await Self.throughput { try await invoke("get") }
+            Bench.say("\nhttp GET against a loopback server, \(Self.concurrency) calls at a time, \(Int(Self.httpSeconds)) s each")
+            let viaTool = try await Bench.throughput(concurrency: Self.concurrency, seconds: Self.httpSeconds) { try await invoke("get") }
             let client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: .init())
-            let viaClient = try await Self.throughput {
+            let viaClient = try await Bench.throughput(concurrency: Self.concurrency, seconds: Self.httpSeconds) {
                 let response = try await client.execute(HTTPClientRequest(url: "\(server.baseURL)/item"), timeout: .seconds(10))
                 _ = try await response.body.collect(upTo: 1 << 20)
                 guard response.status == .ok else { fatalError("direct GET failed") }
             }
             try await client.shutdown()
-            say(Self.row("", "calls/s", "", "vs direct"))
-            say(Self.row("SparkOps invoke (gateway → tool service → guarded client)", String(format: "%.0f", viaTool), "", String(format: "%.2f×", viaTool / viaClient)))
-            say(Self.row("async-http-client, direct", String(format: "%.0f", viaClient), "", "1.00×"))
+            Bench.say(Bench.row("", "calls/s", "", "vs direct"))
+            Bench.say(Bench.row("SparkOps invoke (gateway → tool service → guarded client)", String(format: "%.0f", viaTool), "", String(format: "%.2f×", viaTool / viaClient)))
+            Bench.say(Bench.row("async-http-client, direct", String(format: "%.0f", viaClient), "", "1.00×"))
         }
         try await server.stop()
-    }
-
-    static func latencies(_ count: Int, _ call: () async throws -> Void) async throws -> [Double] {
-        for _ in 0 ..< 10 { try await call() }
-        var samples: [Double] = []
-        for _ in 0 ..< count {
-            let start = ContinuousClock.now
-            try await call()
-            let elapsed = ContinuousClock.now - start
-            samples.append(Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15)
-        }
-        return samples.sorted()
-    }
-
-    /// Calls completed per second by `concurrency` loops over `httpSeconds`.
-    static func throughput(_ call: @escaping @Sendable () async throws -> Void) async throws -> Double {
-        for _ in 0 ..< 50 { try await call() }
-        let deadline = ContinuousClock.now + .seconds(Self.httpSeconds)
-        let start = ContinuousClock.now
-        let total = try await withThrowingTaskGroup(of: Int.self) { group in
-            for _ in 0 ..< Self.concurrency {
-                group.addTask {
-                    var done = 0
-                    while ContinuousClock.now < deadline {
-                        try await call()
-                        done += 1
-                    }
-                    return done
-                }
-            }
-            return try await group.reduce(0, +)
-        }
-        let elapsed = ContinuousClock.now - start
-        return Double(total) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
     }
 
     /// Runs a command with `{"n": 1}` on stdin and waits for it, as the sandbox would.
@@ -130,35 +97,4 @@ struct ToolBenchmarks {
         process.waitUntilExit()
         guard process.terminationStatus == 0 else { fatalError("\(arguments[0]) exited \(process.terminationStatus)") }
     }
-
-    static func ms(_ sorted: [Double], _ quantile: Double) -> String {
-        guard !sorted.isEmpty else { return "-" }
-        return String(format: "%.1f", sorted[min(sorted.count - 1, Int(Double(sorted.count) * quantile))])
-    }
-
-    static func ratio(_ a: [Double], _ b: [Double]) -> String {
-        guard !a.isEmpty, !b.isEmpty else { return "-" }
-        return String(format: "%.2f×", a[a.count / 2] / b[b.count / 2])
-    }
-
-    static func row(_ label: String, _ first: String, _ second: String, _ third: String) -> String {
-        label.padding(toLength: 60, withPad: " ", startingAt: 0) + first.leftPadded(10) + second.leftPadded(10) + third.leftPadded(12)
-    }
-
-    static func machine() -> String {
-        let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
-        let model = cpuinfo.split(separator: "\n").first { $0.hasPrefix("model name") }.map { $0.split(separator: ":", maxSplits: 1)[1].trimmingCharacters(in: .whitespaces) } ?? "unknown CPU"
-        return "machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(model), \(ProcessInfo.processInfo.physicalMemory / (1 << 30)) GiB"
-    }
-}
-
-extension String {
-    func leftPadded(_ width: Int) -> String {
-        self.count >= width ? self : String(repeating: " ", count: width - self.count) + self
-    }
-}
-
-/// Prints a line at once (the table survives a crash later in the run).
-func say(_ line: String) {
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }
