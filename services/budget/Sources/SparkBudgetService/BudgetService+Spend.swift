@@ -76,22 +76,23 @@ extension BudgetService {
             for (budget, period) in zip(budgets, periods) {
                 try await self.store.ensureUsage(budget, period: period, on: db)
             }
-            var holds: [HoldRow] = []
-            var usages: [UsageRow] = []
-            for (budget, period) in zip(budgets, periods) {
-                guard let usage = try await self.store.reserve(budgetID: budget.id, period: period, amount: amount, bounded: budget.hard, on: db) else {
-                    throw Refusal(budget: budget, usage: try await self.store.usage(budgetID: budget.id, period: period, on: db), amount: amount)
-                }
-                holds.append(HoldRow(budgetID: budget.id, period: period))
-                usages.append(usage)
-            }
+            // The reservation first: the usage rows' locks, taken by the conditional updates,
+            // then last only to the commit.
             let reservation = ReservationRow(
                 id: SparkID.make("res"), projectID: projectID, amountMicros: amount, status: .held, actualMicros: 0, late: false,
                 attribution: attribution, createdAt: now, expiresAt: now + Int64(ttl) * 1_000_000, finishedAt: 0
             )
+            let holds = zip(budgets, periods).map { HoldRow(budgetID: $0.id, period: $1) }
             try await self.store.insert(reservation, holds: holds, on: db)
-            for (hold, usage) in zip(holds, usages) {
-                try await self.store.append(budgetID: hold.budgetID, period: hold.period, kind: "reserve", reservation: reservation, amount: amount, after: usage, now: now, on: db)
+            var usages: [UsageRow] = []
+            for (budget, period) in zip(budgets, periods) {
+                let admitted = try await self.store.reserve(
+                    budgetID: budget.id, period: period, amount: amount, bounded: budget.hard, recording: reservation, now: now, on: db
+                )
+                guard let usage = admitted else {
+                    throw Refusal(budget: budget, usage: try await self.store.usage(budgetID: budget.id, period: period, on: db), amount: amount)
+                }
+                usages.append(usage)
             }
             return (reservation, holds, usages)
         }
@@ -238,9 +239,14 @@ extension BudgetService {
         let holds = try await self.store.holds(of: row.id, on: db)
         var alerts: [AlertRow] = []
         for hold in holds {
-            guard let usage = try await self.store.move(budgetID: hold.budgetID, period: hold.period, unreserve: unreserve, spend: spend, on: db) else { continue }
-            try await self.store.append(budgetID: hold.budgetID, period: hold.period, kind: kind, reservation: row, amount: kind == "release" || kind == "expire" ? unreserve : spend, after: usage, now: now, on: db)
-            if spend > 0, let budget = try await self.store.budget(hold.budgetID, projectID: row.projectID, on: db) {
+            // Read before the update locks the usage row, which stays locked to the commit.
+            let budget = spend > 0 ? try await self.store.budget(hold.budgetID, projectID: row.projectID, on: db) : nil
+            let amount = kind == "release" || kind == "expire" ? unreserve : spend
+            let moved = try await self.store.move(
+                budgetID: hold.budgetID, period: hold.period, unreserve: unreserve, spend: spend, kind: kind, amount: amount, reservation: row, now: now, on: db
+            )
+            guard let usage = moved else { continue }
+            if let budget {
                 alerts += try await self.store.alerts(for: budget, usage: usage, now: now, on: db)
             }
         }

@@ -282,29 +282,53 @@ struct BudgetStore: Sendable {
 
     /// Adds `amount` to the period's reservations if spent + reserved + amount stays within the
     /// limit (or whatever it comes to, when `bounded` is false): the one statement that admits
-    /// spend. nil when it does not fit.
-    func reserve(budgetID: String, period: String, amount: Int64, bounded: Bool, on db: any SQLDatabase) async throws -> UsageRow? {
-        if bounded {
-            return try await db.raw("""
-                UPDATE budget_usage SET reserved_micros = reserved_micros + \(bind: amount)
-                WHERE budget_id = \(bind: budgetID) AND period = \(bind: period)
-                    AND spent_micros + reserved_micros + \(bind: amount) <= limit_micros
-                RETURNING *
-                """).first().map(Self.usageRow)
-        }
-        return try await db.raw("""
+    /// spend, with its ledger entry. nil when it does not fit (and nothing is written).
+    func reserve(
+        budgetID: String, period: String, amount: Int64, bounded: Bool, recording reservation: ReservationRow, now: Int64, on db: any SQLDatabase
+    ) async throws -> UsageRow? {
+        let bound: SQLQueryString = bounded ? "AND spent_micros + reserved_micros + \(bind: amount) <= limit_micros" : ""
+        return try await self.updateRecording("""
             UPDATE budget_usage SET reserved_micros = reserved_micros + \(bind: amount)
-            WHERE budget_id = \(bind: budgetID) AND period = \(bind: period)
+            WHERE budget_id = \(bind: budgetID) AND period = \(bind: period) \(bound)
             RETURNING *
-            """).first().map(Self.usageRow)
+            """, kind: "reserve", reservation: reservation, amount: amount, now: now, on: db)
     }
 
-    /// Moves a reservation's amount out of the period's reservations, and `spent` into its spend.
-    func move(budgetID: String, period: String, unreserve: Int64, spend: Int64, on db: any SQLDatabase) async throws -> UsageRow? {
-        try await db.raw("""
+    /// Moves a reservation's amount out of the period's reservations, and `spent` into its spend,
+    /// with the ledger entry `kind` of `amount`.
+    func move(
+        budgetID: String, period: String, unreserve: Int64, spend: Int64, kind: String, amount: Int64, reservation: ReservationRow, now: Int64,
+        on db: any SQLDatabase
+    ) async throws -> UsageRow? {
+        try await self.updateRecording("""
             UPDATE budget_usage SET reserved_micros = reserved_micros - \(bind: unreserve), spent_micros = spent_micros + \(bind: spend)
             WHERE budget_id = \(bind: budgetID) AND period = \(bind: period)
             RETURNING *
+            """, kind: kind, reservation: reservation, amount: amount, now: now, on: db)
+    }
+
+    /// `update` (of one `budget_usage` row, `RETURNING *`) and the ledger entry with the figures
+    /// it leaves. On PostgreSQL they are one statement, so that the row's lock, held to the
+    /// commit, waits one round trip less; SQLite's single writer holds the whole database anyway.
+    func updateRecording(
+        _ update: SQLQueryString, kind: String, reservation: ReservationRow, amount: Int64, now: Int64, on db: any SQLDatabase
+    ) async throws -> UsageRow? {
+        let a = reservation.attribution
+        guard self.store.dialect == .postgres else {
+            guard let usage = try await db.raw(update).first().map(Self.usageRow) else { return nil }
+            try await self.append(budgetID: usage.budgetID, period: usage.period, kind: kind, reservation: reservation, amount: amount, after: usage, now: now, on: db)
+            return usage
+        }
+        return try await db.raw("""
+            WITH u AS (\(update)), l AS (
+                INSERT INTO budget_ledger (budget_id, period, kind, reservation_id, amount_micros, spent_after, reserved_after,
+                    workflow, agent, api_key_id, model, tool, run_id, step_id, created_at)
+                SELECT budget_id, period, \(bind: kind), \(bind: reservation.id), \(bind: amount), spent_micros, reserved_micros,
+                    \(bind: a.workflow), \(bind: a.agent), \(bind: a.apiKeyID), \(bind: a.model), \(bind: a.tool), \(bind: a.runID),
+                    \(bind: a.stepID), \(bind: now)
+                FROM u
+            )
+            SELECT * FROM u
             """).first().map(Self.usageRow)
     }
 
