@@ -4,8 +4,10 @@
 #   dev        `sparkops dev`: one process, SQLite
 #   postgres   sparkops-project and sparkops-gateway as separate processes, PostgreSQL and Redis
 # Side by side, the baseline: the gateway process's own /healthz (same HTTP stack, no auth, no
-# RPC, no store) under the same load. Prints requests/s, p50/p99 latency, the ratio to the
-# baseline and to the reference stack, and each process's RSS.
+# RPC, no store) under the same load; and in postgres mode the peer, the original design's
+# stack: FastAPI + asyncpg under uvicorn with two workers (Benchmarks/peers/fastapi), serving
+# the same authenticated read from the same database, started here and loaded the same way.
+# Prints requests/s, p50/p99 latency, the ratios, and each process's RSS.
 #
 # Environment: SECONDS_PER_RUN (default 20), CONNECTIONS (64), THREADS (2), MODES ("dev postgres").
 # Rate limits are raised for the run (one key would otherwise be limited to its per-minute quota).
@@ -16,10 +18,11 @@ duration=${SECONDS_PER_RUN:-20}
 connections=${CONNECTIONS:-64}
 threads=${THREADS:-2}
 modes=${MODES:-dev postgres}
-# The reference: the original design's stack (FastAPI + asyncpg, two uvicorn workers) on this machine.
-reference_rps=4400 reference_p99_ms=46
-
-command -v wrk >/dev/null || { sudo=$([ "$(id -u)" = 0 ] || echo sudo); $sudo apt-get install -y -qq wrk; }
+sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+command -v wrk >/dev/null || $sudo apt-get install -y -qq wrk
+python3 -c 'import ensurepip' 2>/dev/null || $sudo apt-get install -y -qq python3-venv
+peer_dir=Benchmarks/peers/fastapi
+[ -x "$peer_dir/.venv/bin/uvicorn" ] || { python3 -m venv "$peer_dir/.venv" && "$peer_dir/.venv/bin/pip" install -q -r "$peer_dir/requirements.txt"; } >&2
 swift build -c release --product sparkops >&2
 swift build -c release --product sparkops-project >&2
 swift build -c release --product sparkops-gateway >&2
@@ -127,10 +130,31 @@ for mode in $modes; do
 	printf '%-9s %-34s %9s %8s %8s %7s\n' "$mode" "baseline: gateway GET /healthz" "$base_rps" "$base_p50" "$base_p99" "$base_errors"
 	printf '%-9s %-34s %9s %8s %8s %7s %s\n' "$mode" "GET /api/v1/projects/{id}, API key" "$rps" "$p50" "$p99" "$errors" \
 		"$(python3 -c "print(f'{$rps/$base_rps:.2f}x')")"
-	python3 -c "print(f'          vs reference (4,400 req/s, p99 46 ms): {$rps/$reference_rps:.2f}x the requests/s, p99 {$p99/$reference_p99_ms:.2f}x; target >= 3x and <= 0.33x')"
 	for pid in "${pids[@]}"; do
 		printf '          RSS %-18s %5s MiB now, %5s MiB peak\n' "$(tr '\0' ' ' </proc/$pid/cmdline | awk '{print $1}' | xargs basename)" "$(rss "$pid")" "$(peak "$pid")"
 	done
+	kill -TERM "${pids[@]}"
+	wait "${pids[@]}" 2>/dev/null || true
+	pids=()
+	[ "$mode" = postgres ] || continue
+
+	# The peer, alone on the machine as SparkOps was, on the same database, project and key.
+	(cd "$peer_dir" && DATABASE_URL="$base/sparkops_bench" exec .venv/bin/uvicorn app:app --workers 2 --host 127.0.0.1 --port 18100 \
+		--no-access-log --log-level warning) >"$work/fastapi.log" 2>&1 &
+	pids=($!)
+	peer_url="http://127.0.0.1:18100/api/v1/projects/$project"
+	for _ in $(seq 1 120); do curl -fsS -o /dev/null -H "Authorization: Bearer $key" "$peer_url" 2>/dev/null && break; sleep 0.25; done
+	curl -fsS -o /dev/null -H "Authorization: Bearer $key" "$peer_url" || { echo "the FastAPI peer did not answer:" >&2; cat "$work/fastapi.log" >&2; exit 1; }
+	wrk -t1 -c8 -d2s -H "Authorization: Bearer $key" "$peer_url" >/dev/null
+	read -r peer_rps peer_p50 peer_p99 peer_errors < <(load "$peer_url" -H "Authorization: Bearer $key")
+	printf '%-9s %-34s %9s %8s %8s %7s %s\n' "$mode" "peer: FastAPI + asyncpg, 2 workers" "$peer_rps" "$peer_p50" "$peer_p99" "$peer_errors" \
+		"$(python3 -c "print(f'{$peer_rps/$base_rps:.2f}x')")"
+	python3 -c "print(f'          SparkOps vs FastAPI + asyncpg: {$rps/$peer_rps:.2f}x the requests/s, p99 {$p99/$peer_p99:.2f}x; target >= 3x and <= 0.33x')"
+	total_rss=0 total_peak=0
+	for pid in ${pids[0]} $(pgrep -P "${pids[0]}"); do
+		total_rss=$((total_rss + $(rss "$pid"))) total_peak=$((total_peak + $(peak "$pid")))
+	done
+	printf '          RSS %-18s %5s MiB now, %5s MiB peak (the parent and its workers)\n' uvicorn "$total_rss" "$total_peak"
 	kill -TERM "${pids[@]}"
 	wait "${pids[@]}" 2>/dev/null || true
 	pids=()
