@@ -29,6 +29,21 @@ public struct ReservationLoad: Sendable {
         return (value as? NSNumber)?.int64Value ?? 0
     }
 
+    /// Runs `calls` concurrently, at most 32 in flight: more than the HTTP client's connections
+    /// per host (8), so that the server always has every connection busy, and few enough that no
+    /// call waits in the client's queue past its connection timeout on a loaded machine.
+    static func concurrently<T: Sendable>(_ calls: [@Sendable () async throws -> T]) async throws -> [T] {
+        try await withThrowingTaskGroup(of: T.self) { group in
+            var results: [T] = []
+            for (index, call) in calls.enumerated() {
+                if index >= 32, let result = try await group.next() { results.append(result) }
+                group.addTask { try await call() }
+            }
+            for try await result in group { results.append(result) }
+            return results
+        }
+    }
+
     /// Sets budget `budget` of project `base` (`/api/v1/projects/prj_…`) to `limit` for the
     /// whole time, then runs the load with `count` reservations of 1 to `largest` micro-dollars.
     public static func run(
@@ -40,16 +55,12 @@ public struct ReservationLoad: Sendable {
         guard set.status == 200 else { throw TestSetupError(description: "budget \(budget) could not be set: \(set.text)") }
 
         let amounts = (0 ..< count).map { _ in Int64.random(in: 1 ... largest) }
-        let outcomes = try await withThrowingTaskGroup(of: Outcome.self) { group in
-            for (index, amount) in amounts.enumerated() {
-                let client = clients[index % clients.count]
-                group.addTask {
-                    let reply = try await client.send(.POST, "\(base)/reservations", token: token, json: ["amountMicros": "\(amount)"])
-                    return Outcome(amount: amount, reservationID: (reply.json["reservation"] as? [String: Any])?["id"] as? String, status: reply.status)
-                }
+        let outcomes = try await Self.concurrently(amounts.enumerated().map { index, amount in
+            { @Sendable () async throws -> Outcome in
+                let reply = try await clients[index % clients.count].send(.POST, "\(base)/reservations", token: token, json: ["amountMicros": "\(amount)"])
+                return Outcome(amount: amount, reservationID: (reply.json["reservation"] as? [String: Any])?["id"] as? String, status: reply.status)
             }
-            return try await group.reduce(into: []) { $0.append($1) }
-        }
+        })
         for outcome in outcomes where outcome.status != 201 && outcome.status != 429 {
             problems.append("a reservation of \(outcome.amount) answered \(outcome.status)")
         }
@@ -77,21 +88,16 @@ public struct ReservationLoad: Sendable {
         }
 
         // Half settle at half of what they held, half release, concurrently and spread the same way.
-        let spent = try await withThrowingTaskGroup(of: Int64.self) { group in
-            for (index, outcome) in admitted.enumerated() {
-                let client = clients[index % clients.count]
-                let id = outcome.reservationID!
-                group.addTask {
-                    let settle = index % 2 == 0
-                    let reply = try await client.send(
-                        .POST, "\(base)/reservations/\(id)/\(settle ? "settle" : "release")", token: token,
-                        json: settle ? ["actualMicros": "\(outcome.amount / 2)"] : [:]
-                    )
-                    return reply.status == 200 ? (settle ? outcome.amount / 2 : 0) : -1
-                }
+        let spent = try await Self.concurrently(admitted.enumerated().map { index, outcome in
+            { @Sendable () async throws -> Int64 in
+                let settle = index % 2 == 0
+                let reply = try await clients[index % clients.count].send(
+                    .POST, "\(base)/reservations/\(outcome.reservationID!)/\(settle ? "settle" : "release")", token: token,
+                    json: settle ? ["actualMicros": "\(outcome.amount / 2)"] : [:]
+                )
+                return reply.status == 200 ? (settle ? outcome.amount / 2 : 0) : -1
             }
-            return try await group.reduce(into: [Int64]()) { $0.append($1) }
-        }
+        })
         if spent.contains(-1) { problems.append("\(spent.filter { $0 == -1 }.count) settles or releases failed") }
         let usage = try await clients[0].send(.GET, "\(base)/budgets/\(budget)", token: token).json["usage"] as? [String: Any] ?? [:]
         let settled = spent.filter { $0 > 0 }.reduce(0, +)
