@@ -121,6 +121,7 @@ let coreTargets: [Target] = [
                 "SparkAgentService",
                 "SparkPolicyService",
                 "SparkBudgetService",
+                "SparkRunService",
                 "SparkGateway",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
@@ -287,6 +288,7 @@ let package = Package(
         .executable(name: "sparkops-agent", targets: ["sparkops-agent"]),
         .executable(name: "sparkops-policy", targets: ["sparkops-policy"]),
         .executable(name: "sparkops-budget", targets: ["sparkops-budget"]),
+        .executable(name: "sparkops-run", targets: ["sparkops-run"]),
         .library(name: "SparkWire", targets: ["SparkWire"]),
         .library(name: "SparkProto", targets: ["SparkProto"]),
         .library(name: "SparkKit", targets: ["SparkKit"]),
@@ -364,6 +366,11 @@ let package = Package(
         ])
         + service("policy", module: "SparkPolicyService", dependencies: ["SparkWorkflow", "SparkExpr"])
         + service("budget", module: "SparkBudgetService", dependencies: [.product(name: "Metrics", package: "swift-metrics")])
+        + service("run", module: "SparkRunService", dependencies: [
+            "SparkWorkflow",
+            "SparkExpr",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ])
         + service("gateway", module: "SparkGateway", dependencies: [
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),

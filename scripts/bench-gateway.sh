@@ -31,6 +31,7 @@ swift build -c release --product sparkops-tool >&2
 swift build -c release --product sparkops-agent >&2
 swift build -c release --product sparkops-policy >&2
 swift build -c release --product sparkops-budget >&2
+swift build -c release --product sparkops-run >&2
 bin=$(swift build -c release --show-bin-path)
 
 work=$(mktemp -d /tmp/sparkops-bench.XXXXXX)
@@ -41,7 +42,7 @@ trap cleanup EXIT
 password=bench-password-123
 settings=(
 	--set home="$work/home" --set log.level=warning --set admin.password=$password
-	--set gateway.port=18000 --set gateway.adminPort=19000 --set project.port=17001 --set project.adminPort=19001 --set workflow.port=17003 --set workflow.adminPort=19003 --set tool.port=17005 --set tool.adminPort=19005 --set agent.port=17002 --set agent.adminPort=19002 --set policy.port=17006 --set policy.adminPort=19006 --set budget.port=17007 --set budget.adminPort=19007
+	--set gateway.port=18000 --set gateway.adminPort=19000 --set project.port=17001 --set project.adminPort=19001 --set workflow.port=17003 --set workflow.adminPort=19003 --set tool.port=17005 --set tool.adminPort=19005 --set agent.port=17002 --set agent.adminPort=19002 --set policy.port=17006 --set policy.adminPort=19006 --set budget.port=17007 --set budget.adminPort=19007 --set run.port=17004 --set run.adminPort=19004
 	--set tool.masterKeys=bench:$(head -c 32 /dev/urandom | base64)
 	--set gateway.rateLimit.principalPerMinute=100000000 --set gateway.rateLimit.principalBurst=100000000
 	--set gateway.rateLimit.ipPerMinute=100000000 --set gateway.rateLimit.ipBurst=100000000
@@ -93,7 +94,7 @@ for mode in $modes; do
 		eval "$(deploy/local/services.sh)"
 		base=${SPARKOPS_DATABASE_URL%/*}
 		psql "$SPARKOPS_DATABASE_URL" -qc "DROP DATABASE IF EXISTS sparkops_bench" -c "CREATE DATABASE sparkops_bench" >/dev/null
-		"$bin/sparkops" certs init --dir "$work/home/certs" --services gateway,project,workflow,tool,agent,policy,budget >/dev/null
+		"$bin/sparkops" certs init --dir "$work/home/certs" --services gateway,project,workflow,tool,agent,policy,budget,run >/dev/null
 		extra=(--set database.url="$base/sparkops_bench" --set redis.url="$SPARKOPS_REDIS_URL" --set redis.keyPrefix=bench)
 		"$bin/sparkops-project" "${settings[@]}" "${extra[@]}" >"$work/project.log" 2>&1 &
 		pids=($!)
@@ -106,6 +107,8 @@ for mode in $modes; do
 		"$bin/sparkops-policy" "${settings[@]}" "${extra[@]}" >"$work/policy.log" 2>&1 &
 		pids+=($!)
 		"$bin/sparkops-budget" "${settings[@]}" "${extra[@]}" >"$work/budget.log" 2>&1 &
+		pids+=($!)
+		"$bin/sparkops-run" "${settings[@]}" "${extra[@]}" >"$work/run.log" 2>&1 &
 		pids+=($!)
 		"$bin/sparkops-gateway" "${settings[@]}" "${extra[@]}" >"$work/gateway.log" 2>&1 &
 		pids+=($!)

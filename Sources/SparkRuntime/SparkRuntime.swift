@@ -8,6 +8,7 @@ import SparkBudgetService
 import SparkPolicyService
 import SparkGateway
 import SparkProjectService
+import SparkRunService
 import SparkToolService
 import SparkWorkflowService
 import SparkWire
@@ -39,7 +40,9 @@ public enum SparkRuntime {
             return ServiceHost.services(try await PolicyService.definition(host: host, config: config, logger: logger), config: host, logger: logger)
         case .budget:
             return ServiceHost.services(try await BudgetService.definition(host: host, config: config, logger: logger), config: host, logger: logger)
-        case .run, .scheduler:
+        case .run:
+            return ServiceHost.services(try await RunService.definition(host: host, config: config, logger: logger), config: host, logger: logger)
+        case .scheduler:
             throw SparkConfigurationError("the \(service.rawValue) service is not available yet; available: \(ServiceName.available.map(\.rawValue).joined(separator: ", "))")
         }
     }
@@ -88,6 +91,7 @@ public enum SparkRuntime {
             case .agent: definition = try await AgentService.definition(host: host, config: config, logger: logger)
             case .policy: definition = try await PolicyService.definition(host: host, config: config, logger: logger)
             case .budget: definition = try await BudgetService.definition(host: host, config: config, logger: logger)
+            case .run: definition = try await RunService.definition(host: host, config: config, logger: logger)
             default: continue
             }
             guard let store = definition.store else { continue }

@@ -168,6 +168,28 @@ public struct RunMachine: Sendable, Hashable {
         self.random = seed
     }
 
+    /// A machine for a run made by `RerunFrom`: the steps in `reused` start as succeeded, with the
+    /// outputs the original run gave them, and run no more.
+    public init(runID: String, definition: WorkflowDefinition, inputs: [String: ExprValue], seed: UInt64, deadline: Int64? = nil, reusing reused: [String: ExprValue]) {
+        self.init(runID: runID, definition: definition, inputs: inputs, seed: seed, deadline: deadline)
+        for index in self.steps.indices {
+            guard let output = reused[self.steps[index].id] else { continue }
+            self.steps[index].status = .succeeded
+            self.steps[index].output = output
+        }
+    }
+
+    /// The jitter's state, for the snapshot.
+    var randomState: UInt64 { self.random }
+
+    /// Puts back what a snapshot recorded.
+    mutating func restore(status: RunStatus, steps: [StepState], outputs: [String: ExprValue], failure: RunFailure?) {
+        self.status = status
+        self.steps = steps
+        self.outputs = outputs
+        self.failure = failure
+    }
+
     public func step(_ id: String) -> StepState? {
         self.steps.first { $0.id == id }
     }
@@ -581,7 +603,11 @@ extension RunMachine {
         }
         var out: [String: ExprValue] = [:]
         for input in declared {
-            if let value = given[input.name], value != .null {
+            if var value = given[input.name], value != .null {
+                // JSON has one kind of number: a whole one is an integer where one is declared.
+                if input.type == .integer, case .double(let number) = value, number.rounded() == number, abs(number) < 9_007_199_254_740_992 {
+                    value = .int(Int64(number))
+                }
                 guard input.type.admits(value) else {
                     throw RunInputError(input: input.name, message: "must be \(input.type.rawValue), not \(value.typeName)")
                 }

@@ -229,3 +229,19 @@ extension String {
         return String(slice)
     }
 }
+
+extension WorkflowDefinition {
+    /// The ids of the steps that need `step`, directly or through others, and `step` itself.
+    public func downstream(of step: String) -> Set<String> {
+        var found: Set<String> = [step]
+        var moved = true
+        while moved {
+            moved = false
+            for candidate in self.steps where !found.contains(candidate.id) && candidate.needs.contains(where: found.contains) {
+                found.insert(candidate.id)
+                moved = true
+            }
+        }
+        return found
+    }
+}

@@ -41,7 +41,7 @@ extension DistributedTests {
             defer { try? FileManager.default.removeItem(atPath: deployment.home) }
             // A call's hold lasts its timeout (20 s) and 1 s more; the sweeper looks every second.
             deployment.settings += ["tool.budgetHoldSeconds=1", "budget.sweepIntervalSeconds=1"]
-            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget"])
+            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget,run"])
             var processes = try await deployment.startAll()
             let http = deployment.gateway
             let project = try await Self.signIn(deployment, project: "killed-caller")
@@ -101,7 +101,7 @@ extension DistributedTests {
             let firstPort = try #require(deployment.settings.first { $0.hasPrefix("budget.port=") }?.split(separator: "=").last)
             // Every caller, the gateway included, spreads its budget calls over both replicas.
             deployment.settings.append("budget.address=127.0.0.1:\(firstPort),127.0.0.1:\(port)")
-            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget"])
+            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget,run"])
             let processes = try await deployment.startAll(replicas: [
                 Deployment.Replica(executable: "sparkops-budget", settings: ["budget.port=\(port)", "budget.adminPort=\(adminPort)"], adminPort: adminPort)
             ])

@@ -18,6 +18,7 @@ struct DistributedTests {
         let agentAdminPort: Int
         let policyAdminPort: Int
         let budgetAdminPort: Int
+        let runAdminPort: Int
         var settings: [String]
 
         static func make(databaseURL: String?, redisURL: String?) async throws -> Deployment {
@@ -30,7 +31,8 @@ struct DistributedTests {
                 tool: try await FreePort.allocate(), toolAdmin: try await FreePort.allocate(),
                 agent: try await FreePort.allocate(), agentAdmin: try await FreePort.allocate(),
                 policy: try await FreePort.allocate(), policyAdmin: try await FreePort.allocate(),
-                budget: try await FreePort.allocate(), budgetAdmin: try await FreePort.allocate()
+                budget: try await FreePort.allocate(), budgetAdmin: try await FreePort.allocate(),
+                run: try await FreePort.allocate(), runAdmin: try await FreePort.allocate()
             )
             var settings = [
                 "home=\(home)",
@@ -48,6 +50,8 @@ struct DistributedTests {
                 "policy.adminPort=\(ports.policyAdmin)",
                 "budget.port=\(ports.budget)",
                 "budget.adminPort=\(ports.budgetAdmin)",
+                "run.port=\(ports.run)",
+                "run.adminPort=\(ports.runAdmin)",
                 "tool.masterKeys=system:\(Data((0 ..< 32).map { _ in UInt8.random(in: 0 ... 255) }).base64EncodedString())",
                 "project.bcryptCost=4",
                 "admin.email=\(TestCluster.adminEmail)",
@@ -65,7 +69,7 @@ struct DistributedTests {
             return Deployment(
                 home: home, gatewayPort: ports.gateway, gatewayAdminPort: ports.gatewayAdmin,
                 projectAdminPort: ports.projectAdmin, workflowAdminPort: ports.workflowAdmin, toolAdminPort: ports.toolAdmin,
-                agentAdminPort: ports.agentAdmin, policyAdminPort: ports.policyAdmin, budgetAdminPort: ports.budgetAdmin, settings: settings
+                agentAdminPort: ports.agentAdmin, policyAdminPort: ports.policyAdmin, budgetAdminPort: ports.budgetAdmin, runAdminPort: ports.runAdmin, settings: settings
             )
         }
 
@@ -82,17 +86,17 @@ struct DistributedTests {
             var adminPort: Int
         }
 
-        /// Starts the project service, the gateway, the workflow, tool, agent, policy and budget services (in that
+        /// Starts the project service, the gateway, the workflow, tool, agent, policy, budget and run services (in that
         /// order in the result), then `replicas`, and waits (bounded) until all report ready.
         func startAll(replicas: [Replica] = []) async throws -> [ServiceProcess] {
             var processes: [ServiceProcess] = []
-            for executable in ["sparkops-project", "sparkops-gateway", "sparkops-workflow", "sparkops-tool", "sparkops-agent", "sparkops-policy", "sparkops-budget"] {
+            for executable in ["sparkops-project", "sparkops-gateway", "sparkops-workflow", "sparkops-tool", "sparkops-agent", "sparkops-policy", "sparkops-budget", "sparkops-run"] {
                 processes.append(try await self.start(executable))
             }
             for replica in replicas {
                 processes.append(try await ServiceProcess(replica.executable, (self.settings + replica.settings).flatMap { ["--set", $0] }, logDirectory: self.home))
             }
-            let adminPorts = [self.projectAdminPort, self.gatewayAdminPort, self.workflowAdminPort, self.toolAdminPort, self.agentAdminPort, self.policyAdminPort, self.budgetAdminPort]
+            let adminPorts = [self.projectAdminPort, self.gatewayAdminPort, self.workflowAdminPort, self.toolAdminPort, self.agentAdminPort, self.policyAdminPort, self.budgetAdminPort, self.runAdminPort]
             let probes = (adminPorts + replicas.map(\.adminPort)).map { HTTPTestClient(baseURL: "http://127.0.0.1:\($0)") }
             let deadline = ContinuousClock.now + .seconds(60)
             while ContinuousClock.now < deadline {
@@ -119,7 +123,7 @@ struct DistributedTests {
             defer { try? FileManager.default.removeItem(atPath: deployment.home) }
 
             let certs = try await ServiceProcess.run(
-                "sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget"]
+                "sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget,run"]
             )
             #expect(certs.status == 0, "\(certs.output)")
 
@@ -192,7 +196,7 @@ struct DistributedTests {
     func peerOutage() async throws {
         let deployment = try await Deployment.make(databaseURL: nil, redisURL: nil)
         defer { try? FileManager.default.removeItem(atPath: deployment.home) }
-        _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget"])
+        _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget,run"])
         let processes = try await deployment.startAll()
         let token = try #require(try await deployment.gateway.send(
             .POST, "/api/v1/auth/login", json: ["email": TestCluster.adminEmail, "password": TestCluster.adminPassword]
@@ -225,6 +229,8 @@ struct DistributedTests {
         #expect(await processes[3].stop() == 0)
         #expect(await processes[4].stop() == 0)
         #expect(await processes[5].stop() == 0)
+        #expect(await processes[6].stop() == 0)
+        #expect(await processes[7].stop() == 0)
     }
 
     @Test(
@@ -236,7 +242,7 @@ struct DistributedTests {
         try await backend.withDatabase { databaseURL in
             let deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: backend.redisURL)
             defer { try? FileManager.default.removeItem(atPath: deployment.home) }
-            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget"])
+            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget,run"])
             var processes = try await deployment.startAll()
             // A second gateway replica sharing the same project service and Redis.
             let (secondPort, secondAdminPort) = (try await FreePort.allocate(), try await FreePort.allocate())

@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-services=(project budget policy tool agent workflow gateway)
+services=(project budget policy tool agent workflow run gateway)
 home=${SPARKOPS_HOME:-.sparkops-distributed}
 configuration=${CONFIGURATION:-debug}
 
@@ -58,5 +58,5 @@ for _ in $(seq 1 120); do
 done
 [ $ready = 1 ] || { echo "not ready after 60 s; see $home/logs" >&2; exit 1; }
 grep -h -B1 "  password: " "$home/logs/project.log" || true
-echo "SparkOps (distributed): API on http://localhost:8000, metrics on :9000 (gateway), :9001 (project), :9002 (agent), :9003 (workflow), :9005 (tool), :9006 (policy) and :9007 (budget). Ctrl-C stops."
+echo "SparkOps (distributed): API on http://localhost:8000, metrics on :9000 (gateway), :9001 (project), :9002 (agent), :9003 (workflow), :9005 (tool), :9004 (run), :9006 (policy) and :9007 (budget). Ctrl-C stops."
 wait

@@ -22,5 +22,5 @@ public enum ServiceName: String, CaseIterable, Sendable, Hashable {
 
     /// The services implemented so far, each after the services it calls (the order they start
     /// in, but for the gateway, which starts last); the others are named but not built yet.
-    public static let available: [ServiceName] = [.gateway, .project, .budget, .policy, .tool, .agent, .workflow]
+    public static let available: [ServiceName] = [.gateway, .project, .budget, .policy, .tool, .agent, .workflow, .run]
 }

@@ -1462,6 +1462,231 @@ extension SparkHTTPRoute {
         ),
         SparkHTTPRoute(
             verb: .post,
+            path: "/api/v1/projects/{project_id}/runs",
+            pathFields: ["project_id": "projectId"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "run.create",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 201,
+            service: "run",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "CreateRun"),
+            decodeRequest: { bytes, options in try Sparkops_Run_V1_CreateRunRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Run_V1_CreateRunRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "CreateRun"),
+                    serializer: ProtobufSerializer<Sparkops_Run_V1_CreateRunRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Run_V1_CreateRunResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/runs/{run_id}",
+            pathFields: ["project_id": "projectId", "run_id": "runId"],
+            queryFields: [:],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "run.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "run",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "GetRun"),
+            decodeRequest: { bytes, options in try Sparkops_Run_V1_GetRunRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Run_V1_GetRunRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "GetRun"),
+                    serializer: ProtobufSerializer<Sparkops_Run_V1_GetRunRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Run_V1_Run>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/runs",
+            pathFields: ["project_id": "projectId"],
+            queryFields: ["status": .init(jsonName: "status", kind: .string), "workflow": .init(jsonName: "workflow", kind: .string), "created_after": .init(jsonName: "createdAfter", kind: .string), "created_before": .init(jsonName: "createdBefore", kind: .string), "page_size": .init(jsonName: "pageSize", kind: .integer), "page_token": .init(jsonName: "pageToken", kind: .string)],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "run.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "run",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ListRuns"),
+            decodeRequest: { bytes, options in try Sparkops_Run_V1_ListRunsRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Run_V1_ListRunsRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ListRuns"),
+                    serializer: ProtobufSerializer<Sparkops_Run_V1_ListRunsRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Run_V1_ListRunsResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .post,
+            path: "/api/v1/projects/{project_id}/runs/{run_id}/cancel",
+            pathFields: ["project_id": "projectId", "run_id": "runId"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "run.cancel",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "run",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "CancelRun"),
+            decodeRequest: { bytes, options in try Sparkops_Run_V1_CancelRunRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Run_V1_CancelRunRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "CancelRun"),
+                    serializer: ProtobufSerializer<Sparkops_Run_V1_CancelRunRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Run_V1_Run>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .post,
+            path: "/api/v1/projects/{project_id}/runs/{run_id}/rerun",
+            pathFields: ["project_id": "projectId", "run_id": "runId"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "run.create",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 201,
+            service: "run",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "RerunFrom"),
+            decodeRequest: { bytes, options in try Sparkops_Run_V1_RerunFromRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Run_V1_RerunFromRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "RerunFrom"),
+                    serializer: ProtobufSerializer<Sparkops_Run_V1_RerunFromRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Run_V1_CreateRunResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .post,
+            path: "/api/v1/projects/{project_id}/runs/{run_id}/steps/{step_id}/resolve",
+            pathFields: ["project_id": "projectId", "run_id": "runId", "step_id": "stepId"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "approval.decide",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "run",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ResolveStep"),
+            decodeRequest: { bytes, options in try Sparkops_Run_V1_ResolveStepRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Run_V1_ResolveStepRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ResolveStep"),
+                    serializer: ProtobufSerializer<Sparkops_Run_V1_ResolveStepRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Run_V1_Run>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/events",
+            pathFields: ["project_id": "projectId"],
+            queryFields: ["run_id": .init(jsonName: "runId", kind: .string), "after_sequence": .init(jsonName: "afterSequence", kind: .integer), "page_size": .init(jsonName: "pageSize", kind: .integer)],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "run.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "run",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ListRunEvents"),
+            decodeRequest: { bytes, options in try Sparkops_Run_V1_ListRunEventsRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Run_V1_ListRunEventsRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ListRunEvents"),
+                    serializer: ProtobufSerializer<Sparkops_Run_V1_ListRunEventsRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Run_V1_ListRunEventsResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .get,
+            path: "/api/v1/projects/{project_id}/approvals",
+            pathFields: ["project_id": "projectId"],
+            queryFields: ["status": .init(jsonName: "status", kind: .string), "run_id": .init(jsonName: "runId", kind: .string), "page_size": .init(jsonName: "pageSize", kind: .integer), "page_token": .init(jsonName: "pageToken", kind: .string)],
+            hasBody: false,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "run.read",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "run",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ListApprovals"),
+            decodeRequest: { bytes, options in try Sparkops_Run_V1_ListApprovalsRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Run_V1_ListApprovalsRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ListApprovals"),
+                    serializer: ProtobufSerializer<Sparkops_Run_V1_ListApprovalsRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Run_V1_ListApprovalsResponse>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .post,
+            path: "/api/v1/projects/{project_id}/approvals/{approval_id}/decide",
+            pathFields: ["project_id": "projectId", "approval_id": "approvalId"],
+            queryFields: [:],
+            hasBody: true,
+            maxBodyBytes: 0,
+            callTimeoutSeconds: 0,
+            permission: "approval.decide",
+            isPublic: false,
+            adminOnly: false,
+            successStatus: 200,
+            service: "run",
+            descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "DecideApproval"),
+            decodeRequest: { bytes, options in try Sparkops_Run_V1_DecideApprovalRequest(jsonUTF8Bytes: bytes, options: options) },
+            call: { client, request, metadata, options in
+                try await client.unary(
+                    request: ClientRequest(message: request as! Sparkops_Run_V1_DecideApprovalRequest, metadata: metadata),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "DecideApproval"),
+                    serializer: ProtobufSerializer<Sparkops_Run_V1_DecideApprovalRequest>(),
+                    deserializer: ProtobufDeserializer<Sparkops_Run_V1_Approval>(),
+                    options: options
+                ) { response in try response.message }
+            }
+        ),
+        SparkHTTPRoute(
+            verb: .post,
             path: "/api/v1/projects/{project_id}/tools/apply",
             pathFields: ["project_id": "projectId"],
             queryFields: [:],

@@ -2245,6 +2245,415 @@ public enum SparkOpenAPI {
         },
         "type" : "object"
       },
+      "sparkops.run.v1.Approval" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "approvers" : {
+            "items" : {
+              "type" : "string"
+            },
+            "type" : "array"
+          },
+          "comment" : {
+            "type" : "string"
+          },
+          "createTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "decidedBy" : {
+            "type" : "string"
+          },
+          "decideTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "expireTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "id" : {
+            "type" : "string"
+          },
+          "message" : {
+            "type" : "string"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "requestedBy" : {
+            "type" : "string"
+          },
+          "runId" : {
+            "type" : "string"
+          },
+          "status" : {
+            "type" : "string"
+          },
+          "stepId" : {
+            "type" : "string"
+          },
+          "workflowName" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.run.v1.Attempt" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "attempt" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "callId" : {
+            "type" : "string"
+          },
+          "costMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "endTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "error" : {
+            "$ref" : "#/components/schemas/sparkops.run.v1.RunError"
+          },
+          "idempotencyKey" : {
+            "type" : "string"
+          },
+          "startTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "status" : {
+            "type" : "string"
+          },
+          "worker" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.run.v1.CancelRunRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "projectId" : {
+            "type" : "string"
+          },
+          "reason" : {
+            "type" : "string"
+          },
+          "runId" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.run.v1.CreateRunRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "idempotencyKey" : {
+            "type" : "string"
+          },
+          "inputs" : {
+            "type" : "object"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "version" : {
+            "type" : "string"
+          },
+          "workflow" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.run.v1.CreateRunResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "replayed" : {
+            "type" : "boolean"
+          },
+          "run" : {
+            "$ref" : "#/components/schemas/sparkops.run.v1.Run"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.run.v1.DecideApprovalRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "approvalId" : {
+            "type" : "string"
+          },
+          "comment" : {
+            "type" : "string"
+          },
+          "decision" : {
+            "type" : "string"
+          },
+          "projectId" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.run.v1.ListApprovalsResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "approvals" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.run.v1.Approval"
+            },
+            "type" : "array"
+          },
+          "nextPageToken" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.run.v1.ListRunEventsResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "events" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.run.v1.RunEvent"
+            },
+            "type" : "array"
+          },
+          "lastSequence" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.run.v1.ListRunsResponse" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "nextPageToken" : {
+            "type" : "string"
+          },
+          "runs" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.run.v1.Run"
+            },
+            "type" : "array"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.run.v1.RerunFromRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "idempotencyKey" : {
+            "type" : "string"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "runId" : {
+            "type" : "string"
+          },
+          "stepId" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.run.v1.ResolveStepRequest" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "action" : {
+            "type" : "string"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "runId" : {
+            "type" : "string"
+          },
+          "stepId" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.run.v1.Run" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "contentHash" : {
+            "type" : "string"
+          },
+          "costMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "createdBy" : {
+            "type" : "string"
+          },
+          "createTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "endTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "error" : {
+            "$ref" : "#/components/schemas/sparkops.run.v1.RunError"
+          },
+          "id" : {
+            "type" : "string"
+          },
+          "idempotencyKey" : {
+            "type" : "string"
+          },
+          "inputs" : {
+            "type" : "object"
+          },
+          "outputs" : {
+            "type" : "object"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "rerunFromStep" : {
+            "type" : "string"
+          },
+          "rerunOf" : {
+            "type" : "string"
+          },
+          "startTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "status" : {
+            "type" : "string"
+          },
+          "steps" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.run.v1.Step"
+            },
+            "type" : "array"
+          },
+          "updateTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "workflowId" : {
+            "type" : "string"
+          },
+          "workflowName" : {
+            "type" : "string"
+          },
+          "workflowVersion" : {
+            "format" : "int32",
+            "type" : "integer"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.run.v1.RunError" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "message" : {
+            "type" : "string"
+          },
+          "reason" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.run.v1.RunEvent" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "attempt" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "kind" : {
+            "type" : "string"
+          },
+          "message" : {
+            "type" : "string"
+          },
+          "projectId" : {
+            "type" : "string"
+          },
+          "runId" : {
+            "type" : "string"
+          },
+          "sequence" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "stepId" : {
+            "type" : "string"
+          },
+          "time" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "workflowName" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.run.v1.Step" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "attempt" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
+          "attempts" : {
+            "items" : {
+              "$ref" : "#/components/schemas/sparkops.run.v1.Attempt"
+            },
+            "type" : "array"
+          },
+          "costMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "error" : {
+            "$ref" : "#/components/schemas/sparkops.run.v1.RunError"
+          },
+          "id" : {
+            "type" : "string"
+          },
+          "kind" : {
+            "type" : "string"
+          },
+          "output" : {
+
+          },
+          "retryTime" : {
+            "format" : "date-time",
+            "type" : "string"
+          },
+          "status" : {
+            "type" : "string"
+          },
+          "target" : {
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
       "sparkops.tool.v1.ApplyToolRequest" : {
         "additionalProperties" : false,
         "properties" : {
@@ -4834,6 +5243,158 @@ public enum SparkOpenAPI {
         "x-sparkops-rpc" : "/sparkops.project.v1.ProjectService/RevokeApiKey"
       }
     },
+    "/api/v1/projects/{project_id}/approvals" : {
+      "get" : {
+        "operationId" : "listApprovals",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "status",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "run_id",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_size",
+            "required" : false,
+            "schema" : {
+              "format" : "int32",
+              "type" : "integer"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_token",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.run.v1.ListApprovalsResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "The project's approvals, pending ones by default",
+        "tags" : [
+          "run"
+        ],
+        "x-sparkops-permission" : "run.read",
+        "x-sparkops-rpc" : "/sparkops.run.v1.RunService/ListApprovals"
+      }
+    },
+    "/api/v1/projects/{project_id}/approvals/{approval_id}/decide" : {
+      "post" : {
+        "operationId" : "decideApproval",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "approval_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.run.v1.DecideApprovalRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.run.v1.Approval"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Approve or reject: the run or step goes on or fails",
+        "tags" : [
+          "run"
+        ],
+        "x-sparkops-permission" : "approval.decide",
+        "x-sparkops-rpc" : "/sparkops.run.v1.RunService/DecideApproval"
+      }
+    },
     "/api/v1/projects/{project_id}/audit-events" : {
       "get" : {
         "operationId" : "listAuditEvents",
@@ -5697,6 +6258,83 @@ public enum SparkOpenAPI {
         ],
         "x-sparkops-permission" : "tool.read",
         "x-sparkops-rpc" : "/sparkops.tool.v1.ToolService/SearchDocuments"
+      }
+    },
+    "/api/v1/projects/{project_id}/events" : {
+      "get" : {
+        "operationId" : "listRunEvents",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "run_id",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "after_sequence",
+            "required" : false,
+            "schema" : {
+              "format" : "int64",
+              "pattern" : "^-?[0-9]+$",
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_size",
+            "required" : false,
+            "schema" : {
+              "format" : "int32",
+              "type" : "integer"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.run.v1.ListRunEventsResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "The project's or a run's events after a sequence number",
+        "tags" : [
+          "run"
+        ],
+        "x-sparkops-permission" : "run.read",
+        "x-sparkops-rpc" : "/sparkops.run.v1.RunService/ListRunEvents"
       }
     },
     "/api/v1/projects/{project_id}/members" : {
@@ -6646,6 +7284,437 @@ public enum SparkOpenAPI {
         ],
         "x-sparkops-permission" : "budget.spend",
         "x-sparkops-rpc" : "/sparkops.budget.v1.BudgetService/Settle"
+      }
+    },
+    "/api/v1/projects/{project_id}/runs" : {
+      "get" : {
+        "operationId" : "listRuns",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "status",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "workflow",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "created_after",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "created_before",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_size",
+            "required" : false,
+            "schema" : {
+              "format" : "int32",
+              "type" : "integer"
+            }
+          },
+          {
+            "in" : "query",
+            "name" : "page_token",
+            "required" : false,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.run.v1.ListRunsResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "The project's runs, newest first, by status, workflow and time",
+        "tags" : [
+          "run"
+        ],
+        "x-sparkops-permission" : "run.read",
+        "x-sparkops-rpc" : "/sparkops.run.v1.RunService/ListRuns"
+      },
+      "post" : {
+        "operationId" : "createRun",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.run.v1.CreateRunRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "201" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.run.v1.CreateRunResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Start a run of a workflow version; the same idempotency key returns the same run",
+        "tags" : [
+          "run"
+        ],
+        "x-sparkops-permission" : "run.create",
+        "x-sparkops-rpc" : "/sparkops.run.v1.RunService/CreateRun"
+      }
+    },
+    "/api/v1/projects/{project_id}/runs/{run_id}" : {
+      "get" : {
+        "operationId" : "getRun",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "run_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.run.v1.Run"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "A run with its steps, attempts, inputs, outputs and cost",
+        "tags" : [
+          "run"
+        ],
+        "x-sparkops-permission" : "run.read",
+        "x-sparkops-rpc" : "/sparkops.run.v1.RunService/GetRun"
+      }
+    },
+    "/api/v1/projects/{project_id}/runs/{run_id}/cancel" : {
+      "post" : {
+        "operationId" : "cancelRun",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "run_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.run.v1.CancelRunRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.run.v1.Run"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Cancel an unfinished run; running calls are cancelled",
+        "tags" : [
+          "run"
+        ],
+        "x-sparkops-permission" : "run.cancel",
+        "x-sparkops-rpc" : "/sparkops.run.v1.RunService/CancelRun"
+      }
+    },
+    "/api/v1/projects/{project_id}/runs/{run_id}/rerun" : {
+      "post" : {
+        "operationId" : "rerunFrom",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "run_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.run.v1.RerunFromRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "201" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.run.v1.CreateRunResponse"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "A new run from a step, reusing the outputs of the steps upstream of it",
+        "tags" : [
+          "run"
+        ],
+        "x-sparkops-permission" : "run.create",
+        "x-sparkops-rpc" : "/sparkops.run.v1.RunService/RerunFrom"
+      }
+    },
+    "/api/v1/projects/{project_id}/runs/{run_id}/steps/{step_id}/resolve" : {
+      "post" : {
+        "operationId" : "resolveStep",
+        "parameters" : [
+          {
+            "in" : "path",
+            "name" : "project_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "run_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          },
+          {
+            "in" : "path",
+            "name" : "step_id",
+            "required" : true,
+            "schema" : {
+              "type" : "string"
+            }
+          }
+        ],
+        "requestBody" : {
+          "content" : {
+            "application/json" : {
+              "schema" : {
+                "$ref" : "#/components/schemas/sparkops.run.v1.ResolveStepRequest"
+              }
+            }
+          },
+          "description" : "Content-Type: application/json (otherwise 415). A missing body is 400.",
+          "required" : true
+        },
+        "responses" : {
+          "200" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/sparkops.run.v1.Run"
+                }
+              }
+            },
+            "description" : "Success"
+          },
+          "default" : {
+            "content" : {
+              "application/json" : {
+                "schema" : {
+                  "$ref" : "#/components/schemas/Error"
+                }
+              }
+            },
+            "description" : "An error: the status follows the gRPC code (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED, …)"
+          }
+        },
+        "security" : [
+          {
+            "bearer" : [
+
+            ]
+          }
+        ],
+        "summary" : "Retry or skip a step that needs attention",
+        "tags" : [
+          "run"
+        ],
+        "x-sparkops-permission" : "approval.decide",
+        "x-sparkops-rpc" : "/sparkops.run.v1.RunService/ResolveStep"
       }
     },
     "/api/v1/projects/{project_id}/secrets" : {

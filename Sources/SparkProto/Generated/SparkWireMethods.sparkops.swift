@@ -400,6 +400,66 @@ public enum SparkProtoMethods {
             idempotency: .unknown
         ),
         SparkWireMethod(
+            path: "/sparkops.run.v1.RunService/CreateRun",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.run.v1.RunService/GetRun",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.run.v1.RunService/ListRuns",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.run.v1.RunService/CancelRun",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.run.v1.RunService/RerunFrom",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.run.v1.RunService/ResolveStep",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.run.v1.RunService/ListRunEvents",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.run.v1.RunService/WatchEvents",
+            requestStreaming: false,
+            responseStreaming: true,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
+            path: "/sparkops.run.v1.RunService/ListApprovals",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .noSideEffects
+        ),
+        SparkWireMethod(
+            path: "/sparkops.run.v1.RunService/DecideApproval",
+            requestStreaming: false,
+            responseStreaming: false,
+            idempotency: .unknown
+        ),
+        SparkWireMethod(
             path: "/sparkops.testing.v1.EchoService/Get",
             requestStreaming: false,
             responseStreaming: false,

@@ -124,7 +124,13 @@ extension ToolService {
             allowlist: Self.allowlist,
             store: store,
             migrations: ToolMigrations.all,
-            background: peers.services + [InvocationPruner(store: service.store, retentionHours: settings.retentionHours, logger: logger)],
+            background: peers.services + [
+                // Finished calls older than the retention are forgotten, every ten minutes.
+                PeriodicJob("prune old tool calls", every: .seconds(600), logger: logger) {
+                    let before = ToolStore.now() - Int64(settings.retentionHours) * 3_600_000_000
+                    try await service.store.store.transaction { try await service.store.prune(before: before, on: $0) }
+                },
+            ],
             prepare: {
                 let resealed = try await secrets.resealOldSecrets(in: service.store)
                 if resealed > 0 {
@@ -133,27 +139,5 @@ extension ToolService {
             },
             peersReady: { peers.allReady }
         )
-    }
-}
-
-/// Forgets finished calls older than the retention, every hour.
-struct InvocationPruner: ServiceLifecycle.Service {
-    let store: ToolStore
-    let retentionHours: Int
-    let logger: Logger
-
-    func run() async throws {
-        await cancelWhenGracefulShutdown {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .seconds(600))
-                guard !Task.isCancelled else { return }
-                do {
-                    let before = ToolStore.now() - Int64(self.retentionHours) * 3_600_000_000
-                    try await self.store.store.transaction { try await self.store.prune(before: before, on: $0) }
-                } catch {
-                    self.logger.warning("could not prune old tool calls", metadata: ["error": "\(error)"])
-                }
-            }
-        }
     }
 }

@@ -294,9 +294,12 @@ public final class WorkflowService: Sparkops_Workflow_V1_WorkflowService.Service
 
     // MARK: Helpers
 
+    /// A workflow is named by its id (`wf_…`) or its name.
     static func validateID(_ id: String) throws {
         guard !id.isEmpty else { throw SparkError.invalid("workflow_id", "is required") }
-        guard SparkID.isValid(id, prefix: "wf") else { throw SparkError.invalid("workflow_id", "is not a wf_… id") }
+        guard id.utf8.count <= 100, !id.contains("/"), !id.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+            throw SparkError.invalid("workflow_id", "is neither a wf_… id nor a workflow name")
+        }
     }
 
     /// Records the mutation in the project's audit log (a log that cannot be reached is logged).

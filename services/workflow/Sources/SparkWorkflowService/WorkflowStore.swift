@@ -68,8 +68,10 @@ struct WorkflowStore: Sendable {
 
     static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1_000_000) }
 
+    /// The workflow of this id (`wf_…`) or, for anything else, of this name.
     func workflow(id: String, projectID: String, on db: any SQLDatabase) async throws -> WorkflowRow? {
-        try await db.raw("SELECT * FROM workflows WHERE id = \(bind: id) AND project_id = \(bind: projectID) AND deleted_at IS NULL").first().map(Self.workflowRow)
+        guard SparkID.isValid(id, prefix: "wf") else { return try await self.workflow(name: id, projectID: projectID, on: db) }
+        return try await db.raw("SELECT * FROM workflows WHERE id = \(bind: id) AND project_id = \(bind: projectID) AND deleted_at IS NULL").first().map(Self.workflowRow)
     }
 
     func workflow(name: String, projectID: String, on db: any SQLDatabase) async throws -> WorkflowRow? {

@@ -245,6 +245,7 @@ public nonisolated struct Sparkops_Workflow_V1_GetWorkflowRequest: Sendable {
 
   public var projectID: String = String()
 
+  /// The workflow's id (wf_…) or name.
   public var workflowID: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -289,6 +290,7 @@ public nonisolated struct Sparkops_Workflow_V1_UpdateWorkflowRequest: Sendable {
 
   public var projectID: String = String()
 
+  /// The workflow's id (wf_…) or name.
   public var workflowID: String = String()
 
   /// Fields to change: "source" (AIP-134). The new source must keep the workflow's name.
@@ -343,6 +345,7 @@ public nonisolated struct Sparkops_Workflow_V1_DeleteWorkflowRequest: Sendable {
 
   public var projectID: String = String()
 
+  /// The workflow's id (wf_…) or name.
   public var workflowID: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -367,6 +370,7 @@ public nonisolated struct Sparkops_Workflow_V1_GetWorkflowVersionRequest: Sendab
 
   public var projectID: String = String()
 
+  /// The workflow's id (wf_…) or name.
   public var workflowID: String = String()
 
   /// A version number, or "latest".
@@ -384,6 +388,7 @@ public nonisolated struct Sparkops_Workflow_V1_ListWorkflowVersionsRequest: Send
 
   public var projectID: String = String()
 
+  /// The workflow's id (wf_…) or name.
   public var workflowID: String = String()
 
   public var pageSize: Int32 = 0

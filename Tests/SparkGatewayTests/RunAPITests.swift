@@ -1,0 +1,327 @@
+import Foundation
+import NIOHTTP1
+import SparkKit
+import SparkTesting
+import Testing
+
+/// The run service through the gateway, on every backend: runs start, execute their steps
+/// durably, wait for humans, and refuse what does not make sense.
+@Suite("Run API")
+struct RunAPITests {
+    static let threeSteps = """
+        name: three
+        inputs: { word: { type: string, required: true }, times: { type: integer, default: 2 } }
+        steps:
+          - id: a
+            tool: echo
+            with: { said: "${{ inputs.word }}" }
+          - id: b
+            tool: echo
+            needs: [a]
+            with: { said: "${{ steps.a.output.said }}!", times: "${{ inputs.times }}" }
+          - id: c
+            tool: echo
+            needs: [b]
+            when: "${{ inputs.times > 5 }}"
+        outputs: { last: "${{ steps.b.output.said }}" }
+        """
+
+    static let reviewed = """
+        name: reviewed
+        steps:
+          - id: draft
+            tool: echo
+            with: { text: draft }
+          - id: review
+            approval: { approvers: [editor], message: "Publish ${{ steps.draft.output.text }}?" }
+            needs: [draft]
+          - id: publish
+            tool: echo
+            needs: [review]
+            with: { by: "${{ steps.review.output.by }}" }
+        """
+
+    /// A project with the echo tool and the workflows above.
+    static func project(_ cluster: TestCluster, _ token: String, name: String = "runs") async throws -> String {
+        let project = try await cluster.createProject(name, token: token)
+        let tool = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/tools/apply", token: token, json: ["source": "tool: echo\nkind: echo"])
+        try #require(tool.status == 200, "\(tool.text)")
+        for source in [Self.threeSteps, Self.reviewed] {
+            let applied = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/workflows/apply", token: token, json: ["source": source])
+            try #require(applied.status == 200, "\(applied.text)")
+        }
+        return project
+    }
+
+    /// Reads the run until its status is final (which never changes again), within `seconds`.
+    static func finished(_ cluster: TestCluster, _ token: String, project: String, run: String, seconds: Double = 90) async throws -> [String: Any] {
+        let deadline = Date().addingTimeInterval(seconds)
+        var last: [String: Any] = [:]
+        while Date() < deadline {
+            last = try await cluster.http.send(.GET, "/api/v1/projects/\(project)/runs/\(run)", token: token).json
+            if let status = last["status"] as? String, ["succeeded", "failed", "cancelled", "rejected", "timed_out"].contains(status) { return last }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        Issue.record("run \(run) did not finish in \(seconds) s: \(last)")
+        return last
+    }
+
+    /// Reads until `condition` holds of the run (for states that last until a human acts).
+    static func until(_ cluster: TestCluster, _ token: String, project: String, run: String, seconds: Double = 90, _ condition: ([String: Any]) -> Bool) async throws -> [String: Any] {
+        let deadline = Date().addingTimeInterval(seconds)
+        var last: [String: Any] = [:]
+        while Date() < deadline {
+            last = try await cluster.http.send(.GET, "/api/v1/projects/\(project)/runs/\(run)", token: token).json
+            if condition(last) { return last }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        Issue.record("run \(run) did not reach the state in \(seconds) s: \(last)")
+        return last
+    }
+
+    static func steps(_ run: [String: Any]) -> [String: [String: Any]] {
+        Dictionary(uniqueKeysWithValues: (run["steps"] as? [[String: Any]] ?? []).map { ($0["id"] as? String ?? "", $0) })
+    }
+
+    @Test("a run of three echo steps: queued, then each step in order, outputs, a skipped step, and every event once in sequence", arguments: TestBackend.all)
+    func threeStepRun(backend: TestBackend) async throws {
+        try await TestCluster.run(backend: backend) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await Self.project(cluster, admin)
+            let created = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/runs", token: admin, json: ["workflow": "three", "inputs": ["word": "hi"]])
+            try #require(created.status == 201, "\(created.text)")
+            let run = try #require(created.json["run"] as? [String: Any])
+            let id = try #require(run["id"] as? String)
+            #expect(id.hasPrefix("run_"))
+            #expect(run["status"] as? String == "queued")
+            #expect(run["workflowVersion"] as? Int == 1)
+            #expect((run["inputs"] as? [String: Any])?["times"] as? Int == 2, "the default is filled in")
+
+            let done = try await Self.finished(cluster, admin, project: project, run: id)
+            #expect(done["status"] as? String == "succeeded", "\(done)")
+            #expect((done["outputs"] as? [String: Any])?["last"] as? String == "hi!")
+            let steps = Self.steps(done)
+            #expect(steps["a"]?["status"] as? String == "succeeded")
+            #expect((steps["b"]?["output"] as? [String: Any])?["said"] as? String == "hi!")
+            #expect((steps["b"]?["output"] as? [String: Any])?["times"] as? Int == 2)
+            #expect(steps["c"]?["status"] as? String == "skipped")
+            let attempts = try #require(steps["a"]?["attempts"] as? [[String: Any]])
+            #expect(attempts.count == 1)
+            #expect(attempts.first?["idempotencyKey"] as? String == "\(id)/a/1")
+            #expect(attempts.first?["status"] as? String == "succeeded")
+            #expect(done["startTime"] != nil && done["endTime"] != nil)
+
+            let events = try await cluster.http.send(.GET, "/api/v1/projects/\(project)/events?runId=\(id)", token: admin)
+            try #require(events.status == 200, "\(events.text)")
+            let list = try #require(events.json["events"] as? [[String: Any]])
+            let kinds = list.map { "\($0["kind"] as? String ?? "")\(($0["stepId"] as? String).map { " \($0)" } ?? "")" }
+            #expect(kinds == [
+                "run.created", "run.queued", "run.running", "step.ready a", "step.running a", "step.succeeded a", "step.ready b",
+                "step.running b", "step.succeeded b", "step.skipped c", "run.succeeded",
+            ], "\(kinds)")
+            let sequences = list.compactMap { ($0["sequence"] as? String).flatMap(Int64.init) }
+            #expect(sequences == Array(1 ... Int64(list.count)), "per project, without gaps: \(sequences)")
+            // From a sequence number on, nothing before it.
+            let after = try await cluster.http.send(.GET, "/api/v1/projects/\(project)/events?afterSequence=9", token: admin)
+            #expect((after.json["events"] as? [[String: Any]])?.compactMap { $0["sequence"] as? String } == ["10", "11"])
+
+            let listed = try await cluster.http.send(.GET, "/api/v1/projects/\(project)/runs?status=succeeded&workflow=three", token: admin)
+            #expect((listed.json["runs"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == [id], "\(listed.text)")
+            let none = try await cluster.http.send(.GET, "/api/v1/projects/\(project)/runs?status=failed", token: admin)
+            #expect((none.json["runs"] as? [[String: Any]] ?? []).isEmpty)
+        }
+    }
+
+    @Test("the same idempotency key returns the same run; with other inputs it is 409", arguments: TestBackend.all)
+    func idempotency(backend: TestBackend) async throws {
+        try await TestCluster.run(backend: backend) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await Self.project(cluster, admin)
+            let body: [String: Any] = ["workflow": "three", "inputs": ["word": "once"], "idempotencyKey": "order-42"]
+            let first = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/runs", token: admin, json: body)
+            try #require(first.status == 201, "\(first.text)")
+            let again = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/runs", token: admin, json: body)
+            #expect(again.status == 201)
+            #expect(again.json["replayed"] as? Bool == true)
+            let firstRun = try #require(first.json["run"] as? [String: Any])
+            let againRun = try #require(again.json["run"] as? [String: Any])
+            #expect(againRun["id"] as? String == firstRun["id"] as? String)
+            #expect(againRun["status"] as? String == firstRun["status"] as? String, "the stored response, as it was")
+            let other = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/runs", token: admin, json: ["workflow": "three", "inputs": ["word": "twice"], "idempotencyKey": "order-42"])
+            #expect(other.status == 409)
+            #expect(other.errorField == "idempotencyKey" || other.errorField == "idempotency_key", "\(other.text)")
+            let runs = try await cluster.http.send(.GET, "/api/v1/projects/\(project)/runs", token: admin)
+            #expect((runs.json["runs"] as? [[String: Any]])?.count == 1)
+        }
+    }
+
+    @Test("an approval step waits for a human of the named role; the decision is recorded and audited; deciding twice is 409", arguments: TestBackend.all)
+    func approvalStep(backend: TestBackend) async throws {
+        try await TestCluster.run(backend: backend) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await Self.project(cluster, admin)
+            var tokens: [String: (id: String, token: String)] = [:]
+            for role in ["viewer", "approver"] {
+                let email = "\(role)@runs.test"
+                let id = try await cluster.createUser(email, adminToken: admin)
+                let added = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/members", token: admin, json: ["userId": id, "role": "ROLE_\(role.uppercased())"])
+                try #require(added.status == 200 || added.status == 201, "\(added.text)")
+                tokens[role] = (id, try await cluster.login(email: email, password: "user-password-123")["accessToken"] as! String)
+            }
+            let created = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/runs", token: admin, json: ["workflow": "reviewed"])
+            try #require(created.status == 201, "\(created.text)")
+            let id = try #require((created.json["run"] as? [String: Any])?["id"] as? String)
+            let waiting = try await Self.until(cluster, admin, project: project, run: id) { Self.steps($0)["review"]?["status"] as? String == "awaiting_approval" }
+            #expect(waiting["status"] as? String == "running")
+
+            let pending = try await cluster.http.send(.GET, "/api/v1/projects/\(project)/approvals", token: tokens["viewer"]!.token)
+            let approvals = try #require(pending.json["approvals"] as? [[String: Any]], "\(pending.text)")
+            try #require(approvals.count == 1)
+            let approval = approvals[0]
+            #expect(approval["message"] as? String == "Publish draft?")
+            #expect(approval["stepId"] as? String == "review")
+            let approvalID = try #require(approval["id"] as? String)
+            let decide = "/api/v1/projects/\(project)/approvals/\(approvalID)/decide"
+
+            let viewer = try await cluster.http.send(.POST, decide, token: tokens["viewer"]!.token, json: ["decision": "approve"])
+            #expect(viewer.status == 403, "\(viewer.text)")
+            // An approver is below the editor the step names.
+            let approver = try await cluster.http.send(.POST, decide, token: tokens["approver"]!.token, json: ["decision": "approve"])
+            #expect(approver.status == 403, "\(approver.text)")
+            let bad = try await cluster.http.send(.POST, decide, token: admin, json: ["decision": "maybe"])
+            #expect(bad.status == 400)
+            #expect(bad.errorField == "decision")
+
+            let approved = try await cluster.http.send(.POST, decide, token: admin, json: ["decision": "approve", "comment": "looks right"])
+            try #require(approved.status == 200, "\(approved.text)")
+            #expect(approved.json["status"] as? String == "approved")
+            let twice = try await cluster.http.send(.POST, decide, token: admin, json: ["decision": "reject"])
+            #expect(twice.status == 409, "\(twice.text)")
+
+            let done = try await Self.finished(cluster, admin, project: project, run: id)
+            #expect(done["status"] as? String == "succeeded", "\(done)")
+            let review = Self.steps(done)["review"]?["output"] as? [String: Any]
+            #expect(review?["approved"] as? Bool == true)
+            #expect(review?["comment"] as? String == "looks right")
+            let adminID = try #require(review?["by"] as? String)
+            #expect((Self.steps(done)["publish"]?["output"] as? [String: Any])?["by"] as? String == adminID)
+
+            let audit = try await cluster.http.send(.GET, "/api/v1/projects/\(project)/audit-events", token: admin)
+            let actions = (audit.json["events"] as? [[String: Any]] ?? []).compactMap { $0["action"] as? String }
+            #expect(actions.contains("approval.approve"), "\(actions)")
+            #expect(actions.contains("run.create"))
+        }
+    }
+
+    @Test("cancel stops a waiting run and closes its approval; cancelling it again is 409", arguments: TestBackend.all)
+    func cancel(backend: TestBackend) async throws {
+        try await TestCluster.run(backend: backend) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await Self.project(cluster, admin)
+            let created = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/runs", token: admin, json: ["workflow": "reviewed"])
+            let id = try #require((created.json["run"] as? [String: Any])?["id"] as? String)
+            _ = try await Self.until(cluster, admin, project: project, run: id) { Self.steps($0)["review"]?["status"] as? String == "awaiting_approval" }
+            let cancelled = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/runs/\(id)/cancel", token: admin, json: ["reason": "not today"])
+            try #require(cancelled.status == 200, "\(cancelled.text)")
+            #expect(cancelled.json["status"] as? String == "cancelled")
+            #expect((cancelled.json["error"] as? [String: Any])?["message"] as? String == "cancelled by \(try await Self.userID(cluster, admin)): not today")
+            #expect(Self.steps(cancelled.json)["publish"]?["status"] as? String == "cancelled")
+            let again = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/runs/\(id)/cancel", token: admin, json: [:])
+            #expect(again.status == 409, "\(again.text)")
+            let closed = try await cluster.http.send(.GET, "/api/v1/projects/\(project)/approvals?status=cancelled", token: admin)
+            #expect((closed.json["approvals"] as? [[String: Any]])?.count == 1, "\(closed.text)")
+            let pending = try await cluster.http.send(.GET, "/api/v1/projects/\(project)/approvals", token: admin)
+            #expect((pending.json["approvals"] as? [[String: Any]] ?? []).isEmpty)
+        }
+    }
+
+    static func userID(_ cluster: TestCluster, _ token: String) async throws -> String {
+        let me = try await cluster.http.send(.GET, "/api/v1/users/me", token: token)
+        return (me.json["user"] as? [String: Any])?["id"] as? String ?? me.json["id"] as? String ?? ""
+    }
+
+    @Test("bad requests name their field: unknown or foreign workflow, inputs of the wrong type, unknown steps", arguments: TestBackend.all)
+    func badRequests(backend: TestBackend) async throws {
+        try await TestCluster.run(backend: backend) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await Self.project(cluster, admin)
+            let other = try await Self.project(cluster, admin, name: "other")
+            let runs = "/api/v1/projects/\(project)/runs"
+            let cases: [(body: [String: Any], status: UInt, field: String, message: String)] = [
+                (["workflow": "nope"], 404, "workflow", "workflow not found"),
+                (["workflow": ""], 400, "workflow", "is required"),
+                (["workflow": "three"], 400, "inputs.word", "is required (string)"),
+                (["workflow": "three", "inputs": ["word": 5]], 400, "inputs.word", "must be string"),
+                (["workflow": "three", "inputs": ["word": "x", "times": 2.5]], 400, "inputs.times", "must be integer"),
+                (["workflow": "three", "inputs": ["word": "x", "tmes": 1]], 400, "inputs.tmes", "did you mean \"times\"?"),
+                (["workflow": "three", "version": "7", "inputs": ["word": "x"]], 404, "workflow", "has no version 7"),
+                (["workflow": "three", "version": "one", "inputs": ["word": "x"]], 400, "version", "a version number"),
+                (["workflow": "three", "inputs": ["word": "x"], "idempotencyKey": "has space"], 400, "idempotencyKey", "printable"),
+            ]
+            for test in cases {
+                let response = try await cluster.http.send(.POST, runs, token: admin, json: test.body)
+                #expect(response.status == test.status, "\(test.body): \(response.text)")
+                #expect(response.errorField == test.field, "\(test.body): \(response.text)")
+                #expect(response.errorMessage?.contains(test.message) == true, "\(test.body): \(response.text)")
+            }
+            // Another project's workflow, by its id, is not found here.
+            let foreign = try await cluster.http.send(.GET, "/api/v1/projects/\(other)/workflows", token: admin)
+            let foreignID = try #require((foreign.json["workflows"] as? [[String: Any]])?.first?["id"] as? String)
+            let refused = try await cluster.http.send(.POST, runs, token: admin, json: ["workflow": foreignID, "inputs": ["word": "x"]])
+            #expect(refused.status == 404, "\(refused.text)")
+            let listedRuns = try await cluster.http.send(.GET, runs, token: admin)
+            #expect((listedRuns.json["runs"] as? [[String: Any]] ?? []).isEmpty, "no run was stored")
+
+            // A whole number is an integer input.
+            let created = try await cluster.http.send(.POST, runs, token: admin, json: ["workflow": "three", "inputs": ["word": "x", "times": 3]])
+            let id = try #require((created.json["run"] as? [String: Any])?["id"] as? String, "\(created.text)")
+            let done = try await Self.finished(cluster, admin, project: project, run: id)
+            #expect((Self.steps(done)["b"]?["output"] as? [String: Any])?["times"] as? Int == 3)
+            let rerun = try await cluster.http.send(.POST, "\(runs)/\(id)/rerun", token: admin, json: ["stepId": "bb"])
+            #expect(rerun.status == 400)
+            #expect(rerun.errorField == "stepId", "\(rerun.text)")
+            #expect(rerun.errorMessage?.contains("did you mean \"b\"?") == true, "\(rerun.text)")
+            let cancel = try await cluster.http.send(.POST, "\(runs)/\(id)/cancel", token: admin, json: [:])
+            #expect(cancel.status == 409)
+            #expect(cancel.errorMessage?.contains("succeeded already") == true, "\(cancel.text)")
+            let missing = try await cluster.http.send(.GET, "\(runs)/run_01a23ece91787395977e43a47bbce7b4", token: admin)
+            #expect(missing.status == 404)
+            let malformed = try await cluster.http.send(.GET, "\(runs)/nonsense", token: admin)
+            #expect(malformed.status == 400)
+            #expect(malformed.errorField == "runId")
+            let badStatus = try await cluster.http.send(.GET, "\(runs)?status=done", token: admin)
+            #expect(badStatus.status == 400)
+            #expect(badStatus.errorField == "status")
+            let badTime = try await cluster.http.send(.GET, "\(runs)?createdAfter=yesterday", token: admin)
+            #expect(badTime.status == 400)
+            #expect(badTime.errorField == "createdAfter")
+            // The other project's run is not reachable through this project.
+            let elsewhere = try await cluster.http.send(.GET, "/api/v1/projects/\(other)/runs/\(id)", token: admin)
+            #expect(elsewhere.status == 404)
+        }
+    }
+
+    @Test("rerun from a step reuses the outputs upstream of it and runs it and what follows again", arguments: TestBackend.all)
+    func rerunFrom(backend: TestBackend) async throws {
+        try await TestCluster.run(backend: backend) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await Self.project(cluster, admin)
+            let runs = "/api/v1/projects/\(project)/runs"
+            let created = try await cluster.http.send(.POST, runs, token: admin, json: ["workflow": "three", "inputs": ["word": "again"]])
+            let id = try #require((created.json["run"] as? [String: Any])?["id"] as? String)
+            _ = try await Self.finished(cluster, admin, project: project, run: id)
+            let rerun = try await cluster.http.send(.POST, "\(runs)/\(id)/rerun", token: admin, json: ["stepId": "b"])
+            try #require(rerun.status == 201, "\(rerun.text)")
+            let second = try #require((rerun.json["run"] as? [String: Any])?["id"] as? String)
+            let done = try await Self.finished(cluster, admin, project: project, run: second)
+            #expect(done["status"] as? String == "succeeded", "\(done)")
+            #expect(done["rerunOf"] as? String == id)
+            #expect(done["rerunFromStep"] as? String == "b")
+            let steps = Self.steps(done)
+            #expect((steps["a"]?["attempts"] as? [[String: Any]] ?? []).isEmpty, "a kept its output and did not run")
+            #expect((steps["a"]?["output"] as? [String: Any])?["said"] as? String == "again")
+            #expect((steps["b"]?["attempts"] as? [[String: Any]])?.count == 1)
+            #expect((done["outputs"] as? [String: Any])?["last"] as? String == "again!")
+        }
+    }
+}

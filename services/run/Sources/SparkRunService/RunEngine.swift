@@ -1,0 +1,180 @@
+import Foundation
+import Logging
+import SQLKit
+import SparkExpr
+import SparkKit
+import SparkProto
+import SparkWorkflow
+import Synchronization
+
+/// A tool or agent step's attempt, queued for a worker.
+struct StepTask: Codable, Sendable {
+    var run: String
+    var step: String
+    var attempt: Int
+    var key: String
+    /// The rendered arguments, as JSON text.
+    var arguments: String
+    /// A human approved what a policy held for this attempt.
+    var approved: Bool
+}
+
+/// Carries out a run's transitions: each one locks the run, restores its machine, applies the
+/// inputs, and stores in one transaction the new state, the events, the tasks the effects ask
+/// for, the approvals and the attempts. After the commit it wakes the workers, tells watchers,
+/// and cancels attempts that were stopped.
+final class RunEngine: Sendable {
+    let store: RunStore
+    let queue: TaskQueue
+    let signals: RunSignals
+    let logger: Logger
+    private let definitions = Mutex<[String: WorkflowDefinition]>([:])
+
+    init(store: RunStore, signals: RunSignals, logger: Logger) {
+        self.store = store
+        self.queue = TaskQueue(store: store.store)
+        self.signals = signals
+        self.logger = logger
+    }
+
+    /// What a transition's body works on: the run's row and machine, and the time it happens.
+    struct Transition {
+        var run: RunRow
+        var machine: RunMachine
+        let now: Int64
+        var effects: [RunEffect] = []
+        /// Attempts to record with the transition.
+        var attempts: [AttemptRow] = []
+        var costMicros: Int64 = 0
+
+        var nowMillis: Int64 { self.now / 1000 }
+
+        mutating func apply(_ input: RunInput) throws(RunMachineError) {
+            self.effects += try self.machine.apply(input, now: self.nowMillis)
+        }
+    }
+
+    /// A run's definition, from the store (and cached: a content hash names one definition forever).
+    func definition(_ hash: String, on db: any SQLDatabase) async throws -> WorkflowDefinition {
+        if let cached = self.definitions.withLock({ $0[hash] }) { return cached }
+        guard let json = try await self.store.definition(hash, on: db) else {
+            throw SparkStoreError("the definition \(hash) of a run is missing")
+        }
+        let definition = try WorkflowDefinition.read(json)
+        self.definitions.withLock { $0[hash] = definition }
+        return definition
+    }
+
+    func machine(of run: RunRow, on db: any SQLDatabase) async throws -> RunMachine {
+        let definition = try await self.definition(run.contentHash, on: db)
+        let inputs: [String: ExprValue]
+        if case .map(let fields) = try ExprValue(jsonText: run.inputs) { inputs = fields } else { inputs = [:] }
+        return try RunMachine(runID: run.id, definition: definition, inputs: inputs, deadline: run.deadline, snapshot: run.state)
+    }
+
+    /// Runs `body` on the run's locked state and stores what it did. With `completing`, the
+    /// task's lease must still be this claim's: otherwise nothing is stored (a stale worker) and
+    /// ``StaleLease`` is thrown.
+    @discardableResult
+    func transition<T: Sendable>(
+        runID: String,
+        completing claim: TaskQueue.Claim? = nil,
+        _ body: @Sendable (inout Transition, any SQLDatabase) async throws -> T
+    ) async throws -> T {
+        let (result, committed) = try await self.store.store.transaction { db -> (T, Committed) in
+            guard let row = try await self.store.lockedRun(runID, on: db) else { throw SparkError.notFound("run") }
+            if let claim, try await !self.queue.complete(claim, on: db) { throw StaleLease() }
+            var transition = Transition(run: row, machine: try await self.machine(of: row, on: db), now: RunStore.now())
+            let before = transition.machine
+            let result = try await body(&transition, db)
+            let committed = try await self.store(transition, before: before, on: db)
+            return (result, committed)
+        }
+        self.announce(committed)
+        return result
+    }
+
+    struct StaleLease: Error {}
+
+    /// What the commit means for the world outside the transaction.
+    struct Committed: Sendable {
+        var projectID: String
+        var events: [EventRow]
+        var enqueued: Bool
+        var cancelled: [String]
+    }
+
+    /// Stores a run's new state and its effects in the transaction `db`.
+    func store(_ transition: Transition, before: RunMachine, on db: any SQLDatabase) async throws -> Committed {
+        var run = transition.run
+        let machine = transition.machine
+        let now = transition.now
+        run.status = machine.status.rawValue
+        run.state = machine.snapshot
+        run.outputs = ExprValue.map(machine.outputs).jsonText
+        run.errorReason = machine.failure?.reason ?? ""
+        run.errorMessage = machine.failure?.message ?? ""
+        run.costMicros += transition.costMicros
+        run.updatedAt = now
+        if machine.status == .running, run.startedAt == 0 { run.startedAt = now }
+        if machine.status.isFinal, run.endedAt == 0 { run.endedAt = now }
+        run.wakeAt = machine.nextWakeUp.map { $0 * 1000 }
+
+        var events: [EventRow] = []
+        var tasks: [TaskQueue.NewTask] = []
+        var cancelled: [String] = []
+        if before.status == .pending, machine.status == .queued {
+            tasks.append(.init(id: SparkID.make("tsk"), kind: "start", payload: run.id, runAt: now))
+        }
+        for effect in transition.effects {
+            switch effect {
+            case .event(let event):
+                events.append(EventRow(
+                    projectID: run.projectID, sequence: 0, runID: run.id, workflowName: run.workflowName, kind: event.kind,
+                    stepID: event.step ?? "", attempt: event.attempt ?? 0, message: event.message, createdAt: now
+                ))
+                if event.kind == "run.queued", before.status == .awaitingApproval {
+                    tasks.append(.init(id: SparkID.make("tsk"), kind: "start", payload: run.id, runAt: now))
+                }
+            case .dispatch(let step, let attempt, let arguments, let key, let approved):
+                let payload = StepTask(run: run.id, step: step, attempt: attempt, key: key, arguments: arguments.jsonText, approved: approved)
+                tasks.append(.init(id: SparkID.make("tsk"), kind: "step", payload: String(decoding: try JSONEncoder().encode(payload), as: UTF8.self), runAt: now))
+            case .requestApproval(let step, let message, let approvers, let expiresAt):
+                try await self.store.insert(ApprovalRow(
+                    id: SparkID.make("apr"), projectID: run.projectID, runID: run.id, stepID: step ?? "", status: "pending", message: message,
+                    approvers: approvers, workflowName: run.workflowName, requestedBy: run.createdBy, createdAt: now,
+                    expiresAt: expiresAt.map { $0 * 1000 }, decidedBy: "", decidedAt: 0, comment: ""
+                ), on: db)
+            case .cancelAttempt(let step, let attempt):
+                cancelled.append("\(run.id)/\(step)/\(attempt)")
+                if var row = try await self.store.attempt(runID: run.id, stepID: step, attempt: attempt, on: db), row.status == "running" {
+                    row.status = "cancelled"
+                    row.endedAt = now
+                    try await self.store.upsert(row, on: db)
+                }
+            }
+        }
+        // Approvals nobody needs any more: the step (or run) left awaiting_approval without a
+        // decision (an approval step's timeout, a cancel).
+        if before.status == .awaitingApproval, machine.status != .awaitingApproval {
+            try await self.store.closeApprovals(runID: run.id, stepID: "", status: machine.status == .queued ? "approved" : "cancelled", by: "", comment: "", now: now, on: db)
+        }
+        for (old, new) in zip(before.steps, machine.steps) where old.status == .awaitingApproval && new.status != .awaitingApproval {
+            let status = new.error?.reason == "approval_timeout" ? "expired" : "cancelled"
+            try await self.store.closeApprovals(runID: run.id, stepID: new.id, status: status, by: "", comment: "", now: now, on: db)
+        }
+        for attempt in transition.attempts { try await self.store.upsert(attempt, on: db) }
+        try await self.store.update(run, on: db)
+        try await self.queue.enqueue(tasks, now: now, on: db)
+        let numbered = try await self.store.append(events, projectID: run.projectID, on: db)
+        return Committed(projectID: run.projectID, events: numbered, enqueued: !tasks.isEmpty, cancelled: cancelled)
+    }
+
+    /// After a commit: workers wake for new tasks, watchers get the events, and stopped
+    /// attempts running here are cancelled.
+    func announce(_ committed: Committed) {
+        if committed.enqueued { self.signals.tasksAdded() }
+        if !committed.events.isEmpty { self.signals.published(committed.events, projectID: committed.projectID) }
+        for key in committed.cancelled { self.signals.cancel(attempt: key) }
+    }
+}

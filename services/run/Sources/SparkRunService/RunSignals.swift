@@ -1,0 +1,119 @@
+import Foundation
+import Synchronization
+
+/// What one commit tells the rest of this process at once: workers wake for new tasks, watchers
+/// of a project get its new events, and attempts stopped by a cancel or a timeout are cancelled
+/// where they run. Other replicas learn the same through the store: their workers are woken by
+/// PostgreSQL notifications (or their next claim), and their watchers read the events table.
+final class RunSignals: Sendable {
+    private struct State {
+        var wake: [UInt64: Waker] = [:]
+        var watchers: [UInt64: (projectID: String, continuation: AsyncStream<[EventRow]>.Continuation)] = [:]
+        var calls: [String: @Sendable () -> Void] = [:]
+        var nextID: UInt64 = 0
+    }
+
+    private let state = Mutex(State())
+
+    /// A waker that is signalled when tasks may have been added; signals that come while no one
+    /// waits coalesce into one.
+    func waker() -> (waker: Waker, cancel: @Sendable () -> Void) {
+        let waker = Waker()
+        let id = self.state.withLock { state in
+            state.nextID += 1
+            state.wake[state.nextID] = waker
+            return state.nextID
+        }
+        return (waker, { [weak self] in
+            _ = self?.state.withLock { $0.wake.removeValue(forKey: id) }
+            waker.signal()
+        })
+    }
+
+    func tasksAdded() {
+        for waker in self.state.withLock({ Array($0.wake.values) }) { waker.signal() }
+    }
+
+    /// The events of `projectID` as they commit in this process.
+    func watch(projectID: String) -> (stream: AsyncStream<[EventRow]>, cancel: @Sendable () -> Void) {
+        let (stream, continuation) = AsyncStream<[EventRow]>.makeStream(bufferingPolicy: .bufferingNewest(1024))
+        let id = self.state.withLock { state in
+            state.nextID += 1
+            state.watchers[state.nextID] = (projectID, continuation)
+            return state.nextID
+        }
+        return (stream, { [weak self] in
+            let watcher = self?.state.withLock { $0.watchers.removeValue(forKey: id) }
+            watcher?.continuation.finish()
+        })
+    }
+
+    func published(_ events: [EventRow], projectID: String) {
+        let watchers = self.state.withLock { $0.watchers.values.filter { $0.projectID == projectID }.map(\.continuation) }
+        for watcher in watchers { watcher.yield(events) }
+    }
+
+    /// Registers how to stop the attempt `run/step/attempt` while it runs here.
+    func running(attempt key: String, cancel: @escaping @Sendable () -> Void) {
+        self.state.withLock { $0.calls[key] = cancel }
+    }
+
+    func finished(attempt key: String) {
+        _ = self.state.withLock { $0.calls.removeValue(forKey: key) }
+    }
+
+    func cancel(attempt key: String) {
+        self.state.withLock { $0.calls.removeValue(forKey: key) }?()
+    }
+}
+
+/// One waiter's wake-up: ``wait(atMost:)`` returns when signalled (or was signalled since it last
+/// returned), when the time is up, or when the task is cancelled.
+final class Waker: Sendable {
+    private struct State {
+        var pending = false
+        var continuation: CheckedContinuation<Void, Never>?
+    }
+
+    private let state = Mutex(State())
+
+    func signal() {
+        let continuation = self.state.withLock { state -> CheckedContinuation<Void, Never>? in
+            if let continuation = state.continuation {
+                state.continuation = nil
+                return continuation
+            }
+            state.pending = true
+            return nil
+        }
+        continuation?.resume()
+    }
+
+    func wait(atMost timeout: Duration) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                        let now = self.state.withLock { state -> Bool in
+                            if state.pending || Task.isCancelled {
+                                state.pending = false
+                                return true
+                            }
+                            state.continuation = continuation
+                            return false
+                        }
+                        if now { continuation.resume() }
+                    }
+                } onCancel: {
+                    self.signal()
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                if !Task.isCancelled { self.signal() }
+            }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+}

@@ -1,0 +1,254 @@
+import Foundation
+import GRPCCore
+import Logging
+import SQLKit
+import ServiceLifecycle
+import SparkExpr
+import SparkKit
+import SparkProto
+import SparkWire
+import SparkWorkflow
+import SwiftProtobuf
+import Synchronization
+
+/// A replica's workers: up to `run.workers` tasks at once, claimed in batches sized by the free
+/// slots, each under a lease its heartbeat keeps. They wake when a task is added in this
+/// process, on a PostgreSQL notification from another, and at the latest every
+/// `run.claimIntervalMilliseconds` (for leases that expired and timers that came due).
+///
+/// At graceful shutdown the workers stop claiming, give the attempts in flight
+/// `run.drainSeconds` to finish, and hand back the tasks of those that did not.
+final class RunWorkers: ServiceLifecycle.Service, Sendable {
+    let engine: RunEngine
+    let calls: StepCalls
+    let settings: RunServiceConfig
+    let owner: String
+    let logger: Logger
+    private let running = Atomic<Int>(0)
+    private let draining = Atomic<Bool>(false)
+    /// Opened once the service's migrations ran: before that there is no queue to claim from.
+    let migrated = Atomic<Bool>(false)
+
+    init(engine: RunEngine, calls: StepCalls, settings: RunServiceConfig, logger: Logger) {
+        self.engine = engine
+        self.calls = calls
+        self.settings = settings
+        self.owner = "\(ProcessInfo.processInfo.hostName)/\(ProcessInfo.processInfo.processIdentifier)/\(SparkID.make("wrk").suffix(8))"
+        self.logger = logger
+    }
+
+    var queue: TaskQueue { self.engine.queue }
+    var leaseMicros: Int64 { Int64(self.settings.leaseSeconds) * 1_000_000 }
+
+    func run() async throws {
+        let (waker, stopWaking) = self.engine.signals.waker()
+        defer { stopWaking() }
+        await withGracefulShutdownHandler {
+            while !self.migrated.load(ordering: .acquiring), !self.draining.load(ordering: .acquiring), !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(50))
+            }
+            await withDiscardingTaskGroup { group in
+                group.addTask { await self.tickTimers() }
+                var failing = false
+                while !self.draining.load(ordering: .acquiring), !Task.isCancelled {
+                    let free = self.settings.workers - self.running.load(ordering: .acquiring)
+                    var claimed: [TaskQueue.Claim] = []
+                    if free > 0 {
+                        do {
+                            claimed = try await self.queue.claim(owner: self.owner, limit: free, leaseMicros: self.leaseMicros, now: RunStore.now())
+                            failing = false
+                        } catch {
+                            if !failing { self.logger.warning("could not claim tasks", metadata: ["error": "\(String(reflecting: error).prefix(1000))"]) }
+                            failing = true
+                        }
+                    }
+                    for claim in claimed {
+                        self.running.add(1, ordering: .acquiringAndReleasing)
+                        group.addTask {
+                            defer {
+                                self.running.subtract(1, ordering: .acquiringAndReleasing)
+                                self.engine.signals.tasksAdded()
+                            }
+                            await self.handle(claim)
+                        }
+                    }
+                    // A full batch: there may be more at once. Otherwise wait for a wake-up.
+                    if !claimed.isEmpty, claimed.count == free { continue }
+                    await waker.wait(atMost: self.settings.claimInterval)
+                }
+                // Draining: the attempts in flight have the grace period, then are cancelled
+                // (and hand their tasks back).
+                let deadline = ContinuousClock.now + .seconds(self.settings.drainSeconds)
+                while self.running.load(ordering: .acquiring) > 0, ContinuousClock.now < deadline {
+                    try? await Task.sleep(for: .milliseconds(50))
+                }
+                group.cancelAll()
+            }
+        } onGracefulShutdown: {
+            self.draining.store(true, ordering: .releasing)
+            self.engine.signals.tasksAdded()
+        }
+    }
+
+    /// Applies `tick` to runs whose timer is due: retries, attempt and approval timeouts.
+    func tickTimers() async {
+        while !self.draining.load(ordering: .acquiring), !Task.isCancelled {
+            try? await Task.sleep(for: self.settings.claimInterval)
+            do {
+                let due = try await self.engine.store.store.sql { try await self.engine.store.dueRuns(now: RunStore.now(), limit: 100, on: $0) }
+                for runID in due {
+                    try await self.engine.transition(runID: runID) { transition, _ in
+                        try? transition.apply(.tick)
+                    }
+                }
+            } catch is CancellationError {
+                return
+            } catch {
+                self.logger.warning("could not apply timers", metadata: ["error": "\(String(reflecting: error).prefix(1000))"])
+            }
+        }
+    }
+
+    // MARK: Tasks
+
+    func handle(_ claim: TaskQueue.Claim) async {
+        do {
+            switch claim.kind {
+            case "start":
+                try await self.engine.transition(runID: claim.payload, completing: claim) { transition, _ in
+                    // A run cancelled before a worker took it stays as it is.
+                    if transition.machine.status == .queued { try transition.apply(.start) }
+                }
+            case "step":
+                try await self.handleStep(claim)
+            default:
+                self.logger.error("a task of an unknown kind", metadata: ["kind": "\(claim.kind)", "task": "\(claim.id)"])
+                _ = try await self.engine.store.store.transaction { try await self.queue.complete(claim, on: $0) }
+            }
+        } catch is RunEngine.StaleLease {
+            self.logger.info("a task's lease passed to another worker; its late result is dropped", metadata: ["task": "\(claim.id)"])
+        } catch is CancellationError {
+            _ = try? await self.queue.release(claim, runAt: RunStore.now())
+        } catch {
+            // Left claimed: its lease expires and it is tried again.
+            self.logger.warning("a task failed; it is tried again once its lease expires", metadata: ["task": "\(claim.id)", "error": "\(String(reflecting: error).prefix(1000))"])
+        }
+    }
+
+    func handleStep(_ claim: TaskQueue.Claim) async throws {
+        let task = try JSONDecoder().decode(StepTask.self, from: Data(claim.payload.utf8))
+        let (row, machine) = try await self.engine.store.store.sql { db in
+            guard let row = try await self.engine.store.lockedRun(task.run, on: db) else { throw SparkError.notFound("run") }
+            return (row, try await self.engine.machine(of: row, on: db))
+        }
+        guard let index = machine.definition.steps.firstIndex(where: { $0.id == task.step }) else {
+            _ = try await self.engine.store.store.transaction { try await self.queue.complete(claim, on: $0) }
+            return
+        }
+        let step = machine.definition.steps[index]
+        let state = machine.steps[index]
+        guard machine.status == .running, state.attempt == task.attempt, state.status == .ready || state.status == .running else {
+            // The run or the step moved on (cancelled, timed out, retried): nothing to do.
+            _ = try await self.engine.store.store.transaction { try await self.queue.complete(claim, on: $0) }
+            return
+        }
+        let principal = try Sparkops_Common_V1_Principal(jsonString: row.principal)
+        if state.status == .running {
+            // The attempt started under an earlier claim whose worker stopped.
+            let mayRepeat = await self.calls.mayRepeat(step, projectID: row.projectID, principal: principal)
+            try await self.engine.transition(runID: row.id, completing: claim) { transition, db in
+                try transition.apply(.attemptLost(step: task.step, attempt: task.attempt, mayRepeat: mayRepeat))
+                if var attempt = try await self.engine.store.attempt(runID: row.id, stepID: task.step, attempt: task.attempt, on: db) {
+                    attempt.status = "lost"
+                    attempt.endedAt = transition.now
+                    transition.attempts.append(attempt)
+                }
+            }
+            return
+        }
+        let started = RunStore.now()
+        let attemptRow = AttemptRow(
+            runID: row.id, stepID: task.step, attempt: task.attempt, status: "running", idempotencyKey: task.key, startedAt: started,
+            endedAt: 0, errorReason: "", errorMessage: "", costMicros: 0, callID: "", worker: self.owner
+        )
+        do {
+            try await self.engine.transition(runID: row.id) { transition, _ in
+                try transition.apply(.stepStarted(step: task.step, attempt: task.attempt))
+                transition.attempts.append(attemptRow)
+            }
+        } catch let error as RunMachineError {
+            self.logger.info("a step task is out of date", metadata: ["task": "\(claim.id)", "reason": "\(error)"])
+            _ = try await self.engine.store.store.transaction { try await self.queue.complete(claim, on: $0) }
+            return
+        }
+        let key = "\(row.id)/\(task.step)/\(task.attempt)"
+        let outcome = await self.withLease(claim, attempt: key) {
+            await self.calls.call(step, task: task, run: row, principal: principal)
+        }
+        guard let outcome else { throw RunEngine.StaleLease() }
+        if Task.isCancelled {
+            // Draining: the task goes back, and whoever takes it finds the attempt started.
+            _ = try? await self.queue.release(claim, runAt: RunStore.now())
+            return
+        }
+        try await self.engine.transition(runID: row.id, completing: claim) { transition, _ in
+            var attempt = attemptRow
+            attempt.endedAt = transition.now
+            attempt.costMicros = outcome.costMicros
+            attempt.callID = outcome.callID
+            transition.costMicros += outcome.costMicros
+            do {
+                switch outcome.result {
+                case .succeeded(let output):
+                    attempt.status = "succeeded"
+                    try transition.apply(.stepSucceeded(step: task.step, attempt: task.attempt, output: output))
+                case .failed(let failure, let retryable):
+                    attempt.status = "failed"
+                    attempt.errorReason = failure.reason
+                    attempt.errorMessage = failure.message
+                    try transition.apply(.stepFailed(step: task.step, attempt: task.attempt, failure: failure, retryable: retryable))
+                case .held(let message):
+                    attempt.status = "held"
+                    attempt.errorReason = "approval_required"
+                    attempt.errorMessage = message
+                    try transition.apply(.stepHeld(step: task.step, attempt: task.attempt, message: message, approvers: []))
+                }
+            } catch {
+                // Cancelled or timed out meanwhile: the attempt's record stays as the machine left it.
+                attempt.status = "cancelled"
+            }
+            transition.attempts.append(attempt)
+        }
+    }
+
+    /// Runs `body` while a heartbeat keeps the claim's lease; the call is cancelled when the lease
+    /// is lost, when a transition in this process stops the attempt, or when the worker drains.
+    /// Nil when the lease was lost: what the call returned is not this worker's to report.
+    func withLease<T: Sendable>(_ claim: TaskQueue.Claim, attempt key: String, _ body: @escaping @Sendable () async -> T) async -> T? {
+        let lost = Atomic<Bool>(false)
+        let call = Task { await body() }
+        let heartbeat = Task {
+            let interval = Duration.seconds(max(1, self.settings.leaseSeconds / 3))
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                guard !Task.isCancelled else { return }
+                // A heartbeat that cannot reach the store is tried again; one refused means the
+                // lease is another's.
+                if let kept = try? await self.queue.heartbeat(claim, until: RunStore.now() + self.leaseMicros), !kept {
+                    lost.store(true, ordering: .releasing)
+                    call.cancel()
+                    return
+                }
+            }
+        }
+        self.engine.signals.running(attempt: key) { call.cancel() }
+        let value = await withTaskCancellationHandler {
+            await call.value
+        } onCancel: {
+            call.cancel()
+        }
+        self.engine.signals.finished(attempt: key)
+        heartbeat.cancel()
+        return lost.load(ordering: .acquiring) ? nil : value
+    }
+}

@@ -1,0 +1,176 @@
+import Foundation
+import GRPCCore
+import Logging
+import SparkExpr
+import SparkKit
+import SparkProto
+import SparkWire
+import SparkWorkflow
+import SwiftProtobuf
+
+/// How a worker runs an attempt: a tool step is `ToolService/InvokeTool`, an agent step
+/// `AgentService/ExecuteAgentStep`, each as the principal that started the run, under the
+/// attempt's idempotency key `run_…/<step>/<attempt>`. Cancelling the task cancels the call over
+/// SparkWire. Policy `step.start` is asked first, unless a human approved a hold of this attempt.
+struct StepCalls: Sendable {
+    let tools: Sparkops_Tool_V1_ToolService.Client<SparkWireClientTransport>
+    let agents: Sparkops_Agent_V1_AgentService.Client<SparkWireClientTransport>
+    let policy: PolicyCheck
+    let defaultTimeout: Duration
+    let logger: Logger
+
+    enum Result: Sendable {
+        case succeeded(ExprValue)
+        case failed(RunFailure, retryable: Bool)
+        /// A policy requires a human's approval first; nothing was done.
+        case held(String)
+    }
+
+    struct Outcome: Sendable {
+        var result: Result
+        var costMicros: Int64 = 0
+        var callID = ""
+    }
+
+    /// Whether an attempt of `step` that may have started can be sent again: agents replay by
+    /// their key; a tool, unless it is `non_idempotent` (or cannot be asked).
+    func mayRepeat(_ step: WorkflowStep, projectID: String, principal: Sparkops_Common_V1_Principal) async -> Bool {
+        guard case .tool(let name) = step.kind else { return true }
+        do {
+            let tool = try await self.tools.getTool(.with {
+                $0.projectID = projectID
+                $0.tool = name
+            }, metadata: principal.metadata)
+            return tool.sideEffects != "non_idempotent"
+        } catch {
+            self.logger.warning("could not read a tool's side effects; the step waits for a human", metadata: ["tool": "\(name)", "error": "\(error)"])
+            return false
+        }
+    }
+
+    func call(_ step: WorkflowStep, task: StepTask, run: RunRow, principal: Sparkops_Common_V1_Principal) async -> Outcome {
+        let timeout = step.timeout.map { Duration.milliseconds($0.milliseconds) } ?? self.defaultTimeout
+        var options = CallOptions.defaults
+        options.timeout = timeout + .seconds(5)
+        let arguments = (try? ExprValue(jsonText: task.arguments)) ?? .map([:])
+        do {
+            if !task.approved {
+                let decision = try await self.policy.check("step.start", projectID: run.projectID, context: .with {
+                    $0.workflow = .with {
+                        $0.id = run.workflowID
+                        $0.name = run.workflowName
+                        $0.version = Int32(clamping: run.workflowVersion)
+                    }
+                    $0.step = .with {
+                        $0.id = step.id
+                        $0.kind = Self.kind(step)
+                        $0.attempt = Int32(clamping: task.attempt)
+                    }
+                    $0.runID = run.id
+                }, metadata: principal.metadata)
+                if decision.effect == "require_approval" {
+                    return Outcome(result: .held("held by policy \(decision.message)"))
+                }
+            }
+            switch step.kind {
+            case .tool(let name):
+                let response = try await self.tools.invokeTool(.with {
+                    $0.projectID = run.projectID
+                    $0.tool = name
+                    $0.input = (try? Google_Protobuf_Value(jsonString: arguments.jsonText)) ?? Google_Protobuf_Value()
+                    $0.idempotencyKey = task.key
+                    $0.timeoutMs = timeout.milliseconds
+                    $0.runID = run.id
+                    $0.stepID = step.id
+                    $0.workflow = run.workflowName
+                }, metadata: principal.metadata, options: options)
+                return Self.outcome(response)
+            case .agent(let name):
+                guard case .map(let fields) = arguments, case .string(let prompt)? = fields["prompt"], !prompt.isEmpty else {
+                    return Outcome(result: .failed(RunFailure(reason: "arguments", message: "with.prompt: an agent step needs a prompt (a string)"), retryable: false))
+                }
+                let execution = try await self.agents.executeAgentStep(.with {
+                    $0.projectID = run.projectID
+                    $0.agent = name
+                    $0.prompt = prompt
+                    if let input = fields["input"], let value = try? Google_Protobuf_Value(jsonString: input.jsonText) { $0.input = value }
+                    $0.idempotencyKey = task.key
+                    $0.timeoutMs = timeout.milliseconds
+                    $0.runID = run.id
+                    $0.stepID = step.id
+                    $0.workflow = run.workflowName
+                }, metadata: principal.metadata, options: options)
+                return Self.outcome(execution)
+            case .approval:
+                return Outcome(result: .failed(RunFailure(reason: "internal", message: "an approval step is not run by a worker"), retryable: false))
+            }
+        } catch let error as RPCError {
+            return Outcome(result: Self.failure(error))
+        } catch {
+            return Outcome(result: .failed(RunFailure(reason: "internal", message: "\(error)"), retryable: true))
+        }
+    }
+
+    static func kind(_ step: WorkflowStep) -> String {
+        switch step.kind {
+        case .tool: return "tool"
+        case .agent: return "agent"
+        case .approval: return "approval"
+        }
+    }
+
+    /// Tool failures that another attempt may get past.
+    static let retryableToolReasons: Set<String> = ["timeout", "http_status", "http_error", "exit_status", "memory_limit", "cpu_limit", "unavailable"]
+    /// Agent failures that another attempt may get past.
+    static let retryableAgentReasons: Set<String> = ["timeout", "llm_error", "max_iterations", "invalid_output", "context_length"]
+
+    static func outcome(_ response: Sparkops_Tool_V1_InvokeToolResponse) -> Outcome {
+        var outcome = Outcome(result: .succeeded(.null), costMicros: response.replayed ? 0 : response.costMicros, callID: response.invocationID)
+        if response.hasApproval {
+            outcome.result = .held("held by policy \(response.approval.rule): \(response.approval.message)")
+        } else if response.hasError {
+            outcome.result = .failed(
+                RunFailure(reason: response.error.reason, message: response.error.message),
+                retryable: Self.retryableToolReasons.contains(response.error.reason)
+            )
+        } else {
+            outcome.result = .succeeded((try? ExprValue(jsonText: response.output.jsonString())) ?? .null)
+        }
+        return outcome
+    }
+
+    static func outcome(_ execution: Sparkops_Agent_V1_AgentExecution) -> Outcome {
+        var outcome = Outcome(result: .succeeded(.null), costMicros: execution.replayed ? 0 : execution.costMicros, callID: execution.id)
+        if execution.status == "succeeded" {
+            outcome.result = .succeeded((try? ExprValue(jsonText: execution.output.jsonString())) ?? .null)
+        } else if execution.error.reason == "approval_required" {
+            outcome.result = .held(execution.error.message)
+        } else {
+            outcome.result = .failed(
+                RunFailure(reason: execution.error.reason, message: execution.error.message),
+                retryable: Self.retryableAgentReasons.contains(execution.error.reason)
+            )
+        }
+        return outcome
+    }
+
+    /// A call that did not answer: unavailable services and deadlines may pass; a refusal does not.
+    static func failure(_ error: RPCError) -> Result {
+        switch error.code {
+        case .unavailable, .deadlineExceeded, .aborted, .internalError, .unknown, .cancelled:
+            return .failed(RunFailure(reason: error.code == .deadlineExceeded ? "timeout" : "unavailable", message: error.message), retryable: true)
+        case .permissionDenied:
+            return .failed(RunFailure(reason: "policy_denied", message: error.message), retryable: false)
+        case .resourceExhausted:
+            return .failed(RunFailure(reason: "budget_exceeded", message: error.message), retryable: false)
+        default:
+            return .failed(RunFailure(reason: "refused", message: "\(error.code): \(error.message)"), retryable: false)
+        }
+    }
+}
+
+extension Duration {
+    var milliseconds: Int64 {
+        self.components.seconds * 1000 + self.components.attoseconds / 1_000_000_000_000_000
+    }
+}
