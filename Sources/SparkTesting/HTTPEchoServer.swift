@@ -30,6 +30,9 @@ public final class HTTPEchoServer: Sendable {
 
     /// How many requests it has received.
     public var requests: Int { self.counter.value.load(ordering: .relaxed) }
+
+    /// How many requests it has received for each URI (path and query).
+    public var requestsByURI: [String: Int] { self.counter.byURI.withLock { $0 } }
     public var baseURL: String { "http://\(self.host):\(self.port)" }
 
     init(host: String, port: Int, channel: any Channel, counter: RequestCounter) {
@@ -43,6 +46,7 @@ public final class HTTPEchoServer: Sendable {
         let counter = RequestCounter()
         let channel = try await LoopbackHTTP.bind(host: host, port: port) { head, body in
             counter.value.wrappingAdd(1, ordering: .relaxed)
+            counter.byURI.withLock { $0[head.uri, default: 0] += 1 }
             return Self.answer(head, body)
         }
         return HTTPEchoServer(host: host, port: channel.localAddress?.port ?? port, channel: channel, counter: counter)
@@ -54,6 +58,7 @@ public final class HTTPEchoServer: Sendable {
 
     final class RequestCounter: Sendable {
         let value = Atomic<Int>(0)
+        let byURI = Mutex<[String: Int]>([:])
     }
 }
 

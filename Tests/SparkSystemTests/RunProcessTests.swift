@@ -1,0 +1,137 @@
+import Foundation
+import NIOHTTP1
+import SparkTesting
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The run service as a process of its own, killed and restarted with runs in flight.
+extension DistributedTests {
+    /// A project with an echo tool (no side effects), a non_idempotent http tool that takes a
+    /// while at a loopback server, and a workflow of the three: echo → charge → echo.
+    static func chargeProject(_ deployment: Deployment, server: HTTPEchoServer) async throws -> (base: String, token: String) {
+        let project = try await Self.signIn(deployment, project: "charges")
+        let tools = [
+            "tool: echo\nkind: echo\nside_effects: none\n",
+            """
+            tool: charge
+            kind: http
+            side_effects: non_idempotent
+            input_schema: { type: object, properties: { order: { type: string } }, required: [order] }
+            http: { method: POST, url: "\(server.baseURL)/slow?ms=1000&order=${{ input.order }}" }
+            """,
+        ]
+        for source in tools {
+            let applied = try await deployment.gateway.send(.POST, "\(project.base)/tools/apply", token: project.token, json: ["source": source])
+            try #require(applied.status == 200, "\(applied.text)")
+        }
+        let workflow = """
+            name: checkout
+            inputs: { order: { type: string, required: true } }
+            steps:
+              - id: reserve
+                tool: echo
+                with: { order: "${{ inputs.order }}" }
+              - id: charge
+                tool: charge
+                needs: [reserve]
+                with: { order: "${{ inputs.order }}" }
+              - id: confirm
+                tool: echo
+                needs: [charge]
+                with: { order: "${{ inputs.order }}", status: "${{ steps.charge.output.status }}" }
+            """
+        let applied = try await deployment.gateway.send(.POST, "\(project.base)/workflows/apply", token: project.token, json: ["source": workflow])
+        try #require(applied.status == 200, "\(applied.text)")
+        return project
+    }
+
+    /// Every run of the project, as the list shows them (50 at most here).
+    static func runs(_ project: (base: String, token: String), via http: HTTPTestClient) async throws -> [[String: Any]] {
+        try await http.send(.GET, "\(project.base)/runs?pageSize=500", token: project.token).json["runs"] as? [[String: Any]] ?? []
+    }
+
+    @Test(
+        "kill -9 of the run service with 50 runs in flight: after a restart every run finishes, no step is lost, and no non_idempotent call is made twice",
+        .enabled(if: TestBackend.all.count > 1, "needs SPARKOPS_TEST_DATABASE_URL")
+    )
+    func killedRunService() async throws {
+        let backend = try #require(TestBackend.all.first { if case .postgres = $0 { return true } else { return false } })
+        let server = try await HTTPEchoServer.start()
+        defer { Task { try? await server.stop() } }
+        try await backend.withDatabase { databaseURL in
+            var deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: backend.redisURL)
+            defer { try? FileManager.default.removeItem(atPath: deployment.home) }
+            deployment.settings += ["tool.outboundAllow=127.0.0.1:\(server.port)", "run.leaseSeconds=3", "run.workers=8"]
+            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget,run"])
+            var processes = try await deployment.startAll()
+            let http = deployment.gateway
+            let project = try await Self.chargeProject(deployment, server: server)
+
+            var orders: [String: String] = [:]
+            for index in 0 ..< 50 {
+                let order = "o-\(index)"
+                let created = try await http.send(.POST, "\(project.base)/runs", token: project.token, json: ["workflow": "checkout", "inputs": ["order": order], "idempotencyKey": order])
+                try #require(created.status == 201, "\(created.text)")
+                orders[try #require((created.json["run"] as? [String: Any])?["id"] as? String)] = order
+            }
+            // Some charges reached the server, and most runs are still under way: kill -9.
+            let started = ContinuousClock.now
+            while server.requests < 3, ContinuousClock.now < started + .seconds(120) { try await Task.sleep(for: .milliseconds(20)) }
+            try #require(server.requests >= 3, "no charge was made:\n\(processes[7].output)")
+            let callsAtKill = server.requests
+            await processes[7].kill()
+            #expect(callsAtKill < 50, "the kill came after every run had charged")
+
+            processes[7] = try await deployment.start("sparkops-run")
+            // Every run ends, or its charge waits for a human: it may have started before the kill.
+            var runs: [[String: Any]] = []
+            let deadline = ContinuousClock.now + .seconds(240)
+            func settled(_ run: [String: Any]) -> Bool {
+                ["succeeded", "failed", "cancelled"].contains(run["status"] as? String ?? "")
+            }
+            var attention: Set<String> = []
+            repeat {
+                runs = try await Self.runs(project, via: http)
+                for run in runs where !settled(run) {
+                    let id = run["id"] as? String ?? ""
+                    let detail = try await http.send(.GET, "\(project.base)/runs/\(id)", token: project.token).json
+                    let charge = (detail["steps"] as? [[String: Any]])?.first { $0["id"] as? String == "charge" }
+                    if charge?["status"] as? String == "needs_attention", !attention.contains(id) {
+                        // The operator checks the charge and skips the step, rather than charge twice.
+                        let resolved = try await http.send(.POST, "\(project.base)/runs/\(id)/steps/charge/resolve", token: project.token, json: ["action": "skip"])
+                        #expect(resolved.status == 200, "\(resolved.text)")
+                        attention.insert(id)
+                    }
+                }
+                if runs.count == 50, runs.allSatisfy(settled) { break }
+                try await Task.sleep(for: .milliseconds(250))
+            } while ContinuousClock.now < deadline
+            try #require(runs.count == 50 && runs.allSatisfy(settled), "not every run finished:\n\(runs.map { "\($0["id"] ?? "") \($0["status"] ?? "")" })\n\(processes[7].output)")
+
+            let calls = server.requestsByURI
+            for run in runs {
+                let id = try #require(run["id"] as? String)
+                let order = try #require(orders[id])
+                let count = calls["/slow?ms=1000&order=\(order)"] ?? 0
+                #expect(run["status"] as? String == "succeeded", "\(id): \(run)")
+                #expect(count <= 1, "order \(order) was charged \(count) times")
+                let detail = try await http.send(.GET, "\(project.base)/runs/\(id)", token: project.token).json
+                let steps = Dictionary(uniqueKeysWithValues: (detail["steps"] as? [[String: Any]] ?? []).map { ($0["id"] as? String ?? "", $0) })
+                // The steps without side effects were never lost: they ran (again, if need be).
+                #expect(steps["reserve"]?["status"] as? String == "succeeded", "\(id): \(steps["reserve"] ?? [:])")
+                if attention.contains(id) {
+                    #expect(steps["charge"]?["status"] as? String == "skipped")
+                } else {
+                    #expect(steps["charge"]?["status"] as? String == "succeeded", "\(id): \(steps["charge"] ?? [:])")
+                    #expect(count == 1, "order \(order) succeeded without being charged")
+                    #expect(steps["confirm"]?["status"] as? String == "succeeded")
+                }
+            }
+            print("kill -9 with runs in flight: \(callsAtKill) charges before the kill, \(attention.count) charges left to a human, \(calls.values.reduce(0, +)) charges in all for 50 orders")
+            for process in processes.reversed() { _ = await process.stop() }
+        }
+    }
+}
