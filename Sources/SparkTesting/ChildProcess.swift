@@ -83,6 +83,9 @@ public final class ChildProcess: Sendable {
         (try? String(contentsOfFile: self.outputPath, encoding: .utf8)) ?? ""
     }
 
+    /// The process's id once it has started.
+    public var processID: Int32? { self.pid.withLock { $0 } }
+
     public func signal(_ signal: Int32) {
         if let pid = self.pid.withLock({ $0 }), self.isRunning { kill(pid, signal) }
     }

@@ -135,3 +135,121 @@ extension DistributedTests {
         }
     }
 }
+
+extension DistributedTests {
+    /// A project with a tool that waits `ms` at the loopback server (no side effects), and a
+    /// workflow of one step of it.
+    static func slowProject(_ deployment: Deployment, server: HTTPEchoServer, ms: Int) async throws -> (base: String, token: String) {
+        let project = try await Self.signIn(deployment, project: "slow")
+        let tool = "tool: wait\nkind: http\nside_effects: none\nhttp: { url: \"\(server.baseURL)/slow?ms=\(ms)\" }\n"
+        let workflow = "name: slow\nsteps:\n  - id: wait\n    tool: wait\n"
+        for (path, source) in [("tools", tool), ("workflows", workflow)] {
+            let applied = try await deployment.gateway.send(.POST, "\(project.base)/\(path)/apply", token: project.token, json: ["source": source])
+            try #require(applied.status == 200, "\(applied.text)")
+        }
+        return project
+    }
+
+    /// Waits (bounded) until `condition` holds; false if it never did.
+    static func eventually(within limit: Duration, _ condition: () async throws -> Bool) async throws -> Bool {
+        let deadline = ContinuousClock.now + limit
+        repeat {
+            if try await condition() { return true }
+            try await Task.sleep(for: .milliseconds(100))
+        } while ContinuousClock.now < deadline
+        return false
+    }
+
+    @Test(
+        "a worker paused with SIGSTOP past its lease loses the step to another replica; resumed, its late result is refused",
+        .enabled(if: TestBackend.all.count > 1, "needs SPARKOPS_TEST_DATABASE_URL")
+    )
+    func pausedWorkerIsFenced() async throws {
+        let backend = try #require(TestBackend.all.first { if case .postgres = $0 { return true } else { return false } })
+        let server = try await HTTPEchoServer.start()
+        defer { Task { try? await server.stop() } }
+        try await backend.withDatabase { databaseURL in
+            var deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: backend.redisURL)
+            defer { try? FileManager.default.removeItem(atPath: deployment.home) }
+            deployment.settings += ["tool.outboundAllow=127.0.0.1:\(server.port)", "run.leaseSeconds=3"]
+            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget,run"])
+            var processes = try await deployment.startAll()
+            let http = deployment.gateway
+            let project = try await Self.slowProject(deployment, server: server, ms: 6000)
+            let created = try await http.send(.POST, "\(project.base)/runs", token: project.token, json: ["workflow": "slow"])
+            let id = try #require((created.json["run"] as? [String: Any])?["id"] as? String, "\(created.text)")
+            #expect(try await Self.eventually(within: .seconds(60)) { server.requests == 1 }, "the call did not start")
+            processes[7].signal(SIGSTOP)
+
+            // A second replica, workers only, on ports of its own, takes over once the lease expires.
+            let (port, admin) = (try await FreePort.allocate(), try await FreePort.allocate())
+            let second = try await ServiceProcess(
+                "sparkops-run", (deployment.settings + ["run.port=\(port)", "run.adminPort=\(admin)", "run.mode=workers"]).flatMap { ["--set", $0] },
+                logDirectory: deployment.home
+            )
+            processes.append(second)
+            // Once the paused worker's lease expires, the second replica finds the attempt started
+            // and sends the same attempt again, under the same key.
+            let taken = try await Self.eventually(within: .seconds(90)) { second.output.contains("is sent again") }
+            #expect(taken, "the second replica did not take the step:\n\(second.output.suffix(4000))")
+            processes[7].signal(SIGCONT)
+            let fenced = try await Self.eventually(within: .seconds(60)) { processes[7].output.contains("lease passed to another worker") }
+            #expect(fenced, "the resumed worker did not find its lease gone:\n\(processes[7].output.suffix(4000))")
+            let done = try await Self.eventually(within: .seconds(60)) {
+                try await http.send(.GET, "\(project.base)/runs/\(id)", token: project.token).json["status"] as? String == "succeeded"
+            }
+            let final = try await http.send(.GET, "\(project.base)/runs/\(id)", token: project.token).text
+            #expect(done, "\(final)")
+            let detail = try await http.send(.GET, "\(project.base)/runs/\(id)", token: project.token).json
+            let step = try #require((detail["steps"] as? [[String: Any]])?.first)
+            let attempts = step["attempts"] as? [[String: Any]] ?? []
+            #expect(attempts.count == 1, "\(attempts)")
+            #expect(attempts.first?["status"] as? String == "succeeded")
+            #expect((attempts.first?["worker"] as? String)?.contains("/\(second.pid)/") == true, "the second replica finished it: \(attempts)")
+            // The tool has no side effects: when the paused caller's connection is dropped, its call
+            // is cut short and its key given back, and the second replica's call runs it again.
+            #expect((1 ... 2).contains(server.requests), "the tool ran \(server.requests) times")
+            for process in processes.reversed() { _ = await process.stop() }
+        }
+    }
+
+    @Test(
+        "SIGTERM drains the run service: it stops claiming, the step in flight finishes within the grace period, and it exits 0",
+        .enabled(if: TestBackend.all.count > 1, "needs SPARKOPS_TEST_DATABASE_URL")
+    )
+    func sigtermDrains() async throws {
+        let backend = try #require(TestBackend.all.first { if case .postgres = $0 { return true } else { return false } })
+        let server = try await HTTPEchoServer.start()
+        defer { Task { try? await server.stop() } }
+        try await backend.withDatabase { databaseURL in
+            var deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: backend.redisURL)
+            defer { try? FileManager.default.removeItem(atPath: deployment.home) }
+            deployment.settings += ["tool.outboundAllow=127.0.0.1:\(server.port)", "run.drainSeconds=20"]
+            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget,run"])
+            var processes = try await deployment.startAll()
+            let http = deployment.gateway
+            let project = try await Self.slowProject(deployment, server: server, ms: 3000)
+            let created = try await http.send(.POST, "\(project.base)/runs", token: project.token, json: ["workflow": "slow"])
+            let id = try #require((created.json["run"] as? [String: Any])?["id"] as? String, "\(created.text)")
+            #expect(try await Self.eventually(within: .seconds(60)) { server.requests == 1 }, "the call did not start")
+            let first = processes[7]
+            let status = await first.stop(within: .seconds(40))
+            #expect(status == 0, "\(first.output.suffix(4000))")
+
+            processes[7] = try await deployment.start("sparkops-run")
+            let done = try await Self.eventually(within: .seconds(60)) {
+                try await http.send(.GET, "\(project.base)/runs/\(id)", token: project.token).json["status"] as? String == "succeeded"
+            }
+            #expect(done)
+            let detail = try await http.send(.GET, "\(project.base)/runs/\(id)", token: project.token).json
+            let attempts = (detail["steps"] as? [[String: Any]])?.first?["attempts"] as? [[String: Any]] ?? []
+            #expect(attempts.count == 1)
+            #expect(attempts.first?["status"] as? String == "succeeded")
+            #expect((attempts.first?["worker"] as? String)?.contains("/\(first.pid)/") == true, "the draining process finished it: \(attempts)")
+            let events = try await http.send(.GET, "\(project.base)/events?runId=\(id)", token: project.token).json["events"] as? [[String: Any]] ?? []
+            #expect(!events.contains { ($0["message"] as? String)?.contains("worker stopped") == true }, "\(events)")
+            #expect(server.requests == 1)
+            for process in processes.reversed() { _ = await process.stop() }
+        }
+    }
+}

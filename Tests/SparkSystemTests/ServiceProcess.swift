@@ -49,6 +49,13 @@ final class ServiceProcess: Sendable {
         await self.child.stop(within: limit)
     }
 
+    var pid: Int32 { self.child.processID ?? -1 }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT, SIGTERM, …) and returns at once.
+    func signal(_ signal: Int32) {
+        self.child.signal(signal)
+    }
+
     /// Sends SIGKILL, as a crash or an out-of-memory kill would, and waits (bounded) until the
     /// process is gone.
     func kill() async {

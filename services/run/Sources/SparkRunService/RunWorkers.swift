@@ -156,6 +156,10 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
         if state.status == .running {
             // The attempt started under an earlier claim whose worker stopped.
             let mayRepeat = await self.calls.mayRepeat(step, projectID: row.projectID, principal: principal)
+            self.logger.info(
+                mayRepeat ? "an attempt's worker stopped while it ran; it is sent again" : "an attempt's worker stopped while it ran; it may have had effects, so it waits for a human",
+                metadata: ["run": "\(row.id)", "step": "\(task.step)", "attempt": "\(task.attempt)"]
+            )
             try await self.engine.transition(runID: row.id, completing: claim) { transition, db in
                 try transition.apply(.attemptLost(step: task.step, attempt: task.attempt, mayRepeat: mayRepeat))
                 if var attempt = try await self.engine.store.attempt(runID: row.id, stepID: task.step, attempt: task.attempt, on: db) {

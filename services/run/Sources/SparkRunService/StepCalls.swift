@@ -74,7 +74,7 @@ struct StepCalls: Sendable {
             }
             switch step.kind {
             case .tool(let name):
-                let response = try await self.tools.invokeTool(.with {
+                let request = Sparkops_Tool_V1_InvokeToolRequest.with {
                     $0.projectID = run.projectID
                     $0.tool = name
                     $0.input = (try? Google_Protobuf_Value(jsonString: arguments.jsonText)) ?? Google_Protobuf_Value()
@@ -83,8 +83,17 @@ struct StepCalls: Sendable {
                     $0.runID = run.id
                     $0.stepID = step.id
                     $0.workflow = run.workflowName
-                }, metadata: principal.metadata, options: options)
-                return Self.outcome(response)
+                }
+                let giveUp = ContinuousClock.now + timeout
+                while true {
+                    do {
+                        return Self.outcome(try await self.tools.invokeTool(request, metadata: principal.metadata, options: options))
+                    } catch let error as RPCError where error.code == .aborted && ContinuousClock.now < giveUp {
+                        // The same attempt sent again after its worker stopped, while the first
+                        // call is still running: its result, once stored, is the answer.
+                        try await Task.sleep(for: .milliseconds(250))
+                    }
+                }
             case .agent(let name):
                 guard case .map(let fields) = arguments, case .string(let prompt)? = fields["prompt"], !prompt.isEmpty else {
                     return Outcome(result: .failed(RunFailure(reason: "arguments", message: "with.prompt: an agent step needs a prompt (a string)"), retryable: false))

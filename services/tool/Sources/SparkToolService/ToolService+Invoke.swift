@@ -116,12 +116,25 @@ extension ToolService {
         await self.budget.settle(hold, actualMicros: definition.costMicros, metadata: request.metadata)
         let elapsed = ContinuousClock.now - started
         response.durationMs = elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000
-        let stored = try response.jsonString()
         let status = response.hasError ? "failed" : "succeeded"
-        // The result is kept even when the caller has gone: a retry under the key finds it.
         let store = self.store
+        if Task.isCancelled, response.hasError {
+            // The caller went away and the call was cut short. A tool without side effects gives
+            // its key back, so that the caller's retry runs it; a non_idempotent one may have had
+            // its effect, so the key keeps the failure and nothing runs twice.
+            if definition.sideEffects != .nonIdempotent {
+                try? await Task.detached { try await store.store.transaction { try await store.forget(id: invocationID, on: $0) } }.value
+                throw CancellationError()
+            }
+            response.error = .with {
+                $0.reason = "cancelled"
+                $0.message = "the call was cancelled before it finished (\(response.error.message)); the tool is non_idempotent, so it may have had its effect"
+            }
+        }
+        let final = try response.jsonString()
+        // The result is kept even when the caller has gone: a retry under the key finds it.
         try await Task.detached {
-            try await store.store.transaction { try await store.finish(id: invocationID, status: status, response: stored, at: ToolStore.now(), on: $0) }
+            try await store.store.transaction { try await store.finish(id: invocationID, status: status, response: final, at: ToolStore.now(), on: $0) }
         }.value
         if response.hasError {
             self.logger.info("tool call failed", metadata: ["tool": "\(row.name)", "reason": "\(response.error.reason)", "invocation": "\(invocationID)"])

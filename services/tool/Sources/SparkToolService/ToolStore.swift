@@ -278,6 +278,11 @@ struct ToolStore: Sendable {
         return try await self.invocation(projectID: invocation.projectID, toolID: invocation.toolID, key: invocation.key, on: db)?.id == invocation.id
     }
 
+    /// Gives a running call's key back: the next call under it runs the tool.
+    func forget(id: String, on db: any SQLDatabase) async throws {
+        try await db.raw("DELETE FROM invocations WHERE id = \(bind: id) AND status = 'running'").run()
+    }
+
     func finish(id: String, status: String, response: String, at time: Int64, on db: any SQLDatabase) async throws {
         try await db.raw("""
             UPDATE invocations SET status = \(bind: status), response = \(bind: response), finished_at = \(bind: time)
