@@ -10,7 +10,7 @@ struct SparkOpsCommand: AsyncParsableCommand {
             DevCommand.self, ServeCommand.self, MigrateCommand.self, CertsCommand.self, WireCommand.self,
             LoginCommand.self, LogoutCommand.self, UserCommand.self, ProjectCommand.self, MemberCommand.self, APIKeyCommand.self,
             ApplyCommand.self, WorkflowCommand.self, ToolCommand.self, AgentCommand.self, SecretCommand.self,
-            PolicyCommand.self, ViolationCommand.self, BudgetCommand.self,
+            PolicyCommand.self, ViolationCommand.self, BudgetCommand.self, RunCommand.self, ApprovalCommand.self,
         ]
     )
 }

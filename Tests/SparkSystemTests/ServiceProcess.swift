@@ -51,6 +51,11 @@ final class ServiceProcess: Sendable {
 
     var pid: Int32 { self.child.processID ?? -1 }
 
+    /// Waits, at most `limit`, for the process to exit by itself; its status, or nil if it still runs.
+    func exit(within limit: Duration) async -> Int32? {
+        await self.child.wait(within: limit)
+    }
+
     /// Sends `signal` (SIGSTOP, SIGCONT, SIGTERM, …) and returns at once.
     func signal(_ signal: Int32) {
         self.child.signal(signal)

@@ -1,0 +1,103 @@
+import Foundation
+import NIOHTTP1
+import SparkTesting
+import Testing
+
+/// `sparkops run` and `sparkops approval` against a running SparkOps with a fake LLM provider.
+extension CLITests {
+    static func catalog(_ llm: FakeLLMServer) -> String {
+        """
+        providers:
+          - { name: fake-openai, api: openai, base_url: "\(llm.baseURL)", api_key_secret: FAKE_KEY, max_retries: 0 }
+        models:
+          - { provider: fake-openai, name: "*", input_per_million: 2000000, output_per_million: 8000000, context_window: 100000 }
+        """
+    }
+
+    static let brief = """
+        name: brief
+        inputs: { topic: { type: string, required: true } }
+        steps:
+          - id: draft
+            agent: writer
+            with: { prompt: "Write two lines on ${{ inputs.topic }}." }
+          - id: review
+            approval: { message: "Publish the brief on ${{ inputs.topic }}?" }
+            needs: [draft]
+          - id: publish
+            tool: post
+            needs: [review]
+            with: { text: "${{ steps.draft.output.text }}", approved_by: "${{ steps.review.output.by }}" }
+        outputs: { text: "${{ steps.publish.output.text }}" }
+        """
+
+    @Test("run start --watch shows an agent step, an approval and a tool step live, and exits 0; a failed run exits 1")
+    func runStartWatch() async throws {
+        let llm = try await FakeLLMServer.start()
+        defer { Task { try? await llm.stop() } }
+        try await TestCluster.run(backend: .sqlite, overrides: ["agent.catalog": Self.catalog(llm)]) { cluster in
+            let credentials = "\(cluster.home)/cli/credentials.json"
+            let cli = CLI(url: cluster.baseURL, credentials: credentials)
+            #expect(try await cli("login", "--email", TestCluster.adminEmail, "--password", TestCluster.adminPassword).status == 0)
+            let project = try #require(try await cli.json("project", "create", "briefs")["id"] as? String)
+            let token = try await cluster.adminToken()
+            let base = "/api/v1/projects/\(project)"
+            #expect(try await cluster.http.send(.PUT, "\(base)/secrets/FAKE_KEY", token: token, json: ["value": "sk-test"]).status == 200)
+            for (path, source) in [
+                ("tools", "tool: post\nkind: echo\n"),
+                ("agents", "agent: writer\nprovider: fake-openai\nmodel: m1\nsystem_prompt: You write briefs.\n"),
+                ("workflows", Self.brief),
+            ] {
+                let applied = try await cluster.http.send(.POST, "\(base)/\(path)/apply", token: token, json: ["source": source])
+                try #require(applied.status == 200, "\(applied.text)")
+            }
+            llm.enqueue(.text("Tides rise twice a day.\nThe moon pulls them."))
+
+            let watch = try await ServiceProcess(
+                "sparkops", ["run", "start", "brief", "--project", project, "--input", "topic=tides", "--watch"],
+                logDirectory: cluster.home, environment: ["SPARKOPS_URL": cluster.baseURL, "SPARKOPS_CREDENTIALS": credentials]
+            )
+            // The watch shows the approval waiting; a human approves it from another terminal.
+            var approval: String?
+            let deadline = ContinuousClock.now + .seconds(90)
+            while approval == nil, ContinuousClock.now < deadline {
+                let pending = try await cli.json("approval", "list", "--project", project)
+                approval = (pending["approvals"] as? [[String: Any]])?.first?["id"] as? String
+                if approval == nil { try await Task.sleep(for: .milliseconds(200)) }
+            }
+            let id = try #require(approval, "no approval was asked for:\n\(watch.output)")
+            let approved = try await cli("approval", "approve", id, "--project", project, "--comment", "ship it")
+            #expect(approved.status == 0, "\(approved.output)")
+            #expect(approved.output.contains("approved \(id)"), "\(approved.output)")
+
+            let status = await watch.exit(within: .seconds(90))
+            let output = watch.output
+            #expect(status == 0, "\(output)")
+            for line in ["draft #1          running", "draft #1          succeeded", "review #1         awaiting_approval  Publish the brief on tides?", "approved by usr_", "publish #1        succeeded", "run               succeeded"] {
+                #expect(output.contains(line), "missing \(line.debugDescription) in:\n\(output)")
+            }
+            #expect(output.contains("outputs: {"), "\(output)")
+            #expect(output.contains("Tides rise twice a day."))
+
+            // A run whose agent step fails: the watch exits 1, with the reason.
+            llm.enqueue(.status(400, message: "bad request"))
+            let failed = try await cli("run", "start", "brief", "--project", project, "--input", "topic=storms", "--watch")
+            #expect(failed.status == 1, "\(failed.output)")
+            #expect(failed.output.contains("run               failed"), "\(failed.output)")
+            #expect(failed.output.contains("error: step_failed: step draft failed"), "\(failed.output)")
+
+            // Bad input is refused before anything is sent, naming the option.
+            let bad = try await cli("run", "start", "brief", "--project", project, "--input", "topic")
+            #expect(bad.status != 0)
+            #expect(bad.output.contains("--input takes name=value"), "\(bad.output)")
+            let unknown = try await cli("run", "start", "brief", "--project", project, "--input", "topik=x")
+            #expect(unknown.status != 0)
+            #expect(unknown.output.contains("inputs.topik"), "\(unknown.output)")
+
+            let listed = try await cli.json("run", "list", "--project", project, "--status", "succeeded")
+            #expect((listed["runs"] as? [[String: Any]])?.count == 1)
+            let table = try await cli("run", "get", try #require((listed["runs"] as? [[String: Any]])?.first?["id"] as? String), "--project", project)
+            #expect(table.output.contains("publish"), "\(table.output)")
+        }
+    }
+}
