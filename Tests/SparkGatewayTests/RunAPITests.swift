@@ -324,4 +324,79 @@ struct RunAPITests {
             #expect((done["outputs"] as? [String: Any])?["last"] as? String == "again!")
         }
     }
+
+    @Test("retries with backoff until the attempts run out; on_error continue goes on; an attempt past its timeout is cancelled", arguments: TestBackend.all)
+    func retriesAndTimeouts(backend: TestBackend) async throws {
+        let server = try await HTTPEchoServer.start()
+        defer { Task { try? await server.stop() } }
+        try await TestCluster.run(backend: backend, overrides: ["tool.outboundAllow": "127.0.0.1:\(server.port)"]) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await Self.project(cluster, admin)
+            let base = "/api/v1/projects/\(project)"
+            let sources = [
+                "tools": [
+                    "tool: down\nkind: http\nside_effects: none\nhttp: { url: \"\(server.baseURL)/status/503\" }\n",
+                    "tool: sleepy\nkind: http\nside_effects: none\nhttp: { url: \"\(server.baseURL)/slow?ms=20000\" }\n",
+                ],
+                "workflows": [
+                    """
+                    name: flaky
+                    steps:
+                      - id: call
+                        tool: down
+                        retry: { max_attempts: 3, backoff: fixed, initial: 200ms }
+                        on_error: continue
+                      - id: after
+                        tool: echo
+                        needs: [call]
+                        with: { status: "${{ steps.call.status }}", attempts: "${{ steps.call.attempts }}" }
+                    """,
+                    "name: sleepy\nsteps:\n  - id: wait\n    tool: sleepy\n    timeout: 1s\n",
+                ],
+            ]
+            for path in ["tools", "workflows"] {
+                for source in sources[path]! {
+                    let applied = try await cluster.http.send(.POST, "\(base)/\(path)/apply", token: admin, json: ["source": source])
+                    try #require(applied.status == 200, "\(applied.text)")
+                }
+            }
+            let flaky = try await cluster.http.send(.POST, "\(base)/runs", token: admin, json: ["workflow": "flaky"])
+            let flakyID = try #require((flaky.json["run"] as? [String: Any])?["id"] as? String, "\(flaky.text)")
+            let done = try await Self.finished(cluster, admin, project: project, run: flakyID)
+            #expect(done["status"] as? String == "succeeded", "\(done)")
+            let steps = Self.steps(done)
+            #expect(steps["call"]?["status"] as? String == "failed")
+            #expect((steps["call"]?["error"] as? [String: Any])?["reason"] as? String == "http_status")
+            let attempts = steps["call"]?["attempts"] as? [[String: Any]] ?? []
+            #expect(attempts.map { $0["status"] as? String ?? "" } == ["failed", "failed", "failed"], "\(attempts)")
+            #expect(attempts.map { $0["idempotencyKey"] as? String ?? "" } == (1 ... 3).map { "\(flakyID)/call/\($0)" })
+            #expect((steps["after"]?["output"] as? [String: Any])?["status"] as? String == "failed")
+            #expect((steps["after"]?["output"] as? [String: Any])?["attempts"] as? Int == 3)
+            #expect(server.requestsByURI["/status/503"] == 3)
+            // The fixed backoff of 200 ms stands between attempts.
+            let times = attempts.compactMap { ($0["startTime"] as? String).flatMap { try? Date($0, strategy: .iso8601.year().month().day().time(includingFractionalSeconds: true)) } }
+            if times.count == 3 {
+                #expect(times[1].timeIntervalSince(times[0]) >= 0.2 && times[2].timeIntervalSince(times[1]) >= 0.2, "\(times)")
+            }
+            let events = try await cluster.http.send(.GET, "\(base)/events?runId=\(flakyID)", token: admin).json["events"] as? [[String: Any]] ?? []
+            #expect(events.filter { $0["kind"] as? String == "step.retrying" }.count == 2)
+
+            let sleepy = try await cluster.http.send(.POST, "\(base)/runs", token: admin, json: ["workflow": "sleepy"])
+            let sleepyID = try #require((sleepy.json["run"] as? [String: Any])?["id"] as? String, "\(sleepy.text)")
+            let timedOut = try await Self.finished(cluster, admin, project: project, run: sleepyID)
+            #expect(timedOut["status"] as? String == "failed", "\(timedOut)")
+            let wait = Self.steps(timedOut)["wait"]
+            #expect((wait?["error"] as? [String: Any])?["reason"] as? String == "timeout", "\(wait ?? [:])")
+            // The tool's own deadline (the step's timeout, passed on) or the run's timer, whichever came first.
+            #expect(["failed", "cancelled"].contains((wait?["attempts"] as? [[String: Any]])?.first?["status"] as? String ?? ""))
+            let seconds = Self.seconds(timedOut["startTime"], timedOut["endTime"])
+            #expect(seconds < 15, "the run waited \(seconds) s for a call with a timeout of 1 s")
+        }
+    }
+
+    static func seconds(_ start: Any?, _ end: Any?) -> Double {
+        let parse = { (value: Any?) -> Date? in (value as? String).flatMap { try? Date($0, strategy: .iso8601.year().month().day().time(includingFractionalSeconds: true)) } }
+        guard let start = parse(start), let end = parse(end) else { return .infinity }
+        return end.timeIntervalSince(start)
+    }
 }
