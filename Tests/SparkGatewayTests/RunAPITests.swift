@@ -399,4 +399,50 @@ struct RunAPITests {
         guard let start = parse(start), let end = parse(end) else { return .infinity }
         return end.timeIntervalSince(start)
     }
+
+    @Test("the WebSocket delivers a project's run events as they commit; a client that reconnects with its last sequence misses nothing", arguments: TestBackend.all)
+    func liveEvents(backend: TestBackend) async throws {
+        try await TestCluster.run(backend: backend) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await Self.project(cluster, admin)
+            let ticket = { () async throws -> String in
+                try #require(try await cluster.http.send(.POST, "/api/v1/ws/tickets", token: admin).json["ticket"] as? String)
+            }
+            var seen: [[String: Any]] = []
+            var runID = ""
+            _ = try await WebSocketTestClient.converse(port: cluster.gatewayPort, path: "/api/v1/ws?ticket=\(try await ticket())") { socket in
+                #expect(try await socket.receive()["type"] as? String == "ready")
+                try await socket.send(["type": "subscribe", "topic": "runs", "projectId": project])
+                #expect(try await socket.receive()["type"] as? String == "subscribed")
+                let created = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/runs", token: admin, json: ["workflow": "three", "inputs": ["word": "live"]])
+                runID = try #require((created.json["run"] as? [String: Any])?["id"] as? String)
+                while seen.last?["kind"] as? String != "run.succeeded" {
+                    let message = try await socket.receive()
+                    guard !message.isEmpty else { break }
+                    #expect(message["type"] as? String == "event", "\(message)")
+                    if let event = message["event"] as? [String: Any] { seen.append(event) }
+                }
+                try await socket.send(["type": "subscribe", "topic": "runs", "projectId": project, "runId": "nonsense"])
+                #expect(try await socket.receive()["field"] as? String == "runId")
+            }
+            let sequences = seen.compactMap { ($0["sequence"] as? String).flatMap(Int64.init) }
+            #expect(sequences == Array(1 ... Int64(seen.count)), "\(sequences)")
+            #expect(seen.first?["kind"] as? String == "run.created")
+            #expect(seen.allSatisfy { $0["runId"] as? String == runID })
+
+            // Reconnected after the 5th event, with a run's filter: the 6th on, once each.
+            var resumed: [Int64] = []
+            _ = try await WebSocketTestClient.converse(port: cluster.gatewayPort, path: "/api/v1/ws?ticket=\(try await ticket())") { socket in
+                #expect(try await socket.receive()["type"] as? String == "ready")
+                try await socket.send(["type": "subscribe", "topic": "runs", "projectId": project, "runId": runID, "afterSequence": 5])
+                #expect(try await socket.receive()["type"] as? String == "subscribed")
+                while resumed.last != sequences.last {
+                    let message = try await socket.receive()
+                    guard let event = message["event"] as? [String: Any], let sequence = (event["sequence"] as? String).flatMap(Int64.init) else { break }
+                    resumed.append(sequence)
+                }
+            }
+            #expect(resumed == Array(6 ... (sequences.last ?? 5)), "\(resumed)")
+        }
+    }
 }

@@ -71,7 +71,7 @@ public enum Gateway {
     ) -> some ApplicationProtocol {
         GatewayRequestContext.maxBodyBytes = config.maxBodyBytes
         let authenticator = Authenticator(client: clients["project"]!, callTimeout: config.callTimeout, logger: logger)
-        let webSockets = WebSocketGateway(authenticator: authenticator, tickets: tickets, config: config, logger: logger)
+        let webSockets = WebSocketGateway(authenticator: authenticator, tickets: tickets, runs: clients["run"], config: config, logger: logger)
         let routes = SparkHTTPRoute.all.filter { clients[$0.service] != nil }
         let methods = RouteMethods(
             routes.map { ($0.path, $0.verb.rawValue) } + [("/api/v1/openapi.json", "GET"), ("/api/v1/ws/tickets", "POST"), ("/api/v1/ws", "GET")]

@@ -8,6 +8,8 @@ import Logging
 import NIOCore
 import SparkKit
 import SparkProto
+import SparkWire
+import SwiftProtobuf
 import Synchronization
 
 /// `/api/v1/ws`: live events over WebSocket.
@@ -19,19 +21,26 @@ import Synchronization
 /// Long-lived credentials never go in the URL. A browser's `Origin` must be one of the CORS
 /// origins (see ``originAllowed(_:allowlist:)``); a refused handshake gets an error message and
 /// close code 1008. Then `{"type":"subscribe","topic":"runs","projectId":"prj_…"}` subscribes,
-/// after the same permission check as the HTTP routes (`run.read`).
+/// after the same permission check as the HTTP routes (`run.read`), and the socket receives
+/// `{"type":"event","topic":"runs","projectId":…,"event":{sequence, runId, kind, stepId, …}}`
+/// for each event of the project's runs (`runId` narrows it to one run) as it commits. A client that
+/// reconnects sends `afterSequence` with the last sequence number it saw, and misses nothing:
+/// the events come from the run service's store, in order. The `approvals` topic carries the
+/// events that ask for a human's decision.
 final class WebSocketGateway: Sendable {
     /// How long a ticket may wait for its socket.
     static let ticketLifetime: Duration = .seconds(30)
 
     private let tickets: any TicketStore
     let authenticator: Authenticator
+    let runs: Sparkops_Run_V1_RunService.Client<SparkWireClientTransport>?
     let config: GatewayConfig
     let logger: Logger
 
-    init(authenticator: Authenticator, tickets: any TicketStore, config: GatewayConfig, logger: Logger) {
+    init(authenticator: Authenticator, tickets: any TicketStore, runs: GRPCClient<SparkWireClientTransport>?, config: GatewayConfig, logger: Logger) {
         self.authenticator = authenticator
         self.tickets = tickets
+        self.runs = runs.map { .init(wrapping: $0) }
         self.config = config
         self.logger = logger
     }
@@ -153,7 +162,8 @@ final class WebSocketGateway: Sendable {
         state: AuthenticationState
     ) async throws {
         var principal = initial
-        var subscriptions: Set<String> = []
+        var subscriptions: [String: Task<Void, Never>] = [:]
+        defer { for task in subscriptions.values { task.cancel() } }
         for try await message in inbound.messages(maxSize: 64 * 1024) {
             guard case .text(let text) = message,
                 let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
@@ -197,15 +207,60 @@ final class WebSocketGateway: Sendable {
                     try await self.send(outbound, ["type": "error", "code": code, "message": code == "NOT_FOUND" ? "project not found" : "\(permission) needs a higher role"])
                     continue
                 }
-                subscriptions.insert("\(topic)/\(projectID)")
+                let runID = object["runId"] as? String ?? ""
+                guard runID.isEmpty || SparkID.isValid(runID, prefix: "run") else {
+                    try await self.send(outbound, ["type": "error", "code": "INVALID_ARGUMENT", "field": "runId", "message": "runId must be a run_… id"])
+                    continue
+                }
+                let after = (object["afterSequence"] as? NSNumber)?.int64Value ?? (object["afterSequence"] as? String).flatMap(Int64.init) ?? 0
+                guard after >= 0 else {
+                    try await self.send(outbound, ["type": "error", "code": "INVALID_ARGUMENT", "field": "afterSequence", "message": "afterSequence must be 0 or more"])
+                    continue
+                }
+                let key = "\(topic)/\(projectID)/\(runID)"
+                subscriptions.removeValue(forKey: key)?.cancel()
                 try await self.send(outbound, ["type": "subscribed", "topic": topic, "projectId": projectID])
+                subscriptions[key] = self.stream(topic: topic, projectID: projectID, runID: runID, after: after, principal: current, to: outbound)
             case "unsubscribe":
                 if let topic = object["topic"] as? String, let projectID = object["projectId"] as? String {
-                    subscriptions.remove("\(topic)/\(projectID)")
+                    let runID = object["runId"] as? String ?? ""
+                    subscriptions.removeValue(forKey: "\(topic)/\(projectID)/\(runID)")?.cancel()
                 }
                 try await self.send(outbound, ["type": "unsubscribed"])
             default:
                 try await self.send(outbound, ["type": "error", "code": "INVALID_ARGUMENT", "field": "type", "message": "unknown message type \(type.debugDescription)"])
+            }
+        }
+    }
+
+    /// Forwards the run service's events of a subscription to the socket until it is cancelled.
+    /// A stream that breaks (the run service restarting) is opened again after the last event sent.
+    private func stream(
+        topic: String, projectID: String, runID: String, after: Int64, principal: Sparkops_Common_V1_Principal, to outbound: WebSocketOutboundWriter
+    ) -> Task<Void, Never> {
+        Task {
+            guard let runs = self.runs else { return }
+            let last = Atomic<Int64>(after)
+            while !Task.isCancelled {
+                do {
+                    try await runs.watchEvents(.with {
+                        $0.projectID = projectID
+                        $0.runID = runID
+                        $0.afterSequence = last.load(ordering: .relaxed)
+                    }, metadata: principal.metadata) { response in
+                        for try await event in response.messages {
+                            last.store(max(last.load(ordering: .relaxed), event.sequence), ordering: .relaxed)
+                            if topic == "approvals", !event.kind.hasSuffix("awaiting_approval") { continue }
+                            let json = try event.jsonString(options: RouteDispatcher.encodingOptions)
+                            let body = try JSONSerialization.jsonObject(with: Data(json.utf8))
+                            try await self.send(outbound, ["type": "event", "topic": topic, "projectId": projectID, "event": body])
+                        }
+                    }
+                } catch {
+                    guard !Task.isCancelled else { return }
+                    self.logger.debug("a WebSocket's event stream broke; it resumes", metadata: ["error": "\(error)"])
+                }
+                try? await Task.sleep(for: .seconds(1))
             }
         }
     }
