@@ -445,4 +445,75 @@ struct RunAPITests {
             #expect(resumed == Array(6 ... (sequences.last ?? 5)), "\(resumed)")
         }
     }
+
+    @Test("policies decide on runs and tool calls: a deny refuses the run with its rule, a hold waits for a human, and an approved call runs", arguments: TestBackend.all)
+    func policyHolds(backend: TestBackend) async throws {
+        try await TestCluster.run(backend: backend) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await Self.project(cluster, admin)
+            let base = "/api/v1/projects/\(project)"
+            let policy = try await cluster.http.send(.POST, "\(base)/policies/apply", token: admin, json: ["source": """
+                policy: runs
+                points: [run.create, tool.invoke]
+                rules:
+                  - name: no-shouting
+                    effect: deny
+                    when: point == "run.create" && workflow.name == "three" && principal.kind == "api_key"
+                    message: Keys may not start three.
+                  - name: review-first
+                    effect: require_approval
+                    when: point == "run.create" && workflow.name == "reviewed"
+                    message: A person starts reviewed runs.
+                  - name: echo-needs-a-look
+                    effect: require_approval
+                    when: point == "tool.invoke" && workflow.name == "three" && tool.name == "echo"
+                    message: Look at echo calls first.
+                """])
+            try #require(policy.status == 200, "\(policy.text)")
+
+            // A deny: 403 naming the rule, and nothing stored.
+            let key = try await cluster.http.send(.POST, "\(base)/api-keys", token: admin, json: ["name": "bot", "role": "ROLE_RUNNER"])
+            let secret = try #require(key.json["secret"] as? String ?? key.json["key"] as? String, "\(key.text)")
+            let denied = try await cluster.http.send(.POST, "\(base)/runs", token: secret, json: ["workflow": "three", "inputs": ["word": "x"]])
+            #expect(denied.status == 403, "\(denied.text)")
+            #expect(denied.errorMessage?.contains("runs/no-shouting") == true, "\(denied.text)")
+            #expect((try await cluster.http.send(.GET, "\(base)/runs", token: admin).json["runs"] as? [[String: Any]] ?? []).isEmpty)
+
+            // A run held at creation: awaiting_approval with an approval for the run itself.
+            let held = try await cluster.http.send(.POST, "\(base)/runs", token: admin, json: ["workflow": "reviewed"])
+            let heldRun = try #require(held.json["run"] as? [String: Any], "\(held.text)")
+            #expect(heldRun["status"] as? String == "awaiting_approval")
+            let heldID = try #require(heldRun["id"] as? String)
+            let runApproval = try #require((try await cluster.http.send(.GET, "\(base)/approvals?runId=\(heldID)", token: admin).json["approvals"] as? [[String: Any]])?.first)
+            #expect(runApproval["stepId"] == nil)
+            #expect((runApproval["message"] as? String)?.contains("A person starts reviewed runs.") == true, "\(runApproval)")
+            let reject = try await cluster.http.send(.POST, "\(base)/approvals/\(runApproval["id"] as? String ?? "")/decide", token: admin, json: ["decision": "reject", "comment": "not now"])
+            #expect(reject.status == 200, "\(reject.text)")
+            let rejected = try await Self.finished(cluster, admin, project: project, run: heldID)
+            #expect(rejected["status"] as? String == "rejected")
+
+            // A tool call held: the step waits; approved, the same attempt runs with the grant.
+            let created = try await cluster.http.send(.POST, "\(base)/runs", token: admin, json: ["workflow": "three", "inputs": ["word": "held"]])
+            let id = try #require((created.json["run"] as? [String: Any])?["id"] as? String, "\(created.text)")
+            _ = try await Self.until(cluster, admin, project: project, run: id) { Self.steps($0)["a"]?["status"] as? String == "awaiting_approval" }
+            let stepApproval = try #require((try await cluster.http.send(.GET, "\(base)/approvals?runId=\(id)", token: admin).json["approvals"] as? [[String: Any]])?.first)
+            #expect(stepApproval["stepId"] as? String == "a")
+            #expect((stepApproval["message"] as? String)?.contains("Look at echo calls first.") == true, "\(stepApproval)")
+            let approve = try await cluster.http.send(.POST, "\(base)/approvals/\(stepApproval["id"] as? String ?? "")/decide", token: admin, json: ["decision": "approve"])
+            #expect(approve.status == 200, "\(approve.text)")
+            // Step b is held in its turn.
+            _ = try await Self.until(cluster, admin, project: project, run: id) { Self.steps($0)["b"]?["status"] as? String == "awaiting_approval" }
+            let second = try #require((try await cluster.http.send(.GET, "\(base)/approvals?runId=\(id)", token: admin).json["approvals"] as? [[String: Any]])?.first)
+            #expect(try await cluster.http.send(.POST, "\(base)/approvals/\(second["id"] as? String ?? "")/decide", token: admin, json: ["decision": "approve"]).status == 200)
+            let done = try await Self.finished(cluster, admin, project: project, run: id)
+            #expect(done["status"] as? String == "succeeded", "\(done)")
+            let attempts = Self.steps(done)["a"]?["attempts"] as? [[String: Any]] ?? []
+            #expect(attempts.map { $0["status"] as? String ?? "" } == ["succeeded"], "the held attempt went ahead: \(attempts)")
+
+            // Nobody but the run service passes an approval to the tool service.
+            let forged = try await cluster.http.send(.POST, "\(base)/tools/echo/invoke", token: admin, json: ["input": [:], "approved": true])
+            #expect(forged.status == 403, "\(forged.text)")
+            #expect(forged.errorField == "approved")
+        }
+    }
 }

@@ -2743,6 +2743,9 @@ public enum SparkOpenAPI {
           "agent" : {
             "type" : "string"
           },
+          "approved" : {
+            "type" : "boolean"
+          },
           "idempotencyKey" : {
             "type" : "string"
           },

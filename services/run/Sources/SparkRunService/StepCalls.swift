@@ -83,6 +83,7 @@ struct StepCalls: Sendable {
                     $0.runID = run.id
                     $0.stepID = step.id
                     $0.workflow = run.workflowName
+                    $0.approved = task.approved
                 }
                 let giveUp = ContinuousClock.now + timeout
                 while true {
@@ -109,7 +110,13 @@ struct StepCalls: Sendable {
                     $0.stepID = step.id
                     $0.workflow = run.workflowName
                 }, metadata: principal.metadata, options: options)
-                return Self.outcome(execution)
+                var outcome = Self.outcome(execution)
+                if task.approved, case .held(let message) = outcome.result {
+                    // An agent's calls do not carry a grant: held again after an approval, the step
+                    // fails rather than ask the same question forever.
+                    outcome.result = .failed(RunFailure(reason: "approval_required", message: "\(message) (again, after a human approved the step; an agent's held calls cannot be granted yet)"), retryable: false)
+                }
+                return outcome
             case .approval:
                 return Outcome(result: .failed(RunFailure(reason: "internal", message: "an approval step is not run by a worker"), retryable: false))
             }

@@ -6,6 +6,7 @@ import SQLKit
 import SparkExpr
 import SparkKit
 public import SparkProto
+import SparkWire
 import SparkWorkflow
 import Synchronization
 import SwiftProtobuf
@@ -22,6 +23,9 @@ extension ToolService {
         let message = request.message
         try await self.access.require(request.metadata, projectID: message.projectID, permission: "run.create")
         try Self.validateReference(message.tool)
+        if message.approved, context.sparkWirePeer?.identity != ServiceName.run.rawValue {
+            throw SparkError(.permissionDenied, "only the run service passes a human's approval of a held call", field: "approved")
+        }
         let key = message.idempotencyKey
         guard key.utf8.count <= 200, key.unicodeScalars.allSatisfy({ $0.value >= 0x21 && $0.value < 0x7F }) else {
             throw SparkError.invalid("idempotency_key", "must be at most 200 printable ASCII characters, without spaces")
@@ -49,7 +53,8 @@ extension ToolService {
             throw SparkError(.invalidArgument, "the input does not fit the tool's input_schema: \(listed)", field: first.path)
         }
         if let held = try await self.askPolicy(message, definition: definition, input: input, metadata: request.metadata) {
-            return ServerResponse(message: held)
+            // A hold a human approved, as the run service says: the call goes ahead.
+            if !message.approved { return ServerResponse(message: held) }
         }
         var timeout = Duration.milliseconds(definition.timeout.milliseconds)
         if message.timeoutMs > 0 { timeout = min(timeout, .milliseconds(message.timeoutMs)) }

@@ -459,6 +459,11 @@ public nonisolated struct Sparkops_Tool_V1_InvokeToolRequest: Sendable {
 
   public var workflow: String = String()
 
+  /// A human approved this call after a policy held it: a require_approval then lets it run (a
+  /// deny still refuses it). Only the run service may set it, for an attempt it held and a person
+  /// with approval.decide approved; from any other caller it is refused.
+  public var approved: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1738,7 +1743,7 @@ nonisolated extension Sparkops_Tool_V1_ListToolVersionsResponse: SwiftProtobuf.M
 
 nonisolated extension Sparkops_Tool_V1_InvokeToolRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".InvokeToolRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}tool\0\u{1}input\0\u{3}idempotency_key\0\u{3}timeout_ms\0\u{3}max_output_bytes\0\u{3}run_id\0\u{3}step_id\0\u{1}agent\0\u{1}workflow\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}tool\0\u{1}input\0\u{3}idempotency_key\0\u{3}timeout_ms\0\u{3}max_output_bytes\0\u{3}run_id\0\u{3}step_id\0\u{1}agent\0\u{1}workflow\0\u{1}approved\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1756,6 +1761,7 @@ nonisolated extension Sparkops_Tool_V1_InvokeToolRequest: SwiftProtobuf.Message,
       case 8: try { try decoder.decodeSingularStringField(value: &self.stepID) }()
       case 9: try { try decoder.decodeSingularStringField(value: &self.agent) }()
       case 10: try { try decoder.decodeSingularStringField(value: &self.workflow) }()
+      case 11: try { try decoder.decodeSingularBoolField(value: &self.approved) }()
       default: break
       }
     }
@@ -1796,6 +1802,9 @@ nonisolated extension Sparkops_Tool_V1_InvokeToolRequest: SwiftProtobuf.Message,
     if !self.workflow.isEmpty {
       try visitor.visitSingularStringField(value: self.workflow, fieldNumber: 10)
     }
+    if self.approved != false {
+      try visitor.visitSingularBoolField(value: self.approved, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1810,6 +1819,7 @@ nonisolated extension Sparkops_Tool_V1_InvokeToolRequest: SwiftProtobuf.Message,
     if lhs.stepID != rhs.stepID {return false}
     if lhs.agent != rhs.agent {return false}
     if lhs.workflow != rhs.workflow {return false}
+    if lhs.approved != rhs.approved {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
