@@ -7,7 +7,7 @@ SECONDS ?= 60
 DEBIAN_PACKAGES := protobuf-compiler protobuf-c-compiler libprotobuf-c-dev libssl-dev libpq-dev \
 	libhiredis-dev libsqlite3-dev pkg-config make gcc python3 python3-pip curl bubblewrap nodejs util-linux chromium
 
-.PHONY: help deps build run run-distributed test proto proto-check clients fuzz-wire bench-wire bench-gateway bench-tools bench-policy format clean
+.PHONY: help deps build run run-distributed test proto proto-check clients fuzz-wire bench-wire bench-gateway bench-tools bench-policy bench-runs format clean
 
 help:
 	@echo "make deps         install missing Debian packages and Python modules"
@@ -22,6 +22,7 @@ help:
 	@echo "make bench-gateway  wrk against an authenticated read through the gateway (SQLite, PostgreSQL)"
 	@echo "make bench-tools  python and http tool calls beside python3 and async-http-client, side by side"
 	@echo "make bench-policy Evaluate beside a SparkWire echo; Reserve+Settle beside one UPDATE on PostgreSQL"
+	@echo "make bench-runs   1,000 runs of 3 echo steps on SQLite and PostgreSQL beside Celery 5 on Redis, side by side"
 
 # Installs only what is missing, with sudo when not root.
 deps:
@@ -85,6 +86,10 @@ bench-tools: deps
 bench-policy: deps
 	cd Benchmarks && $(SWIFT) build -c release --product PolicyBenchmarks
 	eval "$$(deploy/local/services.sh --test)" && Benchmarks/.build/release/PolicyBenchmarks
+
+bench-runs: deps
+	cd Benchmarks && $(SWIFT) build -c release --product RunBenchmarks
+	eval "$$(deploy/local/services.sh --test)" && CELERY_BROKER_URL="$${SPARKOPS_TEST_REDIS_URL%/*}/15" Benchmarks/.build/release/RunBenchmarks
 
 format:
 	$(SWIFT) format --in-place --recursive Sources Tests Benchmarks/Sources

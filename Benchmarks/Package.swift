@@ -62,5 +62,14 @@ let package = Package(
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
+        .executableTarget(
+            name: "RunBenchmarks",
+            dependencies: [
+                "BenchmarkSupport",
+                .product(name: "SparkKit", package: "sparkops"),
+                .product(name: "SparkTesting", package: "sparkops"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
     ]
 )

@@ -253,3 +253,47 @@ extension DistributedTests {
         }
     }
 }
+
+extension DistributedTests {
+    @Test(
+        "an API-only replica and a workers-only one: the workers wake on PostgreSQL notifications, not on their minute-long claim interval",
+        .enabled(if: TestBackend.all.count > 1, "needs SPARKOPS_TEST_DATABASE_URL")
+    )
+    func apiAndWorkerReplicas() async throws {
+        let backend = try #require(TestBackend.all.first { if case .postgres = $0 { return true } else { return false } })
+        try await backend.withDatabase { databaseURL in
+            var deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: backend.redisURL)
+            defer { try? FileManager.default.removeItem(atPath: deployment.home) }
+            // The gateway's run service serves the API only; a claim interval of a minute leaves
+            // the notifications as the only prompt wake-up.
+            deployment.settings += ["run.mode=api", "run.claimIntervalMilliseconds=60000"]
+            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget,run"])
+            let (port, admin) = (try await FreePort.allocate(), try await FreePort.allocate())
+            var processes = try await deployment.startAll(replicas: [
+                .init(executable: "sparkops-run", settings: ["run.port=\(port)", "run.adminPort=\(admin)", "run.mode=workers"], adminPort: admin),
+            ])
+            let http = deployment.gateway
+            let project = try await Self.signIn(deployment, project: "replicas")
+            for (path, source) in [("tools", "tool: echo\nkind: echo\n"), ("workflows", "name: two\nsteps:\n  - id: a\n    tool: echo\n  - id: b\n    tool: echo\n    needs: [a]\n")] {
+                let applied = try await http.send(.POST, "\(project.base)/\(path)/apply", token: project.token, json: ["source": source])
+                try #require(applied.status == 200, "\(applied.text)")
+            }
+            let started = ContinuousClock.now
+            var ids: [String] = []
+            for _ in 0 ..< 5 {
+                let created = try await http.send(.POST, "\(project.base)/runs", token: project.token, json: ["workflow": "two"])
+                ids.append(try #require((created.json["run"] as? [String: Any])?["id"] as? String, "\(created.text)"))
+            }
+            let done = try await Self.eventually(within: .seconds(50)) {
+                try await Self.runs(project, via: http).filter { $0["status"] as? String == "succeeded" }.count == ids.count
+            }
+            let elapsed = ContinuousClock.now - started
+            #expect(done, "5 runs of two steps did not finish in 50 s (\(elapsed)) with workers woken only by notifications:\n\(processes.last?.output.suffix(3000) ?? "")")
+            let detail = try await http.send(.GET, "\(project.base)/runs/\(ids[0])", token: project.token).json
+            let worker = ((detail["steps"] as? [[String: Any]])?.first?["attempts"] as? [[String: Any]])?.first?["worker"] as? String
+            #expect(worker?.contains("/\(processes[8].pid)/") == true, "the workers-only replica ran it: \(worker ?? "none")")
+            for process in processes.reversed() { _ = await process.stop() }
+            processes.removeAll()
+        }
+    }
+}

@@ -133,6 +133,20 @@ public final class SparkStore: Service, Sendable {
         }
     }
 
+    /// Calls `notification` with the payload of each PostgreSQL `NOTIFY` on `channel`, on a
+    /// connection of its own, until cancelled or the connection is lost (then it throws, and the
+    /// caller listens again). SQLite has no notifications: it returns at once, and one process is
+    /// all there is to wake.
+    public func listen(_ channel: String, _ notification: @escaping @Sendable (String) -> Void) async throws {
+        guard case .postgres(let client) = self.backend else { return }
+        try await self.running.wait()
+        try await client.withConnection { connection in
+            try await connection.listen(on: channel) { notifications in
+                for try await received in notifications { notification(received.payload) }
+            }
+        }
+    }
+
     /// Runs `body` in a transaction: committed when it returns, rolled back when it throws.
     /// SQLite's transactions take turns in this process before they lease a connection, so that
     /// waiting writers neither hold connections nor run into `busy_timeout`.

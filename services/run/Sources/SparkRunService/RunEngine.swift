@@ -167,6 +167,12 @@ final class RunEngine: Sendable {
         try await self.store.update(run, on: db)
         try await self.queue.enqueue(tasks, now: now, on: db)
         let numbered = try await self.store.append(events, projectID: run.projectID, on: db)
+        if self.store.store.dialect == .postgres, !tasks.isEmpty || !numbered.isEmpty {
+            // Delivered at commit to every replica listening (RunListener): workers wake for the
+            // tasks, watchers read the project's events.
+            let payload = "\(tasks.isEmpty ? "" : "t")\(numbered.isEmpty ? "" : "e"):\(run.projectID)"
+            try await db.raw("SELECT pg_notify(\(bind: RunListener.channel), \(bind: payload))").run()
+        }
         return Committed(projectID: run.projectID, events: numbered, enqueued: !tasks.isEmpty, cancelled: cancelled)
     }
 

@@ -81,7 +81,7 @@ extension RunService {
             let before = RunStore.now() - Int64(settings.idempotencyHours) * 3_600_000_000
             try await engine.store.store.transaction { try await engine.store.pruneKeys(before: before, on: $0) }
         }
-        var background: [any ServiceLifecycle.Service] = peers.services + [pruner]
+        var background: [any ServiceLifecycle.Service] = peers.services + [pruner, RunListener(store: engine.store, signals: engine.signals, logger: logger)]
         let calls = StepCalls(
             tools: .init(wrapping: peers[.tool]), agents: .init(wrapping: peers[.agent]), policy: policy,
             defaultTimeout: settings.defaultStepTimeout, logger: logger

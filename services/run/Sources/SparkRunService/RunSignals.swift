@@ -1,4 +1,7 @@
 import Foundation
+import Logging
+import ServiceLifecycle
+import SparkKit
 import Synchronization
 
 /// What one commit tells the rest of this process at once: workers wake for new tasks, watchers
@@ -114,6 +117,44 @@ final class Waker: Sendable {
             }
             await group.next()
             group.cancelAll()
+        }
+    }
+}
+
+/// Wakes this replica for what other replicas commit on PostgreSQL: each transition that queues
+/// tasks or appends events notifies `sparkops_run` (`t`, `e` or `te`, then `:` and the project),
+/// and this listener turns that into the same signals a commit in this process gives.
+struct RunListener: Service {
+    static let channel = "sparkops_run"
+
+    let store: RunStore
+    let signals: RunSignals
+    let logger: Logger
+
+    func run() async throws {
+        // One SQLite process has no other replica to hear from; it waits to stop, as every part
+        // of a service does (a part that returns would stop the service).
+        guard self.store.store.dialect == .postgres else {
+            try? await gracefulShutdown()
+            return
+        }
+        await cancelWhenGracefulShutdown {
+            var failing = false
+            while !Task.isCancelled {
+                do {
+                    try await self.store.store.listen(Self.channel) { payload in
+                        let (kinds, project) = (payload.prefix { $0 != ":" }, payload.drop { $0 != ":" }.dropFirst())
+                        if kinds.contains("t") { self.signals.tasksAdded() }
+                        if kinds.contains("e") { self.signals.published([], projectID: String(project)) }
+                    }
+                } catch {
+                    if !failing, !Task.isCancelled {
+                        self.logger.warning("not listening for other replicas' commits; retrying", metadata: ["error": "\(String(reflecting: error).prefix(500))"])
+                    }
+                    failing = true
+                }
+                try? await Task.sleep(for: .seconds(1))
+            }
         }
     }
 }

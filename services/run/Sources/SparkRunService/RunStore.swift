@@ -352,15 +352,20 @@ struct RunStore: Sendable {
             throw SparkStoreError("the project's event sequence did not advance")
         }
         var numbered = events
+        var rows: [SQLQueryString] = []
         for index in numbered.indices {
             numbered[index].sequence = last - Int64(events.count) + Int64(index) + 1
             let event = numbered[index]
-            try await db.raw("""
-                INSERT INTO run_events (project_id, sequence, run_id, workflow_name, kind, step_id, attempt, message, created_at)
-                VALUES (\(bind: projectID), \(bind: event.sequence), \(bind: event.runID), \(bind: event.workflowName), \(bind: event.kind),
-                    \(bind: event.stepID), \(bind: event.attempt), \(bind: event.message), \(bind: event.createdAt))
-                """).run()
+            rows.append("""
+                (\(bind: projectID), \(bind: event.sequence), \(bind: event.runID), \(bind: event.workflowName), \(bind: event.kind),
+                \(bind: event.stepID), \(bind: event.attempt), \(bind: event.message), \(bind: event.createdAt))
+                """)
         }
+        // The transition's events in one statement.
+        try await db.raw("""
+            INSERT INTO run_events (project_id, sequence, run_id, workflow_name, kind, step_id, attempt, message, created_at)
+            VALUES \(rows.joined(separator: ", "))
+            """).run()
         return numbered
     }
 
