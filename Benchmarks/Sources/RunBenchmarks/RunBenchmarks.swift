@@ -24,11 +24,16 @@ struct RunBenchmarks {
         "gateway.rateLimit.ipPerMinute": "100000000", "gateway.rateLimit.ipBurst": "100000000", "run.workers": "32",
     ]
 
+    static let serial = Int(ProcessInfo.processInfo.environment["BENCH_SERIAL"] ?? "") ?? 50
+
     struct Figures {
         var label: String
         var runsPerSecond: Double
         var dispatch: [Double]
         var first: [Double]
+        /// The same latencies with one run at a time, each started when the one before ended.
+        var loneDispatch: [Double] = []
+        var loneFirst: [Double] = []
     }
 
     static func main() async throws {
@@ -55,6 +60,14 @@ struct RunBenchmarks {
         }
         for result in results {
             Bench.say(Bench.row("\(result.label): create → first step started", Bench.ms(result.first, 0.5), Bench.ms(result.first, 0.99), Bench.ratio(result.first, celery.first)))
+        }
+        Bench.say("")
+        Bench.say("one run at a time (\(Self.serial) runs, each started when the one before ended):")
+        for result in results {
+            Bench.say(Bench.row("\(result.label): step dispatch", Bench.ms(result.loneDispatch, 0.5), Bench.ms(result.loneDispatch, 0.99), Bench.ratio(result.loneDispatch, celery.loneDispatch)))
+        }
+        for result in results {
+            Bench.say(Bench.row("\(result.label): create → first step started", Bench.ms(result.loneFirst, 0.5), Bench.ms(result.loneFirst, 0.99), Bench.ratio(result.loneFirst, celery.loneFirst)))
         }
     }
 
@@ -127,7 +140,27 @@ struct RunBenchmarks {
                 if batch.count < 1000 { try await Task.sleep(for: .milliseconds(100)) }
             }
             guard finished == Self.runs else { fatalError("\(finished) of \(Self.runs) runs finished") }
-            let figures = Self.figures(events, label: label)
+            var figures = Self.figures(events, label: label)
+
+            // One run at a time: created when the one before ended.
+            var lone: [[String: Any]] = []
+            for _ in 0 ..< Self.serial {
+                let created = try await cluster.http.send(.POST, "\(base)/runs", token: token, json: ["workflow": "three"])
+                guard created.status == 201 else { fatalError("create failed: \(created.text)") }
+                var ended = false
+                while !ended {
+                    let page = try await cluster.http.send(.GET, "\(base)/events?afterSequence=\(after)&pageSize=1000", token: token).json
+                    for event in page["events"] as? [[String: Any]] ?? [] {
+                        after = Int64(event["sequence"] as? String ?? "") ?? after
+                        lone.append(event)
+                        ended = ended || event["kind"] as? String == "run.succeeded" || event["kind"] as? String == "run.failed"
+                    }
+                    if !ended { try await Task.sleep(for: .milliseconds(2)) }
+                }
+            }
+            let loneFigures = Self.figures(lone, label: label)
+            figures.loneDispatch = loneFigures.dispatch
+            figures.loneFirst = loneFigures.first
             Bench.say(String(format: "%@: %.1f runs/s (creating took %.1f s)", label, figures.runsPerSecond, createSeconds))
             return figures
         }
@@ -135,14 +168,11 @@ struct RunBenchmarks {
 
     /// The figures from the events' commit times.
     static func figures(_ events: [[String: Any]], label: String) -> Figures {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         var times: [String: Double] = [:]
         var firstCreated = Double.infinity
         var lastEnded = 0.0
         for event in events {
-            guard let text = event["time"] as? String, let date = formatter.date(from: text) else { continue }
-            let time = date.timeIntervalSince1970 * 1000
+            guard let text = event["time"] as? String, let time = Self.milliseconds(text) else { continue }
             let run = event["runId"] as? String ?? ""
             let kind = event["kind"] as? String ?? ""
             let step = event["stepId"] as? String ?? ""
@@ -163,12 +193,21 @@ struct RunBenchmarks {
         return Figures(label: label, runsPerSecond: Double(runIDs.count) / seconds, dispatch: dispatch.sorted(), first: first.sorted())
     }
 
+    /// An RFC 3339 time (`2026-12-04T02:23:33.771242Z`) in milliseconds since 1970, to the
+    /// microsecond the store gives (ISO8601DateFormatter stops at milliseconds).
+    static func milliseconds(_ text: String) -> Double? {
+        let parts = text.dropLast().split(separator: ".", maxSplits: 1)
+        guard text.hasSuffix("Z"), let whole = ISO8601DateFormatter().date(from: "\(parts[0])Z") else { return nil }
+        let fraction = parts.count > 1 ? Double("0.\(parts[1])") ?? 0 : 0
+        return (whole.timeIntervalSince1970 + fraction) * 1000
+    }
+
     /// The Celery peer, started and measured by its script, which prints one JSON line.
     static func celery() throws -> Figures {
         let script = URL(filePath: #filePath).deletingLastPathComponent().appending(path: "../../peers/celery/run.sh").standardized.path
         let process = Process()
         process.executableURL = URL(filePath: "/bin/bash")
-        process.arguments = [script, "\(Self.runs)"]
+        process.arguments = [script, "\(Self.runs)", "\(Self.serial)"]
         let pipe = Pipe()
         process.standardOutput = pipe
         try process.run()
@@ -183,7 +222,8 @@ struct RunBenchmarks {
         let figures = Figures(
             label: "Celery 5, Redis, \(ProcessInfo.processInfo.activeProcessorCount) prefork processes",
             runsPerSecond: json["runs_per_second"] as? Double ?? 0,
-            dispatch: json["dispatch_ms"] as? [Double] ?? [], first: json["first_ms"] as? [Double] ?? []
+            dispatch: json["dispatch_ms"] as? [Double] ?? [], first: json["first_ms"] as? [Double] ?? [],
+            loneDispatch: json["lone_dispatch_ms"] as? [Double] ?? [], loneFirst: json["lone_first_ms"] as? [Double] ?? []
         )
         Bench.say(String(format: "%@: %.1f runs/s", figures.label, figures.runsPerSecond))
         return figures

@@ -13,6 +13,7 @@ from celery import chain
 from tasks import BROKER, noop
 
 count = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+serial = int(sys.argv[2]) if len(sys.argv) > 2 else 50
 r = redis.Redis.from_url(BROKER)
 r.delete("bench:times")
 
@@ -42,11 +43,30 @@ for index in range(count):
         _, started, _ = by_task[(key, step)]
         _, _, previous_end = by_task[(key, step - 1)]
         dispatch.append((started - previous_end) * 1000)
+
+# One chain at a time, each sent when the one before has ended: latencies without a backlog.
+r.delete("bench:times")
+for index in range(serial):
+    created = time.time()
+    chain(noop.si(f"s{index}", 0, created), noop.si(f"s{index}", 1, created), noop.si(f"s{index}", 2, created)).apply_async()
+    while r.llen("bench:times") < 3 * (index + 1):
+        time.sleep(0.0005)
+rows = [row.decode().split(",") for row in r.lrange("bench:times", 0, -1)]
+lone = {(row[0], int(row[1])): (float(row[2]), float(row[3]), float(row[4])) for row in rows}
+lone_dispatch, lone_first = [], []
+for index in range(serial):
+    key = f"s{index}"
+    created, started0, _ = lone[(key, 0)]
+    lone_first.append((started0 - created) * 1000)
+    for step in (1, 2):
+        lone_dispatch.append((lone[(key, step)][1] - lone[(key, step - 1)][2]) * 1000)
 print(json.dumps({
     "runs": count,
-    "tasks": len(rows),
+    "tasks": 3 * count,
     "seconds": max(ends) - start,
     "runs_per_second": count / (max(ends) - start),
     "dispatch_ms": sorted(dispatch),
     "first_ms": sorted(first),
+    "lone_dispatch_ms": sorted(lone_dispatch),
+    "lone_first_ms": sorted(lone_first),
 }))
