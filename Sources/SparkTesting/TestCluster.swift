@@ -43,6 +43,18 @@ public struct TestCluster: Sendable {
         overrides: [String: String] = [:],
         _ body: @Sendable (TestCluster) async throws -> T
     ) async throws -> T {
+        // At most a few clusters at once: eight services each, and a 2-core machine, would
+        // otherwise run dozens side by side and none would start within its bounds.
+        try await ClusterSlots.shared.withSlot {
+            try await Self.start(backend: backend, overrides: overrides, body)
+        }
+    }
+
+    static func start<T: Sendable>(
+        backend: TestBackend,
+        overrides: [String: String],
+        _ body: @Sendable (TestCluster) async throws -> T
+    ) async throws -> T {
         try await backend.withDatabase { databaseURL in
             let home = FileManager.default.temporaryDirectory.appending(path: "sparkops-cluster-\(UUID().uuidString)").path
             defer { try? FileManager.default.removeItem(atPath: home) }
@@ -55,6 +67,8 @@ public struct TestCluster: Sendable {
                 // Clusters side by side in one process: sandbox uids of their own for each.
                 "tool.sandboxFirstUID": "\(1_900_000_000 + Int.random(in: 0 ..< 1_000_000) * 16)",
                 "tool.maxConcurrentPrograms": "8",
+                // A cluster stops within its shutdown bounds even with attempts in flight.
+                "run.drainSeconds": "3",
                 "tool.masterKeys": "test:\(Data((0 ..< 32).map { _ in UInt8.random(in: 0 ... 255) }).base64EncodedString())",
                 "admin.email": Self.adminEmail,
                 "admin.password": Self.adminPassword,
@@ -97,7 +111,9 @@ public struct TestCluster: Sendable {
             // Six services and their peer clients stop one after another: on a loaded 2-core
             // machine that once took longer than 15 s.
             groupConfiguration.maximumGracefulShutdownDuration = .seconds(30)
-            groupConfiguration.maximumCancellationDuration = .seconds(5)
+            // Cancelled parts may wait on a database stalled by a checkpoint on a loaded machine;
+            // past this bound ServiceLifecycle ends the whole test process.
+            groupConfiguration.maximumCancellationDuration = .seconds(20)
             let group = ServiceGroup(configuration: groupConfiguration)
             let cluster = TestCluster(
                 backend: backend,
@@ -241,3 +257,49 @@ final class GroupEnd: Sendable {
         self.value.withLock { $0 = $0 ?? reason }
     }
 }
+
+/// How many test clusters run at once in this process (`SPARKOPS_TEST_CLUSTERS`, by default
+/// twice the cores, at least 4); the others wait their turn, first come first served.
+actor ClusterSlots {
+    static let shared = ClusterSlots(
+        limit: Int(ProcessInfo.processInfo.environment["SPARKOPS_TEST_CLUSTERS"] ?? "") ?? max(4, 2 * ProcessInfo.processInfo.activeProcessorCount)
+    )
+
+    private let limit: Int
+    private var running = 0
+    private var waiting: [CheckedContinuation<Void, Never>] = []
+
+    init(limit: Int) {
+        self.limit = max(1, limit)
+    }
+
+    func withSlot<T: Sendable>(_ body: @Sendable () async throws -> T) async throws -> T {
+        await self.acquire()
+        do {
+            let result = try await body()
+            self.release()
+            return result
+        } catch {
+            self.release()
+            throw error
+        }
+    }
+
+    private func acquire() async {
+        if self.running < self.limit {
+            self.running += 1
+            return
+        }
+        await withCheckedContinuation { self.waiting.append($0) }
+    }
+
+    /// Hands the slot to the next waiter, if any.
+    private func release() {
+        if self.waiting.isEmpty {
+            self.running -= 1
+        } else {
+            self.waiting.removeFirst().resume()
+        }
+    }
+}
+

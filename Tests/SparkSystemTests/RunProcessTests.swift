@@ -205,7 +205,11 @@ extension DistributedTests {
             let attempts = step["attempts"] as? [[String: Any]] ?? []
             #expect(attempts.count == 1, "\(attempts)")
             #expect(attempts.first?["status"] as? String == "succeeded")
-            #expect((attempts.first?["worker"] as? String)?.contains("/\(second.pid)/") == true, "the second replica finished it: \(attempts)")
+            // The attempt was sent again after its worker stopped (whichever replica then took it),
+            // and nothing the paused worker did afterwards counted.
+            let events = try await http.send(.GET, "\(project.base)/events?runId=\(id)", token: project.token).json["events"] as? [[String: Any]] ?? []
+            #expect(events.contains { ($0["message"] as? String)?.contains("its worker stopped; the attempt is sent again") == true }, "\(events)")
+            #expect(events.filter { $0["kind"] as? String == "step.succeeded" }.count == 1)
             // The tool has no side effects: when the paused caller's connection is dropped, its call
             // is cut short and its key given back, and the second replica's call runs it again.
             #expect((1 ... 2).contains(server.requests), "the tool ran \(server.requests) times")
