@@ -48,6 +48,23 @@ extension DistributedTests {
         return project
     }
 
+    /// A deployment on a fresh PostgreSQL database with `settings` added, its certificates made
+    /// and every service started (then `replicas`), for `body`.
+    static func withRunDeployment(
+        settings: [String], replicas: [Deployment.Replica] = [],
+        _ body: (Deployment, inout [ServiceProcess]) async throws -> Void
+    ) async throws {
+        let backend = try #require(TestBackend.all.first { if case .postgres = $0 { return true } else { return false } })
+        try await backend.withDatabase { databaseURL in
+            var deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: backend.redisURL)
+            defer { try? FileManager.default.removeItem(atPath: deployment.home) }
+            deployment.settings += settings
+            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget,run"])
+            var processes = try await deployment.startAll(replicas: replicas)
+            try await body(deployment, &processes)
+        }
+    }
+
     /// Every run of the project, as the list shows them (50 at most here).
     static func runs(_ project: (base: String, token: String), via http: HTTPTestClient) async throws -> [[String: Any]] {
         try await http.send(.GET, "\(project.base)/runs?pageSize=500", token: project.token).json["runs"] as? [[String: Any]] ?? []
@@ -58,15 +75,9 @@ extension DistributedTests {
         .enabled(if: TestBackend.all.count > 1, "needs SPARKOPS_TEST_DATABASE_URL")
     )
     func killedRunService() async throws {
-        let backend = try #require(TestBackend.all.first { if case .postgres = $0 { return true } else { return false } })
         let server = try await HTTPEchoServer.start()
         defer { Task { try? await server.stop() } }
-        try await backend.withDatabase { databaseURL in
-            var deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: backend.redisURL)
-            defer { try? FileManager.default.removeItem(atPath: deployment.home) }
-            deployment.settings += ["tool.outboundAllow=127.0.0.1:\(server.port)", "run.leaseSeconds=3", "run.workers=8"]
-            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget,run"])
-            var processes = try await deployment.startAll()
+        try await Self.withRunDeployment(settings: ["tool.outboundAllow=127.0.0.1:\(server.port)", "run.leaseSeconds=3", "run.workers=8"]) { deployment, processes in
             let http = deployment.gateway
             let project = try await Self.chargeProject(deployment, server: server)
 
@@ -131,7 +142,6 @@ extension DistributedTests {
                 }
             }
             print("kill -9 with runs in flight: \(callsAtKill) charges before the kill, \(attention.count) charges left to a human, \(calls.values.reduce(0, +)) charges in all for 50 orders")
-            for process in processes.reversed() { _ = await process.stop() }
         }
     }
 }
@@ -165,15 +175,9 @@ extension DistributedTests {
         .enabled(if: TestBackend.all.count > 1, "needs SPARKOPS_TEST_DATABASE_URL")
     )
     func pausedWorkerIsFenced() async throws {
-        let backend = try #require(TestBackend.all.first { if case .postgres = $0 { return true } else { return false } })
         let server = try await HTTPEchoServer.start()
         defer { Task { try? await server.stop() } }
-        try await backend.withDatabase { databaseURL in
-            var deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: backend.redisURL)
-            defer { try? FileManager.default.removeItem(atPath: deployment.home) }
-            deployment.settings += ["tool.outboundAllow=127.0.0.1:\(server.port)", "run.leaseSeconds=3"]
-            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget,run"])
-            var processes = try await deployment.startAll()
+        try await Self.withRunDeployment(settings: ["tool.outboundAllow=127.0.0.1:\(server.port)", "run.leaseSeconds=3"]) { deployment, processes in
             let http = deployment.gateway
             let project = try await Self.slowProject(deployment, server: server, ms: 6000)
             let created = try await http.send(.POST, "\(project.base)/runs", token: project.token, json: ["workflow": "slow"])
@@ -213,7 +217,6 @@ extension DistributedTests {
             // The tool has no side effects: when the paused caller's connection is dropped, its call
             // is cut short and its key given back, and the second replica's call runs it again.
             #expect((1 ... 2).contains(server.requests), "the tool ran \(server.requests) times")
-            for process in processes.reversed() { _ = await process.stop() }
         }
     }
 
@@ -222,15 +225,9 @@ extension DistributedTests {
         .enabled(if: TestBackend.all.count > 1, "needs SPARKOPS_TEST_DATABASE_URL")
     )
     func sigtermDrains() async throws {
-        let backend = try #require(TestBackend.all.first { if case .postgres = $0 { return true } else { return false } })
         let server = try await HTTPEchoServer.start()
         defer { Task { try? await server.stop() } }
-        try await backend.withDatabase { databaseURL in
-            var deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: backend.redisURL)
-            defer { try? FileManager.default.removeItem(atPath: deployment.home) }
-            deployment.settings += ["tool.outboundAllow=127.0.0.1:\(server.port)", "run.drainSeconds=20"]
-            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget,run"])
-            var processes = try await deployment.startAll()
+        try await Self.withRunDeployment(settings: ["tool.outboundAllow=127.0.0.1:\(server.port)", "run.drainSeconds=20"]) { deployment, processes in
             let http = deployment.gateway
             let project = try await Self.slowProject(deployment, server: server, ms: 3000)
             let created = try await http.send(.POST, "\(project.base)/runs", token: project.token, json: ["workflow": "slow"])
@@ -253,7 +250,6 @@ extension DistributedTests {
             let events = try await http.send(.GET, "\(project.base)/events?runId=\(id)", token: project.token).json["events"] as? [[String: Any]] ?? []
             #expect(!events.contains { ($0["message"] as? String)?.contains("worker stopped") == true }, "\(events)")
             #expect(server.requests == 1)
-            for process in processes.reversed() { _ = await process.stop() }
         }
     }
 }
@@ -264,18 +260,11 @@ extension DistributedTests {
         .enabled(if: TestBackend.all.count > 1, "needs SPARKOPS_TEST_DATABASE_URL")
     )
     func apiAndWorkerReplicas() async throws {
-        let backend = try #require(TestBackend.all.first { if case .postgres = $0 { return true } else { return false } })
-        try await backend.withDatabase { databaseURL in
-            var deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: backend.redisURL)
-            defer { try? FileManager.default.removeItem(atPath: deployment.home) }
-            // The gateway's run service serves the API only; a claim interval of a minute leaves
-            // the notifications as the only prompt wake-up.
-            deployment.settings += ["run.mode=api", "run.claimIntervalMilliseconds=60000"]
-            _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget,run"])
-            let (port, admin) = (try await FreePort.allocate(), try await FreePort.allocate())
-            var processes = try await deployment.startAll(replicas: [
-                .init(executable: "sparkops-run", settings: ["run.port=\(port)", "run.adminPort=\(admin)", "run.mode=workers"], adminPort: admin),
-            ])
+        // The gateway's run service serves the API only; a claim interval of a minute leaves
+        // the notifications as the only prompt wake-up.
+        let (port, admin) = (try await FreePort.allocate(), try await FreePort.allocate())
+        let workers = Deployment.Replica(executable: "sparkops-run", settings: ["run.port=\(port)", "run.adminPort=\(admin)", "run.mode=workers"], adminPort: admin)
+        try await Self.withRunDeployment(settings: ["run.mode=api", "run.claimIntervalMilliseconds=60000"], replicas: [workers]) { deployment, processes in
             let http = deployment.gateway
             let project = try await Self.signIn(deployment, project: "replicas")
             for (path, source) in [("tools", "tool: echo\nkind: echo\n"), ("workflows", "name: two\nsteps:\n  - id: a\n    tool: echo\n  - id: b\n    tool: echo\n    needs: [a]\n")] {
@@ -296,8 +285,6 @@ extension DistributedTests {
             let detail = try await http.send(.GET, "\(project.base)/runs/\(ids[0])", token: project.token).json
             let worker = ((detail["steps"] as? [[String: Any]])?.first?["attempts"] as? [[String: Any]])?.first?["worker"] as? String
             #expect(worker?.contains("/\(processes[8].pid)/") == true, "the workers-only replica ran it: \(worker ?? "none")")
-            for process in processes.reversed() { _ = await process.stop() }
-            processes.removeAll()
         }
     }
 }

@@ -236,13 +236,15 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
             }
         }
         let (limit, before) = try Paging.parse(size: message.pageSize, token: message.pageToken)
-        let rows = try await self.store.store.sql { try await self.store.runs(projectID: message.projectID, filter: filter, before: before, limit: limit, on: $0) }
-        var runs: [Sparkops_Run_V1_Run] = []
-        for row in rows {
-            let machine = try await self.store.store.sql { try await self.engine.machine(of: row, on: $0) }
-            var run = self.message(row, machine: machine, attempts: [])
-            run.steps = []
-            runs.append(run)
+        let (rows, runs) = try await self.store.store.sql { db -> ([RunRow], [Sparkops_Run_V1_Run]) in
+            let rows = try await self.store.runs(projectID: message.projectID, filter: filter, before: before, limit: limit, on: db)
+            var runs: [Sparkops_Run_V1_Run] = []
+            for row in rows {
+                var run = self.message(row, machine: try await self.engine.machine(of: row, on: db), attempts: [])
+                run.steps = []
+                runs.append(run)
+            }
+            return (rows, runs)
         }
         return ServerResponse(message: .with {
             $0.runs = runs

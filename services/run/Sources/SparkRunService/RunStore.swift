@@ -223,6 +223,11 @@ struct RunStore: Sendable {
         return try await db.raw("SELECT * FROM runs WHERE id = \(bind: id)\(lock)").first().map(Self.runRow)
     }
 
+    /// The run as it stands, for reading only.
+    func run(_ id: String, on db: any SQLDatabase) async throws -> RunRow? {
+        try await db.raw("SELECT * FROM runs WHERE id = \(bind: id)").first().map(Self.runRow)
+    }
+
     func run(_ id: String, projectID: String, on db: any SQLDatabase) async throws -> RunRow? {
         try await db.raw("SELECT * FROM runs WHERE id = \(bind: id) AND project_id = \(bind: projectID)").first().map(Self.runRow)
     }

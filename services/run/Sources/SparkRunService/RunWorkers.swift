@@ -138,7 +138,7 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
     func handleStep(_ claim: TaskQueue.Claim) async throws {
         let task = try JSONDecoder().decode(StepTask.self, from: Data(claim.payload.utf8))
         let (row, machine) = try await self.engine.store.store.sql { db in
-            guard let row = try await self.engine.store.lockedRun(task.run, on: db) else { throw SparkError.notFound("run") }
+            guard let row = try await self.engine.store.run(task.run, on: db) else { throw SparkError.notFound("run") }
             return (row, try await self.engine.machine(of: row, on: db))
         }
         guard let index = machine.definition.steps.firstIndex(where: { $0.id == task.step }) else {
