@@ -370,6 +370,7 @@ let package = Package(
             "SparkWorkflow",
             "SparkExpr",
             .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Metrics", package: "swift-metrics"),
         ])
         + service("gateway", module: "SparkGateway", dependencies: [
             .product(name: "Hummingbird", package: "hummingbird"),

@@ -48,20 +48,37 @@ extension DistributedTests {
         return project
     }
 
-    /// A deployment on a fresh PostgreSQL database with `settings` added, its certificates made
-    /// and every service started (then `replicas`), for `body`.
+    /// A deployment on a fresh PostgreSQL database (or on `database`) and the test Redis (or
+    /// `redis`) with `settings` added, its certificates made and every service started (then
+    /// `replicas`), for `body`.
     static func withRunDeployment(
-        settings: [String], replicas: [Deployment.Replica] = [],
+        settings: [String], replicas: [Deployment.Replica] = [], database: String? = nil, redis: String? = nil,
         _ body: (Deployment, inout [ServiceProcess]) async throws -> Void
     ) async throws {
         let backend = try #require(TestBackend.all.first { if case .postgres = $0 { return true } else { return false } })
-        try await backend.withDatabase { databaseURL in
-            var deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: backend.redisURL)
+        func deploy(_ databaseURL: String?) async throws {
+            var deployment = try await Deployment.make(databaseURL: databaseURL, redisURL: redis ?? backend.redisURL)
             defer { try? FileManager.default.removeItem(atPath: deployment.home) }
             deployment.settings += settings
             _ = try await ServiceProcess.run("sparkops", ["certs", "init", "--dir", "\(deployment.home)/certs", "--services", "gateway,project,workflow,tool,agent,policy,budget,run"])
             var processes = try await deployment.startAll(replicas: replicas)
-            try await body(deployment, &processes)
+            func stopAll() async {
+                await withTaskGroup(of: Void.self) { group in
+                    for process in processes { group.addTask { _ = await process.stop() } }
+                }
+            }
+            do {
+                try await body(deployment, &processes)
+            } catch {
+                await stopAll()
+                throw error
+            }
+            await stopAll()
+        }
+        if let database {
+            try await deploy(database)
+        } else {
+            try await backend.withDatabase { try await deploy($0) }
         }
     }
 

@@ -25,8 +25,12 @@ public enum RESPValue: Hashable, Sendable {
 /// A Redis error reply, or a connection failure.
 public struct RedisError: Error, CustomStringConvertible, Sendable {
     public var description: String
+    /// Redis could not be reached, or the connection dropped before the reply: a caller may fall
+    /// back to what it can do without Redis. False for Redis's own error replies.
+    public var isConnectionFailure: Bool
 
-    public init(_ description: String) {
+    public init(_ description: String, isConnectionFailure: Bool = false) {
         self.description = description
+        self.isConnectionFailure = isConnectionFailure
     }
 }

@@ -58,10 +58,15 @@ public final class RedisClient: Service, Sendable {
 
     public func send(bytes arguments: [[UInt8]]) async throws -> RESPValue {
         let command = try RESPEncoder.encode(arguments)
-        let channel = try await self.connectedChannel()
-        let promise = channel.eventLoop.makePromise(of: RESPValue.self)
-        channel.writeAndFlush(RedisCommand(bytes: command, promise: promise), promise: nil)
-        let reply = try await promise.futureResult.get()
+        let reply: RESPValue
+        do {
+            let channel = try await self.connectedChannel()
+            let promise = channel.eventLoop.makePromise(of: RESPValue.self)
+            channel.writeAndFlush(RedisCommand(bytes: command, promise: promise), promise: nil)
+            reply = try await promise.futureResult.get()
+        } catch {
+            throw RedisError("\(error)", isConnectionFailure: true)
+        }
         if case .error(let message) = reply { throw RedisError(message) }
         return reply
     }
@@ -70,17 +75,34 @@ public final class RedisClient: Service, Sendable {
 
     public func run() async throws {
         var attempt = 0
+        // Graceful shutdown and cancellation both close the connection, which ends the loop.
+        let stop: @Sendable () -> Void = {
+            let channel = self.state.withLock { state in
+                state.shutdown = true
+                return state.channel
+            }
+            channel?.close(promise: nil)
+        }
+        await withTaskCancellationHandler {
+            await self.connectionLoop(attempt: &attempt, stop: stop)
+        } onCancel: {
+            stop()
+        }
+    }
+
+    private func connectionLoop(attempt: inout Int, stop: @escaping @Sendable () -> Void) async {
         await withGracefulShutdownHandler {
             while !Task.isCancelled && !self.state.withLock({ $0.shutdown }) {
                 do {
                     let channel = try await self.connect()
                     attempt = 0
-                    let waiters = self.state.withLock { state in
+                    let (waiters, stopped) = self.state.withLock { state in
                         state.channel = channel
                         state.lastError = nil
                         defer { state.waiters.removeAll() }
-                        return state.waiters
+                        return (state.waiters, state.shutdown)
                     }
+                    if stopped { channel.close(promise: nil) }
                     for waiter in waiters { waiter.resume(returning: channel) }
                     try? await channel.closeFuture.get()
                     self.state.withLock { $0.channel = nil }
@@ -99,11 +121,7 @@ public final class RedisClient: Service, Sendable {
                 try? await Task.sleep(for: .milliseconds(Int(delay * 1000)))
             }
         } onGracefulShutdown: {
-            let channel = self.state.withLock { state in
-                state.shutdown = true
-                return state.channel
-            }
-            channel?.close(promise: nil)
+            stop()
         }
     }
 
@@ -125,13 +143,53 @@ public final class RedisClient: Service, Sendable {
         }
     }
 
-    private func connect() async throws -> any Channel {
+    // MARK: Publish and subscribe
+
+    /// Publishes `payload` on `channel`; returns how many subscribers received it.
+    @discardableResult
+    public func publish(_ payload: [UInt8], on channel: String) async throws -> Int64 {
+        try await self.send(bytes: [Array("PUBLISH".utf8), Array(channel.utf8), payload]).integer ?? 0
+    }
+
+    /// Subscribes to `channels` on a connection of its own and calls `message` with each
+    /// message's channel and payload, in the order Redis sends them, until the connection drops
+    /// (it throws then) or the task is cancelled (it returns). `subscribed` is called once the
+    /// subscription holds: messages published before it may have been missed, so that is when a
+    /// caller catches up from its source of truth. Callers loop, with backoff, to resubscribe.
+    public func subscribe(
+        to channels: [String],
+        subscribed: @Sendable () -> Void,
+        message: @escaping @Sendable (_ channel: String, _ payload: [UInt8]) -> Void
+    ) async throws {
+        precondition(!channels.isEmpty, "subscribe to at least one channel")
+        let (pushes, push) = AsyncStream<RESPValue>.makeStream()
+        let channel = try await self.connect(push: { push.yield($0) })
+        channel.closeFuture.whenComplete { _ in push.finish() }
+        try await withTaskCancellationHandler {
+            let promise = channel.eventLoop.makePromise(of: RESPValue.self)
+            let command = try RESPEncoder.encode([Array("SUBSCRIBE".utf8)] + channels.map { Array($0.utf8) })
+            channel.writeAndFlush(RedisCommand(bytes: command, promise: promise), promise: nil)
+            if case .error(let reason) = try await promise.futureResult.get() { throw RedisError(reason) }
+            subscribed()
+            for await value in pushes {
+                // ["message", channel, payload]; the other channels' confirmations are skipped.
+                guard case .array(let parts) = value, parts.count == 3, parts[0].string == "message",
+                      let name = parts[1].string, case .bulkString(let payload) = parts[2] else { continue }
+                message(name, payload)
+            }
+            if !Task.isCancelled { throw RedisError("the Redis subscription's connection closed") }
+        } onCancel: {
+            channel.close(promise: nil)
+        }
+    }
+
+    private func connect(push: (@Sendable (RESPValue) -> Void)? = nil) async throws -> any Channel {
         let channel = try await ClientBootstrap(group: self.group)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(5))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(RedisCommandHandler())
+                    try channel.pipeline.syncOperations.addHandler(RedisCommandHandler(push: push))
                 }
             }
             .connect(host: self.endpoint.host, port: self.endpoint.port)
@@ -158,6 +216,7 @@ struct RedisCommand {
 }
 
 /// Writes commands and answers their promises in order as replies arrive (Redis answers in order).
+/// On a subscribed connection, what arrives with no command waiting is a message, given to `push`.
 final class RedisCommandHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = RedisCommand
@@ -165,6 +224,11 @@ final class RedisCommandHandler: ChannelDuplexHandler {
 
     private let decoder = RESPDecoder()
     private var pending = Deque<EventLoopPromise<RESPValue>>()
+    private let push: (@Sendable (RESPValue) -> Void)?
+
+    init(push: (@Sendable (RESPValue) -> Void)? = nil) {
+        self.push = push
+    }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let command = self.unwrapOutboundIn(data)
@@ -176,10 +240,13 @@ final class RedisCommandHandler: ChannelDuplexHandler {
         do {
             try self.decoder.feed(self.unwrapInboundIn(data))
             while let reply = try self.decoder.next() {
-                guard let promise = self.pending.popFirst() else {
+                if let promise = self.pending.popFirst() {
+                    promise.succeed(reply)
+                } else if let push = self.push {
+                    push(reply)
+                } else {
                     throw RedisError("a reply arrived with no command waiting for it")
                 }
-                promise.succeed(reply)
             }
         } catch {
             context.fireErrorCaught(error)

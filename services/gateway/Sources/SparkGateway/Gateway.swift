@@ -32,8 +32,8 @@ public enum Gateway {
             let redis = try RedisClient(url: url, logger: logger)
             services.append(redis)
             let prefix = config.string(forKey: "redis.keyPrefix", default: "sparkops")
-            limiter = RedisRateLimiter(redis: redis, prefix: prefix)
-            tickets = RedisTicketStore(redis: redis, prefix: prefix)
+            limiter = RedisRateLimiter(redis: redis, prefix: prefix, logger: logger)
+            tickets = RedisTicketStore(redis: redis, prefix: prefix, logger: logger)
         } else {
             limiter = InMemoryRateLimiter()
             tickets = InMemoryTicketStore()

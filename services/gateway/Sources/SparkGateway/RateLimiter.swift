@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import SparkKit
 import Synchronization
 
@@ -64,14 +65,29 @@ final class RedisRateLimiter: RateLimiter {
     private let redis: RedisClient
     private let prefix: String
     private let sha = Mutex<String?>(nil)
+    private let outage: RedisOutage
+    /// While Redis cannot be reached, each replica limits on its own rather than stop serving.
+    private let fallback = InMemoryRateLimiter()
 
     /// - Parameter prefix: namespaces the keys (`redis.keyPrefix`), for deployments sharing a Redis.
-    init(redis: RedisClient, prefix: String = "sparkops") {
+    init(redis: RedisClient, prefix: String = "sparkops", logger: Logger = Logger(label: "sparkops.gateway")) {
         self.redis = redis
         self.prefix = prefix
+        self.outage = RedisOutage(what: "rate limits", logger: logger)
     }
 
     func check(key: String, limit: GatewayConfig.Limit) async throws -> Duration? {
+        do {
+            let wait = try await self.shared(key: key, limit: limit)
+            self.outage.ended()
+            return wait
+        } catch let error as RedisError where error.isConnectionFailure {
+            self.outage.began(error)
+            return try await self.fallback.check(key: key, limit: limit)
+        }
+    }
+
+    private func shared(key: String, limit: GatewayConfig.Limit) async throws -> Duration? {
         let interval = 60_000.0 / Double(max(1, limit.perMinute))
         let arguments = ["\(self.prefix):ratelimit:\(key)", "\((interval * 1000).rounded() / 1000)", "\(max(1, limit.burst))"]
         let reply: RESPValue
@@ -93,5 +109,37 @@ final class RedisRateLimiter: RateLimiter {
             self.sha.withLock { $0 = sha }
         }
         return try await self.redis.send(["EVAL", Self.script, "1"] + arguments)
+    }
+}
+
+/// Logs once when Redis becomes unreachable for a part of the gateway, and once when it is back.
+final class RedisOutage: Sendable {
+    private let down = Mutex(false)
+    private let what: String
+    private let logger: Logger
+
+    init(what: String, logger: Logger) {
+        self.what = what
+        self.logger = logger
+    }
+
+    func began(_ error: RedisError) {
+        let wasDown = self.down.withLock { down in
+            defer { down = true }
+            return down
+        }
+        if !wasDown {
+            self.logger.warning("Redis is unreachable: \(self.what) are held in this replica until it is back", metadata: ["error": "\(error)"])
+        }
+    }
+
+    func ended() {
+        let wasDown = self.down.withLock { down in
+            defer { down = false }
+            return down
+        }
+        if wasDown {
+            self.logger.info("Redis is back: \(self.what) are shared again")
+        }
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import SparkKit
 import SparkProto
 import SwiftProtobuf
@@ -41,27 +42,54 @@ final class InMemoryTicketStore: TicketStore {
 /// other, so no sticky sessions are needed. Keys are the ticket's SHA-256 (the ticket itself is a
 /// credential), Redis expires them, and `GETDEL` (Redis 6.2 or later) takes one atomically, so two
 /// replicas cannot both redeem it.
+///
+/// While Redis cannot be reached, tickets are kept in this replica (a socket opened on the replica
+/// that issued its ticket works; on another, the client asks for a new ticket), and taking one
+/// looks in both places.
 final class RedisTicketStore: TicketStore {
     private let redis: RedisClient
     private let prefix: String
+    private let outage: RedisOutage
+    private let fallback = InMemoryTicketStore()
 
-    init(redis: RedisClient, prefix: String) {
+    init(redis: RedisClient, prefix: String, logger: Logger = Logger(label: "sparkops.gateway")) {
         self.redis = redis
         self.prefix = prefix
+        self.outage = RedisOutage(what: "WebSocket tickets", logger: logger)
+    }
+
+    func put(_ ticket: String, principal: Sparkops_Common_V1_Principal, ttl: Duration) async throws {
+        do {
+            try await self.shared(put: ticket, principal: principal, ttl: ttl)
+            self.outage.ended()
+        } catch let error as RedisError where error.isConnectionFailure {
+            self.outage.began(error)
+            try await self.fallback.put(ticket, principal: principal, ttl: ttl)
+        }
+    }
+
+    func take(_ ticket: String) async throws -> Sparkops_Common_V1_Principal? {
+        if let principal = try await self.fallback.take(ticket) { return principal }
+        do {
+            return try await self.shared(take: ticket)
+        } catch let error as RedisError where error.isConnectionFailure {
+            self.outage.began(error)
+            return nil
+        }
     }
 
     private func key(_ ticket: String) -> [UInt8] {
         Array("\(self.prefix):wsticket:\(SparkSecrets.digest(ticket))".utf8)
     }
 
-    func put(_ ticket: String, principal: Sparkops_Common_V1_Principal, ttl: Duration) async throws {
+    private func shared(put ticket: String, principal: Sparkops_Common_V1_Principal, ttl: Duration) async throws {
         let milliseconds = max(1, ttl.components.seconds * 1000 + ttl.components.attoseconds / 1_000_000_000_000_000)
         let value: [UInt8] = try principal.serializedBytes()
         let reply = try await self.redis.send(bytes: [Array("SET".utf8), self.key(ticket), value, Array("PX".utf8), Array("\(milliseconds)".utf8)])
         guard reply.string == "OK" else { throw RedisError("unexpected reply to SET: \(reply)") }
     }
 
-    func take(_ ticket: String) async throws -> Sparkops_Common_V1_Principal? {
+    private func shared(take ticket: String) async throws -> Sparkops_Common_V1_Principal? {
         switch try await self.redis.send(bytes: [Array("GETDEL".utf8), self.key(ticket)]) {
         case .null:
             return nil

@@ -27,13 +27,16 @@ final class RunEngine: Sendable {
     let store: RunStore
     let queue: TaskQueue
     let signals: RunSignals
+    /// Other replicas hear of each commit here, with `redis.url`.
+    let relay: RunRelay?
     let logger: Logger
     private let definitions = Mutex<[String: WorkflowDefinition]>([:])
 
-    init(store: RunStore, signals: RunSignals, logger: Logger) {
+    init(store: RunStore, signals: RunSignals, relay: RunRelay? = nil, logger: Logger) {
         self.store = store
         self.queue = TaskQueue(store: store.store)
         self.signals = signals
+        self.relay = relay
         self.logger = logger
     }
 
@@ -167,10 +170,12 @@ final class RunEngine: Sendable {
         try await self.store.update(run, on: db)
         try await self.queue.enqueue(tasks, now: now, on: db)
         let numbered = try await self.store.append(events, projectID: run.projectID, on: db)
-        if self.store.store.dialect == .postgres, !tasks.isEmpty || !numbered.isEmpty {
-            // Delivered at commit to every replica listening (RunListener): workers wake for the
-            // tasks, watchers read the project's events.
-            let payload = "\(tasks.isEmpty ? "" : "t")\(numbered.isEmpty ? "" : "e"):\(run.projectID)"
+        // Delivered at commit to every replica listening (RunListener): workers wake for the
+        // tasks, watchers read the project's events. With Redis the events travel there instead,
+        // whole, and no watcher needs to read them from the store.
+        let notifyEvents = !numbered.isEmpty && self.relay == nil
+        if self.store.store.dialect == .postgres, !tasks.isEmpty || notifyEvents {
+            let payload = "\(tasks.isEmpty ? "" : "t")\(notifyEvents ? "e" : ""):\(run.projectID)"
             try await db.raw("SELECT pg_notify(\(bind: RunListener.channel), \(bind: payload))").run()
         }
         return Committed(projectID: run.projectID, events: numbered, enqueued: !tasks.isEmpty, cancelled: cancelled)
@@ -182,5 +187,6 @@ final class RunEngine: Sendable {
         if committed.enqueued { self.signals.tasksAdded() }
         if !committed.events.isEmpty { self.signals.published(committed.events, projectID: committed.projectID) }
         for key in committed.cancelled { self.signals.cancel(attempt: key) }
+        self.relay?.publish(committed)
     }
 }

@@ -27,10 +27,10 @@ extension RunService {
         })
     }
 
-    /// The stored events after `after_sequence`, then each new one. The store is what is sent:
-    /// a commit here wakes the stream at once, and the store is read again every
-    /// `run.watchIntervalMilliseconds` for what other replicas committed, so that nothing is
-    /// missed and nothing is sent twice or out of order.
+    /// The stored events after `after_sequence`, then each new one, in sequence order, each
+    /// once. Commits here (and, with Redis, on other replicas) hand their events to the stream as
+    /// they commit; otherwise, or when a batch is missing, the stream reads the store: at a
+    /// PostgreSQL notification, and at least every `run.watchIntervalMilliseconds`.
     public func watchEvents(
         request: ServerRequest<Sparkops_Run_V1_WatchEventsRequest>,
         context: ServerContext
@@ -40,30 +40,41 @@ extension RunService {
         try Self.validateEvents(runID: message.runID, after: message.afterSequence)
         let interval = self.settings.watchInterval
         return StreamingServerResponse { writer in
-            let (wakeUps, stop) = self.engine.signals.watch(projectID: message.projectID)
+            let (batches, poke, stop) = self.engine.signals.watch(projectID: message.projectID)
             defer { stop() }
-            var last = message.afterSequence
+            // Every event of the project up to `cursor` has been sent or passed over. Sequence
+            // numbers commit in order, so whatever the store says is the last is all there.
+            var cursor = message.afterSequence
+            func send(_ events: [EventRow]) async throws {
+                for event in events where event.sequence > cursor && (message.runID.isEmpty || event.runID == message.runID) {
+                    try await writer.write(Self.message(event))
+                }
+            }
+            func readStore() async throws {
+                let last = try await self.store.store.sql { try await self.store.lastSequence(projectID: message.projectID, on: $0) }
+                while cursor < last {
+                    let through = cursor
+                    let page = try await self.store.store.sql {
+                        try await self.store.events(projectID: message.projectID, runID: message.runID, after: through, through: last, limit: 500, on: $0)
+                    }
+                    try await send(page)
+                    cursor = page.count < 500 ? last : page.last?.sequence ?? last
+                }
+            }
             try await withThrowingTaskGroup(of: Void.self) { group in
-                // A tick wakes the loop below as a commit here would.
-                let (ticks, tick) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
                 group.addTask {
                     while !Task.isCancelled {
                         try await Task.sleep(for: interval)
-                        tick.yield()
+                        poke()
                     }
                 }
-                group.addTask {
-                    for await _ in wakeUps { tick.yield() }
-                }
-                tick.yield()
-                for await _ in ticks {
-                    while true {
-                        let events = try await self.store.store.sql {
-                            try await self.store.events(projectID: message.projectID, runID: message.runID, after: last, limit: 500, on: $0)
-                        }
-                        for event in events { try await writer.write(Self.message(event)) }
-                        last = events.last?.sequence ?? last
-                        if events.count < 500 { break }
+                poke()
+                for await batch in batches {
+                    if let first = batch.first, let end = batch.last?.sequence, first.sequence <= cursor + 1 {
+                        try await send(batch)
+                        cursor = max(cursor, end)
+                    } else {
+                        try await readStore()
                     }
                 }
                 group.cancelAll()

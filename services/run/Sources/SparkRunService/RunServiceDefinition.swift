@@ -71,7 +71,13 @@ extension RunService {
         let settings = try RunServiceConfig(config: config)
         let store = try SparkStore(service: "run", location: host.storeLocation(), logger: logger)
         let peers = try PeerClients(caller: .run, peers: [.project, .workflow, .policy, .tool, .agent], config: host)
-        let engine = RunEngine(store: RunStore(store: store), signals: RunSignals(), logger: logger)
+        let signals = RunSignals()
+        // With Redis, commits reach the other replicas' workers and watchers through it.
+        var relay: RunRelay?
+        if let url = host.redisURL, !url.isEmpty {
+            relay = RunRelay(redis: try RedisClient(url: url, logger: logger), prefix: config.string(forKey: "redis.keyPrefix", default: "sparkops"), signals: signals, logger: logger)
+        }
+        let engine = RunEngine(store: RunStore(store: store), signals: signals, relay: relay, logger: logger)
         let policy = PolicyCheck(client: peers[.policy])
         let service = RunService(
             engine: engine, access: ProjectAccess(client: peers[.project]), policy: policy, workflows: peers[.workflow], settings: settings, logger: logger
@@ -82,6 +88,7 @@ extension RunService {
             try await engine.store.store.transaction { try await engine.store.pruneKeys(before: before, on: $0) }
         }
         var background: [any ServiceLifecycle.Service] = peers.services + [pruner, RunListener(store: engine.store, signals: engine.signals, logger: logger)]
+        if let relay { background += [relay.redis, relay] }
         let calls = StepCalls(
             tools: .init(wrapping: peers[.tool]), agents: .init(wrapping: peers[.agent]), policy: policy,
             defaultTimeout: settings.defaultStepTimeout, logger: logger

@@ -6,8 +6,10 @@ import Synchronization
 
 /// What one commit tells the rest of this process at once: workers wake for new tasks, watchers
 /// of a project get its new events, and attempts stopped by a cancel or a timeout are cancelled
-/// where they run. Other replicas learn the same through the store: their workers are woken by
-/// PostgreSQL notifications (or their next claim), and their watchers read the events table.
+/// where they run. Other replicas learn the same through Redis (``RunRelay``, with the events
+/// themselves) or PostgreSQL notifications (``RunListener``, a nudge to read the store), and in
+/// the end through the store itself: workers claim every `run.claimIntervalMilliseconds`, and
+/// watchers read the events table every `run.watchIntervalMilliseconds`.
 final class RunSignals: Sendable {
     private struct State {
         var wake: [UInt64: Waker] = [:]
@@ -37,18 +39,29 @@ final class RunSignals: Sendable {
         for waker in self.state.withLock({ Array($0.wake.values) }) { waker.signal() }
     }
 
-    /// The events of `projectID` as they commit in this process.
-    func watch(projectID: String) -> (stream: AsyncStream<[EventRow]>, cancel: @Sendable () -> Void) {
+    /// The events of `projectID` as they commit, each commit's events in sequence order; an
+    /// empty batch means "read the store" (another replica committed, or messages may have been
+    /// missed). Batches from several replicas may come out of order or not at all: a watcher
+    /// keeps its place by sequence number. `poke` adds an empty batch.
+    func watch(projectID: String) -> (stream: AsyncStream<[EventRow]>, poke: @Sendable () -> Void, cancel: @Sendable () -> Void) {
         let (stream, continuation) = AsyncStream<[EventRow]>.makeStream(bufferingPolicy: .bufferingNewest(1024))
         let id = self.state.withLock { state in
             state.nextID += 1
             state.watchers[state.nextID] = (projectID, continuation)
             return state.nextID
         }
-        return (stream, { [weak self] in
+        return (stream, { continuation.yield([]) }, { [weak self] in
             let watcher = self?.state.withLock { $0.watchers.removeValue(forKey: id) }
             watcher?.continuation.finish()
         })
+    }
+
+    /// Every watcher reads the store, and every worker claims: after a time when commits of other
+    /// replicas may have gone unheard.
+    func catchUp() {
+        let watchers = self.state.withLock { $0.watchers.values.map(\.continuation) }
+        for watcher in watchers { watcher.yield([]) }
+        self.tasksAdded()
     }
 
     func published(_ events: [EventRow], projectID: String) {

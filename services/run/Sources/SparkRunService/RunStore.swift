@@ -374,8 +374,10 @@ struct RunStore: Sendable {
         return numbered
     }
 
-    func events(projectID: String, runID: String, after: Int64, limit: Int, on db: any SQLDatabase) async throws -> [EventRow] {
+    /// The project's events (of `runID`, unless empty) after `after` and up to `through`.
+    func events(projectID: String, runID: String, after: Int64, through: Int64 = .max, limit: Int, on db: any SQLDatabase) async throws -> [EventRow] {
         var query = SQLQueryString("SELECT * FROM run_events WHERE project_id = \(bind: projectID) AND sequence > \(bind: after)")
+        if through < .max { query = query + " AND sequence <= \(bind: through)" }
         if !runID.isEmpty { query = query + " AND run_id = \(bind: runID)" }
         query = query + " ORDER BY sequence LIMIT \(bind: limit)"
         return try await db.raw(query).all().map(Self.eventRow)

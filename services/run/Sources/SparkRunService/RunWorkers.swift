@@ -211,6 +211,11 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
                     attempt.errorReason = failure.reason
                     attempt.errorMessage = failure.message
                     try transition.apply(.stepFailed(step: task.step, attempt: task.attempt, failure: failure, retryable: retryable))
+                case .lost(let message):
+                    attempt.status = "lost"
+                    attempt.errorReason = "lost"
+                    attempt.errorMessage = message
+                    try transition.apply(.attemptLost(step: task.step, attempt: task.attempt, mayRepeat: false))
                 case .held(let message):
                     attempt.status = "held"
                     attempt.errorReason = "approval_required"

@@ -24,6 +24,8 @@ struct StepCalls: Sendable {
         case failed(RunFailure, retryable: Bool)
         /// A policy requires a human's approval first; nothing was done.
         case held(String)
+        /// A send may have had its effect and must not be repeated: the step waits for a human.
+        case lost(String)
     }
 
     struct Outcome: Sendable {
@@ -85,21 +87,14 @@ struct StepCalls: Sendable {
                     $0.workflow = run.workflowName
                     $0.approved = task.approved
                 }
-                let giveUp = ContinuousClock.now + timeout
-                while true {
-                    do {
-                        return Self.outcome(try await self.tools.invokeTool(request, metadata: principal.metadata, options: options))
-                    } catch let error as RPCError where error.code == .aborted && ContinuousClock.now < giveUp {
-                        // The same attempt sent again after its worker stopped, while the first
-                        // call is still running: its result, once stored, is the answer.
-                        try await Task.sleep(for: .milliseconds(250))
-                    }
+                return try await Self.resending(until: ContinuousClock.now + timeout) {
+                    Self.outcome(try await self.tools.invokeTool(request, metadata: principal.metadata, options: options))
                 }
             case .agent(let name):
                 guard case .map(let fields) = arguments, case .string(let prompt)? = fields["prompt"], !prompt.isEmpty else {
                     return Outcome(result: .failed(RunFailure(reason: "arguments", message: "with.prompt: an agent step needs a prompt (a string)"), retryable: false))
                 }
-                let execution = try await self.agents.executeAgentStep(.with {
+                let request = Sparkops_Agent_V1_ExecuteAgentStepRequest.with {
                     $0.projectID = run.projectID
                     $0.agent = name
                     $0.prompt = prompt
@@ -109,8 +104,10 @@ struct StepCalls: Sendable {
                     $0.runID = run.id
                     $0.stepID = step.id
                     $0.workflow = run.workflowName
-                }, metadata: principal.metadata, options: options)
-                var outcome = Self.outcome(execution)
+                }
+                var outcome = try await Self.resending(until: ContinuousClock.now + timeout) {
+                    Self.outcome(try await self.agents.executeAgentStep(request, metadata: principal.metadata, options: options))
+                }
                 if task.approved, case .held(let message) = outcome.result {
                     // An agent's calls do not carry a grant: held again after an approval, the step
                     // fails rather than ask the same question forever.
@@ -168,6 +165,28 @@ struct StepCalls: Sendable {
             )
         }
         return outcome
+    }
+
+    /// Sends the attempt's call until it answers: again, under the same idempotency key, while
+    /// the service is unavailable (down, restarting, or without its database) or the key is busy
+    /// with a first send still running, backing off from 250 ms to 4 s, until `giveUp` (the
+    /// step's timeout). Infrastructure that comes back does not fail a step; the key makes the
+    /// second send safe: the service answers with the first one's result, runs it once, or, for a
+    /// `non_idempotent` tool whose first send may have run, refuses, and the step waits for a human.
+    static func resending(until giveUp: ContinuousClock.Instant, _ call: () async throws -> Outcome) async throws -> Outcome {
+        var delay = Duration.milliseconds(250)
+        var resent = false
+        while true {
+            do {
+                return try await call()
+            } catch let error as RPCError where (error.code == .unavailable || error.code == .aborted) && !Task.isCancelled && ContinuousClock.now + delay < giveUp {
+                resent = resent || error.code == .unavailable
+                try await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(4))
+            } catch let error as RPCError where error.code == .failedPrecondition && resent {
+                return Outcome(result: .lost(error.message))
+            }
+        }
     }
 
     /// A call that did not answer: unavailable services and deadlines may pass; a refusal does not.

@@ -1,0 +1,84 @@
+import Foundation
+import ServiceLifecycle
+import SparkKit
+import SparkTesting
+import Synchronization
+import Testing
+
+/// The Redis client against a real `redis-server` of the test's own.
+@Suite("Redis client")
+struct RedisClientTests {
+    /// Runs `body` with a client of `url`, the client's connection loop running beside it.
+    func withClient(_ url: String, _ body: (RedisClient) async throws -> Void) async throws {
+        let client = try RedisClient(url: url)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await client.run() }
+            defer { group.cancelAll() }
+            try await body(client)
+        }
+    }
+
+    @Test("a subscriber gets each published message whole and in order, binary payloads included", .enabled(if: LocalRedis.isInstalled, "needs redis-server"))
+    func publishSubscribe() async throws {
+        let redis = try await LocalRedis.start()
+        defer { Task { await redis.stop() } }
+        try await self.withClient(redis.url) { client in
+            let received = Mutex<[[UInt8]]>([])
+            let (ready, subscribed) = AsyncStream<Void>.makeStream()
+            let subscriber = Task {
+                try await client.subscribe(to: ["news", "other"]) {
+                    subscribed.yield()
+                } message: { channel, payload in
+                    if channel == "news" { received.withLock { $0.append(payload) } }
+                }
+            }
+            defer { subscriber.cancel() }
+            var iterator = ready.makeAsyncIterator()
+            _ = await iterator.next()
+            // Bytes a text protocol would mangle: a NUL, CR LF, bars, invalid UTF-8.
+            let payloads: [[UInt8]] = (0 ..< 50).map { [0, 13, 10, 0x7C, 0xFF, UInt8($0)] + Array("message \($0)".utf8) }
+            for payload in payloads {
+                let listeners = try await client.publish(payload, on: "news")
+                #expect(listeners == 1)
+            }
+            _ = try await client.publish(Array("elsewhere".utf8), on: "unheard")
+            let deadline = ContinuousClock.now + .seconds(30)
+            while received.withLock({ $0.count }) < payloads.count, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(received.withLock { $0 } == payloads)
+            // Commands still work on the client's own connection beside the subscription.
+            #expect(try await client.send(["SET", "k", "v"]).string == "OK")
+            #expect(try await client.send(["GET", "k"]).string == "v")
+        }
+    }
+
+    @Test("when Redis goes away, calls fail as connection failures and a subscription throws; Redis's own errors are not connection failures", .enabled(if: LocalRedis.isInstalled, "needs redis-server"))
+    func connectionFailures() async throws {
+        let redis = try await LocalRedis.start()
+        try await self.withClient(redis.url) { client in
+            do {
+                _ = try await client.send(["NOSUCHCOMMAND"])
+                Issue.record("an unknown command succeeded")
+            } catch let error as RedisError {
+                #expect(!error.isConnectionFailure, "\(error)")
+            }
+            let subscriber = Task { try await client.subscribe(to: ["news"]) {} message: { _, _ in } }
+            try await Task.sleep(for: .milliseconds(200))
+            await redis.stop()
+            let ended = await subscriber.result
+            #expect(throws: RedisError.self) { try ended.get() }
+            let deadline = ContinuousClock.now + .seconds(30)
+            var failure: RedisError?
+            while failure == nil, ContinuousClock.now < deadline {
+                do {
+                    _ = try await client.send(["PING"])
+                    try await Task.sleep(for: .milliseconds(50))
+                } catch let error as RedisError {
+                    failure = error
+                }
+            }
+            #expect(failure?.isConnectionFailure == true, "\(String(describing: failure))")
+        }
+    }
+}
