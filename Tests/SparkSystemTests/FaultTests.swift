@@ -88,6 +88,47 @@ extension DistributedTests {
     }
 
     @Test(
+        "kill -9 of the tool service mid-call: the run service sends the call again once it is back, and a non_idempotent call that may have run waits for a human",
+        .enabled(if: TestBackend.all.count > 1, "needs SPARKOPS_TEST_DATABASE_URL")
+    )
+    func killedToolService() async throws {
+        let server = try await HTTPEchoServer.start()
+        defer { Task { try? await server.stop() } }
+        try await Self.withRunDeployment(settings: ["tool.outboundAllow=127.0.0.1:\(server.port)"]) { deployment, processes in
+            let http = deployment.gateway
+            let project = try await Self.chargeProject(deployment, server: server)
+            let created = try await http.send(.POST, "\(project.base)/runs", token: project.token, json: ["workflow": "checkout", "inputs": ["order": "o-1"]])
+            let id = try #require((created.json["run"] as? [String: Any])?["id"] as? String, "\(created.text)")
+            // The charge is at the server (it answers after a second): the tool service dies.
+            let charging = try await Self.eventually(within: .seconds(60)) { server.requests >= 1 }
+            try #require(charging, "the charge never started:\n\(processes[7].output.suffix(3000))")
+            await processes[3].kill()
+            try await Task.sleep(for: .seconds(2))
+            processes[3] = try await deployment.start("sparkops-tool")
+
+            func step(_ name: String) async throws -> [String: Any] {
+                let detail = try await http.send(.GET, "\(project.base)/runs/\(id)", token: project.token).json
+                return (detail["steps"] as? [[String: Any]])?.first { $0["id"] as? String == name } ?? [:]
+            }
+            let attention = try await Self.eventually(within: .seconds(120)) { try await step("charge")["status"] as? String == "needs_attention" }
+            let charge = try await step("charge")
+            try #require(attention, "the charge did not wait for a human: \(charge)\n\(processes[7].output.suffix(3000))")
+            #expect(try await step("reserve")["status"] as? String == "succeeded")
+            let resolved = try await http.send(.POST, "\(project.base)/runs/\(id)/steps/charge/resolve", token: project.token, json: ["action": "skip"])
+            #expect(resolved.status == 200, "\(resolved.text)")
+            let done = try await Self.eventually(within: .seconds(60)) {
+                try await http.send(.GET, "\(project.base)/runs/\(id)", token: project.token).json["status"] as? String == "succeeded"
+            }
+            #expect(done, "the run did not finish after the skip")
+            // A skipped step's dependents are skipped (confirm has no `when` of its own).
+            #expect(try await step("confirm")["status"] as? String == "skipped")
+            let attempts = try await step("charge")["attempts"] as? [[String: Any]] ?? []
+            #expect(attempts.map { $0["status"] as? String ?? "" } == ["lost"], "\(attempts)")
+            #expect(server.requestsByURI["/slow?ms=1000&order=o-1"] == 1, "\(server.requestsByURI)")
+        }
+    }
+
+    @Test(
         "Redis stops: runs go on, and events still reach a watcher on another replica, from the store",
         .enabled(if: TestBackend.all.count > 1 && LocalRedis.isInstalled, "needs SPARKOPS_TEST_DATABASE_URL and redis-server")
     )
