@@ -283,6 +283,9 @@ public enum SparkOpenAPI {
           "agent" : {
             "type" : "string"
           },
+          "approved" : {
+            "type" : "boolean"
+          },
           "idempotencyKey" : {
             "type" : "string"
           },

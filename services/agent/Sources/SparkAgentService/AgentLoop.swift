@@ -43,6 +43,13 @@ struct AgentLoop {
     var runID = ""
     var stepID = ""
     var workflow = ""
+    /// A human approved this step after a hold: calls a policy holds go ahead.
+    var approved = false
+    /// The caller can pause the step for a human (the run service): a tool call a policy holds
+    /// ends the step with `approval_required` rather than go back to the model.
+    var pausesOnHold = false
+    /// The tool call a policy held, when the step pauses on it.
+    var held: Failure?
 
     var llmCalls: [Sparkops_Agent_V1_LLMCall] = []
     var toolCalls: [Sparkops_Agent_V1_ToolCall] = []
@@ -89,6 +96,7 @@ struct AgentLoop {
                 messages.append(ChatMessage(role: .assistant, text: response.text, toolCalls: response.toolCalls))
                 for (index, call) in response.toolCalls.enumerated() {
                     messages.append(await self.invoke(call, iteration: iteration, index: index + 1, offered: offered))
+                    if let held = self.held { return .failure(held) }
                 }
                 continue
             }
@@ -243,6 +251,10 @@ struct AgentLoop {
                 $0.step.id = self.stepID
             }, metadata: self.principal.metadata)
             guard decision.effect == "require_approval" else { return nil }
+            guard !self.approved else {
+                self.logger.info("a held model call goes ahead: a human approved the step", metadata: ["run": "\(self.runID)", "step": "\(self.stepID)", "violation": "\(decision.violationID)"])
+                return nil
+            }
             return Failure(reason: "approval_required", message: "held by policy \(decision.message): a human must approve this model call (violation \(decision.violationID))")
         } catch let error as SparkError where error.code == .permissionDenied {
             return Failure(reason: "policy_denied", message: error.message)
@@ -308,10 +320,16 @@ struct AgentLoop {
                     $0.workflow = self.workflow
                     $0.runID = self.runID
                     $0.stepID = self.stepID
+                    $0.approved = self.approved
                 }, principal: self.principal, timeout: remaining)
                 record.costMicros = response.costMicros
                 record.replayed = response.replayed
                 record.invocationID = response.invocationID
+                if self.pausesOnHold, response.hasError, response.error.reason == "approval_required" {
+                    // A policy holds the call: the step waits for a human rather than the model
+                    // working around it.
+                    self.held = Failure(reason: "approval_required", message: "\(response.error.message) (tool \(call.name))")
+                }
                 if response.hasError {
                     if response.hasOutput { record.output = response.output }
                     return failed(response.error.reason, response.error.message)

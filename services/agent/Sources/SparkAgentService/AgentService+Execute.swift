@@ -5,6 +5,7 @@ import Logging
 import SQLKit
 import SparkExpr
 import SparkKit
+import SparkWire
 public import SparkProto
 import SparkWorkflow
 import SwiftProtobuf
@@ -28,6 +29,9 @@ extension AgentService {
             throw SparkError.invalid("idempotency_key", "must be at most 200 printable ASCII characters, without spaces")
         }
         guard message.timeoutMs >= 0 else { throw SparkError.invalid("timeout_ms", "must be 0 (the agent's timeout) or more") }
+        if message.approved, context.sparkWirePeer?.identity != ServiceName.run.rawValue {
+            throw SparkError(.permissionDenied, "only the run service passes a human's approval of a held step", field: "approved")
+        }
         for (field, value) in [("run_id", message.runID), ("step_id", message.stepID), ("workflow", message.workflow)] where value.utf8.count > 200 {
             throw SparkError.invalid(field, "is longer than 200 characters")
         }
@@ -75,7 +79,13 @@ extension AgentService {
             $0.startedBy = principal.id
         }
         do {
-            let outcome = try await self.run(definition, provider: provider, pricing: pricing, prompt: message.prompt, input: input, execution: execution, workflow: message.workflow, principal: principal, deadline: started.advanced(by: timeout))
+            // A run's step pauses for a human when a policy holds one of its tool calls; a call
+            // from elsewhere has no one to wait for, and the model is told instead.
+            let fromRun = context.sparkWirePeer?.identity == ServiceName.run.rawValue
+            let outcome = try await self.run(
+                definition, provider: provider, pricing: pricing, prompt: message.prompt, input: input, execution: execution, workflow: message.workflow,
+                principal: principal, approved: message.approved, pausesOnHold: fromRun, deadline: started.advanced(by: timeout)
+            )
             result.llmCalls = outcome.llmCalls
             result.toolCalls = outcome.toolCalls
             switch outcome.result {
@@ -106,7 +116,9 @@ extension AgentService {
         result.costMicros = result.llmCalls.reduce(0) { $0 + $1.costMicros } + result.toolCalls.reduce(0) { $0 + $1.costMicros }
         result.durationMs = started.duration(to: .now).milliseconds
         let record = try result.jsonString()
-        let status = result.status
+        // A step a policy held did nothing final: its key is taken again by the next call (the
+        // one a human approved), rather than answered with the hold.
+        let status = result.status == "failed" && result.error.reason == "approval_required" ? "held" : result.status
         try await self.store.store.transaction { try await self.store.finish(id: executionID, status: status, record: record, on: $0) }
         self.logger.info("agent step", metadata: [
             "agent": "\(definition.name)", "status": "\(status)", "llm_calls": "\(result.llmCalls.count)", "tool_calls": "\(result.toolCalls.count)",
@@ -123,7 +135,8 @@ extension AgentService {
 
     func run(
         _ definition: AgentDefinition, provider: ModelCatalog.Provider, pricing: ModelCatalog.Model, prompt: String, input: ExprValue?,
-        execution: ExecutionRow, workflow: String, principal: Sparkops_Common_V1_Principal, deadline: ContinuousClock.Instant
+        execution: ExecutionRow, workflow: String, principal: Sparkops_Common_V1_Principal, approved: Bool = false, pausesOnHold: Bool = false,
+        deadline: ContinuousClock.Instant
     ) async throws -> LoopOutcome {
         let secretName = definition.apiKeySecret.isEmpty ? provider.apiKeySecret : definition.apiKeySecret
         var apiKey: String?
@@ -165,7 +178,7 @@ extension AgentService {
             projectTools: self.tools, policy: self.policy, budget: self.budget, principal: principal, projectID: execution.projectID,
             memory: definition.memory ? AgentMemory(store: self.store, projectID: execution.projectID, agentID: execution.agentID, executionID: execution.id) : nil,
             idempotencyKey: execution.key == execution.id ? "" : execution.key, deadline: deadline, logger: self.logger,
-            runID: execution.runID, stepID: execution.stepID, workflow: workflow
+            runID: execution.runID, stepID: execution.stepID, workflow: workflow, approved: approved, pausesOnHold: pausesOnHold
         )
         let result = await loop.run(prompt: prompt, input: input)
         return LoopOutcome(result: result, llmCalls: loop.llmCalls, toolCalls: loop.toolCalls)
@@ -180,6 +193,14 @@ extension AgentService {
             }
             guard earlier.requestHash == execution.requestHash else {
                 throw SparkError(.alreadyExists, "the idempotency key was used with another prompt or input", field: "idempotency_key")
+            }
+            if earlier.status == "held" {
+                // Held by a policy, nothing final done: this call runs the step again (its tool
+                // calls that ran replay under their own keys).
+                guard try await self.store.retake(execution, from: earlier, on: db) else {
+                    throw SparkError(.aborted, "another call took over this idempotency key; try again")
+                }
+                return nil
             }
             if earlier.status != "running" {
                 var stored = try Sparkops_Agent_V1_AgentExecution(jsonString: earlier.record)

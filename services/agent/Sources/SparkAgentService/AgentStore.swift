@@ -206,8 +206,8 @@ struct AgentStore: Sendable {
     func retake(_ execution: ExecutionRow, from old: ExecutionRow, on db: any SQLDatabase) async throws -> Bool {
         try await db.raw("""
             UPDATE agent_executions SET id = \(bind: execution.id), started_at = \(bind: execution.startedAt), deadline_at = \(bind: execution.deadlineAt),
-                agent_version = \(bind: execution.agentVersion), started_by = \(bind: execution.startedBy)
-            WHERE id = \(bind: old.id) AND status = 'running'
+                agent_version = \(bind: execution.agentVersion), started_by = \(bind: execution.startedBy), status = 'running'
+            WHERE id = \(bind: old.id) AND status IN ('running', 'held')
             """).run()
         return try await self.execution(projectID: execution.projectID, agentID: execution.agentID, key: execution.key, on: db)?.id == execution.id
     }

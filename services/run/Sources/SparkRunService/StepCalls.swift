@@ -104,14 +104,15 @@ struct StepCalls: Sendable {
                     $0.runID = run.id
                     $0.stepID = step.id
                     $0.workflow = run.workflowName
+                    $0.approved = task.approved
                 }
                 var outcome = try await Self.resending(until: ContinuousClock.now + timeout) {
                     Self.outcome(try await self.agents.executeAgentStep(request, metadata: principal.metadata, options: options))
                 }
                 if task.approved, case .held(let message) = outcome.result {
-                    // An agent's calls do not carry a grant: held again after an approval, the step
-                    // fails rather than ask the same question forever.
-                    outcome.result = .failed(RunFailure(reason: "approval_required", message: "\(message) (again, after a human approved the step; an agent's held calls cannot be granted yet)"), retryable: false)
+                    // The grant lets held calls go ahead; held again all the same, the step fails
+                    // rather than ask the same question forever.
+                    outcome.result = .failed(RunFailure(reason: "approval_required", message: "\(message) (again, after a human approved the step)"), retryable: false)
                 }
                 return outcome
             case .approval:

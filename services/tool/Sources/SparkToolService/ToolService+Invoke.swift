@@ -23,8 +23,10 @@ extension ToolService {
         let message = request.message
         try await self.access.require(request.metadata, projectID: message.projectID, permission: "run.create")
         try Self.validateReference(message.tool)
-        if message.approved, context.sparkWirePeer?.identity != ServiceName.run.rawValue {
-            throw SparkError(.permissionDenied, "only the run service passes a human's approval of a held call", field: "approved")
+        // The run service passes a human's approval of a held step, and the agent service passes
+        // it on to the step's tool calls.
+        if message.approved, ![ServiceName.run.rawValue, ServiceName.agent.rawValue].contains(context.sparkWirePeer?.identity ?? "") {
+            throw SparkError(.permissionDenied, "only the run and agent services pass a human's approval of a held call", field: "approved")
         }
         let key = message.idempotencyKey
         guard key.utf8.count <= 200, key.unicodeScalars.allSatisfy({ $0.value >= 0x21 && $0.value < 0x7F }) else {

@@ -410,6 +410,11 @@ public nonisolated struct Sparkops_Agent_V1_ExecuteAgentStepRequest: Sendable {
   /// budgets that count its spend (a budget scoped to this workflow).
   public var workflow: String = String()
 
+  /// A human approved the step after a policy held one of its calls: model and tool calls that a
+  /// policy holds (require_approval) go ahead, and a denial still stops them. A step that ended
+  /// held is run again under its key. Only the run service may set it (403 naming `approved`).
+  public var approved: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1594,7 +1599,7 @@ nonisolated extension Sparkops_Agent_V1_ListAgentVersionsResponse: SwiftProtobuf
 
 nonisolated extension Sparkops_Agent_V1_ExecuteAgentStepRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ExecuteAgentStepRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}agent\0\u{1}prompt\0\u{1}input\0\u{3}idempotency_key\0\u{3}timeout_ms\0\u{3}run_id\0\u{3}step_id\0\u{1}workflow\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}agent\0\u{1}prompt\0\u{1}input\0\u{3}idempotency_key\0\u{3}timeout_ms\0\u{3}run_id\0\u{3}step_id\0\u{1}workflow\0\u{1}approved\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1611,6 +1616,7 @@ nonisolated extension Sparkops_Agent_V1_ExecuteAgentStepRequest: SwiftProtobuf.M
       case 7: try { try decoder.decodeSingularStringField(value: &self.runID) }()
       case 8: try { try decoder.decodeSingularStringField(value: &self.stepID) }()
       case 9: try { try decoder.decodeSingularStringField(value: &self.workflow) }()
+      case 10: try { try decoder.decodeSingularBoolField(value: &self.approved) }()
       default: break
       }
     }
@@ -1648,6 +1654,9 @@ nonisolated extension Sparkops_Agent_V1_ExecuteAgentStepRequest: SwiftProtobuf.M
     if !self.workflow.isEmpty {
       try visitor.visitSingularStringField(value: self.workflow, fieldNumber: 9)
     }
+    if self.approved != false {
+      try visitor.visitSingularBoolField(value: self.approved, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1661,6 +1670,7 @@ nonisolated extension Sparkops_Agent_V1_ExecuteAgentStepRequest: SwiftProtobuf.M
     if lhs.runID != rhs.runID {return false}
     if lhs.stepID != rhs.stepID {return false}
     if lhs.workflow != rhs.workflow {return false}
+    if lhs.approved != rhs.approved {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

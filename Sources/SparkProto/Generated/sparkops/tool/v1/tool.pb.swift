@@ -461,7 +461,8 @@ public nonisolated struct Sparkops_Tool_V1_InvokeToolRequest: Sendable {
 
   /// A human approved this call after a policy held it: a require_approval then lets it run (a
   /// deny still refuses it). Only the run service may set it, for an attempt it held and a person
-  /// with approval.decide approved; from any other caller it is refused.
+  /// with approval.decide approved, and the agent service, for the tool calls of such an agent
+  /// step; from any other caller it is refused.
   public var approved: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
