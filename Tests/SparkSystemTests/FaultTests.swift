@@ -94,7 +94,8 @@ extension DistributedTests {
     func killedToolService() async throws {
         let server = try await HTTPEchoServer.start()
         defer { Task { try? await server.stop() } }
-        try await Self.withRunDeployment(settings: ["tool.outboundAllow=127.0.0.1:\(server.port)"]) { deployment, processes in
+        // The killed service's call counts as lost 3 s past the tool's timeout (of 30 s), not a minute.
+        try await Self.withRunDeployment(settings: ["tool.outboundAllow=127.0.0.1:\(server.port)", "tool.abandonGraceSeconds=3"]) { deployment, processes in
             let http = deployment.gateway
             let project = try await Self.chargeProject(deployment, server: server)
             let created = try await http.send(.POST, "\(project.base)/runs", token: project.token, json: ["workflow": "checkout", "inputs": ["order": "o-1"]])

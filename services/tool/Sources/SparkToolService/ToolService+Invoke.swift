@@ -12,10 +12,6 @@ import Synchronization
 import SwiftProtobuf
 
 extension ToolService {
-    /// How long a call under a key may stay `running` before it counts as abandoned (its caller
-    /// or this service died): its timeout and this much more.
-    static let abandonGrace: Int64 = 60 * 1_000_000
-
     public func invokeTool(
         request: ServerRequest<Sparkops_Tool_V1_InvokeToolRequest>,
         context: ServerContext
@@ -245,7 +241,7 @@ extension ToolService {
         }
         switch earlier.status {
         case "running":
-            let abandoned = earlier.startedAt + definition.timeout.milliseconds * 1000 + Self.abandonGrace < invocation.startedAt
+            let abandoned = earlier.startedAt + definition.timeout.milliseconds * 1000 + Int64(self.abandonGraceSeconds) * 1_000_000 < invocation.startedAt
             guard abandoned else {
                 throw SparkError(.aborted, "a call under this idempotency key is still running; ask again once it ends")
             }

@@ -25,13 +25,16 @@ public final class ToolService: Sparkops_Tool_V1_ToolService.ServiceProtocol {
     let budget: BudgetSpend
     /// How long past a call's timeout its budget reservation holds (`tool.budgetHoldSeconds`).
     let budgetHoldSeconds: Int
+    /// How long past its timeout a call under a key may stay `running` before it counts as
+    /// abandoned (its caller or its tool service died): `tool.abandonGraceSeconds`.
+    let abandonGraceSeconds: Int
     let logger: Logger
     /// Parsed definitions by content hash: invoking does not parse YAML each time.
     let definitions = Mutex<[String: ToolDefinition]>([:])
     /// mcp tools' server tools, by project and content hash, with when they were asked.
     let mcpFunctions = Mutex<[String: (ContinuousClock.Instant, [MCPRunner.Function])]>([:])
 
-    init(store: SparkStore, access: ProjectAccess, secrets: SecretBox, runner: ToolRunner, policy: PolicyCheck, budget: BudgetSpend, budgetHoldSeconds: Int = 60, logger: Logger) {
+    init(store: SparkStore, access: ProjectAccess, secrets: SecretBox, runner: ToolRunner, policy: PolicyCheck, budget: BudgetSpend, budgetHoldSeconds: Int = 60, abandonGraceSeconds: Int = 60, logger: Logger) {
         self.store = ToolStore(store: store)
         self.access = access
         self.secrets = secrets
@@ -39,6 +42,7 @@ public final class ToolService: Sparkops_Tool_V1_ToolService.ServiceProtocol {
         self.policy = policy
         self.budget = budget
         self.budgetHoldSeconds = budgetHoldSeconds
+        self.abandonGraceSeconds = abandonGraceSeconds
         self.logger = logger
     }
 

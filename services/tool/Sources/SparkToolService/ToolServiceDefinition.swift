@@ -36,6 +36,10 @@ public import SparkWire
 ///   when installed).
 /// - `tool.budgetHoldSeconds` (int, default 60, 1 to 3600): how long past a call's timeout the
 ///   reservation of a paid tool's cost holds, so that a tool service killed mid-call frees it.
+/// - `tool.abandonGraceSeconds` (int, default 60, 1 to 3600): how long past a call's timeout a
+///   call under an idempotency key still counts as running (on another replica, say); after it,
+///   the call counts as lost: sent again, a side-effect-free call runs again, and a
+///   non_idempotent one is refused as one that may have run.
 public struct ToolServiceConfig: Sendable {
     public var outboundAllow: [String]
     public var sandbox: String
@@ -48,6 +52,7 @@ public struct ToolServiceConfig: Sendable {
     public var sqliteDirectories: [String]
     public var chromiumPath: String?
     public var budgetHoldSeconds: Int
+    public var abandonGraceSeconds: Int
 
     public init(config: ConfigReader) throws {
         self.outboundAllow = config.string(forKey: "tool.outboundAllow", default: "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
@@ -63,6 +68,7 @@ public struct ToolServiceConfig: Sendable {
             .filter { $0.hasPrefix("/") && $0 != "/" }
         self.chromiumPath = config.string(forKey: "tool.chromiumPath")
         self.budgetHoldSeconds = try config.integer(forKey: "tool.budgetHoldSeconds", default: 60, in: 1...3600)
+        self.abandonGraceSeconds = try config.integer(forKey: "tool.abandonGraceSeconds", default: 60, in: 1...3600)
     }
 }
 
@@ -116,7 +122,7 @@ extension ToolService {
         let service = ToolService(
             store: store, access: ProjectAccess(client: peers[.project]), secrets: secrets, runner: runner,
             policy: PolicyCheck(client: peers[.policy]), budget: BudgetSpend(client: peers[.budget], logger: logger),
-            budgetHoldSeconds: settings.budgetHoldSeconds, logger: logger
+            budgetHoldSeconds: settings.budgetHoldSeconds, abandonGraceSeconds: settings.abandonGraceSeconds, logger: logger
         )
         return ServiceDefinition(
             name: .tool,
