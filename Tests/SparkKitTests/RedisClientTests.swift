@@ -63,11 +63,15 @@ struct RedisClientTests {
             } catch let error as RedisError {
                 #expect(!error.isConnectionFailure, "\(error)")
             }
-            let subscriber = Task { try await client.subscribe(to: ["news"]) {} message: { _, _ in } }
-            try await Task.sleep(for: .milliseconds(200))
+            let (ready, subscribed) = AsyncStream<Void>.makeStream()
+            let subscriber = Task { try await client.subscribe(to: ["news"]) { subscribed.yield() } message: { _, _ in } }
+            var iterator = ready.makeAsyncIterator()
+            _ = await iterator.next()
             await redis.stop()
             let ended = await subscriber.result
             #expect(throws: RedisError.self) { try ended.get() }
+            #expect((try? ended.get()) == nil)
+            if case .failure(let error as RedisError) = ended { #expect(error.isConnectionFailure, "\(error)") }
             let deadline = ContinuousClock.now + .seconds(30)
             var failure: RedisError?
             while failure == nil, ContinuousClock.now < deadline {

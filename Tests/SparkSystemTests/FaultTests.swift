@@ -29,7 +29,7 @@ extension DistributedTests {
     func postgresRestarts() async throws {
         let postgres = try await LocalPostgres.start()
         do {
-            try await Self.withRunDeployment(settings: ["run.leaseSeconds=3", "run.workers=8"], database: postgres.url) { deployment, processes in
+            try await Self.withRunDeployment(settings: ["run.leaseSeconds=3", "run.workers=8", "tool.abandonGraceSeconds=3"], database: postgres.url) { deployment, processes in
                 let http = deployment.gateway
                 let project = try await Self.chainProject(deployment, name: "restarts", steps: 3)
                 // A client that starts 40 runs, one every 50 ms, each retried under its key until
@@ -70,6 +70,7 @@ extension DistributedTests {
                     runs = try await Self.runs(project, via: http)
                     return runs.count >= 40 && runs.allSatisfy { ["succeeded", "failed", "cancelled"].contains($0["status"] as? String ?? "") }
                 }
+                if !finished { try? FileManager.default.copyItem(atPath: processes[7].logPath, toPath: "/tmp/pg-restart-run-\(UUID().uuidString.prefix(6)).log") }
                 #expect(finished, "not every run finished:\n\(runs.map { "\($0["id"] ?? "") \($0["status"] ?? "")" })\n\(processes[7].output.suffix(4000))")
                 // Each accepted run is there, once, and succeeded: nothing accepted was lost, and a
                 // create retried under its key did not start a second run.

@@ -163,7 +163,14 @@ public final class RedisClient: Service, Sendable {
     ) async throws {
         precondition(!channels.isEmpty, "subscribe to at least one channel")
         let (pushes, push) = AsyncStream<RESPValue>.makeStream()
-        let channel = try await self.connect(push: { push.yield($0) })
+        let channel: any Channel
+        do {
+            channel = try await self.connect(push: { push.yield($0) })
+        } catch let error as RedisError {
+            throw error
+        } catch {
+            throw RedisError("Redis at \(self.endpoint.host):\(self.endpoint.port) is unreachable: \(error)", isConnectionFailure: true)
+        }
         channel.closeFuture.whenComplete { _ in push.finish() }
         try await withTaskCancellationHandler {
             let promise = channel.eventLoop.makePromise(of: RESPValue.self)
@@ -177,7 +184,7 @@ public final class RedisClient: Service, Sendable {
                       let name = parts[1].string, case .bulkString(let payload) = parts[2] else { continue }
                 message(name, payload)
             }
-            if !Task.isCancelled { throw RedisError("the Redis subscription's connection closed") }
+            if !Task.isCancelled { throw RedisError("the Redis subscription's connection closed", isConnectionFailure: true) }
         } onCancel: {
             channel.close(promise: nil)
         }

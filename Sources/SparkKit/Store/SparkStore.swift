@@ -252,3 +252,26 @@ final class StoreUsage: Sendable {
         self.gauge.record(self.inUse.subtract(1, ordering: .relaxed).newValue)
     }
 }
+
+extension SparkStore {
+    /// Whether `error` says the database cannot be reached right now (a connection that failed or
+    /// dropped, a server shutting down or starting up) rather than that a statement was wrong:
+    /// the call that met it can be sent again, and callers are told UNAVAILABLE.
+    public static func isUnavailable(_ error: any Error) -> Bool {
+        if let error = error as? PSQLError {
+            switch error.code {
+            case .connectionError, .serverClosedConnection, .clientClosedConnection, .uncleanShutdown:
+                return true
+            case .server:
+                // 08: connection exception; 57: operator intervention (shutdown, starting up).
+                let state = error.serverInfo?[.sqlState] ?? ""
+                return state.hasPrefix("08") || state.hasPrefix("57")
+            default:
+                return false
+            }
+        }
+        // The pool's own errors (a request while no connection could be made) are of a type
+        // PostgresNIO does not export.
+        return String(describing: type(of: error)) == "ConnectionPoolError"
+    }
+}

@@ -51,6 +51,11 @@ public struct RPCTelemetryInterceptor: ServerInterceptor {
         } catch let error as any (RPCErrorConvertible & Error) {
             record("\(error.rpcErrorCode)")
             throw error
+        } catch where SparkStore.isUnavailable(error) {
+            // The service's database is down or restarting: the caller may send the call again.
+            record("unavailable")
+            self.logger.warning("rpc failed: the database is unavailable", metadata: ["method": "\(method)", "error": "\(String(reflecting: error).prefix(500))"])
+            throw RPCError(code: .unavailable, message: "the service's database is unavailable; try again")
         } catch {
             // Not an RPC error: the caller sees UNKNOWN and nothing else, so the log says what it was.
             record("unknown")

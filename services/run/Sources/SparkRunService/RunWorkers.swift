@@ -55,7 +55,14 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
                     var claimed: [TaskQueue.Claim] = []
                     if free > 0 {
                         do {
-                            claimed = try await self.queue.claim(owner: self.owner, limit: free, leaseMicros: self.leaseMicros, now: RunStore.now())
+                            // A claim that does not answer within a lease (a connection the
+                            // database lost without a word) is given up: the loop goes on, and
+                            // what the claim took, if it ever answers, is claimed again once its
+                            // lease expires.
+                            let limit = free
+                            claimed = try await Self.answer(within: .seconds(self.settings.leaseSeconds)) {
+                                try await self.queue.claim(owner: self.owner, limit: limit, leaseMicros: self.leaseMicros, now: RunStore.now())
+                            }
                             failing = false
                         } catch {
                             if !failing { self.logger.warning("could not claim tasks", metadata: ["error": "\(String(reflecting: error).prefix(1000))"]) }
@@ -88,6 +95,29 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
             self.draining.store(true, ordering: .releasing)
             self.engine.signals.tasksAdded()
         }
+    }
+
+    struct NoAnswer: Error, CustomStringConvertible {
+        var limit: Duration
+        var description: String { "no answer within \(self.limit)" }
+    }
+
+    /// `body`'s result, or ``NoAnswer`` once `limit` passed; `body` is cancelled then, and left
+    /// to finish on its own if it does not heed that.
+    static func answer<T: Sendable>(within limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let race = FirstAnswer<T>()
+        let work = Task {
+            do { race.finish(.success(try await body())) } catch { race.finish(.failure(error)) }
+        }
+        let timer = Task {
+            try? await Task.sleep(for: limit)
+            if !Task.isCancelled { race.finish(.failure(NoAnswer(limit: limit))) }
+        }
+        defer {
+            work.cancel()
+            timer.cancel()
+        }
+        return try await race.value()
     }
 
     /// Applies `tick` to runs whose timer is due: retries, attempt and approval timeouts.
@@ -259,5 +289,31 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
         self.engine.signals.finished(attempt: key)
         heartbeat.cancel()
         return lost.load(ordering: .acquiring) ? nil : value
+    }
+}
+
+/// The first of several results, for one waiter.
+final class FirstAnswer<T: Sendable>: Sendable {
+    private let state = Mutex<(result: Result<T, any Error>?, waiter: CheckedContinuation<T, any Error>?)>((nil, nil))
+
+    func finish(_ result: Result<T, any Error>) {
+        let waiter = self.state.withLock { state -> CheckedContinuation<T, any Error>? in
+            guard state.result == nil else { return nil }
+            state.result = result
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(with: result)
+    }
+
+    func value() async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            let ready = self.state.withLock { state -> Result<T, any Error>? in
+                if let result = state.result { return result }
+                state.waiter = continuation
+                return nil
+            }
+            if let ready { continuation.resume(with: ready) }
+        }
     }
 }

@@ -39,10 +39,14 @@ struct StepCalls: Sendable {
     func mayRepeat(_ step: WorkflowStep, projectID: String, principal: Sparkops_Common_V1_Principal) async -> Bool {
         guard case .tool(let name) = step.kind else { return true }
         do {
-            let tool = try await self.tools.getTool(.with {
-                $0.projectID = projectID
-                $0.tool = name
-            }, metadata: principal.metadata)
+            // A tool service that is restarting is waited for (a minute at most) rather than
+            // sending the step to a human for nothing.
+            let tool = try await Self.retrying(until: .now + .seconds(60)) {
+                try await self.tools.getTool(.with {
+                    $0.projectID = projectID
+                    $0.tool = name
+                }, metadata: principal.metadata)
+            }
             return tool.sideEffects != "non_idempotent"
         } catch {
             self.logger.warning("could not read a tool's side effects; the step waits for a human", metadata: ["tool": "\(name)", "error": "\(error)"])
@@ -55,9 +59,11 @@ struct StepCalls: Sendable {
         var options = CallOptions.defaults
         options.timeout = timeout + .seconds(5)
         let arguments = (try? ExprValue(jsonText: task.arguments)) ?? .map([:])
+        let giveUp = ContinuousClock.now + timeout
         do {
             if !task.approved {
-                let decision = try await self.policy.check("step.start", projectID: run.projectID, context: .with {
+                // A policy service that is unavailable is asked again, as the call below is.
+                let decision = try await Self.retrying(until: giveUp) { try await self.policy.check("step.start", projectID: run.projectID, context: .with {
                     $0.workflow = .with {
                         $0.id = run.workflowID
                         $0.name = run.workflowName
@@ -69,7 +75,7 @@ struct StepCalls: Sendable {
                         $0.attempt = Int32(clamping: task.attempt)
                     }
                     $0.runID = run.id
-                }, metadata: principal.metadata)
+                }, metadata: principal.metadata) }
                 if decision.effect == "require_approval" {
                     return Outcome(result: .held("held by policy \(decision.message)"))
                 }
@@ -175,17 +181,31 @@ struct StepCalls: Sendable {
     /// second send safe: the service answers with the first one's result, runs it once, or, for a
     /// `non_idempotent` tool whose first send may have run, refuses, and the step waits for a human.
     static func resending(until giveUp: ContinuousClock.Instant, _ call: () async throws -> Outcome) async throws -> Outcome {
-        var delay = Duration.milliseconds(250)
         var resent = false
+        do {
+            return try await Self.retrying(until: giveUp, alsoWhen: .aborted) {
+                do {
+                    return try await call()
+                } catch let error as RPCError where error.code == .unavailable {
+                    resent = true
+                    throw error
+                }
+            }
+        } catch let error as RPCError where error.code == .failedPrecondition && resent {
+            return Outcome(result: .lost(error.message))
+        }
+    }
+
+    /// Asks `call` again while the service is unavailable (and on `alsoWhen`), backing off from
+    /// 250 ms to 4 s, until `giveUp`; then the last error is thrown.
+    static func retrying<T>(until giveUp: ContinuousClock.Instant, alsoWhen other: RPCError.Code? = nil, _ call: () async throws -> T) async throws -> T {
+        var delay = Duration.milliseconds(250)
         while true {
             do {
                 return try await call()
-            } catch let error as RPCError where (error.code == .unavailable || error.code == .aborted) && !Task.isCancelled && ContinuousClock.now + delay < giveUp {
-                resent = resent || error.code == .unavailable
+            } catch let error as RPCError where (error.code == .unavailable || error.code == other) && !Task.isCancelled && ContinuousClock.now + delay < giveUp {
                 try await Task.sleep(for: delay)
                 delay = min(delay * 2, .seconds(4))
-            } catch let error as RPCError where error.code == .failedPrecondition && resent {
-                return Outcome(result: .lost(error.message))
             }
         }
     }
