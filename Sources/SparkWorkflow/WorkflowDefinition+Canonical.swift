@@ -6,7 +6,7 @@ extension WorkflowDefinition {
     /// version stores, and what two equivalent files (YAML or JSON, any layout, any key order,
     /// defaults left out or spelt out) have in common.
     public var canonicalValue: ExprValue {
-        .map([
+        var fields: [String: ExprValue] = [
             "name": .string(self.name),
             "description": .string(self.description),
             "inputs": .map(Dictionary(uniqueKeysWithValues: self.inputs.map { input in
@@ -20,7 +20,20 @@ extension WorkflowDefinition {
             })),
             "steps": .list(self.steps.map(\.canonicalValue)),
             "outputs": .map(Dictionary(self.outputs.map { ($0.name, .string($0.template)) }, uniquingKeysWith: { first, _ in first })),
-        ])
+        ]
+        // Written only when set, so that definitions without them keep their content hash.
+        if let timeout = self.timeout { fields["timeout"] = .string(timeout.description) }
+        if let micros = self.estimatedCostMicros { fields["estimated_cost"] = .string(Self.dollars(micros)) }
+        return .map(fields)
+    }
+
+    /// Micro-dollars as a decimal number of dollars, without trailing zeros: 1500000 → `1.5`.
+    static func dollars(_ micros: Int64) -> String {
+        let whole = micros / 1_000_000
+        var fraction = String(micros % 1_000_000)
+        fraction = String(repeating: "0", count: 6 - fraction.count) + fraction
+        while fraction.hasSuffix("0") { fraction.removeLast() }
+        return fraction.isEmpty ? "\(whole)" : "\(whole).\(fraction)"
     }
 
     /// Compact JSON of ``canonicalValue``.

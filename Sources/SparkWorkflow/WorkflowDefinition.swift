@@ -25,13 +25,23 @@ public struct WorkflowDefinition: Sendable, Hashable {
     public var steps: [WorkflowStep]
     /// Output name → template (`${{ … }}` text), in the order written.
     public var outputs: [(name: String, template: String)]
+    /// `timeout`: the longest a run may take from its creation; past it, the run ends `timed_out`.
+    public var timeout: WorkflowDuration?
+    /// `estimated_cost` (USD), in micro-dollars: what a run is expected to spend at most, held on
+    /// the project's budgets from its creation to its end.
+    public var estimatedCostMicros: Int64?
 
-    public init(name: String, description: String = "", inputs: [WorkflowInput] = [], steps: [WorkflowStep] = [], outputs: [(name: String, template: String)] = []) {
+    public init(
+        name: String, description: String = "", inputs: [WorkflowInput] = [], steps: [WorkflowStep] = [], outputs: [(name: String, template: String)] = [],
+        timeout: WorkflowDuration? = nil, estimatedCostMicros: Int64? = nil
+    ) {
         self.name = name
         self.description = description
         self.inputs = inputs
         self.steps = steps
         self.outputs = outputs
+        self.timeout = timeout
+        self.estimatedCostMicros = estimatedCostMicros
     }
 
     public static func == (lhs: WorkflowDefinition, rhs: WorkflowDefinition) -> Bool {

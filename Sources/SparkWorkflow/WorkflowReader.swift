@@ -164,7 +164,7 @@ struct WorkflowReader {
     // MARK: The definition
 
     mutating func definition(_ root: SourceNode) -> WorkflowDefinition? {
-        guard let top = self.fields(root, "", allowed: ["name", "description", "inputs", "steps", "outputs"]) else { return nil }
+        guard let top = self.fields(root, "", allowed: ["name", "description", "inputs", "steps", "outputs", "timeout", "estimated_cost"]) else { return nil }
         let name = self.name(top["name"]?.0, "name", pattern: Self.isResourceName, rule: "1–100 letters, digits, _ . -, starting with a letter or digit", at: root.location)
         let description = self.string(top["description"]?.0, "description") ?? ""
         let inputs = self.inputs(top["inputs"]?.0)
@@ -199,8 +199,37 @@ struct WorkflowReader {
                 self.problem("outputs", "must be a mapping of names to templates, not \(node.kindName)", at: node.location)
             }
         }
+        let timeout = self.duration(top["timeout"]?.0, "timeout")
+        let estimate = self.dollars(top["estimated_cost"]?.0, "estimated_cost")
         guard let name else { return nil }
-        return WorkflowDefinition(name: name, description: description, inputs: inputs, steps: steps, outputs: outputs)
+        return WorkflowDefinition(name: name, description: description, inputs: inputs, steps: steps, outputs: outputs, timeout: timeout, estimatedCostMicros: estimate)
+    }
+
+    /// An amount of US dollars, more than 0 and at most 1,000,000, to the micro-dollar: a number
+    /// (`0.25`) or the same as a string (`"0.25"`), in micro-dollars.
+    mutating func dollars(_ node: SourceNode?, _ field: String) -> Int64? {
+        guard let node, node.value != .null else { return nil }
+        let rule = "is not an amount of dollars: write a number more than 0 and at most 1000000, such as 0.25"
+        guard case .scalar(let text, _, _) = node else {
+            self.problem(field, rule, at: node.location)
+            return nil
+        }
+        let isDigit: (Character) -> Bool = { ("0"..."9").contains($0) }
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard (1...2).contains(parts.count), let whole = parts.first, !whole.isEmpty, whole.count <= 7, whole.allSatisfy(isDigit),
+            parts.count == 1 || (1...6).contains(parts[1].count) && parts[1].allSatisfy(isDigit),
+            let dollars = Int64(whole)
+        else {
+            self.problem(field, "\(text.debugDescription) \(rule), to the micro-dollar (6 decimals at most)", at: node.location)
+            return nil
+        }
+        let fraction = parts.count == 2 ? String(parts[1]) + String(repeating: "0", count: 6 - parts[1].count) : "0"
+        let micros = dollars * 1_000_000 + Int64(fraction)!
+        guard micros > 0, micros <= 1_000_000_000_000 else {
+            self.problem(field, "\(text) \(rule)", at: node.location)
+            return nil
+        }
+        return micros
     }
 
     mutating func inputs(_ node: SourceNode?) -> [WorkflowInput] {

@@ -144,6 +144,81 @@ struct BudgetAPITests {
         }
     }
 
+    @Test("a run's envelope holds its estimate; the run's calls draw on it and give back what they did not spend; it is released at the end", arguments: TestBackend.all)
+    func runEnvelopes(backend: TestBackend) async throws {
+        try await TestCluster.run(backend: backend) { cluster in
+            let project = try await Self.project(cluster)
+            _ = try await cluster.http.send(.PUT, "\(project.base)/budgets/total", token: project.token, json: ["limitMicros": "1000", "period": "total"])
+            let usage = { () async throws -> (spent: Int64, reserved: Int64) in
+                let figures = try #require(try await cluster.http.send(.GET, "\(project.base)/budgets/total", token: project.token).json["usage"] as? [String: Any])
+                return (Self.micros(figures["spentMicros"]), Self.micros(figures["reservedMicros"]))
+            }
+            let reserve = { (body: [String: Any]) async throws -> HTTPTestClient.Reply in
+                try await cluster.http.send(.POST, "\(project.base)/reservations", token: project.token, json: body)
+            }
+            let held = try await reserve(["amountMicros": "600", "runEnvelope": true, "attribution": ["runId": "run_a", "workflow": "w"]])
+            #expect(held.status == 201, "\(held.text)")
+            let envelope = try #require(held.json["reservation"] as? [String: Any])
+            let envelopeID = try #require(envelope["id"] as? String)
+            #expect(envelope["runEnvelope"] as? Bool == true)
+            #expect(try await usage() == (0, 600))
+
+            // Asked again for the same run at the same amount: the same envelope, nothing more held.
+            let again = try await reserve(["amountMicros": "600", "runEnvelope": true, "attribution": ["runId": "run_a"]])
+            #expect((again.json["reservation"] as? [String: Any])?["id"] as? String == envelopeID, "\(again.text)")
+            #expect(try await reserve(["amountMicros": "700", "runEnvelope": true, "attribution": ["runId": "run_a"]]).status == 409)
+            #expect(try await usage() == (0, 600))
+
+            // Another run's call has 400 left; 500 does not fit, though the envelope has room.
+            let outside = try await reserve(["amountMicros": "500", "attribution": ["runId": "run_b"]])
+            #expect(outside.status == 429, "\(outside.text)")
+            #expect(outside.text.contains("total"), "\(outside.text)")
+
+            // The run's own call of 500 comes out of the envelope: nothing more is held.
+            let call = try await reserve(["amountMicros": "500", "attribution": ["runId": "run_a", "tool": "t"]])
+            #expect(call.status == 201, "\(call.text)")
+            let callRow = try #require(call.json["reservation"] as? [String: Any])
+            #expect(Self.micros(callRow["drawnMicros"]) == 500)
+            #expect(callRow["envelopeId"] as? String == envelopeID)
+            #expect(try await usage() == (0, 600))
+            let left = try await cluster.http.send(.GET, "\(project.base)/reservations/\(envelopeID)", token: project.token)
+            #expect(Self.micros(left.json["amountMicros"]) == 100)
+
+            // It spent 200: the 300 it did not spend goes back to the envelope, still held for the run.
+            let callID = try #require(callRow["id"] as? String)
+            let settled = try await cluster.http.send(.POST, "\(project.base)/reservations/\(callID)/settle", token: project.token, json: ["actualMicros": "200"])
+            #expect(settled.status == 200, "\(settled.text)")
+            #expect(try await usage() == (200, 400))
+            #expect(Self.micros(try await cluster.http.send(.GET, "\(project.base)/reservations/\(envelopeID)", token: project.token).json["amountMicros"]) == 400)
+
+            // A call larger than what is left of the envelope takes all of it, and the rest must fit.
+            let big = try await reserve(["amountMicros": "900", "attribution": ["runId": "run_a"]])
+            #expect(big.status == 429, "\(big.text)")
+            #expect(try await usage() == (200, 400))
+            let fits = try await reserve(["amountMicros": "800", "attribution": ["runId": "run_a"]])
+            #expect(fits.status == 201, "\(fits.text)")
+            #expect(Self.micros((fits.json["reservation"] as? [String: Any])?["drawnMicros"]) == 400)
+            #expect(try await usage() == (200, 800))
+            let fitsID = try #require((fits.json["reservation"] as? [String: Any])?["id"] as? String)
+
+            // An envelope is released, not settled; released, it holds nothing, and the call that
+            // drew on it keeps its own hold until it settles, with nothing given back.
+            #expect(try await cluster.http.send(.POST, "\(project.base)/reservations/\(envelopeID)/settle", token: project.token, json: ["actualMicros": "1"]).status == 409)
+            #expect(try await cluster.http.send(.POST, "\(project.base)/reservations/\(envelopeID)/release", token: project.token, json: [:]).status == 200)
+            #expect(try await usage() == (200, 800))
+            #expect(try await cluster.http.send(.POST, "\(project.base)/reservations/\(fitsID)/release", token: project.token, json: [:]).status == 200)
+            #expect(try await usage() == (200, 0))
+
+            let ledger = try await cluster.http.send(.GET, "\(project.base)/budgets/total/ledger", token: project.token)
+            let kinds = (ledger.json["entries"] as? [[String: Any]])?.compactMap { $0["kind"] as? String }
+            #expect(kinds == ["release", "release", "reserve", "draw", "return", "settle", "reserve", "draw", "reserve"], "\(kinds ?? [])")
+
+            // Bad input: an envelope names its run.
+            let unnamed = try await reserve(["amountMicros": "10", "runEnvelope": true])
+            #expect(unnamed.status == 400 && unnamed.text.contains("runId"), "\(unnamed.text)")
+        }
+    }
+
     @Test("200 concurrent reservations of random sizes never overspend, admit all that fits, and all end settled or released", arguments: TestBackend.all)
     func concurrentReservations(backend: TestBackend) async throws {
         try await TestCluster.run(backend: backend) { cluster in

@@ -355,7 +355,16 @@ struct DistributedTests {
         try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: home) }
         var environment: [String: String] = [:]
-        for name in ports.keys { environment[name] = "\(try await FreePort.allocate())" }
+        for name in ports.keys {
+            // A port set alone moves its admin port along (the project's by 2000, the gateway's by
+            // 1000): keep that one free too.
+            let derived: [Int] = switch name {
+            case "SPARKOPS_PROJECT_PORT" where ports["SPARKOPS_PROJECT_ADMIN_PORT"] == nil: [2000]
+            case "SPARKOPS_GATEWAY_PORT" where ports["SPARKOPS_GATEWAY_ADMIN_PORT"] == nil: [1000]
+            default: []
+            }
+            environment[name] = "\(try await FreePort.allocate(alongside: derived))"
+        }
         let apiPort = environment["SPARKOPS_GATEWAY_PORT"] ?? "8000"
         let settings = ["home=\(home)", "project.bcryptCost=4", "admin.email=\(TestCluster.adminEmail)", "admin.password=\(TestCluster.adminPassword)"]
         let dev = try await ServiceProcess("sparkops", ["dev"] + settings.flatMap { ["--set", $0] }, logDirectory: home, environment: environment)

@@ -156,6 +156,29 @@ struct WorkflowDefinitionTests {
         #expect(self.problems(many, limits: WorkflowLimits(maxSteps: 10)).contains { $0.message.contains("more than 10 steps") })
     }
 
+    @Test("a run's timeout and estimated_cost read, keep the content hash of definitions without them, and refuse bad values with their place")
+    func runLimits() throws {
+        let plain = try WorkflowDefinition.read(Self.brief)
+        #expect(plain.timeout == nil && plain.estimatedCostMicros == nil)
+        let limited = try WorkflowDefinition.read("timeout: 1h30m\nestimated_cost: 0.25\n" + Self.brief)
+        #expect(limited.timeout == .seconds(5400))
+        #expect(limited.estimatedCostMicros == 250_000)
+        #expect(limited.contentHash != plain.contentHash)
+        // The canonical form reads back to the same definition, and a string amount is the same amount.
+        #expect(try WorkflowDefinition.read(limited.canonicalJSON) == limited)
+        #expect(try WorkflowDefinition.read("timeout: 90m\nestimated_cost: \"0.250000\"\n" + Self.brief).contentHash == limited.contentHash)
+        // Without them, the canonical form (and so the content hash) is what it was before they existed.
+        guard case .map(let top) = plain.canonicalValue else { Issue.record("not a map"); return }
+        #expect(top.keys.sorted() == ["description", "inputs", "name", "outputs", "steps"])
+        for (text, micros) in [("1", 1_000_000), ("0.000001", 1), ("12.5", 12_500_000), ("1000000", 1_000_000_000_000)] as [(String, Int64)] {
+            #expect(try WorkflowDefinition.read("estimated_cost: \(text)\n" + Self.brief).estimatedCostMicros == micros, "\(text)")
+        }
+        for text in ["0", "-1", "0.0000001", "1000000.5", "1e3", "lots", ".5", "[1]"] {
+            self.expectProblem("name: x\nestimated_cost: \(text)\nsteps: [{id: a, tool: t}]\n", line: 2, column: 17, field: "estimated_cost", "not an amount of dollars")
+        }
+        self.expectProblem("name: x\ntimeout: soon\nsteps: [{id: a, tool: t}]\n", line: 2, column: 10, field: "timeout", "not a duration")
+    }
+
     @Test("durations read and print back")
     func durations() {
         for (text, milliseconds) in [("500ms", 500), ("2s", 2000), ("1m", 60_000), ("1h30m", 5_400_000), ("1d", 86_400_000)] as [(String, Int64)] {

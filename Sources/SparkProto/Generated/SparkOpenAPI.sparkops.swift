@@ -864,6 +864,14 @@ public enum SparkOpenAPI {
             "format" : "date-time",
             "type" : "string"
           },
+          "drawnMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          },
+          "envelopeId" : {
+            "type" : "string"
+          },
           "expireTime" : {
             "format" : "date-time",
             "type" : "string"
@@ -880,6 +888,9 @@ public enum SparkOpenAPI {
           },
           "projectId" : {
             "type" : "string"
+          },
+          "runEnvelope" : {
+            "type" : "boolean"
           },
           "status" : {
             "type" : "string"
@@ -900,6 +911,9 @@ public enum SparkOpenAPI {
           },
           "projectId" : {
             "type" : "string"
+          },
+          "runEnvelope" : {
+            "type" : "boolean"
           },
           "ttlSeconds" : {
             "format" : "int32",
@@ -2492,6 +2506,9 @@ public enum SparkOpenAPI {
       "sparkops.run.v1.Run" : {
         "additionalProperties" : false,
         "properties" : {
+          "budgetReservationId" : {
+            "type" : "string"
+          },
           "contentHash" : {
             "type" : "string"
           },
@@ -2513,6 +2530,11 @@ public enum SparkOpenAPI {
           },
           "error" : {
             "$ref" : "#/components/schemas/sparkops.run.v1.RunError"
+          },
+          "estimatedCostMicros" : {
+            "format" : "int64",
+            "pattern" : "^-?[0-9]+$",
+            "type" : "string"
           },
           "id" : {
             "type" : "string"

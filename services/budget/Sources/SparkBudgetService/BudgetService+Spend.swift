@@ -39,15 +39,18 @@ extension BudgetService {
             throw SparkError.invalid("ttl_seconds", "must be between 1 and \(self.settings.maxTTLSeconds) (0: \(self.settings.defaultTTLSeconds))")
         }
         let attribution = try Self.attribution(message.attribution, principal: principal)
+        if message.runEnvelope, attribution.runID.isEmpty {
+            throw SparkError.invalid("attribution.run_id", "is required for a run envelope: the run whose calls draw on it")
+        }
         let result: (ReservationRow, [HoldRow], [UsageRow])
         do {
-            result = try await self.reserve(projectID: message.projectID, amount: message.amountMicros, ttl: ttl, attribution: attribution)
+            result = try await self.reserve(projectID: message.projectID, amount: message.amountMicros, ttl: ttl, attribution: attribution, envelope: message.runEnvelope)
         } catch let refusal as Refusal {
             // Reservations that expired but were not swept yet must not refuse anyone: sweep
             // now, and try once more if that gave anything back.
             guard try await self.expireDue(limit: 1000) > 0 else { throw self.refused(refusal) }
             do {
-                result = try await self.reserve(projectID: message.projectID, amount: message.amountMicros, ttl: ttl, attribution: attribution)
+                result = try await self.reserve(projectID: message.projectID, amount: message.amountMicros, ttl: ttl, attribution: attribution, envelope: message.runEnvelope)
             } catch let refusal as Refusal {
                 throw self.refused(refusal)
             }
@@ -66,11 +69,37 @@ extension BudgetService {
     }
 
     /// One transaction: the amount goes onto every covering budget's period, each by a
-    /// conditional update, or onto none.
-    func reserve(projectID: String, amount: Int64, ttl: Int, attribution: AttributionRow) async throws -> (ReservationRow, [HoldRow], [UsageRow]) {
+    /// conditional update, or onto none. A call made for a run whose envelope is held takes what
+    /// it can of the envelope first: the envelope's holds give up that much in the same
+    /// transaction, so only the rest must fit.
+    func reserve(projectID: String, amount: Int64, ttl: Int, attribution: AttributionRow, envelope: Bool = false) async throws -> (ReservationRow, [HoldRow], [UsageRow]) {
         let date = Date()
         let now = BudgetStore.now()
         return try await self.store.store.transaction { db in
+            // The run's envelope row first, then the usage rows in budget order: every
+            // transaction takes its locks in that order.
+            var draw: (envelope: ReservationRow, holds: [HoldRow], amount: Int64)?
+            if !attribution.runID.isEmpty, let held = try await self.store.heldEnvelope(projectID: projectID, runID: attribution.runID, on: db) {
+                if envelope {
+                    guard held.amountMicros == amount else {
+                        throw SparkError(
+                            .failedPrecondition,
+                            "run \(attribution.runID) holds the envelope \(held.id) of \(held.amountMicros) micro-USD already; release it first",
+                            field: "run_envelope"
+                        )
+                    }
+                    let holds = try await self.store.holds(of: held.id, on: db)
+                    var usages: [UsageRow] = []
+                    for hold in holds {
+                        if let usage = try await self.store.usage(budgetID: hold.budgetID, period: hold.period, on: db) { usages.append(usage) }
+                    }
+                    return (held, holds, usages)
+                }
+                let taken = min(amount, held.amountMicros)
+                if taken > 0, let left = try await self.store.adjustEnvelope(held.id, by: -taken, on: db) {
+                    draw = (left, try await self.store.holds(of: held.id, on: db), taken)
+                }
+            }
             let budgets = try await self.store.covering(projectID: projectID, attribution, on: db)
             let periods = budgets.map { $0.period.key(at: date, in: self.settings.timeZone) }
             for (budget, period) in zip(budgets, periods) {
@@ -78,21 +107,36 @@ extension BudgetService {
             }
             // The reservation first: the usage rows' locks, taken by the conditional updates,
             // then last only to the commit.
-            let reservation = ReservationRow(
+            var reservation = ReservationRow(
                 id: SparkID.make("res"), projectID: projectID, amountMicros: amount, status: .held, actualMicros: 0, late: false,
                 attribution: attribution, createdAt: now, expiresAt: now + Int64(ttl) * 1_000_000, finishedAt: 0
             )
+            reservation.envelope = envelope
+            reservation.drawnMicros = draw?.amount ?? 0
+            reservation.envelopeID = draw?.envelope.id ?? ""
             let holds = zip(budgets, periods).map { HoldRow(budgetID: $0.id, period: $1) }
             try await self.store.insert(reservation, holds: holds, on: db)
+            enum Change { case draw(HoldRow), reserve(BudgetRow, String) }
+            var changes = (draw?.holds ?? []).map { (key: "\($0.budgetID)/\($0.period)/0", change: Change.draw($0)) }
+            changes += zip(budgets, periods).map { (key: "\($0.id)/\($1)/1", change: Change.reserve($0, $1)) }
             var usages: [UsageRow] = []
-            for (budget, period) in zip(budgets, periods) {
-                let admitted = try await self.store.reserve(
-                    budgetID: budget.id, period: period, amount: amount, bounded: budget.hard, recording: reservation, now: now, on: db
-                )
-                guard let usage = admitted else {
-                    throw Refusal(budget: budget, usage: try await self.store.usage(budgetID: budget.id, period: period, on: db), amount: amount)
+            for (_, change) in changes.sorted(by: { $0.key < $1.key }) {
+                switch change {
+                case .draw(let hold):
+                    guard let draw else { continue }
+                    _ = try await self.store.move(
+                        budgetID: hold.budgetID, period: hold.period, unreserve: draw.amount, spend: 0, kind: "draw", amount: draw.amount,
+                        reservation: draw.envelope, now: now, on: db
+                    )
+                case .reserve(let budget, let period):
+                    let admitted = try await self.store.reserve(
+                        budgetID: budget.id, period: period, amount: amount, bounded: budget.hard, recording: reservation, now: now, on: db
+                    )
+                    guard let usage = admitted else {
+                        throw Refusal(budget: budget, usage: try await self.store.usage(budgetID: budget.id, period: period, on: db), amount: amount)
+                    }
+                    usages.append(usage)
                 }
-                usages.append(usage)
             }
             return (reservation, holds, usages)
         }
@@ -137,6 +181,9 @@ extension BudgetService {
         try Validate.amount(message.actualMicros, field: "actual_micros", allowZero: true)
         let (row, holds, again) = try await self.finish { db, now in
             if let row = try await self.store.transition(message.reservationID, projectID: message.projectID, from: .held, to: .settled, actual: message.actualMicros, now: now, on: db) {
+                guard !row.envelope else {
+                    throw SparkError(.failedPrecondition, "reservation \(row.id) is a run's envelope: its calls settle, and it is released when the run ends", field: "reservation_id")
+                }
                 let (holds, alerts) = try await self.apply(row, kind: "settle", unreserve: row.amountMicros, spend: message.actualMicros, now: now, on: db)
                 if message.actualMicros > row.amountMicros {
                     self.logger.warning("a settle exceeded its reservation", metadata: ["reservation": "\(row.id)", "reserved": "\(row.amountMicros)", "actual": "\(message.actualMicros)"])
@@ -234,11 +281,28 @@ extension BudgetService {
     }
 
     /// Moves a finished reservation's amounts on each period it held, with a ledger entry for each,
-    /// and stores the alerts the new spend reached.
+    /// and stores the alerts the new spend reached. A call that drew on its run's envelope gives
+    /// the envelope back what of the drawn part it did not spend, if the envelope is still held
+    /// (once: when the call leaves `held`, not at a late charge).
     func apply(_ row: ReservationRow, kind: String, unreserve: Int64, spend: Int64, now: Int64, on db: any SQLDatabase) async throws -> ([HoldRow], [AlertRow]) {
         let holds = try await self.store.holds(of: row.id, on: db)
+        var giveBack: (envelope: ReservationRow, holds: [HoldRow], amount: Int64)?
+        let back = max(0, row.drawnMicros - spend)
+        if kind != "charge", back > 0, !row.envelopeID.isEmpty, let envelope = try await self.store.adjustEnvelope(row.envelopeID, by: back, on: db) {
+            giveBack = (envelope, try await self.store.holds(of: envelope.id, on: db), back)
+        }
+        // Usage rows in budget order, as every transaction locks them.
+        var changes = holds.map { (key: "\($0.budgetID)/\($0.period)/0", hold: $0, returning: false) }
+        changes += (giveBack?.holds ?? []).map { (key: "\($0.budgetID)/\($0.period)/1", hold: $0, returning: true) }
         var alerts: [AlertRow] = []
-        for hold in holds {
+        for (_, hold, returning) in changes.sorted(by: { $0.key < $1.key }) {
+            if returning, let giveBack {
+                _ = try await self.store.move(
+                    budgetID: hold.budgetID, period: hold.period, unreserve: -giveBack.amount, spend: 0, kind: "return", amount: giveBack.amount,
+                    reservation: giveBack.envelope, now: now, on: db
+                )
+                continue
+            }
             // Read before the update locks the usage row, which stays locked to the commit.
             let budget = spend > 0 ? try await self.store.budget(hold.budgetID, projectID: row.projectID, on: db) : nil
             let amount = kind == "release" || kind == "expire" ? unreserve : spend

@@ -288,6 +288,9 @@ public final class BudgetService: Sparkops_Budget_V1_BudgetService.ServiceProtoc
             $0.createTime = .init(microseconds: row.createdAt)
             $0.expireTime = .init(microseconds: row.expiresAt)
             if row.finishedAt > 0 { $0.finishTime = .init(microseconds: row.finishedAt) }
+            $0.runEnvelope = row.envelope
+            $0.drawnMicros = row.drawnMicros
+            $0.envelopeID = row.envelopeID
         }
     }
 

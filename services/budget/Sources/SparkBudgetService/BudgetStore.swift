@@ -54,6 +54,11 @@ struct ReservationRow: Sendable {
     var createdAt: Int64
     var expiresAt: Int64
     var finishedAt: Int64
+    /// A run's envelope (its estimate, drawn on by the run's calls) rather than one call's.
+    var envelope = false
+    /// A call's: how much of its amount came from its run's envelope `envelopeID`.
+    var drawnMicros: Int64 = 0
+    var envelopeID = ""
 }
 
 /// A hold of a reservation on one budget's period.
@@ -201,6 +206,14 @@ struct BudgetStore: Sendable {
                     "CREATE INDEX budget_alerts_project ON budget_alerts (project_id, created_at)",
                 ]
             },
+            SparkMigration("0002_run_envelopes") { _ in
+                [
+                    "ALTER TABLE budget_reservations ADD COLUMN envelope BIGINT NOT NULL DEFAULT 0",
+                    "ALTER TABLE budget_reservations ADD COLUMN drawn_micros BIGINT NOT NULL DEFAULT 0",
+                    "ALTER TABLE budget_reservations ADD COLUMN envelope_id TEXT NOT NULL DEFAULT ''",
+                    "CREATE INDEX budget_reservations_run ON budget_reservations (project_id, run_id, envelope, status)",
+                ]
+            },
         ]
     }
 
@@ -338,10 +351,11 @@ struct BudgetStore: Sendable {
         let a = reservation.attribution
         try await db.raw("""
             INSERT INTO budget_reservations (id, project_id, amount_micros, status, actual_micros, late, workflow, agent, api_key_id,
-                model, tool, run_id, step_id, created_at, expires_at, finished_at)
+                model, tool, run_id, step_id, created_at, expires_at, finished_at, envelope, drawn_micros, envelope_id)
             VALUES (\(bind: reservation.id), \(bind: reservation.projectID), \(bind: reservation.amountMicros), \(bind: reservation.status.rawValue),
                     0, 0, \(bind: a.workflow), \(bind: a.agent), \(bind: a.apiKeyID), \(bind: a.model), \(bind: a.tool), \(bind: a.runID),
-                    \(bind: a.stepID), \(bind: reservation.createdAt), \(bind: reservation.expiresAt), 0)
+                    \(bind: a.stepID), \(bind: reservation.createdAt), \(bind: reservation.expiresAt), 0, \(bind: reservation.envelope ? 1 : 0),
+                    \(bind: reservation.drawnMicros), \(bind: reservation.envelopeID))
             """).run()
         for hold in holds {
             try await db.raw("""
@@ -352,6 +366,27 @@ struct BudgetStore: Sendable {
 
     func reservation(_ id: String, projectID: String, on db: any SQLDatabase) async throws -> ReservationRow? {
         try await db.raw("SELECT * FROM budget_reservations WHERE id = \(bind: id) AND project_id = \(bind: projectID)").first().map(Self.reservationRow)
+    }
+
+    /// The run's envelope, if one is held; on PostgreSQL locked to the commit, so that the run's
+    /// calls draw on it one at a time.
+    func heldEnvelope(projectID: String, runID: String, on db: any SQLDatabase) async throws -> ReservationRow? {
+        let lock: SQLQueryString = self.store.dialect == .postgres ? "FOR UPDATE" : ""
+        return try await db.raw("""
+            SELECT * FROM budget_reservations
+            WHERE project_id = \(bind: projectID) AND run_id = \(bind: runID) AND envelope = 1 AND status = 'held'
+            ORDER BY created_at LIMIT 1 \(lock)
+            """).first().map(Self.reservationRow)
+    }
+
+    /// Adds `delta` (negative: takes) to a held envelope's amount, never below 0; nil when it is
+    /// no longer held.
+    func adjustEnvelope(_ id: String, by delta: Int64, on db: any SQLDatabase) async throws -> ReservationRow? {
+        try await db.raw("""
+            UPDATE budget_reservations SET amount_micros = amount_micros + \(bind: delta)
+            WHERE id = \(bind: id) AND envelope = 1 AND status = 'held' AND amount_micros + \(bind: delta) >= 0
+            RETURNING *
+            """).first().map(Self.reservationRow)
     }
 
     /// Moves a reservation from `from` to `to`, if it is still in `from`: the guard that makes a
@@ -509,7 +544,10 @@ struct BudgetStore: Sendable {
             attribution: try Self.attribution(row),
             createdAt: try row.decode(column: "created_at", as: Int64.self),
             expiresAt: try row.decode(column: "expires_at", as: Int64.self),
-            finishedAt: try row.decode(column: "finished_at", as: Int64.self)
+            finishedAt: try row.decode(column: "finished_at", as: Int64.self),
+            envelope: try row.decode(column: "envelope", as: Int64.self) != 0,
+            drawnMicros: try row.decode(column: "drawn_micros", as: Int64.self),
+            envelopeID: try row.decode(column: "envelope_id", as: String.self)
         )
     }
 

@@ -129,6 +129,10 @@ final class RunEngine: Sendable {
         if before.status == .pending, machine.status == .queued {
             tasks.append(.init(id: SparkID.make("tsk"), kind: "start", payload: run.id, runAt: now))
         }
+        if machine.status.isFinal, !before.status.isFinal, !run.envelopeID.isEmpty {
+            // The run's estimate goes back to its budgets, durably: a task, not a call after the commit.
+            tasks.append(.init(id: SparkID.make("tsk"), kind: "release", payload: run.id, runAt: now))
+        }
         for effect in transition.effects {
             switch effect {
             case .event(let event):

@@ -30,6 +30,8 @@ extension RunService {
         run.updateTime = .init(microseconds: row.updatedAt)
         run.rerunOf = row.rerunOf
         run.rerunFromStep = row.rerunFromStep
+        run.estimatedCostMicros = row.estimatedCostMicros
+        run.budgetReservationID = row.envelopeID
         let byStep = Dictionary(grouping: attempts, by: \.stepID)
         for (definition, state) in zip(machine.definition.steps, machine.steps) {
             var step = Sparkops_Run_V1_Step()

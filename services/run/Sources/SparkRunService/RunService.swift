@@ -18,16 +18,21 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
     let access: ProjectAccess
     let policy: PolicyCheck
     let workflows: Sparkops_Workflow_V1_WorkflowService.Client<SparkWireClientTransport>
+    let envelopes: RunEnvelopes
     let settings: RunServiceConfig
     let logger: Logger
 
     var store: RunStore { self.engine.store }
 
-    init(engine: RunEngine, access: ProjectAccess, policy: PolicyCheck, workflows: GRPCClient<SparkWireClientTransport>, settings: RunServiceConfig, logger: Logger) {
+    init(
+        engine: RunEngine, access: ProjectAccess, policy: PolicyCheck, workflows: GRPCClient<SparkWireClientTransport>, envelopes: RunEnvelopes,
+        settings: RunServiceConfig, logger: Logger
+    ) {
         self.engine = engine
         self.access = access
         self.policy = policy
         self.workflows = .init(wrapping: workflows)
+        self.envelopes = envelopes
         self.settings = settings
         self.logger = logger
     }
@@ -69,7 +74,9 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
             throw SparkError.invalid("inputs.\(error.input)", error.message)
         }
         let runID = SparkID.make("run")
-        let machine = RunMachine(runID: runID, definition: pinned.definition, inputs: inputs, seed: UInt64.random(in: 0 ... UInt64.max))
+        let machine = RunMachine(
+            runID: runID, definition: pinned.definition, inputs: inputs, seed: UInt64.random(in: 0 ... UInt64.max), deadline: Self.deadline(of: pinned.definition)
+        )
         let response = try await self.start(
             projectID: message.projectID, runID: runID, machine: machine, pinned: pinned, principal: principal, key: message.idempotencyKey, requestHash: requestHash,
             rerun: nil, metadata: request.metadata
@@ -126,8 +133,8 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
         return response
     }
 
-    /// Asks the policy, then stores the run, its first task or approval, its events and its key
-    /// in one transaction.
+    /// Asks the policy, holds the workflow's estimated cost on the budgets, then stores the run,
+    /// its first task or approval, its events and its key in one transaction.
     func start(
         projectID: String, runID: String, machine initial: RunMachine, pinned: Pinned, principal: Sparkops_Common_V1_Principal, key: String,
         requestHash: String, rerun: (of: String, step: String)?, metadata: Metadata
@@ -139,7 +146,14 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
                 $0.version = Int32(clamping: pinned.version)
             }
             $0.runID = runID
+            $0.estimatedCostMicros = pinned.definition.estimatedCostMicros ?? 0
         }, metadata: metadata)
+        var envelopeID = ""
+        if let estimate = pinned.definition.estimatedCostMicros {
+            envelopeID = try await self.envelopes.reserve(
+                estimate, runID: runID, workflow: pinned.definition.name, projectID: projectID, deadline: initial.deadline, principal: principal
+            )
+        }
         var machine = initial
         let now = RunStore.now()
         var effects: [RunEffect]
@@ -153,7 +167,8 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
             workflowVersion: pinned.version, contentHash: pinned.contentHash, status: RunStatus.pending.rawValue,
             inputs: ExprValue.map(machine.inputs).jsonText, outputs: "{}", errorReason: "", errorMessage: "", state: initial.snapshot,
             principal: try principal.jsonString(), idempotencyKey: key, costMicros: 0, rerunOf: rerun?.of ?? "", rerunFromStep: rerun?.step ?? "",
-            seed: 0, deadline: nil, createdBy: principal.id, createdAt: now, startedAt: 0, endedAt: 0, updatedAt: now, wakeAt: nil
+            seed: 0, deadline: initial.deadline, createdBy: principal.id, createdAt: now, startedAt: 0, endedAt: 0, updatedAt: now, wakeAt: nil,
+            envelopeID: envelopeID, estimatedCostMicros: pinned.definition.estimatedCostMicros ?? 0
         )
         effects.insert(.event(RunEvent(kind: "run.created", message: "version \(pinned.version) of \(pinned.definition.name)")), at: 0)
         let transition = RunEngine.Transition(run: row, machine: machine, now: now, effects: effects)
@@ -174,7 +189,10 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
             }
             return (response, committed)
             }
-        } catch is KeyTaken {
+        } catch {
+            // Nothing was stored: the estimate is given back (or expires, if that fails too).
+            if !envelopeID.isEmpty { try? await self.envelopes.release(envelopeID, projectID: projectID, principal: principal) }
+            guard error is KeyTaken else { throw error }
             // The same key, at the same moment, in another call: its run is the answer.
             if let replayed = try await self.replay(key: key, projectID: projectID, requestHash: requestHash) { return replayed }
             throw SparkError(.aborted, "another request under this idempotency key is being stored; ask again")
@@ -334,7 +352,10 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
         let json = try await self.store.store.sql { try await self.store.definition(original.contentHash, on: $0) } ?? machine.definition.canonicalJSON
         let pinned = Pinned(workflowID: original.workflowID, version: original.workflowVersion, contentHash: original.contentHash, canonicalJSON: json, definition: machine.definition)
         let runID = SparkID.make("run")
-        let fresh = RunMachine(runID: runID, definition: machine.definition, inputs: machine.inputs, seed: UInt64.random(in: 0 ... UInt64.max), reusing: reused)
+        let fresh = RunMachine(
+            runID: runID, definition: machine.definition, inputs: machine.inputs, seed: UInt64.random(in: 0 ... UInt64.max),
+            deadline: Self.deadline(of: machine.definition), reusing: reused
+        )
         let response = try await self.start(
             projectID: message.projectID, runID: runID, machine: fresh, pinned: pinned, principal: principal, key: message.idempotencyKey, requestHash: requestHash,
             rerun: (original.id, message.stepID), metadata: request.metadata
@@ -343,6 +364,11 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
     }
 
     // MARK: Helpers
+
+    /// When a run of `definition` created now must have ended (milliseconds), if it has a timeout.
+    static func deadline(of definition: WorkflowDefinition) -> Int64? {
+        definition.timeout.map { RunStore.now() / 1000 + $0.milliseconds }
+    }
 
     /// A machine error as the API answers it: 409 for a state the input does not apply to.
     static func mapped(_ body: () throws(RunMachineError) -> Void) throws {

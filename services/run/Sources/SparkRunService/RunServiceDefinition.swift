@@ -24,6 +24,9 @@ public import SparkWire
 /// - `run.idempotencyHours` (int, default 48): how long a run's idempotency key is kept (at least 24).
 /// - `run.watchIntervalMilliseconds` (int, default 500): how often a watch reads events that
 ///   other replicas committed.
+/// - `run.envelopeTTLSeconds` (int, default 86400): the longest a run's estimated cost is held on
+///   its budgets (less for a workflow with a shorter `timeout`); at most the budget service's
+///   `budget.maxReservationTTLSeconds`. A run that goes on longer draws nothing more from it.
 public struct RunServiceConfig: Sendable {
     public enum Mode: String, Sendable {
         case api, workers, both
@@ -37,6 +40,7 @@ public struct RunServiceConfig: Sendable {
     var defaultStepTimeout: Duration
     var idempotencyHours: Int
     var watchInterval: Duration
+    var envelopeTTLSeconds: Int
 
     public init(config: ConfigReader) throws {
         let mode = config.string(forKey: "run.mode", default: "both")
@@ -51,6 +55,7 @@ public struct RunServiceConfig: Sendable {
         self.defaultStepTimeout = .seconds(try config.integer(forKey: "run.defaultStepTimeoutSeconds", default: 600, in: 1...2_592_000))
         self.idempotencyHours = try config.integer(forKey: "run.idempotencyHours", default: 48, in: 24...8760)
         self.watchInterval = .milliseconds(try config.integer(forKey: "run.watchIntervalMilliseconds", default: 500, in: 10...60_000))
+        self.envelopeTTLSeconds = try config.integer(forKey: "run.envelopeTTLSeconds", default: 86_400, in: 60...2_592_000)
     }
 }
 
@@ -65,12 +70,12 @@ extension RunService {
     )
 
     /// The run service ready for the host: its store and migrations (runs, events, approvals,
-    /// the task queue), its clients of the project, workflow, policy, tool and agent services,
+    /// the task queue), its clients of the project, workflow, policy, tool, agent and budget services,
     /// its workers (unless `run.mode=api`) and the pruner of old idempotency keys.
     public static func definition(host: HostConfig, config: ConfigReader, logger: Logger) async throws -> ServiceDefinition {
         let settings = try RunServiceConfig(config: config)
         let store = try SparkStore(service: "run", location: host.storeLocation(), logger: logger)
-        let peers = try PeerClients(caller: .run, peers: [.project, .workflow, .policy, .tool, .agent], config: host)
+        let peers = try PeerClients(caller: .run, peers: [.project, .workflow, .policy, .tool, .agent, .budget], config: host)
         let signals = RunSignals()
         // With Redis, commits reach the other replicas' workers and watchers through it.
         var relay: RunRelay?
@@ -79,8 +84,10 @@ extension RunService {
         }
         let engine = RunEngine(store: RunStore(store: store), signals: signals, relay: relay, logger: logger)
         let policy = PolicyCheck(client: peers[.policy])
+        let envelopes = RunEnvelopes(budgets: .init(wrapping: peers[.budget]), ttlSeconds: settings.envelopeTTLSeconds, logger: logger)
         let service = RunService(
-            engine: engine, access: ProjectAccess(client: peers[.project]), policy: policy, workflows: peers[.workflow], settings: settings, logger: logger
+            engine: engine, access: ProjectAccess(client: peers[.project]), policy: policy, workflows: peers[.workflow], envelopes: envelopes,
+            settings: settings, logger: logger
         )
         // Idempotency keys older than run.idempotencyHours are forgotten, every ten minutes.
         let pruner = PeriodicJob("prune old idempotency keys", every: .seconds(600), logger: logger) {
@@ -93,7 +100,7 @@ extension RunService {
             tools: .init(wrapping: peers[.tool]), agents: .init(wrapping: peers[.agent]), policy: policy,
             defaultTimeout: settings.defaultStepTimeout, logger: logger
         )
-        let workers = settings.mode == .api ? nil : RunWorkers(engine: engine, calls: calls, settings: settings, logger: logger)
+        let workers = settings.mode == .api ? nil : RunWorkers(engine: engine, calls: calls, envelopes: envelopes, settings: settings, logger: logger)
         if let workers { background.append(workers) }
         return ServiceDefinition(
             name: .run,

@@ -32,6 +32,9 @@ struct RunRow: Sendable {
     var updatedAt: Int64
     /// When a tick next changes something (microseconds), if a timer is set for it.
     var wakeAt: Int64?
+    /// The budget reservation holding the run's estimated cost (`res_…`), released when it ends.
+    var envelopeID = ""
+    var estimatedCostMicros: Int64 = 0
 }
 
 /// One attempt of a step, as stored.
@@ -190,6 +193,12 @@ struct RunStore: Sendable {
             ]
         },
         TaskQueue.migration,
+        SparkMigration("run_0002_envelopes") { _ in
+            [
+                "ALTER TABLE runs ADD COLUMN envelope_id TEXT NOT NULL DEFAULT ''",
+                "ALTER TABLE runs ADD COLUMN estimated_cost_micros BIGINT NOT NULL DEFAULT 0",
+            ]
+        },
     ]
 
     // MARK: Runs
@@ -198,12 +207,13 @@ struct RunStore: Sendable {
         try await db.raw("""
             INSERT INTO runs (id, project_id, workflow_id, workflow_name, workflow_version, content_hash, status, inputs, outputs,
                 error_reason, error_message, state, principal, idempotency_key, cost_micros, rerun_of, rerun_from_step, seed, deadline,
-                created_by, created_at, started_at, ended_at, updated_at, wake_at)
+                created_by, created_at, started_at, ended_at, updated_at, wake_at, envelope_id, estimated_cost_micros)
             VALUES (\(bind: run.id), \(bind: run.projectID), \(bind: run.workflowID), \(bind: run.workflowName), \(bind: run.workflowVersion),
                 \(bind: run.contentHash), \(bind: run.status), \(bind: run.inputs), \(bind: run.outputs), \(bind: run.errorReason),
                 \(bind: run.errorMessage), \(bind: run.state), \(bind: run.principal), \(bind: run.idempotencyKey), \(bind: run.costMicros),
                 \(bind: run.rerunOf), \(bind: run.rerunFromStep), \(bind: run.seed), \(bind: run.deadline), \(bind: run.createdBy),
-                \(bind: run.createdAt), \(bind: run.startedAt), \(bind: run.endedAt), \(bind: run.updatedAt), \(bind: run.wakeAt))
+                \(bind: run.createdAt), \(bind: run.startedAt), \(bind: run.endedAt), \(bind: run.updatedAt), \(bind: run.wakeAt),
+                \(bind: run.envelopeID), \(bind: run.estimatedCostMicros))
             """).run()
     }
 
@@ -283,7 +293,9 @@ struct RunStore: Sendable {
             startedAt: try row.decode(column: "started_at", as: Int64.self),
             endedAt: try row.decode(column: "ended_at", as: Int64.self),
             updatedAt: try row.decode(column: "updated_at", as: Int64.self),
-            wakeAt: try row.decode(column: "wake_at", as: Int64?.self)
+            wakeAt: try row.decode(column: "wake_at", as: Int64?.self),
+            envelopeID: try row.decode(column: "envelope_id", as: String.self),
+            estimatedCostMicros: try row.decode(column: "estimated_cost_micros", as: Int64.self)
         )
     }
 

@@ -21,6 +21,7 @@ import Synchronization
 final class RunWorkers: ServiceLifecycle.Service, Sendable {
     let engine: RunEngine
     let calls: StepCalls
+    let envelopes: RunEnvelopes
     let settings: RunServiceConfig
     let owner: String
     let logger: Logger
@@ -29,9 +30,10 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
     /// Opened once the service's migrations ran: before that there is no queue to claim from.
     let migrated = Atomic<Bool>(false)
 
-    init(engine: RunEngine, calls: StepCalls, settings: RunServiceConfig, logger: Logger) {
+    init(engine: RunEngine, calls: StepCalls, envelopes: RunEnvelopes, settings: RunServiceConfig, logger: Logger) {
         self.engine = engine
         self.calls = calls
+        self.envelopes = envelopes
         self.settings = settings
         self.owner = "\(ProcessInfo.processInfo.hostName)/\(ProcessInfo.processInfo.processIdentifier)/\(SparkID.make("wrk").suffix(8))"
         self.logger = logger
@@ -151,6 +153,12 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
                 }
             case "step":
                 try await self.handleStep(claim)
+            case "release":
+                let row = try await self.engine.store.store.sql { try await self.engine.store.run(claim.payload, on: $0) }
+                if let row, !row.envelopeID.isEmpty {
+                    try await self.envelopes.release(row.envelopeID, projectID: row.projectID, principal: try Sparkops_Common_V1_Principal(jsonString: row.principal))
+                }
+                guard try await self.engine.store.store.transaction({ try await self.queue.complete(claim, on: $0) }) else { throw RunEngine.StaleLease() }
             default:
                 self.logger.error("a task of an unknown kind", metadata: ["kind": "\(claim.kind)", "task": "\(claim.id)"])
                 _ = try await self.engine.store.store.transaction { try await self.queue.complete(claim, on: $0) }

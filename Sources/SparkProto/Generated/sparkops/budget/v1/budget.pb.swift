@@ -238,6 +238,25 @@ public nonisolated struct Sparkops_Budget_V1_Reservation: @unchecked Sendable {
   /// Clears the value of `finishTime`. Subsequent reads from it will return its default value.
   public mutating func clearFinishTime() {_uniqueStorage()._finishTime = nil}
 
+  /// A run's envelope: its estimate, held from the run's creation to its end, which the calls
+  /// made for the run (attribution.run_id) draw on before they hold anything more. Its
+  /// amount_micros is what is left of it.
+  public var runEnvelope: Bool {
+    get {_storage._runEnvelope}
+    set {_uniqueStorage()._runEnvelope = newValue}
+  }
+
+  /// A call made for a run: how much of its amount came from the run's envelope, and which.
+  public var drawnMicros: Int64 {
+    get {_storage._drawnMicros}
+    set {_uniqueStorage()._drawnMicros = newValue}
+  }
+
+  public var envelopeID: String {
+    get {_storage._envelopeID}
+    set {_uniqueStorage()._envelopeID = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -293,7 +312,9 @@ public nonisolated struct Sparkops_Budget_V1_LedgerEntry: @unchecked Sendable {
     set {_uniqueStorage()._period = newValue}
   }
 
-  /// reserve, settle, release, expire or charge (a settle after expiry).
+  /// reserve, settle, release, expire or charge (a settle after expiry); draw (a call took this
+  /// much of its run's envelope) and return (the call gave back what it did not spend), on the
+  /// envelope's reservation.
   public var kind: String {
     get {_storage._kind}
     set {_uniqueStorage()._kind = newValue}
@@ -529,6 +550,12 @@ public nonisolated struct Sparkops_Budget_V1_ReserveRequest: Sendable {
   public var hasAttribution: Bool {self._attribution != nil}
   /// Clears the value of `attribution`. Subsequent reads from it will return its default value.
   public mutating func clearAttribution() {self._attribution = nil}
+
+  /// Hold a run's estimate (attribution.run_id is required): the calls later reserved for that run
+  /// draw on it first, and give back what they did not spend while it is held. One per run: asked
+  /// again for a run whose envelope is held, the same amount answers that envelope, another is 409.
+  /// Release it when the run ends.
+  public var runEnvelope: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1021,7 +1048,7 @@ nonisolated extension Sparkops_Budget_V1_Usage: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Sparkops_Budget_V1_Reservation: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Reservation"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}project_id\0\u{3}amount_micros\0\u{1}status\0\u{3}actual_micros\0\u{1}late\0\u{3}budget_ids\0\u{1}attribution\0\u{3}create_time\0\u{3}expire_time\0\u{3}finish_time\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}project_id\0\u{3}amount_micros\0\u{1}status\0\u{3}actual_micros\0\u{1}late\0\u{3}budget_ids\0\u{1}attribution\0\u{3}create_time\0\u{3}expire_time\0\u{3}finish_time\0\u{3}run_envelope\0\u{3}drawn_micros\0\u{3}envelope_id\0")
 
   fileprivate class _StorageClass {
     var _id: String = String()
@@ -1035,6 +1062,9 @@ nonisolated extension Sparkops_Budget_V1_Reservation: SwiftProtobuf.Message, Swi
     var _createTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
     var _expireTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
     var _finishTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+    var _runEnvelope: Bool = false
+    var _drawnMicros: Int64 = 0
+    var _envelopeID: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1056,6 +1086,9 @@ nonisolated extension Sparkops_Budget_V1_Reservation: SwiftProtobuf.Message, Swi
       _createTime = source._createTime
       _expireTime = source._expireTime
       _finishTime = source._finishTime
+      _runEnvelope = source._runEnvelope
+      _drawnMicros = source._drawnMicros
+      _envelopeID = source._envelopeID
     }
   }
 
@@ -1085,6 +1118,9 @@ nonisolated extension Sparkops_Budget_V1_Reservation: SwiftProtobuf.Message, Swi
         case 9: try { try decoder.decodeSingularMessageField(value: &_storage._createTime) }()
         case 10: try { try decoder.decodeSingularMessageField(value: &_storage._expireTime) }()
         case 11: try { try decoder.decodeSingularMessageField(value: &_storage._finishTime) }()
+        case 12: try { try decoder.decodeSingularBoolField(value: &_storage._runEnvelope) }()
+        case 13: try { try decoder.decodeSingularInt64Field(value: &_storage._drawnMicros) }()
+        case 14: try { try decoder.decodeSingularStringField(value: &_storage._envelopeID) }()
         default: break
         }
       }
@@ -1130,6 +1166,15 @@ nonisolated extension Sparkops_Budget_V1_Reservation: SwiftProtobuf.Message, Swi
       try { if let v = _storage._finishTime {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
       } }()
+      if _storage._runEnvelope != false {
+        try visitor.visitSingularBoolField(value: _storage._runEnvelope, fieldNumber: 12)
+      }
+      if _storage._drawnMicros != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._drawnMicros, fieldNumber: 13)
+      }
+      if !_storage._envelopeID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._envelopeID, fieldNumber: 14)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1150,6 +1195,9 @@ nonisolated extension Sparkops_Budget_V1_Reservation: SwiftProtobuf.Message, Swi
         if _storage._createTime != rhs_storage._createTime {return false}
         if _storage._expireTime != rhs_storage._expireTime {return false}
         if _storage._finishTime != rhs_storage._finishTime {return false}
+        if _storage._runEnvelope != rhs_storage._runEnvelope {return false}
+        if _storage._drawnMicros != rhs_storage._drawnMicros {return false}
+        if _storage._envelopeID != rhs_storage._envelopeID {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -1696,7 +1744,7 @@ nonisolated extension Sparkops_Budget_V1_DeleteBudgetResponse: SwiftProtobuf.Mes
 
 nonisolated extension Sparkops_Budget_V1_ReserveRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReserveRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{3}amount_micros\0\u{3}ttl_seconds\0\u{1}attribution\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{3}amount_micros\0\u{3}ttl_seconds\0\u{1}attribution\0\u{3}run_envelope\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1708,6 +1756,7 @@ nonisolated extension Sparkops_Budget_V1_ReserveRequest: SwiftProtobuf.Message, 
       case 2: try { try decoder.decodeSingularInt64Field(value: &self.amountMicros) }()
       case 3: try { try decoder.decodeSingularInt32Field(value: &self.ttlSeconds) }()
       case 4: try { try decoder.decodeSingularMessageField(value: &self._attribution) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.runEnvelope) }()
       default: break
       }
     }
@@ -1730,6 +1779,9 @@ nonisolated extension Sparkops_Budget_V1_ReserveRequest: SwiftProtobuf.Message, 
     try { if let v = self._attribution {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
     } }()
+    if self.runEnvelope != false {
+      try visitor.visitSingularBoolField(value: self.runEnvelope, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1738,6 +1790,7 @@ nonisolated extension Sparkops_Budget_V1_ReserveRequest: SwiftProtobuf.Message, 
     if lhs.amountMicros != rhs.amountMicros {return false}
     if lhs.ttlSeconds != rhs.ttlSeconds {return false}
     if lhs._attribution != rhs._attribution {return false}
+    if lhs.runEnvelope != rhs.runEnvelope {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -304,6 +304,18 @@ public nonisolated struct Sparkops_Run_V1_Run: @unchecked Sendable {
     set {_uniqueStorage()._rerunFromStep = newValue}
   }
 
+  /// The workflow's estimated_cost, in micro-dollars, and the budget reservation (res_…) that
+  /// holds it on the project's budgets from the run's creation to its end; empty without one.
+  public var estimatedCostMicros: Int64 {
+    get {_storage._estimatedCostMicros}
+    set {_uniqueStorage()._estimatedCostMicros = newValue}
+  }
+
+  public var budgetReservationID: String {
+    get {_storage._budgetReservationID}
+    set {_uniqueStorage()._budgetReservationID = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -922,7 +934,7 @@ nonisolated extension Sparkops_Run_V1_Step: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Sparkops_Run_V1_Run: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Run"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}project_id\0\u{3}workflow_id\0\u{3}workflow_name\0\u{3}workflow_version\0\u{3}content_hash\0\u{1}status\0\u{1}inputs\0\u{1}outputs\0\u{1}error\0\u{1}steps\0\u{3}cost_micros\0\u{3}idempotency_key\0\u{3}created_by\0\u{3}create_time\0\u{3}start_time\0\u{3}end_time\0\u{3}update_time\0\u{3}rerun_of\0\u{3}rerun_from_step\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}project_id\0\u{3}workflow_id\0\u{3}workflow_name\0\u{3}workflow_version\0\u{3}content_hash\0\u{1}status\0\u{1}inputs\0\u{1}outputs\0\u{1}error\0\u{1}steps\0\u{3}cost_micros\0\u{3}idempotency_key\0\u{3}created_by\0\u{3}create_time\0\u{3}start_time\0\u{3}end_time\0\u{3}update_time\0\u{3}rerun_of\0\u{3}rerun_from_step\0\u{3}estimated_cost_micros\0\u{3}budget_reservation_id\0")
 
   fileprivate class _StorageClass {
     var _id: String = String()
@@ -945,6 +957,8 @@ nonisolated extension Sparkops_Run_V1_Run: SwiftProtobuf.Message, SwiftProtobuf.
     var _updateTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
     var _rerunOf: String = String()
     var _rerunFromStep: String = String()
+    var _estimatedCostMicros: Int64 = 0
+    var _budgetReservationID: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -975,6 +989,8 @@ nonisolated extension Sparkops_Run_V1_Run: SwiftProtobuf.Message, SwiftProtobuf.
       _updateTime = source._updateTime
       _rerunOf = source._rerunOf
       _rerunFromStep = source._rerunFromStep
+      _estimatedCostMicros = source._estimatedCostMicros
+      _budgetReservationID = source._budgetReservationID
     }
   }
 
@@ -1013,6 +1029,8 @@ nonisolated extension Sparkops_Run_V1_Run: SwiftProtobuf.Message, SwiftProtobuf.
         case 18: try { try decoder.decodeSingularMessageField(value: &_storage._updateTime) }()
         case 19: try { try decoder.decodeSingularStringField(value: &_storage._rerunOf) }()
         case 20: try { try decoder.decodeSingularStringField(value: &_storage._rerunFromStep) }()
+        case 21: try { try decoder.decodeSingularInt64Field(value: &_storage._estimatedCostMicros) }()
+        case 22: try { try decoder.decodeSingularStringField(value: &_storage._budgetReservationID) }()
         default: break
         }
       }
@@ -1085,6 +1103,12 @@ nonisolated extension Sparkops_Run_V1_Run: SwiftProtobuf.Message, SwiftProtobuf.
       if !_storage._rerunFromStep.isEmpty {
         try visitor.visitSingularStringField(value: _storage._rerunFromStep, fieldNumber: 20)
       }
+      if _storage._estimatedCostMicros != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._estimatedCostMicros, fieldNumber: 21)
+      }
+      if !_storage._budgetReservationID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._budgetReservationID, fieldNumber: 22)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1114,6 +1138,8 @@ nonisolated extension Sparkops_Run_V1_Run: SwiftProtobuf.Message, SwiftProtobuf.
         if _storage._updateTime != rhs_storage._updateTime {return false}
         if _storage._rerunOf != rhs_storage._rerunOf {return false}
         if _storage._rerunFromStep != rhs_storage._rerunFromStep {return false}
+        if _storage._estimatedCostMicros != rhs_storage._estimatedCostMicros {return false}
+        if _storage._budgetReservationID != rhs_storage._budgetReservationID {return false}
         return true
       }
       if !storagesAreEqual {return false}
