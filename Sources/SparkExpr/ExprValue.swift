@@ -71,9 +71,11 @@ extension ExprValue {
         }
     }
 
-    /// Parses JSON text.
+    /// Parses JSON text (any value at the top, as RFC 8259 allows). A number without a fraction
+    /// or exponent that fits 64 bits is an `.int`; any other number a `.double`.
     public init(jsonText: String) throws {
-        self.init(json: try JSONSerialization.jsonObject(with: Data(jsonText.utf8), options: [.fragmentsAllowed]))
+        var reader = ExprJSON.Reader(jsonText)
+        self = try reader.document()
     }
 
     /// The value as `JSONSerialization` writes it.
@@ -89,8 +91,19 @@ extension ExprValue {
         }
     }
 
-    /// Compact JSON text, keys sorted.
+    /// Compact JSON text, keys sorted by their UTF-8 bytes: the same value always has the same text.
     public var jsonText: String {
+        var out: [UInt8] = []
+        out.reserveCapacity(64)
+        ExprJSON.write(self, into: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Compact JSON text as `JSONSerialization` writes it, keys in its locale-aware order. Content
+    /// hashes of definitions and the digests of requests under idempotency keys are computed over
+    /// this text and stored, so it must never change; it costs several times ``jsonText``, which
+    /// serves everywhere else.
+    public var stableJSONText: String {
         switch self {
         case .string(let value): return ExprPrinter.quoted(value)
         case .double(let value) where !value.isFinite: return "null"

@@ -89,7 +89,7 @@ public struct AgentDefinition: Sendable, Hashable {
         return .map(fields)
     }
 
-    public var canonicalJSON: String { self.canonicalValue.jsonText }
+    public var canonicalJSON: String { self.canonicalValue.stableJSONText }
 
     public var contentHash: String { ContentHash.of(self.canonicalJSON) }
 }

@@ -104,7 +104,7 @@ public struct PolicyDefinition: Sendable, Hashable {
         ])
     }
 
-    public var canonicalJSON: String { self.canonicalValue.jsonText }
+    public var canonicalJSON: String { self.canonicalValue.stableJSONText }
 
     public var contentHash: String { ContentHash.of(self.canonicalJSON) }
 }

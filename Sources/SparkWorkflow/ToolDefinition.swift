@@ -263,7 +263,7 @@ public struct ToolDefinition: Sendable, Hashable {
         return .map(fields)
     }
 
-    public var canonicalJSON: String { self.canonicalValue.jsonText }
+    public var canonicalJSON: String { self.canonicalValue.stableJSONText }
 
     public var contentHash: String { ContentHash.of(self.canonicalJSON) }
 }

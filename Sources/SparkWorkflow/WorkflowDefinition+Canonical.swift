@@ -37,7 +37,7 @@ extension WorkflowDefinition {
     }
 
     /// Compact JSON of ``canonicalValue``.
-    public var canonicalJSON: String { self.canonicalValue.jsonText }
+    public var canonicalJSON: String { self.canonicalValue.stableJSONText }
 
     /// `sha256:` and the hex SHA-256 of ``canonicalJSON``: a version's identity. Applying a
     /// definition with the same hash creates no new version.

@@ -58,7 +58,7 @@ extension AgentService {
         let now = AgentStore.now()
         let execution = ExecutionRow(
             id: executionID, projectID: message.projectID, agentID: row.id, agentVersion: row.latestVersion, key: key.isEmpty ? executionID : key,
-            requestHash: Self.hash("\(message.prompt)\u{0}\(input?.jsonText ?? "")"), runID: message.runID, stepID: message.stepID,
+            requestHash: Self.hash("\(message.prompt)\u{0}\(input?.stableJSONText ?? "")"), runID: message.runID, stepID: message.stepID,
             status: "running", record: "", startedAt: now, startedBy: principal.id, deadlineAt: now + Int64(timeout.milliseconds) * 1000
         )
         if !key.isEmpty, let earlier = try await self.claim(execution) {

@@ -31,6 +31,8 @@ final class RunEngine: Sendable {
     let relay: RunRelay?
     let logger: Logger
     private let definitions = Mutex<[String: WorkflowDefinition]>([:])
+    /// Definitions pinned by runs created here, with their canonical JSON, by content hash.
+    private let pinnedDefinitions = Mutex<[String: (WorkflowDefinition, String)]>([:])
 
     init(store: RunStore, signals: RunSignals, relay: RunRelay? = nil, logger: Logger) {
         self.store = store
@@ -66,6 +68,17 @@ final class RunEngine: Sendable {
         let definition = try WorkflowDefinition.read(json)
         self.definitions.withLock { $0[hash] = definition }
         return definition
+    }
+
+    func pinned(_ hash: String) -> (WorkflowDefinition, String)? {
+        self.pinnedDefinitions.withLock { $0[hash] }
+    }
+
+    func remember(_ definition: WorkflowDefinition, json: String, hash: String) {
+        self.pinnedDefinitions.withLock { cache in
+            if cache.count >= 10_000 { cache.removeAll() }
+            cache[hash] = (definition, json)
+        }
     }
 
     func machine(of run: RunRow, on db: any SQLDatabase) async throws -> RunMachine {

@@ -62,7 +62,7 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
         } catch {
             throw SparkError.invalid("inputs", "is not JSON")
         }
-        let requestHash = Self.hash("\(message.workflow)\u{0}\(version)\u{0}\(ExprValue.map(given).jsonText)")
+        let requestHash = Self.hash("\(message.workflow)\u{0}\(version)\u{0}\(ExprValue.map(given).stableJSONText)")
         if let replayed = try await self.replay(key: message.idempotencyKey, projectID: message.projectID, requestHash: requestHash) {
             return ServerResponse(message: replayed)
         }
@@ -105,6 +105,10 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
         } catch let error as RPCError where error.code == .notFound {
             throw SparkError(.notFound, version == "latest" ? "workflow not found" : "workflow \(workflow) has no version \(version)", field: "workflow")
         }
+        // A content hash names one definition forever: a version pinned before is not read again.
+        if let (definition, json) = self.engine.pinned(found.contentHash) {
+            return Pinned(workflowID: found.workflowID, version: Int(found.version), contentHash: found.contentHash, canonicalJSON: json, definition: definition)
+        }
         // The source as written, read again: a Struct's numbers are all doubles, and a
         // definition's integers must stay integers.
         let definition: WorkflowDefinition
@@ -117,6 +121,7 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
             throw SparkError(.internalError, "the workflow version \(found.version) reads back as another definition")
         }
         let json = definition.canonicalJSON
+        self.engine.remember(definition, json: json, hash: found.contentHash)
         return Pinned(workflowID: found.workflowID, version: Int(found.version), contentHash: found.contentHash, canonicalJSON: json, definition: definition)
     }
 

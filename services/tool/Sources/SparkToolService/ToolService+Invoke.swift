@@ -57,7 +57,7 @@ extension ToolService {
         var timeout = Duration.milliseconds(definition.timeout.milliseconds)
         if message.timeoutMs > 0 { timeout = min(timeout, .milliseconds(message.timeoutMs)) }
         let maxOutput = message.maxOutputBytes > 0 ? min(Int(clamping: message.maxOutputBytes), definition.maxOutputBytes) : definition.maxOutputBytes
-        let requestHash = Self.hash("\(input.jsonText)\u{0}\(maxOutput)")
+        let requestHash = Self.hash("\(input.stableJSONText)\u{0}\(maxOutput)")
         let invocationID = SparkID.make("inv")
         let now = ToolStore.now()
         let invocation = InvocationRow(
@@ -176,7 +176,7 @@ extension ToolService {
             }
             $0.approval = .with {
                 $0.tool = definition.name
-                $0.argumentsDigest = "sha256:" + Self.hash(input.jsonText)
+                $0.argumentsDigest = "sha256:" + Self.hash(input.stableJSONText)
                 $0.rule = first.map { $0.rule.isEmpty ? $0.policyName : "\($0.policyName)/\($0.rule)" } ?? ""
                 $0.message = first?.message ?? decision.message
                 $0.violationID = decision.violationID
