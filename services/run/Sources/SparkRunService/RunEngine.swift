@@ -186,14 +186,18 @@ final class RunEngine: Sendable {
         for attempt in transition.attempts { try await self.store.upsert(attempt, on: db) }
         try await self.store.update(run, on: db)
         try await self.queue.enqueue(tasks, now: now, on: db)
-        let numbered = try await self.store.append(events, projectID: run.projectID, on: db)
         // Delivered at commit to every replica listening (RunListener): workers wake for the
         // tasks, watchers read the project's events. With Redis the events travel there instead,
         // whole, and no watcher needs to read them from the store.
-        let notifyEvents = !numbered.isEmpty && self.relay == nil
+        let notifyEvents = !events.isEmpty && self.relay == nil
+        var notify: String?
         if self.store.store.dialect == .postgres, !tasks.isEmpty || notifyEvents {
-            let payload = "\(tasks.isEmpty ? "" : "t")\(notifyEvents ? "e" : ""):\(run.projectID)"
-            try await db.raw("SELECT pg_notify(\(bind: RunListener.channel), \(bind: payload))").run()
+            notify = "\(tasks.isEmpty ? "" : "t")\(notifyEvents ? "e" : ""):\(run.projectID)"
+        }
+        // With events, the notification goes in their statement.
+        let numbered = try await self.store.append(events, projectID: run.projectID, notify: notify, on: db)
+        if let notify, events.isEmpty {
+            try await db.raw("SELECT pg_notify(\(bind: RunListener.channel), \(bind: notify))").run()
         }
         return Committed(projectID: run.projectID, events: numbered, enqueued: !tasks.isEmpty, cancelled: cancelled)
     }
