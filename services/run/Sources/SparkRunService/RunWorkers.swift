@@ -173,56 +173,73 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
         }
     }
 
+    /// What a step task finds when its worker begins it.
+    enum Beginning: Sendable {
+        /// The attempt is now running, here.
+        case started(RunRow, WorkflowStep)
+        /// It was running under an earlier claim whose worker stopped.
+        case wasRunning(RunRow, WorkflowStep)
+        /// The run or the step moved on (cancelled, timed out, retried): the task is done.
+        case moved
+    }
+
     func handleStep(_ claim: TaskQueue.Claim) async throws {
         let task = try JSONDecoder().decode(StepTask.self, from: Data(claim.payload.utf8))
-        let (row, machine) = try await self.engine.store.store.sql { db in
-            guard let row = try await self.engine.store.run(task.run, on: db) else { throw SparkError.notFound("run") }
-            return (row, try await self.engine.machine(of: row, on: db))
-        }
-        guard let index = machine.definition.steps.firstIndex(where: { $0.id == task.step }) else {
-            _ = try await self.engine.store.store.transaction { try await self.queue.complete(claim, on: $0) }
-            return
-        }
-        let step = machine.definition.steps[index]
-        let state = machine.steps[index]
-        guard machine.status == .running, state.attempt == task.attempt, state.status == .ready || state.status == .running else {
-            // The run or the step moved on (cancelled, timed out, retried): nothing to do.
-            _ = try await self.engine.store.store.transaction { try await self.queue.complete(claim, on: $0) }
-            return
-        }
-        let principal = try Sparkops_Common_V1_Principal(jsonString: row.principal)
-        if state.status == .running {
-            // The attempt started under an earlier claim whose worker stopped.
-            let mayRepeat = await self.calls.mayRepeat(step, projectID: row.projectID, principal: principal)
-            self.logger.info(
-                mayRepeat ? "an attempt's worker stopped while it ran; it is sent again" : "an attempt's worker stopped while it ran; it may have had effects, so it waits for a human",
-                metadata: ["run": "\(row.id)", "step": "\(task.step)", "attempt": "\(task.attempt)"]
-            )
-            try await self.engine.transition(runID: row.id, completing: claim) { transition, db in
-                try transition.apply(.attemptLost(step: task.step, attempt: task.attempt, mayRepeat: mayRepeat))
-                if var attempt = try await self.engine.store.attempt(runID: row.id, stepID: task.step, attempt: task.attempt, on: db) {
-                    attempt.status = "lost"
-                    attempt.endedAt = transition.now
-                    transition.attempts.append(attempt)
-                }
-            }
-            return
-        }
         let started = RunStore.now()
         let attemptRow = AttemptRow(
-            runID: row.id, stepID: task.step, attempt: task.attempt, status: "running", idempotencyKey: task.key, startedAt: started,
+            runID: task.run, stepID: task.step, attempt: task.attempt, status: "running", idempotencyKey: task.key, startedAt: started,
             endedAt: 0, errorReason: "", errorMessage: "", costMicros: 0, callID: "", worker: self.owner
         )
+        // One transaction reads where the step stands and, if it is ready, starts the attempt.
+        let beginning: Beginning
         do {
-            try await self.engine.transition(runID: row.id) { transition, _ in
+            beginning = try await self.engine.transition(runID: task.run) { transition, db -> Beginning in
+                let machine = transition.machine
+                guard let index = machine.definition.steps.firstIndex(where: { $0.id == task.step }),
+                    machine.status == .running, machine.steps[index].attempt == task.attempt,
+                    machine.steps[index].status == .ready || machine.steps[index].status == .running
+                else {
+                    _ = try await self.queue.complete(claim, on: db)
+                    return .moved
+                }
+                let step = machine.definition.steps[index]
+                if machine.steps[index].status == .running { return .wasRunning(transition.run, step) }
                 try transition.apply(.stepStarted(step: task.step, attempt: task.attempt))
                 transition.attempts.append(attemptRow)
+                return .started(transition.run, step)
             }
         } catch let error as RunMachineError {
             self.logger.info("a step task is out of date", metadata: ["task": "\(claim.id)", "reason": "\(error)"])
             _ = try await self.engine.store.store.transaction { try await self.queue.complete(claim, on: $0) }
             return
         }
+        let row: RunRow
+        let step: WorkflowStep
+        switch beginning {
+        case .moved:
+            return
+        case .wasRunning(let found, let lostStep):
+            // The attempt started under an earlier claim whose worker stopped.
+            let principal = try Sparkops_Common_V1_Principal(jsonString: found.principal)
+            let mayRepeat = await self.calls.mayRepeat(lostStep, projectID: found.projectID, principal: principal)
+            self.logger.info(
+                mayRepeat ? "an attempt's worker stopped while it ran; it is sent again" : "an attempt's worker stopped while it ran; it may have had effects, so it waits for a human",
+                metadata: ["run": "\(found.id)", "step": "\(task.step)", "attempt": "\(task.attempt)"]
+            )
+            try await self.engine.transition(runID: found.id, completing: claim) { transition, db in
+                try transition.apply(.attemptLost(step: task.step, attempt: task.attempt, mayRepeat: mayRepeat))
+                if var attempt = try await self.engine.store.attempt(runID: found.id, stepID: task.step, attempt: task.attempt, on: db) {
+                    attempt.status = "lost"
+                    attempt.endedAt = transition.now
+                    transition.attempts.append(attempt)
+                }
+            }
+            return
+        case .started(let found, let startedStep):
+            row = found
+            step = startedStep
+        }
+        let principal = try Sparkops_Common_V1_Principal(jsonString: row.principal)
         let key = "\(row.id)/\(task.step)/\(task.attempt)"
         let outcome = await self.withLease(claim, attempt: key) {
             await self.calls.call(step, task: task, run: row, principal: principal)
