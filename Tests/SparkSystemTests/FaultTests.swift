@@ -79,6 +79,13 @@ extension DistributedTests {
                 for (index, id) in accepted.sorted(by: { $0.key < $1.key }) {
                     #expect(byID[id]?["status"] as? String == "succeeded", "run \(index) (\(id)): \(byID[id] ?? [:])")
                 }
+                if accepted.values.contains(where: { byID[$0]?["status"] as? String != "succeeded" }) {
+                    // What each service logged about the calls that failed, to say which gave up.
+                    let failures = processes.map { process in
+                        "\(process.name):\n" + process.output.split(separator: "\n").filter { ($0.contains("rpc failed") || $0.contains("\"level\":\"error\"") || $0.contains("task failed")) && !$0.contains("Connection creation failed") }.suffix(20).joined(separator: "\n")
+                    }
+                    Issue.record("the services' failed calls:\n\(failures.joined(separator: "\n"))")
+                }
                 print("PostgreSQL crashed with \(atCrash) of 40 runs accepted, down 3 s: every run accepted and succeeded, \(refusals) creates refused and sent again")
             }
         } catch {

@@ -260,18 +260,21 @@ extension SparkStore {
     public static func isUnavailable(_ error: any Error) -> Bool {
         if let error = error as? PSQLError {
             switch error.code {
-            case .connectionError, .serverClosedConnection, .clientClosedConnection, .uncleanShutdown:
+            case .connectionError, .serverClosedConnection, .clientClosedConnection, .uncleanShutdown, .poolClosed:
                 return true
             case .server:
-                // 08: connection exception; 57: operator intervention (shutdown, starting up).
+                // 08: connection exception; 53: insufficient resources (too many connections, as
+                // every service reconnects at once after a restart); 57: operator intervention
+                // (shutdown, starting up, crash recovery); 58: system error (I/O).
                 let state = error.serverInfo?[.sqlState] ?? ""
-                return state.hasPrefix("08") || state.hasPrefix("57")
+                return ["08", "53", "57", "58"].contains(String(state.prefix(2)))
             default:
                 return false
             }
         }
         // The pool's own errors (a request while no connection could be made) are of a type
-        // PostgresNIO does not export.
-        return String(describing: type(of: error)) == "ConnectionPoolError"
+        // PostgresNIO does not export; a connection that breaks under a query can surface as
+        // NIO's own channel and I/O errors.
+        return ["ConnectionPoolError", "ChannelError", "IOError", "NIOConnectionError"].contains(String(describing: type(of: error)))
     }
 }
