@@ -82,7 +82,7 @@ extension DistributedTests {
                 if accepted.values.contains(where: { byID[$0]?["status"] as? String != "succeeded" }) {
                     // What each service logged about the calls that failed, to say which gave up.
                     let failures = processes.map { process in
-                        "\(process.name):\n" + process.output.split(separator: "\n").filter { ($0.contains("rpc failed") || $0.contains("\"level\":\"error\"") || $0.contains("task failed")) && !$0.contains("Connection creation failed") }.suffix(20).joined(separator: "\n")
+                        "\(process.name):\n" + process.output.split(separator: "\n").filter { ($0.contains("rpc failed") || $0.contains("\"level\":\"error\"") || $0.contains("task failed") || $0.contains("call failed")) && !$0.contains("Connection creation failed") }.suffix(20).joined(separator: "\n")
                     }
                     Issue.record("the services' failed calls:\n\(failures.joined(separator: "\n"))")
                 }

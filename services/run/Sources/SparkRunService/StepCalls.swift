@@ -125,6 +125,9 @@ struct StepCalls: Sendable {
                 return Outcome(result: .failed(RunFailure(reason: "internal", message: "an approval step is not run by a worker"), retryable: false))
             }
         } catch let error as RPCError {
+            // With its cause: an UNKNOWN made on this side (a transport or interceptor error) has
+            // no message of its own.
+            self.logger.warning("a step's call failed", metadata: ["run": "\(run.id)", "step": "\(step.id)", "error": "\(String(reflecting: error).prefix(1000))"])
             return Outcome(result: Self.failure(error))
         } catch {
             return Outcome(result: .failed(RunFailure(reason: "internal", message: "\(error)"), retryable: true))
@@ -186,7 +189,7 @@ struct StepCalls: Sendable {
             return try await Self.retrying(until: giveUp, alsoWhen: .aborted) {
                 do {
                     return try await call()
-                } catch let error as RPCError where error.code == .unavailable {
+                } catch let error as RPCError where [.unavailable, .unknown, .internalError].contains(error.code) {
                     resent = true
                     throw error
                 }
@@ -197,13 +200,21 @@ struct StepCalls: Sendable {
     }
 
     /// Asks `call` again while the service is unavailable (and on `alsoWhen`), backing off from
-    /// 250 ms to 4 s, until `giveUp`; then the last error is thrown.
-    static func retrying<T>(until giveUp: ContinuousClock.Instant, alsoWhen other: RPCError.Code? = nil, _ call: () async throws -> T) async throws -> T {
+    /// 250 ms to 4 s, until `giveUp`; then the last error is thrown. UNKNOWN and INTERNAL are asked
+    /// again for `unsureFor` at most: a call that broke in transit or met a service whose
+    /// database was restarting may answer them once, but a service that always does must not
+    /// hold a step until its timeout.
+    static func retrying<T>(
+        until giveUp: ContinuousClock.Instant, alsoWhen other: RPCError.Code? = nil, unsureFor: Duration = .seconds(10), _ call: () async throws -> T
+    ) async throws -> T {
         var delay = Duration.milliseconds(250)
+        let unsure = ContinuousClock.now + unsureFor
         while true {
             do {
                 return try await call()
-            } catch let error as RPCError where (error.code == .unavailable || error.code == other) && !Task.isCancelled && ContinuousClock.now + delay < giveUp {
+            } catch let error as RPCError where !Task.isCancelled && ContinuousClock.now + delay < giveUp
+                && (error.code == .unavailable || error.code == other || ([.unknown, .internalError].contains(error.code) && ContinuousClock.now + delay < unsure))
+            {
                 try await Task.sleep(for: delay)
                 delay = min(delay * 2, .seconds(4))
             }
