@@ -14,6 +14,11 @@ import Synchronization
 /// - `echo-delay-ms: N` — wait N ms before answering (cancellation ends the wait);
 /// - `echo-whoami: 1` — answer with the caller's certificate identity;
 /// - `echo-report-deadline: 1` — answer with the microseconds left of the call's deadline, or "none";
+/// - `echo-throw: rpc|convertible|plain|channel` — fail with an `RPCError` carrying metadata, with
+///   an `RPCErrorConvertible` (FAILED_PRECONDITION), with an error of neither kind, or with NIO's
+///   `ChannelError` (what a store's broken connection surfaces as);
+/// - `echo-metadata: V` — answer with initial metadata `echo-initial: V` and trailing metadata
+///   `echo-trailing: done` (unary methods);
 /// - `echo-forward: 1` — make the same call (without `echo-forward`) to the downstream service and
 ///   return its answer, to test that deadlines propagate.
 public final class EchoService: Sparkops_Testing_V1_EchoService.ServiceProtocol {
@@ -65,6 +70,20 @@ public final class EchoService: Sparkops_Testing_V1_EchoService.ServiceProtocol 
         if let text = metadata[stringValues: "echo-delay-ms"].first(where: { _ in true }), let millis = Int(text) {
             try await self.observing(context) { try await Task.sleep(for: .milliseconds(millis)) }
         }
+        switch metadata[stringValues: "echo-throw"].first(where: { _ in true }) {
+        case "rpc": throw RPCError(code: .aborted, message: "aborted on purpose", metadata: ["echo-reason": "asked"])
+        case "convertible": throw EchoConvertibleError()
+        case "plain": throw EchoPlainError()
+        case "channel": throw ChannelError.ioOnClosedChannel
+        default: break
+        }
+    }
+
+    private func respond(_ message: Sparkops_Testing_V1_EchoResponse, _ metadata: Metadata) -> ServerResponse<Sparkops_Testing_V1_EchoResponse> {
+        guard let value = metadata[stringValues: "echo-metadata"].first(where: { _ in true }) else {
+            return ServerResponse(message: message)
+        }
+        return ServerResponse(message: message, metadata: ["echo-initial": "\(value)"], trailingMetadata: ["echo-trailing": "done"])
     }
 
     private func answer(_ request: Sparkops_Testing_V1_EchoRequest, _ metadata: Metadata, _ context: ServerContext) async throws
@@ -91,14 +110,14 @@ public final class EchoService: Sparkops_Testing_V1_EchoService.ServiceProtocol 
         -> ServerResponse<Sparkops_Testing_V1_EchoResponse>
     {
         try await self.begin("Get", request.metadata, context)
-        return ServerResponse(message: try await self.answer(request.message, request.metadata, context))
+        return self.respond(try await self.answer(request.message, request.metadata, context), request.metadata)
     }
 
     public func record(request: ServerRequest<Sparkops_Testing_V1_EchoRequest>, context: ServerContext) async throws
         -> ServerResponse<Sparkops_Testing_V1_EchoResponse>
     {
         try await self.begin("Record", request.metadata, context)
-        return ServerResponse(message: try await self.answer(request.message, request.metadata, context))
+        return self.respond(try await self.answer(request.message, request.metadata, context), request.metadata)
     }
 
     public func expand(
@@ -166,3 +185,12 @@ public final class EchoService: Sparkops_Testing_V1_EchoService.ServiceProtocol 
         } }
     }
 }
+
+/// `echo-throw: convertible`.
+struct EchoConvertibleError: Error, RPCErrorConvertible {
+    var rpcErrorCode: RPCError.Code { .failedPrecondition }
+    var rpcErrorMessage: String { "converted on purpose" }
+}
+
+/// `echo-throw: plain`.
+struct EchoPlainError: Error {}

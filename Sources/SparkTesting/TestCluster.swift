@@ -220,7 +220,7 @@ public struct TestCluster: Sendable {
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await client.runConnections() }
             do {
-                let result = try await body(client)
+                let result = try await body(client.grpc)
                 client.beginGracefulShutdown()
                 try await group.waitForAll()
                 return result

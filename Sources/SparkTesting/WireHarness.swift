@@ -72,3 +72,58 @@ public func withEchoPair<Result: Sendable>(
         }
     }
 }
+
+/// How a test's unary calls travel: through GRPCCore's executors on both sides, or on SparkWire's
+/// lean unary path on both sides.
+public enum WirePath: String, CaseIterable, Sendable, CustomStringConvertible {
+    case grpcCore
+    case lean
+
+    public var description: String { self.rawValue }
+}
+
+/// An echo client and server on loopback whose unary calls take `path`, with the same
+/// interceptors on both paths (GRPCCore's for streaming calls too).
+public func withEchoPair<Result: Sendable>(
+    path: WirePath,
+    certificates: TestCertificates,
+    service: EchoService = EchoService(),
+    interceptors: [any ServerInterceptor & SparkWireUnaryInterceptor] = [],
+    clientIdentity: String = "client",
+    configureClient: (inout SparkWireClientTransport.Config) -> Void = { _ in },
+    _ body: (_ echo: any Sparkops_Testing_V1_EchoService.ClientProtocol, _ server: SparkWireServerTransport) async throws -> Result
+) async throws -> Result {
+    try await withWireServer(
+        services: [service],
+        security: certificates.security("echo"),
+        configure: { config in
+            if path == .lean {
+                config.unaryMethods = SparkProtoMethods.unary(of: [service])
+                config.unaryInterceptors = interceptors
+            }
+        },
+        interceptors: interceptors
+    ) { server, port in
+        var config = SparkWireClientTransport.Config(
+            endpoints: [SparkWireEndpoint(host: "127.0.0.1", port: port)],
+            serverIdentity: "echo",
+            security: certificates.security(clientIdentity),
+            methods: SparkProtoMethods.all
+        )
+        configureClient(&config)
+        let transport = try SparkWireClientTransport(config: config)
+        switch path {
+        case .grpcCore:
+            return try await withGRPCClient(transport: transport) { client in
+                try await body(Sparkops_Testing_V1_EchoService.Client(wrapping: client), server)
+            }
+        case .lean:
+            let channel = SparkWireChannel(transport: transport)
+            return try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await channel.runConnections() }
+                defer { channel.beginGracefulShutdown() }
+                return try await body(Sparkops_Testing_V1_EchoService.SparkWireClient(wrapping: channel), server)
+            }
+        }
+    }
+}

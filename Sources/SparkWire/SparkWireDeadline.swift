@@ -1,3 +1,5 @@
+import GRPCCore
+
 /// The deadline of the RPC a task is serving, so that the calls it makes inherit it.
 ///
 /// ``SparkWireServerTransport`` runs each handler with `current` set to the incoming call's deadline;
@@ -11,6 +13,20 @@ public enum SparkWireDeadline {
     /// The time left until `current`, or nil when the task serves no call with a deadline.
     public static var remaining: Duration? {
         self.current.map { ContinuousClock.now.duration(to: $0) }
+    }
+
+    /// The `timeout_micros` an outgoing call's headers carry: the smaller of the call's own
+    /// timeout and the time that remains of the call this task serves; 0 for none.
+    static func wireTimeout(requested: Duration?) throws(RPCError) -> UInt64 {
+        var timeout = requested
+        if let remaining = self.remaining {
+            timeout = min(timeout ?? remaining, remaining)
+        }
+        guard let timeout else { return 0 }
+        guard timeout > .zero else {
+            throw RPCError(code: .deadlineExceeded, message: "the deadline passed before the call was sent")
+        }
+        return timeout.wireMicroseconds
     }
 }
 

@@ -11,6 +11,8 @@ import SwiftProtobuf
 
 /// The transports compared.
 enum BenchTransport: String, CaseIterable {
+    /// SparkWire's lean unary path on both sides (streaming calls still go through GRPCCore).
+    case lean
     case sparkwire
     case http2
     case rawtls
@@ -19,7 +21,8 @@ enum BenchTransport: String, CaseIterable {
 
     var title: String {
         switch self {
-        case .sparkwire: return "SparkWire"
+        case .lean: return "SparkWire lean"
+        case .sparkwire: return "GRPCCore over SparkWire"
         case .http2: return "gRPC HTTP/2"
         case .rawtls: return "raw TLS"
         case .inprocess: return "GRPCCore in-process"
@@ -63,12 +66,13 @@ enum Settings {
 /// Serves the echo service over a gRPC transport until stdin closes or says "stop".
 func serveGRPC(_ transport: BenchTransport, certificates: String) async throws {
     switch transport {
-    case .sparkwire:
+    case .sparkwire, .lean:
         let server = SparkWireServerTransport(config: .init(
             host: "127.0.0.1", port: 0,
             security: .mutualTLS(.directory(certificates, service: "echo")),
             keepalive: nil,
-            methods: SparkProtoMethods.all
+            methods: SparkProtoMethods.all,
+            unaryMethods: transport == .lean ? SparkProtoMethods.unary(of: [BenchEchoService()]) : []
         ))
         try await runServer(server) { try await server.listeningAddress.port! }
     case .http2:
@@ -106,7 +110,7 @@ func waitForStop() async {
 /// Runs one scenario as a client in this process.
 func runClient(_ transport: BenchTransport, port: Int, scenario: Scenario, certificates: String) async throws -> ScenarioResult {
     switch transport {
-    case .sparkwire:
+    case .sparkwire, .lean:
         let client = try SparkWireClientTransport(config: .init(
             endpoints: [.init(host: "127.0.0.1", port: port)],
             serverIdentity: "echo",
@@ -118,6 +122,14 @@ func runClient(_ transport: BenchTransport, port: Int, scenario: Scenario, certi
             // policy, so neither does SparkWire here (GRPCCore's retry executor costs ~20 %).
             retryPolicy: nil
         ))
+        if transport == .lean {
+            let channel = SparkWireChannel(transport: client)
+            return try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await channel.runConnections() }
+                defer { channel.beginGracefulShutdown() }
+                return try await runGRPCScenario(scenario, echo: Sparkops_Testing_V1_EchoService.SparkWireClient(wrapping: channel))
+            }
+        }
         return try await withGRPCClient(transport: client) { try await runGRPCScenario(scenario, client: $0) }
     case .http2:
         let client = try StandardGRPC.clientTransport(
@@ -135,7 +147,10 @@ func runClient(_ transport: BenchTransport, port: Int, scenario: Scenario, certi
 }
 
 private func runGRPCScenario<T: ClientTransport>(_ scenario: Scenario, client: GRPCClient<T>) async throws -> ScenarioResult {
-    let echo = Sparkops_Testing_V1_EchoService.Client(wrapping: client)
+    try await runGRPCScenario(scenario, echo: Sparkops_Testing_V1_EchoService.Client(wrapping: client))
+}
+
+private func runGRPCScenario(_ scenario: Scenario, echo: some Sparkops_Testing_V1_EchoService.ClientProtocol) async throws -> ScenarioResult {
     let request = Sparkops_Testing_V1_EchoRequest.with { $0.payload = Settings.payload }
     // Connect before measuring.
     _ = try await echo.get(request)

@@ -63,6 +63,9 @@ struct Report {
     let results: [BenchTransport: [Scenario: ScenarioResult]]
     let serverRSS: [BenchTransport: Int]
 
+    /// Columns in this order; the ratios compare the lean path with the others.
+    static let columns: [BenchTransport] = [.lean, .sparkwire, .inprocess, .rawtls, .http2]
+
     func render() -> String {
         func value(_ t: BenchTransport, _ s: Scenario) -> ScenarioResult { self.results[t]![s]! }
         func rate(_ r: ScenarioResult, _ s: Scenario) -> Double { s == .stream ? r.messagesPerSecond : r.callsPerSecond }
@@ -73,24 +76,48 @@ struct Report {
             return formatter.string(from: NSNumber(value: x)) ?? "\(x)"
         }
         func ratio(_ a: Double, _ b: Double) -> String { b == 0 ? "-" : String(format: "%.2f×", a / b) }
+        func row(_ label: String, _ metric: String, _ cell: (BenchTransport) -> Double, ratios: [String]) -> String {
+            "| \(label) | \(metric) | " + Self.columns.map { number(cell($0)) }.joined(separator: " | ") + " | " + ratios.joined(separator: " | ") + " |"
+        }
 
         var lines: [String] = []
-        lines.append("| scenario | metric | SparkWire | gRPC HTTP/2 | raw TLS | GRPCCore in-process | SparkWire / HTTP/2 | SparkWire / raw TLS | SparkWire / in-process |")
-        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        lines.append("| scenario | metric | " + Self.columns.map(\.title).joined(separator: " | ") + " | lean / GRPCCore over SparkWire | lean / raw TLS | lean / in-process | lean / HTTP/2 |")
+        lines.append("|---|---|" + String(repeating: "---:|", count: Self.columns.count + 4))
         for scenario in Scenario.allCases {
-            let wire = value(.sparkwire, scenario), h2 = value(.http2, scenario), raw = value(.rawtls, scenario), local = value(.inprocess, scenario)
             let unit = scenario == .stream ? "messages/s" : "calls/s"
-            lines.append("| \(scenario.title) | \(unit) | \(number(rate(wire, scenario))) | \(number(rate(h2, scenario))) | \(number(rate(raw, scenario))) | \(number(rate(local, scenario))) | \(ratio(rate(wire, scenario), rate(h2, scenario))) | \(ratio(rate(wire, scenario), rate(raw, scenario))) | \(ratio(rate(wire, scenario), rate(local, scenario))) |")
+            let lean = rate(value(.lean, scenario), scenario)
+            lines.append(row(scenario.title, unit, { rate(value($0, scenario), scenario) }, ratios: [
+                ratio(lean, rate(value(.sparkwire, scenario), scenario)),
+                ratio(lean, rate(value(.rawtls, scenario), scenario)),
+                ratio(lean, rate(value(.inprocess, scenario), scenario)),
+                ratio(lean, rate(value(.http2, scenario), scenario)),
+            ]))
             if scenario != .stream {
-                lines.append("| | p50 µs | \(number(wire.p50Micros)) | \(number(h2.p50Micros)) | \(number(raw.p50Micros)) | \(number(local.p50Micros)) | \(ratio(wire.p50Micros, h2.p50Micros)) | | |")
-                lines.append("| | p99 µs | \(number(wire.p99Micros)) | \(number(h2.p99Micros)) | \(number(raw.p99Micros)) | \(number(local.p99Micros)) | \(ratio(wire.p99Micros, h2.p99Micros)) | | |")
+                for (metric, path) in [("p50 µs", \ScenarioResult.p50Micros), ("p99 µs", \ScenarioResult.p99Micros)] {
+                    let leanValue = value(.lean, scenario)[keyPath: path]
+                    lines.append(row("", metric, { value($0, scenario)[keyPath: path] }, ratios: [
+                        ratio(leanValue, value(.sparkwire, scenario)[keyPath: path]),
+                        ratio(leanValue, value(.rawtls, scenario)[keyPath: path]),
+                        ratio(leanValue, value(.inprocess, scenario)[keyPath: path]),
+                        ratio(leanValue, value(.http2, scenario)[keyPath: path]),
+                    ]))
+                }
             }
         }
-        let failures = BenchTransport.allCases.map { t in (t, Scenario.allCases.reduce(0) { $0 + value(t, $1).failedCalls }) }
-        lines.append("| failed calls | count | \(failures[0].1) | \(failures[1].1) | \(failures[2].1) | \(failures[3].1) | | | |")
-        let clientPeak = { (t: BenchTransport) in Scenario.allCases.map { value(t, $0).clientPeakRSSKiB }.max() ?? 0 }
-        lines.append("| peak RSS, server | MiB | \(self.serverRSS[.sparkwire]! / 1024) | \(self.serverRSS[.http2]! / 1024) | \(self.serverRSS[.rawtls]! / 1024) | (in client) | \(ratio(Double(self.serverRSS[.sparkwire]!), Double(self.serverRSS[.http2]!))) | | |")
-        lines.append("| peak RSS, client (largest scenario) | MiB | \(clientPeak(.sparkwire) / 1024) | \(clientPeak(.http2) / 1024) | \(clientPeak(.rawtls) / 1024) | \(clientPeak(.inprocess) / 1024) | \(ratio(Double(clientPeak(.sparkwire)), Double(clientPeak(.http2)))) | | |")
+        lines.append(row("failed calls", "count", { t in Double(Scenario.allCases.reduce(0) { $0 + value(t, $1).failedCalls }) }, ratios: ["", "", "", ""]))
+        lines.append("| peak RSS, server | MiB | " + Self.columns.map { $0 == .inprocess ? "(in client)" : "\(self.serverRSS[$0]! / 1024)" }.joined(separator: " | ") + " | | | | |")
+        let clientPeak = { (t: BenchTransport) in Double(Scenario.allCases.map { value(t, $0).clientPeakRSSKiB }.max() ?? 0) / 1024 }
+        lines.append(row("peak RSS, client (largest scenario)", "MiB", clientPeak, ratios: ["", "", "", ""]))
+
+        // The targets of the lean path.
+        let unary64 = rate(value(.lean, .unary64), .unary64) / max(1, rate(value(.rawtls, .unary64), .unary64))
+        let loneP99 = value(.lean, .unary1).p99Micros / max(1, value(.inprocess, .unary1).p99Micros)
+        let streaming = rate(value(.lean, .stream), .stream) / max(1, rate(value(.http2, .stream), .stream))
+        func verdict(_ met: Bool) -> String { met ? "met" : "NOT met" }
+        lines.append("")
+        lines.append("targets: unary ×64 at least 40 % of raw TLS: \(String(format: "%.0f %%", unary64 * 100)) (\(verdict(unary64 >= 0.4))); "
+            + "lone call p99 at most 2× in-process GRPCCore: \(String(format: "%.2f×", loneP99)) (\(verdict(loneP99 <= 2))); "
+            + "streaming at least 2× HTTP/2: \(String(format: "%.2f×", streaming)) (\(verdict(streaming >= 2)))")
         return lines.joined(separator: "\n")
     }
 }

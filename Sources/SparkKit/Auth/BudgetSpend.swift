@@ -25,10 +25,10 @@ public struct BudgetSpend: Sendable {
         public let amountMicros: Int64
     }
 
-    private let budget: Sparkops_Budget_V1_BudgetService.Client<SparkWireClientTransport>
+    private let budget: Sparkops_Budget_V1_BudgetService.SparkWireClient
     private let logger: Logger
 
-    public init(client: GRPCClient<SparkWireClientTransport>, logger: Logger) {
+    public init(client: SparkWireChannel, logger: Logger) {
         self.budget = .init(wrapping: client)
         self.logger = logger
     }

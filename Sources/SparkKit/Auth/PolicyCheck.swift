@@ -13,9 +13,9 @@ import SwiftProtobuf
 /// if decision.effect == "require_approval" { … hold the call … }
 /// ```
 public struct PolicyCheck: Sendable {
-    private let policy: Sparkops_Policy_V1_PolicyService.Client<SparkWireClientTransport>
+    private let policy: Sparkops_Policy_V1_PolicyService.SparkWireClient
 
-    public init(client: GRPCClient<SparkWireClientTransport>) {
+    public init(client: SparkWireChannel) {
         self.policy = .init(wrapping: client)
     }
 

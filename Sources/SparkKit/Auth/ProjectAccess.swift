@@ -20,13 +20,13 @@ import Synchronization
 /// a key revoked holds here for at most that long; the gateway, which checks every request
 /// first, refuses it as soon as its own cache lets go.
 public struct ProjectAccess: Sendable {
-    private let project: Sparkops_Project_V1_ProjectService.Client<SparkWireClientTransport>
+    private let project: Sparkops_Project_V1_ProjectService.SparkWireClient
     private let decisions: DecisionCache
 
     /// How long a decision is kept.
     public static let decisionLifetime: Duration = .seconds(2)
 
-    public init(client: GRPCClient<SparkWireClientTransport>) {
+    public init(client: SparkWireChannel) {
         self.project = .init(wrapping: client)
         self.decisions = DecisionCache()
     }

@@ -18,6 +18,8 @@ public import SparkWire
 /// - `<service>.grpcPort` (int, optional): also serve standard gRPC (HTTP/2, mTLS) on this port.
 /// - `<service>.address` (string, default `127.0.0.1:<port>`): where peers reach the service;
 ///   several `host:port` comma-separated for replicas.
+/// - `wire.leanUnary` (bool, default true): serve and send unary calls on SparkWire's lean path;
+///   false sends them through GRPCCore's executors, as before the lean path existed.
 /// - `log.level` (string, default `info`): `trace`, `debug`, `info`, `notice`, `warning`, `error`.
 public struct HostConfig: Sendable {
     public var home: String
@@ -27,6 +29,8 @@ public struct HostConfig: Sendable {
     public var databaseMaxConnections: Int
     public var redisURL: String?
     public var logLevel: String
+    /// Whether unary calls take SparkWire's lean path (`wire.leanUnary`).
+    public var leanUnary: Bool
     private var services: [ServiceName: Listener]
 
     public struct Listener: Sendable {
@@ -44,6 +48,7 @@ public struct HostConfig: Sendable {
         self.databaseMaxConnections = try config.integer(forKey: "database.maxConnections", default: 20, in: 1...1000)
         self.redisURL = config.string(forKey: "redis.url", isSecret: true)
         self.logLevel = config.string(forKey: "log.level", default: "info")
+        self.leanUnary = config.bool(forKey: "wire.leanUnary", default: true)
         var services: [ServiceName: Listener] = [:]
         for name in ServiceName.allCases {
             let scoped = config.scoped(to: ConfigKey(name.rawValue))

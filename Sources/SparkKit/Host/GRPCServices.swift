@@ -37,23 +37,22 @@ public struct GRPCClientService<Transport: ClientTransport>: ServiceLifecycle.Se
     }
 }
 
-/// SparkWire clients to the other services, one per peer, made on first use.
+/// SparkWire clients to the other services, one per peer. Generated `SparkWireClient`s wrap the
+/// channels: unary calls take SparkWire's lean path, streaming calls go through GRPCCore.
 public final class PeerClients: Sendable {
-    public let clients: [ServiceName: GRPCClient<SparkWireClientTransport>]
-    private let transports: [ServiceName: SparkWireClientTransport]
+    public let channels: [ServiceName: SparkWireChannel]
 
     /// Whether every peer has a connection ready for calls.
-    public var allReady: Bool { self.transports.values.allSatisfy(\.hasReadyConnection) }
+    public var allReady: Bool { self.channels.values.allSatisfy(\.transport.hasReadyConnection) }
 
     /// Whether `peer` has a connection ready for calls.
-    public func isReady(_ peer: ServiceName) -> Bool { self.transports[peer]?.hasReadyConnection ?? false }
+    public func isReady(_ peer: ServiceName) -> Bool { self.channels[peer]?.transport.hasReadyConnection ?? false }
 
     /// - Parameters:
     ///   - caller: the calling service, whose certificate the clients present.
     ///   - peers: the services it calls.
     public init(caller: ServiceName, peers: [ServiceName], config: HostConfig) throws {
-        var clients: [ServiceName: GRPCClient<SparkWireClientTransport>] = [:]
-        var transports: [ServiceName: SparkWireClientTransport] = [:]
+        var channels: [ServiceName: SparkWireChannel] = [:]
         for peer in peers {
             let transport = try SparkWireClientTransport(config: .init(
                 endpoints: config.listener(peer).address,
@@ -61,23 +60,21 @@ public final class PeerClients: Sendable {
                 security: .mutualTLS(config.credentials(caller)),
                 methods: SparkProtoMethods.all
             ))
-            clients[peer] = GRPCClient(transport: transport)
-            transports[peer] = transport
+            channels[peer] = SparkWireChannel(transport: transport, leanUnary: config.leanUnary)
         }
-        self.clients = clients
-        self.transports = transports
+        self.channels = channels
     }
 
-    public subscript(peer: ServiceName) -> GRPCClient<SparkWireClientTransport> {
-        guard let client = self.clients[peer] else {
+    public subscript(peer: ServiceName) -> SparkWireChannel {
+        guard let channel = self.channels[peer] else {
             preconditionFailure("no client was configured for \(peer.rawValue)")
         }
-        return client
+        return channel
     }
 
     /// The clients' connection loops, to run in the service group.
     public var services: [any ServiceLifecycle.Service] {
-        self.clients.values.map { GRPCClientService($0) }
+        self.channels.values.map { GRPCClientService($0.grpc) }
     }
 }
 

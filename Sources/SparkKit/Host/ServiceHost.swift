@@ -106,17 +106,20 @@ struct ServingService: ServiceLifecycle.Service {
 
         var allowlist = self.definition.allowlist
         allowlist.services["sparkops.health.v1.Health"] = ["*"]
-        let interceptors: [any ServerInterceptor] = [
-            RPCTelemetryInterceptor(service: self.definition.name.rawValue, logger: self.logger),
-            CallerAllowlistInterceptor.anyTransport(allowlist),
-        ]
+        let telemetry = RPCTelemetryInterceptor(service: self.definition.name.rawValue, logger: self.logger)
+        let allowed = CallerAllowlistInterceptor.anyTransport(allowlist)
+        let interceptors: [any ServerInterceptor] = [telemetry, allowed]
         let services: [any RegistrableRPCService] = self.definition.rpcServices + [self.health]
+        // Unary methods take SparkWire's lean path with the same interceptors; streaming methods
+        // and the standard gRPC listener go through GRPCCore.
         let wire = SparkWireServerTransport(
             config: .init(
                 host: listener.host,
                 port: listener.port,
                 security: .mutualTLS(self.config.credentials(self.definition.name)),
-                methods: SparkProtoMethods.all
+                methods: SparkProtoMethods.all,
+                unaryMethods: self.config.leanUnary ? SparkProtoMethods.unary(of: services) : [],
+                unaryInterceptors: [telemetry, allowed]
             ),
             logger: self.logger
         )

@@ -1,5 +1,6 @@
 public import GRPCCore
 public import Logging
+public import SparkWire
 import Metrics
 import Foundation
 import Synchronization
@@ -24,46 +25,65 @@ public struct RPCTelemetryInterceptor: ServerInterceptor {
         context: ServerContext,
         next: @Sendable (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
     ) async throws -> StreamingServerResponse<Output> {
-        let method = context.descriptor.method
         let started = ContinuousClock.now
-        func record(_ code: String) {
-            let metrics = self.metrics.metrics(method: method, code: code)
-            metrics.calls.increment()
-            metrics.duration.recordInterval(since: started)
-        }
+        let method = context.descriptor.method
+        let response: StreamingServerResponse<Output>
         do {
-            let response = try await next(request, context)
-            // Unary and server-streaming responses complete later; record acceptance here.
-            switch response.accepted {
-            case .success: record("OK")
-            case .failure(let error): record("\(error.code)")
-            }
-            return response
-        } catch let error as RPCError {
-            record("\(error.code)")
-            if error.code == .internalError || error.code == .unknown {
-                var logger = self.logger
-                logger[metadataKey: "request_id"] = "\(request.metadata[stringValues: "x-request-id"].first(where: { _ in true }) ?? "")"
-                logger[metadataKey: "trace_id"] = "\(Self.traceID(request.metadata) ?? "")"
-                logger.error("rpc failed", metadata: ["method": "\(method)", "code": "\(error.code)", "error": "\(error.message)"])
-            }
-            throw error
-        } catch let error as any (RPCErrorConvertible & Error) {
-            record("\(error.rpcErrorCode)")
-            throw error
-        } catch where SparkStore.isUnavailable(error) {
-            // The service's database is down or restarting: the caller may send the call again.
-            record("unavailable")
-            self.logger.warning("rpc failed: the database is unavailable", metadata: ["method": "\(method)", "error": "\(String(reflecting: error).prefix(500))"])
-            throw RPCError(code: .unavailable, message: "the service's database is unavailable; try again")
+            response = try await next(request, context)
         } catch {
-            // Not an RPC error: the caller sees UNKNOWN and nothing else, so the log says what it was.
-            record("unknown")
+            throw self.failed(error, method: method, metadata: request.metadata, since: started)
+        }
+        // Unary and server-streaming responses complete later; record acceptance here.
+        switch response.accepted {
+        case .success:
+            self.record(method: method, code: "OK", since: started)
+            return response
+        case .failure(let error):
+            // GRPCCore hands a handler's own error to the interceptor outside as a failed response
+            // (UNKNOWN, the error as its cause), so it is examined here too.
+            let answered = self.failed(error, method: method, metadata: request.metadata, since: started)
+            return StreamingServerResponse(error: (answered as? RPCError) ?? RPCError(code: .unknown, message: "", cause: answered))
+        }
+    }
+
+    private func record(method: String, code: String, since started: ContinuousClock.Instant) {
+        let metrics = self.metrics.metrics(method: method, code: code)
+        metrics.calls.increment()
+        metrics.duration.recordInterval(since: started)
+    }
+
+    /// Records a failed call and returns the error its caller gets: a store that is down or
+    /// restarting becomes UNAVAILABLE (the caller may send the call again); an error that is not an
+    /// RPC error is logged, since the caller sees only UNKNOWN.
+    private func failed(_ error: any Error, method: String, metadata: Metadata, since started: ContinuousClock.Instant) -> any Error {
+        var underlying = error
+        if let wrapped = error as? RPCError, wrapped.code == .unknown, let cause = wrapped.cause {
+            underlying = cause
+        }
+        func logger() -> Logger {
             var logger = self.logger
-            logger[metadataKey: "request_id"] = "\(request.metadata[stringValues: "x-request-id"].first(where: { _ in true }) ?? "")"
-            logger[metadataKey: "trace_id"] = "\(Self.traceID(request.metadata) ?? "")"
-            logger.error("rpc failed", metadata: ["method": "\(method)", "code": "unknown", "error": "\(String(reflecting: error).prefix(2000))"])
-            throw error
+            logger[metadataKey: "request_id"] = "\(metadata[stringValues: "x-request-id"].first(where: { _ in true }) ?? "")"
+            logger[metadataKey: "trace_id"] = "\(Self.traceID(metadata) ?? "")"
+            return logger
+        }
+        switch underlying {
+        case let rpcError as RPCError:
+            self.record(method: method, code: "\(rpcError.code)", since: started)
+            if rpcError.code == .internalError || rpcError.code == .unknown {
+                logger().error("rpc failed", metadata: ["method": "\(method)", "code": "\(rpcError.code)", "error": "\(rpcError.message)"])
+            }
+            return error
+        case let convertible as any (RPCErrorConvertible & Error):
+            self.record(method: method, code: "\(convertible.rpcErrorCode)", since: started)
+            return convertible
+        case _ where SparkStore.isUnavailable(underlying):
+            self.record(method: method, code: "unavailable", since: started)
+            self.logger.warning("rpc failed: the database is unavailable", metadata: ["method": "\(method)", "error": "\(String(reflecting: underlying).prefix(500))"])
+            return RPCError(code: .unavailable, message: "the service's database is unavailable; try again")
+        default:
+            self.record(method: method, code: "unknown", since: started)
+            logger().error("rpc failed", metadata: ["method": "\(method)", "code": "unknown", "error": "\(String(reflecting: underlying).prefix(2000))"])
+            return underlying
         }
     }
 
@@ -119,5 +139,22 @@ extension Metrics.Timer {
     func recordInterval(since start: ContinuousClock.Instant) {
         let (seconds, attoseconds) = (ContinuousClock.now - start).components
         self.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}
+
+extension RPCTelemetryInterceptor: SparkWireUnaryInterceptor {
+    public func intercept(
+        request: SparkWireUnaryRequest,
+        context: ServerContext,
+        next: (SparkWireUnaryRequest, ServerContext) async throws -> SparkWireUnaryResponse
+    ) async throws -> SparkWireUnaryResponse {
+        let started = ContinuousClock.now
+        do {
+            let response = try await next(request, context)
+            self.record(method: context.descriptor.method, code: "OK", since: started)
+            return response
+        } catch {
+            throw self.failed(error, method: context.descriptor.method, metadata: request.metadata, since: started)
+        }
     }
 }

@@ -25,8 +25,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ApplyAgent"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_ApplyAgentRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_ApplyAgentRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ApplyAgent"),
                     serializer: ProtobufSerializer<Sparkops_Agent_V1_ApplyAgentRequest>(),
@@ -50,8 +50,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ValidateAgent"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_ValidateAgentRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_ValidateAgentRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ValidateAgent"),
                     serializer: ProtobufSerializer<Sparkops_Agent_V1_ValidateAgentRequest>(),
@@ -75,8 +75,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "GetAgent"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_GetAgentRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_GetAgentRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "GetAgent"),
                     serializer: ProtobufSerializer<Sparkops_Agent_V1_GetAgentRequest>(),
@@ -100,8 +100,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ListAgents"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_ListAgentsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_ListAgentsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ListAgents"),
                     serializer: ProtobufSerializer<Sparkops_Agent_V1_ListAgentsRequest>(),
@@ -125,8 +125,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "UpdateAgent"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_UpdateAgentRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_UpdateAgentRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "UpdateAgent"),
                     serializer: ProtobufSerializer<Sparkops_Agent_V1_UpdateAgentRequest>(),
@@ -150,8 +150,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "DeleteAgent"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_DeleteAgentRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_DeleteAgentRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "DeleteAgent"),
                     serializer: ProtobufSerializer<Sparkops_Agent_V1_DeleteAgentRequest>(),
@@ -175,8 +175,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "GetAgentVersion"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_GetAgentVersionRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_GetAgentVersionRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "GetAgentVersion"),
                     serializer: ProtobufSerializer<Sparkops_Agent_V1_GetAgentVersionRequest>(),
@@ -200,8 +200,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ListAgentVersions"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_ListAgentVersionsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_ListAgentVersionsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ListAgentVersions"),
                     serializer: ProtobufSerializer<Sparkops_Agent_V1_ListAgentVersionsRequest>(),
@@ -225,8 +225,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ExecuteAgentStep"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_ExecuteAgentStepRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_ExecuteAgentStepRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ExecuteAgentStep"),
                     serializer: ProtobufSerializer<Sparkops_Agent_V1_ExecuteAgentStepRequest>(),
@@ -250,8 +250,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "GetAgentExecution"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_GetAgentExecutionRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_GetAgentExecutionRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "GetAgentExecution"),
                     serializer: ProtobufSerializer<Sparkops_Agent_V1_GetAgentExecutionRequest>(),
@@ -275,8 +275,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ListAgentExecutions"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_ListAgentExecutionsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_ListAgentExecutionsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ListAgentExecutions"),
                     serializer: ProtobufSerializer<Sparkops_Agent_V1_ListAgentExecutionsRequest>(),
@@ -300,8 +300,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ListAgentMemory"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_ListAgentMemoryRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_ListAgentMemoryRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ListAgentMemory"),
                     serializer: ProtobufSerializer<Sparkops_Agent_V1_ListAgentMemoryRequest>(),
@@ -325,8 +325,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "PutAgentMemory"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_PutAgentMemoryRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_PutAgentMemoryRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "PutAgentMemory"),
                     serializer: ProtobufSerializer<Sparkops_Agent_V1_PutAgentMemoryRequest>(),
@@ -350,8 +350,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "DeleteAgentMemory"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_DeleteAgentMemoryRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_DeleteAgentMemoryRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "DeleteAgentMemory"),
                     serializer: ProtobufSerializer<Sparkops_Agent_V1_DeleteAgentMemoryRequest>(),
@@ -375,8 +375,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "SetBudget"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_SetBudgetRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_SetBudgetRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "SetBudget"),
                     serializer: ProtobufSerializer<Sparkops_Budget_V1_SetBudgetRequest>(),
@@ -400,8 +400,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "GetBudget"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_GetBudgetRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_GetBudgetRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "GetBudget"),
                     serializer: ProtobufSerializer<Sparkops_Budget_V1_GetBudgetRequest>(),
@@ -425,8 +425,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "ListBudgets"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_ListBudgetsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_ListBudgetsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "ListBudgets"),
                     serializer: ProtobufSerializer<Sparkops_Budget_V1_ListBudgetsRequest>(),
@@ -450,8 +450,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "DeleteBudget"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_DeleteBudgetRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_DeleteBudgetRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "DeleteBudget"),
                     serializer: ProtobufSerializer<Sparkops_Budget_V1_DeleteBudgetRequest>(),
@@ -475,8 +475,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "Reserve"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_ReserveRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_ReserveRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "Reserve"),
                     serializer: ProtobufSerializer<Sparkops_Budget_V1_ReserveRequest>(),
@@ -500,8 +500,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "Settle"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_SettleRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_SettleRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "Settle"),
                     serializer: ProtobufSerializer<Sparkops_Budget_V1_SettleRequest>(),
@@ -525,8 +525,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "Release"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_ReleaseRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_ReleaseRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "Release"),
                     serializer: ProtobufSerializer<Sparkops_Budget_V1_ReleaseRequest>(),
@@ -550,8 +550,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "GetReservation"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_GetReservationRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_GetReservationRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "GetReservation"),
                     serializer: ProtobufSerializer<Sparkops_Budget_V1_GetReservationRequest>(),
@@ -575,8 +575,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "GetUsage"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_GetUsageRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_GetUsageRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "GetUsage"),
                     serializer: ProtobufSerializer<Sparkops_Budget_V1_GetUsageRequest>(),
@@ -600,8 +600,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "ListLedger"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_ListLedgerRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_ListLedgerRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "ListLedger"),
                     serializer: ProtobufSerializer<Sparkops_Budget_V1_ListLedgerRequest>(),
@@ -625,8 +625,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "ListAlerts"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_ListAlertsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_ListAlertsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "ListAlerts"),
                     serializer: ProtobufSerializer<Sparkops_Budget_V1_ListAlertsRequest>(),
@@ -650,8 +650,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ApplyPolicy"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_ApplyPolicyRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_ApplyPolicyRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ApplyPolicy"),
                     serializer: ProtobufSerializer<Sparkops_Policy_V1_ApplyPolicyRequest>(),
@@ -675,8 +675,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ValidatePolicy"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_ValidatePolicyRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_ValidatePolicyRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ValidatePolicy"),
                     serializer: ProtobufSerializer<Sparkops_Policy_V1_ValidatePolicyRequest>(),
@@ -700,8 +700,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetPolicy"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_GetPolicyRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_GetPolicyRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetPolicy"),
                     serializer: ProtobufSerializer<Sparkops_Policy_V1_GetPolicyRequest>(),
@@ -725,8 +725,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListPolicies"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_ListPoliciesRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_ListPoliciesRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListPolicies"),
                     serializer: ProtobufSerializer<Sparkops_Policy_V1_ListPoliciesRequest>(),
@@ -750,8 +750,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "DeletePolicy"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_DeletePolicyRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_DeletePolicyRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "DeletePolicy"),
                     serializer: ProtobufSerializer<Sparkops_Policy_V1_DeletePolicyRequest>(),
@@ -775,8 +775,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetPolicyVersion"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_GetPolicyVersionRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_GetPolicyVersionRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetPolicyVersion"),
                     serializer: ProtobufSerializer<Sparkops_Policy_V1_GetPolicyVersionRequest>(),
@@ -800,8 +800,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListPolicyVersions"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_ListPolicyVersionsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_ListPolicyVersionsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListPolicyVersions"),
                     serializer: ProtobufSerializer<Sparkops_Policy_V1_ListPolicyVersionsRequest>(),
@@ -825,8 +825,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ApplyGlobalPolicy"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_ApplyPolicyRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_ApplyPolicyRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ApplyGlobalPolicy"),
                     serializer: ProtobufSerializer<Sparkops_Policy_V1_ApplyPolicyRequest>(),
@@ -850,8 +850,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetGlobalPolicy"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_GetPolicyRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_GetPolicyRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetGlobalPolicy"),
                     serializer: ProtobufSerializer<Sparkops_Policy_V1_GetPolicyRequest>(),
@@ -875,8 +875,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListGlobalPolicies"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_ListPoliciesRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_ListPoliciesRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListGlobalPolicies"),
                     serializer: ProtobufSerializer<Sparkops_Policy_V1_ListPoliciesRequest>(),
@@ -900,8 +900,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "DeleteGlobalPolicy"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_DeletePolicyRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_DeletePolicyRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "DeleteGlobalPolicy"),
                     serializer: ProtobufSerializer<Sparkops_Policy_V1_DeletePolicyRequest>(),
@@ -925,8 +925,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "TestPolicy"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_TestPolicyRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_TestPolicyRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "TestPolicy"),
                     serializer: ProtobufSerializer<Sparkops_Policy_V1_TestPolicyRequest>(),
@@ -950,8 +950,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetViolation"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_GetViolationRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_GetViolationRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetViolation"),
                     serializer: ProtobufSerializer<Sparkops_Policy_V1_GetViolationRequest>(),
@@ -975,8 +975,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListViolations"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_ListViolationsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_ListViolationsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListViolations"),
                     serializer: ProtobufSerializer<Sparkops_Policy_V1_ListViolationsRequest>(),
@@ -1000,8 +1000,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "Login"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_LoginRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_LoginRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "Login"),
                     serializer: ProtobufSerializer<Sparkops_Project_V1_LoginRequest>(),
@@ -1025,8 +1025,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "Refresh"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_RefreshRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_RefreshRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "Refresh"),
                     serializer: ProtobufSerializer<Sparkops_Project_V1_RefreshRequest>(),
@@ -1050,8 +1050,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "Logout"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_LogoutRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_LogoutRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "Logout"),
                     serializer: ProtobufSerializer<Sparkops_Project_V1_LogoutRequest>(),
@@ -1075,8 +1075,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "CreateUser"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_CreateUserRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_CreateUserRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "CreateUser"),
                     serializer: ProtobufSerializer<Sparkops_Project_V1_CreateUserRequest>(),
@@ -1100,8 +1100,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "GetCurrentUser"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_GetCurrentUserRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_GetCurrentUserRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "GetCurrentUser"),
                     serializer: ProtobufSerializer<Sparkops_Project_V1_GetCurrentUserRequest>(),
@@ -1125,8 +1125,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "ChangePassword"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_ChangePasswordRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_ChangePasswordRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "ChangePassword"),
                     serializer: ProtobufSerializer<Sparkops_Project_V1_ChangePasswordRequest>(),
@@ -1150,8 +1150,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "ClearLoginThrottle"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_ClearLoginThrottleRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_ClearLoginThrottleRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "ClearLoginThrottle"),
                     serializer: ProtobufSerializer<Sparkops_Project_V1_ClearLoginThrottleRequest>(),
@@ -1175,8 +1175,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "CreateProject"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_CreateProjectRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_CreateProjectRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "CreateProject"),
                     serializer: ProtobufSerializer<Sparkops_Project_V1_CreateProjectRequest>(),
@@ -1200,8 +1200,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "GetProject"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_GetProjectRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_GetProjectRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "GetProject"),
                     serializer: ProtobufSerializer<Sparkops_Project_V1_GetProjectRequest>(),
@@ -1225,8 +1225,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "ListProjects"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_ListProjectsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_ListProjectsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "ListProjects"),
                     serializer: ProtobufSerializer<Sparkops_Project_V1_ListProjectsRequest>(),
@@ -1250,8 +1250,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "UpdateProject"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_UpdateProjectRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_UpdateProjectRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "UpdateProject"),
                     serializer: ProtobufSerializer<Sparkops_Project_V1_UpdateProjectRequest>(),
@@ -1275,8 +1275,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "DeleteProject"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_DeleteProjectRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_DeleteProjectRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "DeleteProject"),
                     serializer: ProtobufSerializer<Sparkops_Project_V1_DeleteProjectRequest>(),
@@ -1300,8 +1300,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "AddMember"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_AddMemberRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_AddMemberRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "AddMember"),
                     serializer: ProtobufSerializer<Sparkops_Project_V1_AddMemberRequest>(),
@@ -1325,8 +1325,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "ListMembers"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_ListMembersRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_ListMembersRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "ListMembers"),
                     serializer: ProtobufSerializer<Sparkops_Project_V1_ListMembersRequest>(),
@@ -1350,8 +1350,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "RemoveMember"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_RemoveMemberRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_RemoveMemberRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "RemoveMember"),
                     serializer: ProtobufSerializer<Sparkops_Project_V1_RemoveMemberRequest>(),
@@ -1375,8 +1375,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "CreateApiKey"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_CreateApiKeyRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_CreateApiKeyRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "CreateApiKey"),
                     serializer: ProtobufSerializer<Sparkops_Project_V1_CreateApiKeyRequest>(),
@@ -1400,8 +1400,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "ListApiKeys"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_ListApiKeysRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_ListApiKeysRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "ListApiKeys"),
                     serializer: ProtobufSerializer<Sparkops_Project_V1_ListApiKeysRequest>(),
@@ -1425,8 +1425,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "RevokeApiKey"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_RevokeApiKeyRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_RevokeApiKeyRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "RevokeApiKey"),
                     serializer: ProtobufSerializer<Sparkops_Project_V1_RevokeApiKeyRequest>(),
@@ -1450,8 +1450,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "ListAuditEvents"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_ListAuditEventsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_ListAuditEventsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "ListAuditEvents"),
                     serializer: ProtobufSerializer<Sparkops_Project_V1_ListAuditEventsRequest>(),
@@ -1475,8 +1475,8 @@ extension SparkHTTPRoute {
             service: "run",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "CreateRun"),
             decodeRequest: { bytes, options in try Sparkops_Run_V1_CreateRunRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Run_V1_CreateRunRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "CreateRun"),
                     serializer: ProtobufSerializer<Sparkops_Run_V1_CreateRunRequest>(),
@@ -1500,8 +1500,8 @@ extension SparkHTTPRoute {
             service: "run",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "GetRun"),
             decodeRequest: { bytes, options in try Sparkops_Run_V1_GetRunRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Run_V1_GetRunRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "GetRun"),
                     serializer: ProtobufSerializer<Sparkops_Run_V1_GetRunRequest>(),
@@ -1525,8 +1525,8 @@ extension SparkHTTPRoute {
             service: "run",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ListRuns"),
             decodeRequest: { bytes, options in try Sparkops_Run_V1_ListRunsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Run_V1_ListRunsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ListRuns"),
                     serializer: ProtobufSerializer<Sparkops_Run_V1_ListRunsRequest>(),
@@ -1550,8 +1550,8 @@ extension SparkHTTPRoute {
             service: "run",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "CancelRun"),
             decodeRequest: { bytes, options in try Sparkops_Run_V1_CancelRunRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Run_V1_CancelRunRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "CancelRun"),
                     serializer: ProtobufSerializer<Sparkops_Run_V1_CancelRunRequest>(),
@@ -1575,8 +1575,8 @@ extension SparkHTTPRoute {
             service: "run",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "RerunFrom"),
             decodeRequest: { bytes, options in try Sparkops_Run_V1_RerunFromRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Run_V1_RerunFromRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "RerunFrom"),
                     serializer: ProtobufSerializer<Sparkops_Run_V1_RerunFromRequest>(),
@@ -1600,8 +1600,8 @@ extension SparkHTTPRoute {
             service: "run",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ResolveStep"),
             decodeRequest: { bytes, options in try Sparkops_Run_V1_ResolveStepRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Run_V1_ResolveStepRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ResolveStep"),
                     serializer: ProtobufSerializer<Sparkops_Run_V1_ResolveStepRequest>(),
@@ -1625,8 +1625,8 @@ extension SparkHTTPRoute {
             service: "run",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ListRunEvents"),
             decodeRequest: { bytes, options in try Sparkops_Run_V1_ListRunEventsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Run_V1_ListRunEventsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ListRunEvents"),
                     serializer: ProtobufSerializer<Sparkops_Run_V1_ListRunEventsRequest>(),
@@ -1650,8 +1650,8 @@ extension SparkHTTPRoute {
             service: "run",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ListApprovals"),
             decodeRequest: { bytes, options in try Sparkops_Run_V1_ListApprovalsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Run_V1_ListApprovalsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ListApprovals"),
                     serializer: ProtobufSerializer<Sparkops_Run_V1_ListApprovalsRequest>(),
@@ -1675,8 +1675,8 @@ extension SparkHTTPRoute {
             service: "run",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "DecideApproval"),
             decodeRequest: { bytes, options in try Sparkops_Run_V1_DecideApprovalRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Run_V1_DecideApprovalRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "DecideApproval"),
                     serializer: ProtobufSerializer<Sparkops_Run_V1_DecideApprovalRequest>(),
@@ -1700,8 +1700,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ApplyTool"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_ApplyToolRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_ApplyToolRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ApplyTool"),
                     serializer: ProtobufSerializer<Sparkops_Tool_V1_ApplyToolRequest>(),
@@ -1725,8 +1725,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ValidateTool"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_ValidateToolRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_ValidateToolRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ValidateTool"),
                     serializer: ProtobufSerializer<Sparkops_Tool_V1_ValidateToolRequest>(),
@@ -1750,8 +1750,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "GetTool"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_GetToolRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_GetToolRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "GetTool"),
                     serializer: ProtobufSerializer<Sparkops_Tool_V1_GetToolRequest>(),
@@ -1775,8 +1775,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListTools"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_ListToolsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_ListToolsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListTools"),
                     serializer: ProtobufSerializer<Sparkops_Tool_V1_ListToolsRequest>(),
@@ -1800,8 +1800,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "UpdateTool"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_UpdateToolRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_UpdateToolRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "UpdateTool"),
                     serializer: ProtobufSerializer<Sparkops_Tool_V1_UpdateToolRequest>(),
@@ -1825,8 +1825,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "DeleteTool"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_DeleteToolRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_DeleteToolRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "DeleteTool"),
                     serializer: ProtobufSerializer<Sparkops_Tool_V1_DeleteToolRequest>(),
@@ -1850,8 +1850,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "GetToolVersion"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_GetToolVersionRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_GetToolVersionRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "GetToolVersion"),
                     serializer: ProtobufSerializer<Sparkops_Tool_V1_GetToolVersionRequest>(),
@@ -1875,8 +1875,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListToolVersions"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_ListToolVersionsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_ListToolVersionsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListToolVersions"),
                     serializer: ProtobufSerializer<Sparkops_Tool_V1_ListToolVersionsRequest>(),
@@ -1900,8 +1900,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "InvokeTool"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_InvokeToolRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_InvokeToolRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "InvokeTool"),
                     serializer: ProtobufSerializer<Sparkops_Tool_V1_InvokeToolRequest>(),
@@ -1925,8 +1925,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListToolFunctions"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_ListToolFunctionsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_ListToolFunctionsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListToolFunctions"),
                     serializer: ProtobufSerializer<Sparkops_Tool_V1_ListToolFunctionsRequest>(),
@@ -1950,8 +1950,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "PutSecret"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_PutSecretRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_PutSecretRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "PutSecret"),
                     serializer: ProtobufSerializer<Sparkops_Tool_V1_PutSecretRequest>(),
@@ -1975,8 +1975,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListSecrets"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_ListSecretsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_ListSecretsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListSecrets"),
                     serializer: ProtobufSerializer<Sparkops_Tool_V1_ListSecretsRequest>(),
@@ -2000,8 +2000,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "PutDocument"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_PutDocumentRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_PutDocumentRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "PutDocument"),
                     serializer: ProtobufSerializer<Sparkops_Tool_V1_PutDocumentRequest>(),
@@ -2025,8 +2025,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "GetDocument"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_GetDocumentRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_GetDocumentRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "GetDocument"),
                     serializer: ProtobufSerializer<Sparkops_Tool_V1_GetDocumentRequest>(),
@@ -2050,8 +2050,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListDocuments"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_ListDocumentsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_ListDocumentsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListDocuments"),
                     serializer: ProtobufSerializer<Sparkops_Tool_V1_ListDocumentsRequest>(),
@@ -2075,8 +2075,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "DeleteDocument"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_DeleteDocumentRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_DeleteDocumentRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "DeleteDocument"),
                     serializer: ProtobufSerializer<Sparkops_Tool_V1_DeleteDocumentRequest>(),
@@ -2100,8 +2100,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "SearchDocuments"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_SearchDocumentsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_SearchDocumentsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "SearchDocuments"),
                     serializer: ProtobufSerializer<Sparkops_Tool_V1_SearchDocumentsRequest>(),
@@ -2125,8 +2125,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "DeleteSecret"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_DeleteSecretRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_DeleteSecretRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "DeleteSecret"),
                     serializer: ProtobufSerializer<Sparkops_Tool_V1_DeleteSecretRequest>(),
@@ -2150,8 +2150,8 @@ extension SparkHTTPRoute {
             service: "workflow",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "CreateWorkflow"),
             decodeRequest: { bytes, options in try Sparkops_Workflow_V1_CreateWorkflowRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Workflow_V1_CreateWorkflowRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "CreateWorkflow"),
                     serializer: ProtobufSerializer<Sparkops_Workflow_V1_CreateWorkflowRequest>(),
@@ -2175,8 +2175,8 @@ extension SparkHTTPRoute {
             service: "workflow",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ApplyWorkflow"),
             decodeRequest: { bytes, options in try Sparkops_Workflow_V1_ApplyWorkflowRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Workflow_V1_ApplyWorkflowRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ApplyWorkflow"),
                     serializer: ProtobufSerializer<Sparkops_Workflow_V1_ApplyWorkflowRequest>(),
@@ -2200,8 +2200,8 @@ extension SparkHTTPRoute {
             service: "workflow",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ValidateWorkflow"),
             decodeRequest: { bytes, options in try Sparkops_Workflow_V1_ValidateWorkflowRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Workflow_V1_ValidateWorkflowRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ValidateWorkflow"),
                     serializer: ProtobufSerializer<Sparkops_Workflow_V1_ValidateWorkflowRequest>(),
@@ -2225,8 +2225,8 @@ extension SparkHTTPRoute {
             service: "workflow",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "GetWorkflow"),
             decodeRequest: { bytes, options in try Sparkops_Workflow_V1_GetWorkflowRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Workflow_V1_GetWorkflowRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "GetWorkflow"),
                     serializer: ProtobufSerializer<Sparkops_Workflow_V1_GetWorkflowRequest>(),
@@ -2250,8 +2250,8 @@ extension SparkHTTPRoute {
             service: "workflow",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ListWorkflows"),
             decodeRequest: { bytes, options in try Sparkops_Workflow_V1_ListWorkflowsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Workflow_V1_ListWorkflowsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ListWorkflows"),
                     serializer: ProtobufSerializer<Sparkops_Workflow_V1_ListWorkflowsRequest>(),
@@ -2275,8 +2275,8 @@ extension SparkHTTPRoute {
             service: "workflow",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "UpdateWorkflow"),
             decodeRequest: { bytes, options in try Sparkops_Workflow_V1_UpdateWorkflowRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Workflow_V1_UpdateWorkflowRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "UpdateWorkflow"),
                     serializer: ProtobufSerializer<Sparkops_Workflow_V1_UpdateWorkflowRequest>(),
@@ -2300,8 +2300,8 @@ extension SparkHTTPRoute {
             service: "workflow",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "DeleteWorkflow"),
             decodeRequest: { bytes, options in try Sparkops_Workflow_V1_DeleteWorkflowRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Workflow_V1_DeleteWorkflowRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "DeleteWorkflow"),
                     serializer: ProtobufSerializer<Sparkops_Workflow_V1_DeleteWorkflowRequest>(),
@@ -2325,8 +2325,8 @@ extension SparkHTTPRoute {
             service: "workflow",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "GetWorkflowVersion"),
             decodeRequest: { bytes, options in try Sparkops_Workflow_V1_GetWorkflowVersionRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Workflow_V1_GetWorkflowVersionRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "GetWorkflowVersion"),
                     serializer: ProtobufSerializer<Sparkops_Workflow_V1_GetWorkflowVersionRequest>(),
@@ -2350,8 +2350,8 @@ extension SparkHTTPRoute {
             service: "workflow",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ListWorkflowVersions"),
             decodeRequest: { bytes, options in try Sparkops_Workflow_V1_ListWorkflowVersionsRequest(jsonUTF8Bytes: bytes, options: options) },
-            call: { client, request, metadata, options in
-                try await client.unary(
+            call: { channel, request, metadata, options in
+                try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Workflow_V1_ListWorkflowVersionsRequest, metadata: metadata),
                     descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ListWorkflowVersions"),
                     serializer: ProtobufSerializer<Sparkops_Workflow_V1_ListWorkflowVersionsRequest>(),

@@ -31,7 +31,7 @@ public struct SparkHTTPRoute: Sendable {
 
     public typealias Decode = @Sendable ([UInt8], JSONDecodingOptions) throws -> any SwiftProtobuf.Message
     public typealias Call = @Sendable (
-        GRPCClient<SparkWireClientTransport>,
+        SparkWireChannel,
         any SwiftProtobuf.Message,
         Metadata,
         CallOptions

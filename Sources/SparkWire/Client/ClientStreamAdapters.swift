@@ -34,18 +34,9 @@ struct ClientOutboundWriter: ClosableRPCWriterProtocol {
     func write(_ element: RPCRequestPart<SparkWireBytes>) async throws {
         switch element {
         case .metadata(var metadata):
-            var timeout = metadata[stringValues: "grpc-timeout"].first(where: { _ in true }).flatMap(GRPCTimeout.parse)
+            let timeout = metadata[stringValues: "grpc-timeout"].first(where: { _ in true }).flatMap(GRPCTimeout.parse)
             metadata.removeAllValues(forKey: "grpc-timeout")
-            if let remaining = SparkWireDeadline.remaining {
-                timeout = min(timeout ?? remaining, remaining)
-            }
-            var micros: UInt64 = 0
-            if let timeout {
-                guard timeout > .zero else {
-                    throw RPCError(code: .deadlineExceeded, message: "the deadline passed before the call was sent")
-                }
-                micros = timeout.wireMicroseconds
-            }
+            let micros = try SparkWireDeadline.wireTimeout(requested: timeout)
             try self.channel.writeHeaders(WireFrame.Headers(method: self.path, timeoutMicros: micros, metadata: metadata))
         case .message(let bytes):
             try await self.channel.writeMessage(bytes.buffer)

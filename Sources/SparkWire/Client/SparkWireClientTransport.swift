@@ -107,7 +107,7 @@ public final class SparkWireClientTransport: ClientTransport {
     private let logger: Logger
     private let pool: ConnectionPool
     private let methods: SparkWireMethodTable
-    private let methodConfigs: [String: MethodConfig]
+    let methodConfigs: [String: MethodConfig]
     private let sslContext: NIOSSLContext?
     private let connectionConfig: ConnectionConfiguration
     private let phase = Mutex(Phase.idle)
@@ -325,7 +325,7 @@ public final class SparkWireClientTransport: ClientTransport {
     }
 
     /// Picks a connection and opens a stream on it, moving on if the connection was just going away.
-    private func openStream(holdUntilEnd: Bool, waitForReady: Bool) async throws -> (ClientConnection, StreamChannel) {
+    func openStream(holdUntilEnd: Bool, waitForReady: Bool) async throws -> (ClientConnection, StreamChannel) {
         var attempts = 0
         while true {
             let connection = try await self.pool.pick(waitForReady: waitForReady)

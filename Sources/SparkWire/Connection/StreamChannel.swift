@@ -59,6 +59,8 @@ package final class StreamChannel: Sendable {
         var opened = false
 
         var cancellationHandle: ServerContext.RPCCancellationHandle?
+        /// Server, lean unary path: cancels the task running the handler.
+        var cancelTask: (@Sendable () -> Void)?
         var cancelRequested = false
         var handlerFinished = false
         var lifecycleWaiter: CheckedContinuation<Void, Never>?
@@ -387,12 +389,15 @@ package final class StreamChannel: Sendable {
             state.cancelRequested = true
             let lifecycle = state.lifecycleWaiter
             state.lifecycleWaiter = nil
-            return (reader, waiter, (state.cancellationHandle, lifecycle))
+            let cancelTask = state.cancelTask
+            state.cancelTask = nil
+            return (reader, waiter, (state.cancellationHandle, lifecycle, cancelTask))
         }
         self.outbox.consumed(bytes: droppedBytes)
         // The RPC is marked cancelled before its reader wakes, so a handler that sees the error
         // also sees `context.cancellation.isCancelled`.
         handle.0?.cancel()
+        handle.2?()
         reader?.resume(throwing: error)
         waiter?.resume(throwing: error)
         handle.1?.resume()
@@ -439,6 +444,22 @@ package final class StreamChannel: Sendable {
             return state.cancelRequested
         }
         if cancelNow { handle.cancel() }
+    }
+
+    /// Server, lean unary path: how to cancel the task running the handler; runs at once if the
+    /// stream already failed.
+    package func setTaskCancellation(_ cancel: @escaping @Sendable () -> Void) {
+        let cancelNow = self.state.withLock { state in
+            if state.cancelRequested { return true }
+            state.cancelTask = cancel
+            return false
+        }
+        if cancelNow { cancel() }
+    }
+
+    /// Server, lean unary path: the handler's task ended; nothing is left to cancel.
+    package func clearTaskCancellation() {
+        self.state.withLock { $0.cancelTask = nil }
     }
 
     /// Marks the stream's resources as returned; true only the first time.

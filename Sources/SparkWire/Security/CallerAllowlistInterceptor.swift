@@ -97,3 +97,16 @@ public struct CallerAllowlistInterceptor: ServerInterceptor {
         return try await next(request, context)
     }
 }
+
+extension CallerAllowlistInterceptor: SparkWireUnaryInterceptor {
+    public func intercept(
+        request: SparkWireUnaryRequest,
+        context: ServerContext,
+        next: (SparkWireUnaryRequest, ServerContext) async throws -> SparkWireUnaryResponse
+    ) async throws -> SparkWireUnaryResponse {
+        if let error = self.allowlist.check(identity: self.identity(context), descriptor: context.descriptor, metadata: request.metadata) {
+            throw error
+        }
+        return try await next(request, context)
+    }
+}

@@ -39,6 +39,10 @@ public final class SparkWireServerTransport: ServerTransport {
         /// Run each connection's handlers on its event loop thread (no thread hop per call). Turn
         /// off for handlers that do long blocking work.
         public var runsHandlersOnEventLoop: Bool
+        /// Unary methods served on SparkWire's lean path rather than through GRPCCore's executor.
+        public var unaryMethods: [SparkWireUnaryMethod]
+        /// What runs around each lean unary call, in order (the first is outermost).
+        public var unaryInterceptors: [any SparkWireUnaryInterceptor]
 
         public init(
             host: String,
@@ -49,9 +53,13 @@ public final class SparkWireServerTransport: ServerTransport {
             gracePeriod: Duration = .seconds(30),
             handshakeTimeout: Duration = .seconds(10),
             methods: [SparkWireMethod] = [],
-            runsHandlersOnEventLoop: Bool = true
+            runsHandlersOnEventLoop: Bool = true,
+            unaryMethods: [SparkWireUnaryMethod] = [],
+            unaryInterceptors: [any SparkWireUnaryInterceptor] = []
         ) {
             self.runsHandlersOnEventLoop = runsHandlersOnEventLoop
+            self.unaryMethods = unaryMethods
+            self.unaryInterceptors = unaryInterceptors
             self.host = host
             self.port = port
             self.security = security
@@ -156,6 +164,7 @@ public final class SparkWireServerTransport: ServerTransport {
         let maxFrameSize = self.config.limits.maxFrameSize
         let handshakeTimeout = self.config.handshakeTimeout.timeAmount
         let runsOnEventLoop = self.config.runsHandlersOnEventLoop
+        let unary = SparkWireUnaryRouter(methods: self.config.unaryMethods, interceptors: self.config.unaryInterceptors)
         let logger = self.logger
         return try await ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 256)
@@ -184,7 +193,7 @@ public final class SparkWireServerTransport: ServerTransport {
                             }
                         }
                     }
-                    return ServerConnection(channel: channel, handler: handler, streams: streams, onEventLoop: runsOnEventLoop)
+                    return ServerConnection(channel: channel, handler: handler, streams: streams, onEventLoop: runsOnEventLoop, unary: unary)
                 }
             }
     }
@@ -231,9 +240,18 @@ final class ServerConnection: Sendable {
     private let remotePeer: String
     private let localPeer: String
     private let executor: EventLoopTaskExecutor?
+    private let unary: SparkWireUnaryRouter?
+    private let unaryTasks = UnaryTaskCount()
 
-    init(channel: any Channel, handler: ConnectionHandler, streams: AsyncStream<InboundStreamOpen>, onEventLoop: Bool) {
+    init(
+        channel: any Channel,
+        handler: ConnectionHandler,
+        streams: AsyncStream<InboundStreamOpen>,
+        onEventLoop: Bool,
+        unary: SparkWireUnaryRouter?
+    ) {
         self.channel = channel
+        self.unary = unary
         self.executor = onEventLoop ? EventLoopTaskExecutor(channel.eventLoop) : nil
         self.handler = NIOLoopBound(handler, eventLoop: channel.eventLoop)
         self.streams = streams
@@ -250,11 +268,56 @@ final class ServerConnection: Sendable {
         await withTaskExecutorPreference(self.executor) {
             await withDiscardingTaskGroup { group in
                 for await open in self.streams {
+                    if let unary = self.unary, let method = unary[open.method] {
+                        self.startUnary(open, method: method, router: unary)
+                        continue
+                    }
                     group.addTask {
                         await self.handle(open, streamHandler: streamHandler)
                     }
                 }
             }
+            await self.unaryTasks.waitForNone()
+        }
+    }
+
+    /// The lean path: one task reads the request, runs the interceptors and the handler, and
+    /// writes the response. Its own `Task`, so that the stream failing (the caller cancelled, the
+    /// deadline passed, the connection closed) cancels the handler without a task group per call.
+    private func startUnary(_ open: InboundStreamOpen, method: SparkWireUnaryMethod, router: SparkWireUnaryRouter) {
+        self.unaryTasks.started()
+        let task = Task(executorPreference: self.executor) {
+            await self.handleUnary(open, method: method, router: router)
+            self.unaryTasks.finished()
+        }
+        open.channel.setTaskCancellation { task.cancel() }
+    }
+
+    private func handleUnary(_ open: InboundStreamOpen, method: SparkWireUnaryMethod, router: SparkWireUnaryRouter) async {
+        defer { open.channel.clearTaskCancellation() }
+        await withServerContextRPCCancellationHandle { handle in
+            open.channel.setCancellationHandle(handle)
+            var context = ServerContext(
+                descriptor: method.descriptor,
+                remotePeer: self.remotePeer,
+                localPeer: self.localPeer,
+                cancellation: handle
+            )
+            context.transportSpecific = open.peer
+            let trailers: WireFrame.Trailers
+            do {
+                let request = try await open.channel.readUnaryRequest()
+                let response = try await SparkWireDeadline.$current.withValue(open.deadline) {
+                    try await router.run(method, request: request, context: context)
+                }
+                try open.channel.writeHeaders(WireFrame.Headers(metadata: response.metadata))
+                try await open.channel.writeMessage(response.message.buffer)
+                trailers = WireFrame.Trailers(code: 0, message: "", metadata: response.trailingMetadata)
+            } catch {
+                let status = router.status(for: error)
+                trailers = WireFrame.Trailers(code: UInt32(status.code.rawValue), message: status.message, metadata: status.metadata)
+            }
+            try? open.channel.writeTrailers(trailers)
         }
     }
 

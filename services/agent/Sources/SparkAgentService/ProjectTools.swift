@@ -7,9 +7,9 @@ import SwiftProtobuf
 /// The tool service, as the agent service uses it on behalf of the caller: the project's tools,
 /// invoking them, and the API keys of model providers (secrets only this service may read).
 struct ProjectTools: Sendable {
-    let client: Sparkops_Tool_V1_ToolService.Client<SparkWireClientTransport>
+    let client: Sparkops_Tool_V1_ToolService.SparkWireClient
 
-    init(client: GRPCClient<SparkWireClientTransport>) {
+    init(client: SparkWireChannel) {
         self.client = .init(wrapping: client)
     }
 

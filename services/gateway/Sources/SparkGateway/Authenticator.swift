@@ -35,7 +35,7 @@ final class Authenticator: Sendable {
         var lastKeyRefresh = Date.distantPast
     }
 
-    private let project: Sparkops_Project_V1_ProjectService.Client<SparkWireClientTransport>
+    private let project: Sparkops_Project_V1_ProjectService.SparkWireClient
     private let keys = JWTKeyCollection()
     private let state = Mutex(State())
     private let logger: Logger
@@ -43,7 +43,7 @@ final class Authenticator: Sendable {
     /// Every call the authenticator makes carries this deadline.
     private let options: CallOptions
 
-    init(client: GRPCClient<SparkWireClientTransport>, callTimeout: Duration, logger: Logger) {
+    init(client: SparkWireChannel, callTimeout: Duration, logger: Logger) {
         self.project = .init(wrapping: client)
         self.logger = logger
         var options = CallOptions.defaults

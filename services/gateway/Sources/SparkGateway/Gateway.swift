@@ -38,7 +38,7 @@ public enum Gateway {
             limiter = InMemoryRateLimiter()
             tickets = InMemoryTicketStore()
         }
-        let clients = Dictionary(uniqueKeysWithValues: peers.clients.map { ($0.key.rawValue, $0.value) })
+        let clients = Dictionary(uniqueKeysWithValues: peers.channels.map { ($0.key.rawValue, $0.value) })
         let auditor = GatewayAuditor(client: clients["project"]!, interval: gatewayConfig.denialAuditInterval, logger: logger)
         services.append(auditor)
         services.append(Self.application(clients: clients, limiter: limiter, tickets: tickets, auditor: auditor, config: gatewayConfig, logger: logger))
@@ -48,7 +48,7 @@ public enum Gateway {
 
     /// The HTTP application, over the given service clients (by service name: `project`, …).
     public static func application(
-        clients: [String: GRPCClient<SparkWireClientTransport>],
+        clients: [String: SparkWireChannel],
         redis: RedisClient? = nil,
         config: GatewayConfig,
         logger: Logger,
@@ -61,7 +61,7 @@ public enum Gateway {
     }
 
     static func application(
-        clients: [String: GRPCClient<SparkWireClientTransport>],
+        clients: [String: SparkWireChannel],
         limiter: any RateLimiter,
         tickets: any TicketStore,
         auditor: GatewayAuditor,

@@ -26,12 +26,12 @@ final class GatewayAuditor: Service, Sendable {
         var lastRateLimitAudit: [String: Date] = [:]
     }
 
-    private let project: Sparkops_Project_V1_ProjectService.Client<SparkWireClientTransport>
+    private let project: Sparkops_Project_V1_ProjectService.SparkWireClient
     private let state = Mutex(State())
     private let interval: TimeInterval
     private let logger: Logger
 
-    init(client: GRPCClient<SparkWireClientTransport>, interval: Int = 60, logger: Logger) {
+    init(client: SparkWireChannel, interval: Int = 60, logger: Logger) {
         self.project = .init(wrapping: client)
         self.interval = TimeInterval(interval)
         self.logger = logger

@@ -17,7 +17,7 @@ import SwiftProtobuf
 /// **Unknown fields are rejected** with 400 naming the field, so that a typo is not silently ignored.
 struct RouteDispatcher: Sendable {
     let route: SparkHTTPRoute
-    let client: GRPCClient<SparkWireClientTransport>
+    let client: SparkWireChannel
     let authenticator: Authenticator
     let limiter: any RateLimiter
     let auditor: GatewayAuditor

@@ -33,11 +33,11 @@ final class WebSocketGateway: Sendable {
 
     private let tickets: any TicketStore
     let authenticator: Authenticator
-    let runs: Sparkops_Run_V1_RunService.Client<SparkWireClientTransport>?
+    let runs: Sparkops_Run_V1_RunService.SparkWireClient?
     let config: GatewayConfig
     let logger: Logger
 
-    init(authenticator: Authenticator, tickets: any TicketStore, runs: GRPCClient<SparkWireClientTransport>?, config: GatewayConfig, logger: Logger) {
+    init(authenticator: Authenticator, tickets: any TicketStore, runs: SparkWireChannel?, config: GatewayConfig, logger: Logger) {
         self.authenticator = authenticator
         self.tickets = tickets
         self.runs = runs.map { .init(wrapping: $0) }

@@ -8,9 +8,9 @@ import SwiftProtobuf
 /// with the least room left in its current period (docs/policies.md). Read only when a rule that
 /// applies reads them.
 struct BudgetFigures: Sendable {
-    private let budgets: Sparkops_Budget_V1_BudgetService.Client<SparkWireClientTransport>
+    private let budgets: Sparkops_Budget_V1_BudgetService.SparkWireClient
 
-    init(client: GRPCClient<SparkWireClientTransport>) {
+    init(client: SparkWireChannel) {
         self.budgets = .init(wrapping: client)
     }
 

@@ -13,7 +13,7 @@ import SwiftProtobuf
 /// transaction that ends the run, so that a crash between the two does not keep it held
 /// (its time to live, `run.envelopeTTLSeconds`, is the last safety net).
 struct RunEnvelopes: Sendable {
-    let budgets: Sparkops_Budget_V1_BudgetService.Client<SparkWireClientTransport>
+    let budgets: Sparkops_Budget_V1_BudgetService.SparkWireClient
     let ttlSeconds: Int
     let logger: Logger
 

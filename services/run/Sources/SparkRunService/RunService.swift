@@ -17,7 +17,7 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
     let engine: RunEngine
     let access: ProjectAccess
     let policy: PolicyCheck
-    let workflows: Sparkops_Workflow_V1_WorkflowService.Client<SparkWireClientTransport>
+    let workflows: Sparkops_Workflow_V1_WorkflowService.SparkWireClient
     let envelopes: RunEnvelopes
     let settings: RunServiceConfig
     let logger: Logger
@@ -25,7 +25,7 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
     var store: RunStore { self.engine.store }
 
     init(
-        engine: RunEngine, access: ProjectAccess, policy: PolicyCheck, workflows: GRPCClient<SparkWireClientTransport>, envelopes: RunEnvelopes,
+        engine: RunEngine, access: ProjectAccess, policy: PolicyCheck, workflows: SparkWireChannel, envelopes: RunEnvelopes,
         settings: RunServiceConfig, logger: Logger
     ) {
         self.engine = engine

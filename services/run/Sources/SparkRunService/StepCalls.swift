@@ -13,8 +13,8 @@ import SwiftProtobuf
 /// attempt's idempotency key `run_…/<step>/<attempt>`. Cancelling the task cancels the call over
 /// SparkWire. Policy `step.start` is asked first, unless a human approved a hold of this attempt.
 struct StepCalls: Sendable {
-    let tools: Sparkops_Tool_V1_ToolService.Client<SparkWireClientTransport>
-    let agents: Sparkops_Agent_V1_AgentService.Client<SparkWireClientTransport>
+    let tools: Sparkops_Tool_V1_ToolService.SparkWireClient
+    let agents: Sparkops_Agent_V1_AgentService.SparkWireClient
     let policy: PolicyCheck
     let defaultTimeout: Duration
     let logger: Logger

@@ -7,10 +7,10 @@ import SwiftProtobuf
 /// The names of a project's tools and agents, asked of the tool and agent services on behalf of
 /// the caller, for checking the tools and agents a workflow's steps name when it is written.
 struct ReferenceDirectory: Sendable {
-    let tools: Sparkops_Tool_V1_ToolService.Client<SparkWireClientTransport>
-    let agents: Sparkops_Agent_V1_AgentService.Client<SparkWireClientTransport>
+    let tools: Sparkops_Tool_V1_ToolService.SparkWireClient
+    let agents: Sparkops_Agent_V1_AgentService.SparkWireClient
 
-    init(tools: GRPCClient<SparkWireClientTransport>, agents: GRPCClient<SparkWireClientTransport>) {
+    init(tools: SparkWireChannel, agents: SparkWireChannel) {
         self.tools = .init(wrapping: tools)
         self.agents = .init(wrapping: agents)
     }

@@ -45,8 +45,8 @@ struct RouteTableWriter {
                             service: "\(route.serviceName)",
                             descriptor: MethodDescriptor(fullyQualifiedService: "\(service)", method: "\(route.method.name)"),
                             decodeRequest: { bytes, options in try \(input)(jsonUTF8Bytes: bytes, options: options) },
-                            call: { client, request, metadata, options in
-                                try await client.unary(
+                            call: { channel, request, metadata, options in
+                                try await channel.unary(
                                     request: ClientRequest(message: request as! \(input), metadata: metadata),
                                     descriptor: MethodDescriptor(fullyQualifiedService: "\(service)", method: "\(route.method.name)"),
                                     serializer: ProtobufSerializer<\(input)>(),

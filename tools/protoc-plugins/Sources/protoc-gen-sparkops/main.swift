@@ -3,6 +3,8 @@
 // Run once over every SparkOps proto, it writes:
 // - `SparkWireMethods.sparkops.swift`: one `SparkWireMethod` per RPC (streaming shape, idempotency),
 //   which SparkWire uses to send unary calls as one frame and to retry only idempotent methods;
+// - `SparkWireServices.sparkops.swift`: SparkWire's lean unary path, a `SparkWireClient` per service
+//   (the generated client API over `SparkWireChannel`) and each `ServiceProtocol`'s unary handlers;
 // - `SparkHTTPRoutes.sparkops.swift`: the gateway's route table, from `(sparkops.api.v1.http)`
 //   method options: path, verb, body mapping, permission, and typed calls to the owning service;
 // - `SparkOpenAPI.sparkops.swift`: the OpenAPI 3.1 document of those routes, as a string;
@@ -34,6 +36,10 @@ struct SparkOpsGenerator: CodeGenerator {
         try generatorOutputs.add(
             fileName: "SparkWireMethods.sparkops.swift",
             contents: MethodTableWriter(services: services).render()
+        )
+        try generatorOutputs.add(
+            fileName: "SparkWireServices.sparkops.swift",
+            contents: LeanPathWriter(services: services).render()
         )
         try generatorOutputs.add(
             fileName: "SparkHTTPRoutes.sparkops.swift",
