@@ -109,6 +109,37 @@ func waitForStop() async {
 
 /// Runs one scenario as a client in this process.
 func runClient(_ transport: BenchTransport, port: Int, scenario: Scenario, certificates: String) async throws -> ScenarioResult {
+    if transport == .rawtls {
+        return try await runRawScenario(scenario, port: port, certificates: certificates)
+    }
+    return try await withEchoClient(transport, port: port, certificates: certificates) { echo in
+        try await runGRPCScenario(scenario, echo: echo)
+    }
+}
+
+/// Makes `calls` calls one at a time and exits: the run `scripts/wire-counts.sh` counts task
+/// switches, allocations and system calls of, under `perf stat`.
+func countCalls(_ transport: BenchTransport, port: Int, calls: Int, certificates: String) async throws {
+    try await withEchoClient(transport, port: port, certificates: certificates) { echo in
+        let request = Sparkops_Testing_V1_EchoRequest.with { $0.payload = Settings.payload }
+        _ = try await echo.get(request)
+        emit("READY")
+        _ = readLine()
+        for _ in 0 ..< calls {
+            _ = try await echo.get(request)
+        }
+        emit("DONE")
+        _ = readLine()
+    }
+}
+
+/// Runs `body` with an echo client over a GRPCCore-shaped transport (not raw TLS).
+private func withEchoClient<T: Sendable>(
+    _ transport: BenchTransport,
+    port: Int,
+    certificates: String,
+    _ body: (any Sparkops_Testing_V1_EchoService.ClientProtocol) async throws -> T
+) async throws -> T {
     switch transport {
     case .sparkwire, .lean:
         let client = try SparkWireClientTransport(config: .init(
@@ -120,37 +151,35 @@ func runClient(_ transport: BenchTransport, port: Int, scenario: Scenario, certi
             methods: SparkProtoMethods.all,
             // Every transport runs GRPCCore's one-shot executor: the HTTP/2 client has no retry
             // policy, so neither does SparkWire here (GRPCCore's retry executor costs ~20 %).
-            retryPolicy: nil
+            retryPolicy: nil,
+            // BENCH_CALLS_ON_LOOP=0: callers stay on their own threads (to compare).
+            runsCallsOnEventLoop: ProcessInfo.processInfo.environment["BENCH_CALLS_ON_LOOP"] != "0"
         ))
         if transport == .lean {
             let channel = SparkWireChannel(transport: client)
             return try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await channel.runConnections() }
                 defer { channel.beginGracefulShutdown() }
-                return try await runGRPCScenario(scenario, echo: Sparkops_Testing_V1_EchoService.SparkWireClient(wrapping: channel))
+                return try await body(Sparkops_Testing_V1_EchoService.SparkWireClient(wrapping: channel))
             }
         }
-        return try await withGRPCClient(transport: client) { try await runGRPCScenario(scenario, client: $0) }
+        return try await withGRPCClient(transport: client) { try await body(Sparkops_Testing_V1_EchoService.Client(wrapping: $0)) }
     case .http2:
         let client = try StandardGRPC.clientTransport(
             host: "127.0.0.1", port: port, certificateDirectory: certificates, identity: "gateway", serverIdentity: "echo"
         )
-        return try await withGRPCClient(transport: client) { try await runGRPCScenario(scenario, client: $0) }
-    case .rawtls:
-        return try await runRawScenario(scenario, port: port, certificates: certificates)
+        return try await withGRPCClient(transport: client) { try await body(Sparkops_Testing_V1_EchoService.Client(wrapping: $0)) }
     case .inprocess:
         let pair = InProcessTransport()
         return try await withGRPCServer(transport: pair.server, services: [BenchEchoService()]) { _ in
-            try await withGRPCClient(transport: pair.client) { try await runGRPCScenario(scenario, client: $0) }
+            try await withGRPCClient(transport: pair.client) { try await body(Sparkops_Testing_V1_EchoService.Client(wrapping: $0)) }
         }
+    case .rawtls:
+        throw BenchmarkError(description: "raw TLS has no GRPCCore client")
     }
 }
 
-private func runGRPCScenario<T: ClientTransport>(_ scenario: Scenario, client: GRPCClient<T>) async throws -> ScenarioResult {
-    try await runGRPCScenario(scenario, echo: Sparkops_Testing_V1_EchoService.Client(wrapping: client))
-}
-
-private func runGRPCScenario(_ scenario: Scenario, echo: some Sparkops_Testing_V1_EchoService.ClientProtocol) async throws -> ScenarioResult {
+private func runGRPCScenario(_ scenario: Scenario, echo: any Sparkops_Testing_V1_EchoService.ClientProtocol) async throws -> ScenarioResult {
     let request = Sparkops_Testing_V1_EchoRequest.with { $0.payload = Settings.payload }
     // Connect before measuring.
     _ = try await echo.get(request)

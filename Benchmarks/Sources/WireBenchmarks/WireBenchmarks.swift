@@ -5,6 +5,8 @@
 //   WireBenchmarks                       run everything and print the table
 //   WireBenchmarks serve T CERTS         (child) serve transport T; prints PORT, then RSS at "stop"
 //   WireBenchmarks run T PORT S CERTS    (child) run scenario S against T; prints RESULT <json>
+//   WireBenchmarks certs DIR             write the certificates the children use
+//   WireBenchmarks count T PORT N CERTS  N calls one at a time between READY and DONE (scripts/wire-counts.sh)
 import Foundation
 import SparkKit
 
@@ -15,6 +17,15 @@ struct WireBenchmarks {
         switch arguments.first {
         case "serve":
             try await serveGRPC(BenchTransport(rawValue: arguments[1])!, certificates: arguments[2])
+        case "certs":
+            try CertificateAuthority.initialize(directory: URL(filePath: arguments[1]), services: ["echo", "gateway"], extraDNSNames: ["localhost"])
+        case "count":
+            try await countCalls(
+                BenchTransport(rawValue: arguments[1])!,
+                port: Int(arguments[2])!,
+                calls: Int(arguments[3])!,
+                certificates: arguments[4]
+            )
         case "run":
             let result = try await runClient(
                 BenchTransport(rawValue: arguments[1])!,

@@ -43,6 +43,8 @@ package final class ConnectionHandler: ChannelDuplexHandler {
     private var started = false
     private var peer = SparkWirePeer.anonymous
     private let newStreams: AsyncStream<InboundStreamOpen>.Continuation?
+    /// Server: starts the streams of lean unary methods itself, without a hop through `newStreams`.
+    private let unary: UnaryDispatch?
     private let readyPromise: EventLoopPromise<Void>?
     private let goingAwayPromise: EventLoopPromise<Void>?
 
@@ -57,12 +59,14 @@ package final class ConnectionHandler: ChannelDuplexHandler {
         server configuration: ConnectionConfiguration,
         eventLoop: any EventLoop,
         newStreams: AsyncStream<InboundStreamOpen>.Continuation,
+        unary: UnaryDispatch? = nil,
         logger: Logger
     ) {
         self.configuration = configuration
         self.stateMachine = ConnectionStateMachine(role: .server, local: configuration.limits.stateMachineLimits)
         self.outbox = ConnectionOutbox(eventLoop: eventLoop, maxBufferedBytes: configuration.limits.maxBufferedBytes)
         self.newStreams = newStreams
+        self.unary = unary
         self.readyPromise = nil
         self.goingAwayPromise = nil
         self.logger = logger
@@ -74,6 +78,7 @@ package final class ConnectionHandler: ChannelDuplexHandler {
         self.stateMachine = ConnectionStateMachine(role: .client, local: configuration.limits.stateMachineLimits)
         self.outbox = ConnectionOutbox(eventLoop: eventLoop, maxBufferedBytes: configuration.limits.maxBufferedBytes)
         self.newStreams = nil
+        self.unary = nil
         self.readyPromise = eventLoop.makePromise()
         self.goingAwayPromise = eventLoop.makePromise()
         self.logger = logger
@@ -260,9 +265,9 @@ package final class ConnectionHandler: ChannelDuplexHandler {
             deadline = ContinuousClock.now.advanced(by: .microseconds(micros))
             self.scheduleDeadline(streamID: delivery.streamID, in: .microseconds(micros), context: context)
         }
-        self.newStreams?.yield(
-            InboundStreamOpen(channel: channel, method: headers.method, descriptor: descriptor, deadline: deadline, peer: self.peer)
-        )
+        let open = InboundStreamOpen(channel: channel, method: headers.method, descriptor: descriptor, deadline: deadline, peer: self.peer)
+        if let unary = self.unary, unary.start(open) { return }
+        self.newStreams?.yield(open)
     }
 
     private func deliver(_ delivery: ConnectionStateMachine.Delivery, closes: Bool) {

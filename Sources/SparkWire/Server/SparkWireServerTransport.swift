@@ -173,10 +173,13 @@ public final class SparkWireServerTransport: ServerTransport {
             .bind(host: self.config.host, port: self.config.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let (streams, continuation) = AsyncStream.makeStream(of: InboundStreamOpen.self)
+                    let executor = runsOnEventLoop ? EventLoopTaskExecutor(channel.eventLoop) : nil
+                    let dispatch = unary.map { UnaryDispatch(router: $0, executor: executor, channel: channel) }
                     let handler = ConnectionHandler(
                         server: connectionConfig,
                         eventLoop: channel.eventLoop,
                         newStreams: continuation,
+                        unary: dispatch,
                         logger: logger
                     )
                     let sync = channel.pipeline.syncOperations
@@ -193,7 +196,7 @@ public final class SparkWireServerTransport: ServerTransport {
                             }
                         }
                     }
-                    return ServerConnection(channel: channel, handler: handler, streams: streams, onEventLoop: runsOnEventLoop, unary: unary)
+                    return ServerConnection(channel: channel, handler: handler, streams: streams, executor: executor, unary: dispatch)
                 }
             }
     }
@@ -240,19 +243,18 @@ final class ServerConnection: Sendable {
     private let remotePeer: String
     private let localPeer: String
     private let executor: EventLoopTaskExecutor?
-    private let unary: SparkWireUnaryRouter?
-    private let unaryTasks = UnaryTaskCount()
+    private let unary: UnaryDispatch?
 
     init(
         channel: any Channel,
         handler: ConnectionHandler,
         streams: AsyncStream<InboundStreamOpen>,
-        onEventLoop: Bool,
-        unary: SparkWireUnaryRouter?
+        executor: EventLoopTaskExecutor?,
+        unary: UnaryDispatch?
     ) {
         self.channel = channel
         self.unary = unary
-        self.executor = onEventLoop ? EventLoopTaskExecutor(channel.eventLoop) : nil
+        self.executor = executor
         self.handler = NIOLoopBound(handler, eventLoop: channel.eventLoop)
         self.streams = streams
         self.remotePeer = channel.remoteAddress.map(Self.describe) ?? "unknown"
@@ -268,56 +270,12 @@ final class ServerConnection: Sendable {
         await withTaskExecutorPreference(self.executor) {
             await withDiscardingTaskGroup { group in
                 for await open in self.streams {
-                    if let unary = self.unary, let method = unary[open.method] {
-                        self.startUnary(open, method: method, router: unary)
-                        continue
-                    }
                     group.addTask {
                         await self.handle(open, streamHandler: streamHandler)
                     }
                 }
             }
-            await self.unaryTasks.waitForNone()
-        }
-    }
-
-    /// The lean path: one task reads the request, runs the interceptors and the handler, and
-    /// writes the response. Its own `Task`, so that the stream failing (the caller cancelled, the
-    /// deadline passed, the connection closed) cancels the handler without a task group per call.
-    private func startUnary(_ open: InboundStreamOpen, method: SparkWireUnaryMethod, router: SparkWireUnaryRouter) {
-        self.unaryTasks.started()
-        let task = Task(executorPreference: self.executor) {
-            await self.handleUnary(open, method: method, router: router)
-            self.unaryTasks.finished()
-        }
-        open.channel.setTaskCancellation { task.cancel() }
-    }
-
-    private func handleUnary(_ open: InboundStreamOpen, method: SparkWireUnaryMethod, router: SparkWireUnaryRouter) async {
-        defer { open.channel.clearTaskCancellation() }
-        await withServerContextRPCCancellationHandle { handle in
-            open.channel.setCancellationHandle(handle)
-            var context = ServerContext(
-                descriptor: method.descriptor,
-                remotePeer: self.remotePeer,
-                localPeer: self.localPeer,
-                cancellation: handle
-            )
-            context.transportSpecific = open.peer
-            let trailers: WireFrame.Trailers
-            do {
-                let request = try await open.channel.readUnaryRequest()
-                let response = try await SparkWireDeadline.$current.withValue(open.deadline) {
-                    try await router.run(method, request: request, context: context)
-                }
-                try open.channel.writeHeaders(WireFrame.Headers(metadata: response.metadata))
-                try await open.channel.writeMessage(response.message.buffer)
-                trailers = WireFrame.Trailers(code: 0, message: "", metadata: response.trailingMetadata)
-            } catch {
-                let status = router.status(for: error)
-                trailers = WireFrame.Trailers(code: UInt32(status.code.rawValue), message: status.message, metadata: status.metadata)
-            }
-            try? open.channel.writeTrailers(trailers)
+            await self.unary?.tasks.waitForNone()
         }
     }
 

@@ -1,5 +1,6 @@
 public import GRPCCore
 import NIOCore
+import NIOPosix
 import Synchronization
 
 /// A unary request on SparkWire's lean path: the caller's metadata and the message's bytes.
@@ -183,6 +184,66 @@ final class UnaryTaskCount: Sendable {
                 return false
             }
             if done { continuation.resume() }
+        }
+    }
+}
+
+/// Starts a connection's lean unary calls, from its event loop as each stream opens: one `Task`
+/// per call (preferring the event loop), which reads the request, runs the interceptors and the
+/// handler, and writes the response. Its own task, so that the stream failing (the caller
+/// cancelled, the deadline passed, the connection closed) cancels the handler without a task group
+/// per call; `tasks` lets the connection's run end after them.
+package final class UnaryDispatch: Sendable {
+    let router: SparkWireUnaryRouter
+    let executor: EventLoopTaskExecutor?
+    let remotePeer: String
+    let localPeer: String
+    let tasks = UnaryTaskCount()
+
+    init(router: SparkWireUnaryRouter, executor: EventLoopTaskExecutor?, channel: any Channel) {
+        self.router = router
+        self.executor = executor
+        self.remotePeer = channel.remoteAddress.map(ServerConnection.describe) ?? "unknown"
+        self.localPeer = channel.localAddress.map(ServerConnection.describe) ?? "unknown"
+    }
+
+    /// Starts the call if a lean method serves it; false leaves it to GRPCCore.
+    func start(_ open: InboundStreamOpen) -> Bool {
+        guard let method = self.router[open.method] else { return false }
+        self.tasks.started()
+        let task = Task(executorPreference: self.executor) {
+            await self.run(open, method: method)
+            self.tasks.finished()
+        }
+        open.channel.setTaskCancellation { task.cancel() }
+        return true
+    }
+
+    private func run(_ open: InboundStreamOpen, method: SparkWireUnaryMethod) async {
+        defer { open.channel.clearTaskCancellation() }
+        await withServerContextRPCCancellationHandle { handle in
+            open.channel.setCancellationHandle(handle)
+            var context = ServerContext(
+                descriptor: method.descriptor,
+                remotePeer: self.remotePeer,
+                localPeer: self.localPeer,
+                cancellation: handle
+            )
+            context.transportSpecific = open.peer
+            let trailers: WireFrame.Trailers
+            do {
+                let request = try await open.channel.readUnaryRequest()
+                let response = try await SparkWireDeadline.$current.withValue(open.deadline) {
+                    try await self.router.run(method, request: request, context: context)
+                }
+                try open.channel.writeHeaders(WireFrame.Headers(metadata: response.metadata))
+                try await open.channel.writeMessage(response.message.buffer)
+                trailers = WireFrame.Trailers(code: 0, message: "", metadata: response.trailingMetadata)
+            } catch {
+                let status = self.router.status(for: error)
+                trailers = WireFrame.Trailers(code: UInt32(status.code.rawValue), message: status.message, metadata: status.metadata)
+            }
+            try? open.channel.writeTrailers(trailers)
         }
     }
 }
