@@ -7,7 +7,7 @@ SECONDS ?= 60
 DEBIAN_PACKAGES := protobuf-compiler protobuf-c-compiler libprotobuf-c-dev libssl-dev libpq-dev \
 	libhiredis-dev libsqlite3-dev pkg-config make gcc python3 python3-pip curl bubblewrap nodejs util-linux chromium
 
-.PHONY: help deps build run run-distributed test proto proto-check clients fuzz-wire bench-wire bench-gateway bench-tools bench-policy bench-runs format clean
+.PHONY: help deps build run run-distributed test proto proto-check clients fuzz-wire bench-wire bench-wire-counts bench-gateway bench-tools bench-policy bench-runs format clean
 
 help:
 	@echo "make deps         install missing Debian packages and Python modules"
@@ -19,6 +19,7 @@ help:
 	@echo "make proto-check  fail if the generated code is out of date"
 	@echo "make fuzz-wire    fuzz the SparkWire frame decoder and state machine (SECONDS=$(SECONDS))"
 	@echo "make bench-wire   SparkWire against gRPC HTTP/2 and raw TLS, side by side"
+	@echo "make bench-wire-counts  task enqueues, allocations, syscalls and context switches per SparkWire call (perf, root)"
 	@echo "make bench-gateway  wrk against an authenticated read through the gateway (SQLite, PostgreSQL)"
 	@echo "make bench-tools  python and http tool calls beside python3 and async-http-client, side by side"
 	@echo "make bench-policy Evaluate beside a SparkWire echo; Reserve+Settle beside one UPDATE on PostgreSQL"
@@ -75,6 +76,10 @@ fuzz-wire:
 bench-wire:
 	cd Benchmarks && $(SWIFT) build -c release --product WireBenchmarks
 	Benchmarks/.build/release/WireBenchmarks
+
+bench-wire-counts:
+	cd Benchmarks && $(SWIFT) build -c release --product WireBenchmarks
+	scripts/wire-counts.sh
 
 bench-gateway: deps
 	scripts/bench-gateway.sh

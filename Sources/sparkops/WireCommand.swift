@@ -36,13 +36,15 @@ struct WireCommand: AsyncParsableCommand {
         var identity = "echo"
 
         func run() async throws {
+            let services: [any RegistrableRPCService] = [EchoService(), HealthService()]
             let transport = SparkWireServerTransport(config: .init(
                 host: self.host,
                 port: self.port,
                 security: .mutualTLS(.directory(self.certs, service: self.identity)),
-                methods: SparkProtoMethods.all
+                methods: SparkProtoMethods.all,
+                unaryMethods: SparkProtoMethods.unary(of: services)
             ))
-            let server = GRPCServer(transport: transport, services: [EchoService(), HealthService()])
+            let server = GRPCServer(transport: transport, services: services)
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await server.serve() }
                 let address = try await transport.listeningAddress

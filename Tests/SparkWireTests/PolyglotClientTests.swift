@@ -1,4 +1,6 @@
 import Foundation
+import GRPCCore
+import SparkProto
 import SparkKit
 import SparkTesting
 import SparkWire
@@ -28,18 +30,24 @@ struct PolyglotClientTests {
         return (status, process.output)
     }
 
-    func withEchoServer(_ body: (TestCertificates, Int) async throws -> Void) async throws {
+    /// A server whose unary methods take `path`: the clients must not see a difference.
+    func withEchoServer(_ path: WirePath, _ body: (TestCertificates, Int) async throws -> Void) async throws {
         let certificates = try TestCertificates.make()
-        try await withWireServer(services: [EchoService(), HealthService()], security: certificates.security("echo")) { _, port in
+        let services: [any RegistrableRPCService] = [EchoService(), HealthService()]
+        try await withWireServer(
+            services: services,
+            security: certificates.security("echo"),
+            configure: { if path == .lean { $0.unaryMethods = SparkProtoMethods.unary(of: services) } }
+        ) { _, port in
             try await body(certificates, port)
         }
     }
 
-    @Test("the C client (protobuf-c, OpenSSL) calls Health/Check and EchoService unary and server-streaming")
-    func cClient() async throws {
+    @Test("the C client (protobuf-c, OpenSSL) calls Health/Check and EchoService unary and server-streaming", arguments: WirePath.allCases)
+    func cClient(path: WirePath) async throws {
         let (buildStatus, buildOutput) = try await Self.run("make", ["-s", "-C", "clients/c"])
         try #require(buildStatus == 0, "building clients/c failed:\n\(buildOutput)")
-        try await self.withEchoServer { certificates, port in
+        try await self.withEchoServer(path) { certificates, port in
             let (status, output) = try await Self.run(
                 "clients/c/build/sparkwire-example",
                 ["--host", "127.0.0.1", "--port", "\(port)", "--certs", certificates.directory.path, "--identity", "gateway"]
@@ -59,9 +67,9 @@ struct PolyglotClientTests {
         }
     }
 
-    @Test("the Python client (protobuf, ssl) calls Health/Check and EchoService unary and server-streaming")
-    func pythonClient() async throws {
-        try await self.withEchoServer { certificates, port in
+    @Test("the Python client (protobuf, ssl) calls Health/Check and EchoService unary and server-streaming", arguments: WirePath.allCases)
+    func pythonClient(path: WirePath) async throws {
+        try await self.withEchoServer(path) { certificates, port in
             let (status, output) = try await Self.run(
                 "python3",
                 ["clients/python/example.py", "--port", "\(port)", "--certs", certificates.directory.path]

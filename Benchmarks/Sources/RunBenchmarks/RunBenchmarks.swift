@@ -19,9 +19,11 @@ import Synchronization
 @main
 struct RunBenchmarks {
     static let runs = Int(ProcessInfo.processInfo.environment["BENCH_RUNS"] ?? "") ?? 1000
+    /// BENCH_LEAN_UNARY=false sends every SparkWire call through GRPCCore's executors (to compare).
     static let overrides = [
         "log.level": "error", "gateway.rateLimit.principalPerMinute": "100000000", "gateway.rateLimit.principalBurst": "100000000",
         "gateway.rateLimit.ipPerMinute": "100000000", "gateway.rateLimit.ipBurst": "100000000", "run.workers": "32",
+        "wire.leanUnary": ProcessInfo.processInfo.environment["BENCH_LEAN_UNARY"] ?? "true",
     ]
 
     static let serial = Int(ProcessInfo.processInfo.environment["BENCH_SERIAL"] ?? "") ?? 50

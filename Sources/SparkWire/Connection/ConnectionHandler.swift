@@ -252,7 +252,9 @@ package final class ConnectionHandler: ChannelDuplexHandler {
             receiveWindow: self.stateMachine.local.initialWindow,
             holdUntilEnd: method.map { !$0.responseStreaming } ?? false
         )
-        var parts: [StreamChannel.InboundPart] = [.headers(headers.metadata)]
+        var parts: [StreamChannel.InboundPart] = []
+        parts.reserveCapacity(1 + delivery.messages.count)
+        parts.append(.headers(headers.metadata))
         for message in delivery.messages {
             parts.append(.message(message))
         }
@@ -332,10 +334,17 @@ package final class ConnectionHandler: ChannelDuplexHandler {
         guard let context = self.context else { return }
         let queue = self.outbox.takeQueue()
         guard !queue.isEmpty else { return }
-        var buffer = context.channel.allocator.buffer(capacity: 512)
+        var allocated: ByteBuffer?
         for stream in queue {
             let (pending, first) = stream.takePending()
             guard !pending.isEmpty else { continue }
+            if allocated == nil {
+                // Room for this stream's messages and frame overhead, so that a typical drain
+                // (one call's frame) does not grow the buffer.
+                var bytes = 512
+                for message in pending.messages { bytes += message.readableBytes + 16 }
+                allocated = context.channel.allocator.buffer(capacity: bytes * min(queue.count, 4))
+            }
             let id = stream.streamID
             if self.stateMachine.role == .client {
                 if first {
@@ -351,9 +360,9 @@ package final class ConnectionHandler: ChannelDuplexHandler {
                     continue
                 }
             }
-            self.encode(pending, streamID: id, into: &buffer)
+            self.encode(pending, streamID: id, into: &allocated!)
         }
-        if buffer.readableBytes > 0 {
+        if let buffer = allocated, buffer.readableBytes > 0 {
             context.writeAndFlush(self.wrapOutboundOut(buffer), promise: nil)
         }
         self.closeIfDrained(context: context)
