@@ -180,7 +180,14 @@ struct RunCommand: AsyncParsableCommand {
         func run() async throws {
             let run = try await APIClient(options: self.client).call(.GET, "\(RunCommand.base(self.project))/\(ToolCommand.escape(self.run))")
             guard self.client.output == .table else { return Printer.print(run, format: .json, columns: []) }
-            Printer.print(RunCommand.row(run), format: .table, columns: RunCommand.columns)
+            var row = RunCommand.row(run)
+            var columns = RunCommand.columns
+            if run["estimatedCostMicros"] != nil {
+                // The workflow's estimated_cost, held in the budget while the run is unfinished.
+                row["estimate"] = Dollars.text(run["estimatedCostMicros"])
+                columns.append(("estimate", "estimate"))
+            }
+            Printer.print(row, format: .table, columns: columns)
             let steps = (run["steps"] as? [[String: Any]] ?? []).map { step -> [String: Any] in
                 var row = step
                 row["attempts"] = "\((step["attempts"] as? [[String: Any]])?.count ?? 0)"

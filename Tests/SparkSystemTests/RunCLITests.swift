@@ -17,6 +17,7 @@ extension CLITests {
     static let brief = """
         name: brief
         inputs: { topic: { type: string, required: true } }
+        estimated_cost: 0.25
         steps:
           - id: draft
             agent: writer
@@ -98,6 +99,8 @@ extension CLITests {
             #expect((listed["runs"] as? [[String: Any]])?.count == 1)
             let table = try await cli("run", "get", try #require((listed["runs"] as? [[String: Any]])?.first?["id"] as? String), "--project", project)
             #expect(table.output.contains("publish"), "\(table.output)")
+            // The run's estimate, from the workflow's estimated_cost.
+            #expect(table.output.contains("ESTIMATE") && table.output.contains("$0.25"), "\(table.output)")
         }
     }
 }
