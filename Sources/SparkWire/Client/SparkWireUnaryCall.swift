@@ -1,5 +1,14 @@
 public import GRPCCore
-import NIOCore
+public import NIOCore
+
+/// What a lean unary call's exchange ended with, before the response message is decoded.
+@usableFromInline
+enum SparkWireUnaryOutcome: Sendable {
+    /// An OK status: initial metadata, the message's bytes, trailing metadata.
+    case answered(Metadata, SparkWireBytes, Metadata)
+    /// The call failed: the initial metadata received (if any) and the error.
+    case failed(Metadata, RPCError)
+}
 
 extension SparkWireClientTransport {
     /// Sends a unary call on SparkWire's lean path, without GRPCCore's client executor: the request
@@ -11,6 +20,10 @@ extension SparkWireClientTransport {
     /// `options.timeout` and ``SparkWireDeadline/remaining``, enforced here and sent to the server),
     /// the same metadata, the same errors, and cancelling the calling task cancels the call at the
     /// server. ``SparkWireChannel`` uses it for every unary method without a retry policy.
+    ///
+    /// Inlinable, so that it is specialized for the caller's message types; the exchange itself is
+    /// not generic.
+    @inlinable
     public func unary<Request, Response, Result: Sendable>(
         request: ClientRequest<Request>,
         descriptor: MethodDescriptor,
@@ -20,54 +33,63 @@ extension SparkWireClientTransport {
         onResponse handleResponse: @Sendable @escaping (ClientResponse<Response>) async throws -> Result
     ) async throws -> Result {
         let message: SparkWireBytes = try serializer.serialize(request.message)
-        let micros = try SparkWireDeadline.wireTimeout(requested: options.timeout)
-        let headers = WireFrame.Headers(method: descriptor.wirePath, timeoutMicros: micros, metadata: request.metadata)
-        let (connection, stream) = try await self.openStream(holdUntilEnd: true, waitForReady: options.waitForReady ?? false)
         let response: ClientResponse<Response>
+        switch try await self.exchange(descriptor: descriptor, message: message, metadata: request.metadata, options: options) {
+        case .answered(let initial, let bytes, let trailing):
+            do {
+                response = ClientResponse(message: try deserializer.deserialize(bytes), metadata: initial, trailingMetadata: trailing)
+            } catch let error as RPCError {
+                response = ClientResponse(of: Response.self, metadata: initial, error: error)
+            } catch {
+                // GRPCCore's answer to a deserializer that throws something else.
+                response = ClientResponse(of: Response.self, error: RPCError(code: .unknown, message: String(describing: error)))
+            }
+        case .failed(let initial, let error):
+            response = ClientResponse(of: Response.self, metadata: initial, error: error)
+        }
+        return try await handleResponse(response)
+    }
+
+    /// Opens a stream, sends the request's frame and reads the answer's.
+    @usableFromInline
+    func exchange(descriptor: MethodDescriptor, message: SparkWireBytes, metadata: Metadata, options: CallOptions) async throws -> SparkWireUnaryOutcome {
+        let micros = try SparkWireDeadline.wireTimeout(requested: options.timeout)
+        let headers = WireFrame.Headers(method: descriptor.wirePath, timeoutMicros: micros, metadata: metadata)
+        let (connection, stream) = try await self.openStream(holdUntilEnd: true, waitForReady: options.waitForReady ?? false)
+        let outcome: SparkWireUnaryOutcome
         if self.config.runsCallsOnEventLoop {
-            response = await withTaskExecutorPreference(connection.executor) {
-                await Self.exchange(on: stream, headers: headers, message: message.buffer, deserializer: deserializer)
+            outcome = await withTaskExecutorPreference(connection.executor) {
+                await Self.exchange(on: stream, headers: headers, message: message.buffer)
             }
         } else {
-            response = await Self.exchange(on: stream, headers: headers, message: message.buffer, deserializer: deserializer)
+            outcome = await Self.exchange(on: stream, headers: headers, message: message.buffer)
         }
         if !stream.isComplete {
             stream.cancel(RPCError(code: .cancelled, message: "the client abandoned the call"))
         }
         connection.outbox.releaseStreamSlot()
-        return try await handleResponse(response)
+        return outcome
     }
 
-    private static func exchange<Response>(
-        on stream: StreamChannel,
-        headers: WireFrame.Headers,
-        message: ByteBuffer,
-        deserializer: some MessageDeserializer<Response>
-    ) async -> ClientResponse<Response> {
+    private static func exchange(on stream: StreamChannel, headers: WireFrame.Headers, message: ByteBuffer) async -> SparkWireUnaryOutcome {
         do {
             try stream.writeHeaders(headers)
             try await stream.writeMessage(message)
             try stream.writeEndStream()
-            return try await Self.readResponse(on: stream, deserializer: deserializer)
+            return try await Self.readResponse(on: stream)
         } catch let error as RPCError {
-            return ClientResponse(of: Response.self, error: error)
+            return .failed([:], error)
         } catch is CancellationError {
-            return ClientResponse(of: Response.self, error: RPCError(code: .cancelled, message: "the call was cancelled"))
+            return .failed([:], RPCError(code: .cancelled, message: "the call was cancelled"))
         } catch let error as any RPCErrorConvertible {
-            return ClientResponse(of: Response.self, error: RPCError(error))
+            return .failed([:], RPCError(error))
         } catch {
-            return ClientResponse(
-                of: Response.self,
-                error: RPCError(code: .unknown, message: "The transport threw an unexpected error.", cause: error)
-            )
+            return .failed([:], RPCError(code: .unknown, message: "The transport threw an unexpected error.", cause: error))
         }
     }
 
     /// Headers, one message and trailers; GRPCCore's errors for a server that sends otherwise.
-    private static func readResponse<Response>(
-        on stream: StreamChannel,
-        deserializer: some MessageDeserializer<Response>
-    ) async throws -> ClientResponse<Response> {
+    private static func readResponse(on stream: StreamChannel) async throws -> SparkWireUnaryOutcome {
         var initial: Metadata = [:]
         var message: ByteBuffer?
         while let part = try await stream.next() {
@@ -76,7 +98,7 @@ extension SparkWireClientTransport {
                 initial = metadata
             case .message(let bytes):
                 guard message == nil else {
-                    return ClientResponse(of: Response.self, metadata: initial, error: RPCError(
+                    return .failed(initial, RPCError(
                         code: .unimplemented,
                         message: """
                             Multiple messages received, but only one is expected. The server may have \
@@ -88,23 +110,15 @@ extension SparkWireClientTransport {
                 message = bytes
             case .trailers(let status, let trailing):
                 if let error = RPCError(status: status, metadata: trailing) {
-                    return ClientResponse(of: Response.self, metadata: initial, error: error)
+                    return .failed(initial, error)
                 }
                 guard let message else {
-                    return ClientResponse(of: Response.self, metadata: initial, error: RPCError(
-                        code: .unimplemented,
-                        message: "No messages received, exactly one was expected."
-                    ))
+                    return .failed(initial, RPCError(code: .unimplemented, message: "No messages received, exactly one was expected."))
                 }
-                do {
-                    let decoded = try deserializer.deserialize(SparkWireBytes(message))
-                    return ClientResponse(message: decoded, metadata: initial, trailingMetadata: trailing)
-                } catch let error as RPCError {
-                    return ClientResponse(of: Response.self, metadata: initial, error: error)
-                }
+                return .answered(initial, SparkWireBytes(message), trailing)
             }
         }
-        return ClientResponse(of: Response.self, error: RPCError(
+        return .failed([:], RPCError(
             code: .internalError,
             message: "The stream from the client transport is invalid: it ended without a status."
         ))
@@ -142,6 +156,7 @@ public struct SparkWireChannel: Sendable {
         self.grpc.beginGracefulShutdown()
     }
 
+    @inlinable
     public func unary<Request, Response, Result: Sendable>(
         request: ClientRequest<Request>,
         descriptor: MethodDescriptor,

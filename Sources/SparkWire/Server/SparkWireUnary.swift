@@ -49,8 +49,12 @@ public struct SparkWireUnaryResponse: Sendable {
 /// Streaming methods, and unary methods not given here, go through GRPCCore as before.
 public struct SparkWireUnaryMethod: Sendable {
     public let descriptor: MethodDescriptor
+    @usableFromInline
     let handler: @Sendable (SparkWireUnaryRequest, ServerContext) async throws -> SparkWireUnaryResponse
 
+    /// Inlinable, so that the generated code that makes it specializes the closure for its
+    /// message types (no generic metadata looked up at run time, per call).
+    @inlinable
     public init<Input: Sendable, Output: Sendable>(
         descriptor: MethodDescriptor,
         deserializer: some MessageDeserializer<Input>,
