@@ -1,6 +1,5 @@
 public import GRPCCore
 import NIOCore
-import NIOPosix
 import Synchronization
 
 /// A unary request on SparkWire's lean path: the caller's metadata and the message's bytes.
