@@ -81,6 +81,36 @@ struct TaskQueueTests {
         }
     }
 
+    @Test("a task added claimed is its worker's until its lease expires, then anyone's, fenced like a claimed one; rolled back, it is not there", arguments: TestBackend.all)
+    func addedClaimed(backend: TestBackend) async throws {
+        try await self.withQueue(backend) { queue in
+            let task = TaskQueue.NewTask(id: "task-eager", kind: "step", payload: "{\"n\":1}", runAt: Self.start)
+            // Added in a transaction that rolls back: no task, so no worker could hold a ghost lease.
+            struct Abort: Error {}
+            await #expect(throws: Abort.self) {
+                try await queue.store.transaction { db in
+                    _ = try await queue.enqueueClaimed(task, owner: "a", leaseUntil: Self.start + Self.second, now: Self.start, on: db)
+                    throw Abort()
+                }
+            }
+            #expect(try await queue.count() == 0)
+
+            let mine = try await queue.store.transaction { try await queue.enqueueClaimed(task, owner: "a", leaseUntil: Self.start + Self.second, now: Self.start, on: $0) }
+            #expect(mine.id == task.id && mine.version == 1 && mine.claims == 1 && mine.leaseUntil == Self.start + Self.second && mine.payload == task.payload)
+            // Leased to a: no claim takes it, and a's heartbeat keeps it.
+            #expect(try await queue.claim(owner: "b", limit: 10, leaseMicros: Self.second, now: Self.start).isEmpty)
+            #expect(try await queue.heartbeat(mine, until: Self.start + 2 * Self.second))
+            #expect(try await queue.claim(owner: "b", limit: 10, leaseMicros: Self.second, now: Self.start + 3 * Self.second / 2).isEmpty)
+            // a stops: past the lease b claims it with the next version, and a is refused.
+            let taken = try #require(try await queue.claim(owner: "b", limit: 10, leaseMicros: Self.second, now: Self.start + 2 * Self.second).first)
+            #expect(taken.id == task.id && taken.version == 2 && taken.claims == 2 && taken.payload == task.payload)
+            #expect(try await queue.store.transaction { try await queue.complete(mine, on: $0) } == false)
+            #expect(try await queue.heartbeat(mine, until: Self.start + 10 * Self.second) == false)
+            #expect(try await queue.store.transaction { try await queue.complete(taken, on: $0) })
+            #expect(try await queue.count() == 0)
+        }
+    }
+
     @Test("tasks wait until they are due; a released task is claimed again; a completion rolled back with its transaction keeps the task", arguments: TestBackend.all)
     func dueReleaseAndRollback(backend: TestBackend) async throws {
         try await self.withQueue(backend) { queue in

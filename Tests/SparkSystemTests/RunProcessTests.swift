@@ -302,6 +302,11 @@ extension DistributedTests {
             let detail = try await http.send(.GET, "\(project.base)/runs/\(ids[0])", token: project.token).json
             let worker = ((detail["steps"] as? [[String: Any]])?.first?["attempts"] as? [[String: Any]])?.first?["worker"] as? String
             #expect(worker?.contains("/\(processes[8].pid)/") == true, "the workers-only replica ran it: \(worker ?? "none")")
+            // Each run's second step was started by the worker whose commit of the first one
+            // dispatched it, without a claim.
+            let metrics = try await HTTPTestClient(baseURL: "http://127.0.0.1:\(admin)").send(.GET, "/metrics").text
+            let takenOver = metrics.split(separator: "\n").first { $0.hasPrefix("sparkops_run_steps_started_total") && $0.contains("taken_over") }
+            #expect((takenOver?.split(separator: " ").last).flatMap { Double($0) } ?? 0 >= 5, "no step was taken over:\n\(metrics.prefix(3000))")
         }
     }
 }

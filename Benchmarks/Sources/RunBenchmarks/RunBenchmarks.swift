@@ -6,10 +6,11 @@
 //   (1000) are created over the HTTP API by 32 concurrent clients; every run, step, attempt and
 //   event is stored. The figures come from the events' commit times: runs/s from the first
 //   run.created to the last run.succeeded; step dispatch (a step's dependency succeeded → the step
-//   running) for the second and third steps; create → first step running.
+//   running) and step handoff (its dependency succeeded → the step succeeded, so its echo call
+//   included) for the second and third steps; create → first step running.
 // - The peer (Benchmarks/peers/celery): Celery 5 on Redis, acks_late, one prefork worker process
 //   per core, BENCH_RUNS chains of three no-op tasks, each of which records its start and end in
-//   Redis (Celery keeps no other history); the same three figures.
+//   Redis (Celery keeps no other history); the same four figures.
 import BenchmarkSupport
 import Foundation
 import SparkKit
@@ -32,9 +33,16 @@ struct RunBenchmarks {
         var label: String
         var runsPerSecond: Double
         var dispatch: [Double]
+        /// A step's dependency succeeded → the step succeeded: its dispatch, its call and the
+        /// record of its end. A worker that starts the next step in the commit of the one before
+        /// (run.workers take over the steps they dispatch) records `running` at that commit, so
+        /// that its dispatch is near zero by construction; the handoff still counts the time
+        /// until the call went out and came back.
+        var handoff: [Double] = []
         var first: [Double]
         /// The same latencies with one run at a time, each started when the one before ended.
         var loneDispatch: [Double] = []
+        var loneHandoff: [Double] = []
         var loneFirst: [Double] = []
     }
 
@@ -61,12 +69,18 @@ struct RunBenchmarks {
             Bench.say(Bench.row("\(result.label): step dispatch", Bench.ms(result.dispatch, 0.5), Bench.ms(result.dispatch, 0.99), Bench.ratio(result.dispatch, celery.dispatch)))
         }
         for result in results {
+            Bench.say(Bench.row("\(result.label): step handoff", Bench.ms(result.handoff, 0.5), Bench.ms(result.handoff, 0.99), Bench.ratio(result.handoff, celery.handoff)))
+        }
+        for result in results {
             Bench.say(Bench.row("\(result.label): create → first step started", Bench.ms(result.first, 0.5), Bench.ms(result.first, 0.99), Bench.ratio(result.first, celery.first)))
         }
         Bench.say("")
         Bench.say("one run at a time (\(Self.serial) runs, each started when the one before ended):")
         for result in results {
             Bench.say(Bench.row("\(result.label): step dispatch", Bench.ms(result.loneDispatch, 0.5), Bench.ms(result.loneDispatch, 0.99), Bench.ratio(result.loneDispatch, celery.loneDispatch)))
+        }
+        for result in results {
+            Bench.say(Bench.row("\(result.label): step handoff", Bench.ms(result.loneHandoff, 0.5), Bench.ms(result.loneHandoff, 0.99), Bench.ratio(result.loneHandoff, celery.loneHandoff)))
         }
         for result in results {
             Bench.say(Bench.row("\(result.label): create → first step started", Bench.ms(result.loneFirst, 0.5), Bench.ms(result.loneFirst, 0.99), Bench.ratio(result.loneFirst, celery.loneFirst)))
@@ -162,6 +176,7 @@ struct RunBenchmarks {
             }
             let loneFigures = Self.figures(lone, label: label)
             figures.loneDispatch = loneFigures.dispatch
+            figures.loneHandoff = loneFigures.handoff
             figures.loneFirst = loneFigures.first
             Bench.say(String(format: "%@: %.1f runs/s (creating took %.1f s)", label, figures.runsPerSecond, createSeconds))
             return figures
@@ -183,16 +198,18 @@ struct RunBenchmarks {
             if kind == "run.succeeded" { lastEnded = max(lastEnded, time) }
         }
         var dispatch: [Double] = []
+        var handoff: [Double] = []
         var first: [Double] = []
         let runIDs = Set(events.compactMap { $0["runId"] as? String })
         for run in runIDs {
             if let created = times["\(run) run.created "], let running = times["\(run) step.running a"] { first.append(running - created) }
             for (need, step) in [("a", "b"), ("b", "c")] {
                 if let done = times["\(run) step.succeeded \(need)"], let running = times["\(run) step.running \(step)"] { dispatch.append(running - done) }
+                if let done = times["\(run) step.succeeded \(need)"], let succeeded = times["\(run) step.succeeded \(step)"] { handoff.append(succeeded - done) }
             }
         }
         let seconds = (lastEnded - firstCreated) / 1000
-        return Figures(label: label, runsPerSecond: Double(runIDs.count) / seconds, dispatch: dispatch.sorted(), first: first.sorted())
+        return Figures(label: label, runsPerSecond: Double(runIDs.count) / seconds, dispatch: dispatch.sorted(), handoff: handoff.sorted(), first: first.sorted())
     }
 
     /// An RFC 3339 time (`2026-12-04T02:23:33.771242Z`) in milliseconds since 1970, to the
@@ -224,8 +241,9 @@ struct RunBenchmarks {
         let figures = Figures(
             label: "Celery 5, Redis, \(ProcessInfo.processInfo.activeProcessorCount) prefork processes",
             runsPerSecond: json["runs_per_second"] as? Double ?? 0,
-            dispatch: json["dispatch_ms"] as? [Double] ?? [], first: json["first_ms"] as? [Double] ?? [],
-            loneDispatch: json["lone_dispatch_ms"] as? [Double] ?? [], loneFirst: json["lone_first_ms"] as? [Double] ?? []
+            dispatch: json["dispatch_ms"] as? [Double] ?? [], handoff: json["handoff_ms"] as? [Double] ?? [], first: json["first_ms"] as? [Double] ?? [],
+            loneDispatch: json["lone_dispatch_ms"] as? [Double] ?? [], loneHandoff: json["lone_handoff_ms"] as? [Double] ?? [],
+            loneFirst: json["lone_first_ms"] as? [Double] ?? []
         )
         Bench.say(String(format: "%@: %.1f runs/s", figures.label, figures.runsPerSecond))
         return figures

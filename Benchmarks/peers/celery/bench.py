@@ -1,7 +1,7 @@
 """Sends N chains of three no-op tasks, waits until every task ran, and prints one JSON line:
 chains per second from the first send to the last task's end, the dispatch latency of the
-second and third tasks (the previous task's end → this one's start) and send → first task
-started, in milliseconds."""
+second and third tasks (the previous task's end → this one's start), their handoff (the previous
+task's end → this one's end) and send → first task started, in milliseconds."""
 import json
 import os
 import sys
@@ -34,15 +34,16 @@ while r.llen("bench:times") < 3 * count and time.time() < deadline:
 rows = [row.decode().split(",") for row in r.lrange("bench:times", 0, -1)]
 by_task = {(row[0], int(row[1])): (float(row[2]), float(row[3]), float(row[4])) for row in rows}
 ends = [end for (_, _, end) in by_task.values()]
-dispatch, first = [], []
+dispatch, handoff, first = [], [], []
 for index in range(count):
     key = str(index)
     created, started0, end0 = by_task[(key, 0)]
     first.append((started0 - created) * 1000)
     for step in (1, 2):
-        _, started, _ = by_task[(key, step)]
+        _, started, end = by_task[(key, step)]
         _, _, previous_end = by_task[(key, step - 1)]
         dispatch.append((started - previous_end) * 1000)
+        handoff.append((end - previous_end) * 1000)
 
 # One chain at a time, each sent when the one before has ended: latencies without a backlog.
 r.delete("bench:times")
@@ -53,20 +54,23 @@ for index in range(serial):
         time.sleep(0.0005)
 rows = [row.decode().split(",") for row in r.lrange("bench:times", 0, -1)]
 lone = {(row[0], int(row[1])): (float(row[2]), float(row[3]), float(row[4])) for row in rows}
-lone_dispatch, lone_first = [], []
+lone_dispatch, lone_handoff, lone_first = [], [], []
 for index in range(serial):
     key = f"s{index}"
     created, started0, _ = lone[(key, 0)]
     lone_first.append((started0 - created) * 1000)
     for step in (1, 2):
         lone_dispatch.append((lone[(key, step)][1] - lone[(key, step - 1)][2]) * 1000)
+        lone_handoff.append((lone[(key, step)][2] - lone[(key, step - 1)][2]) * 1000)
 print(json.dumps({
     "runs": count,
     "tasks": 3 * count,
     "seconds": max(ends) - start,
     "runs_per_second": count / (max(ends) - start),
     "dispatch_ms": sorted(dispatch),
+    "handoff_ms": sorted(handoff),
     "first_ms": sorted(first),
     "lone_dispatch_ms": sorted(lone_dispatch),
+    "lone_handoff_ms": sorted(lone_handoff),
     "lone_first_ms": sorted(lone_first),
 }))

@@ -77,6 +77,18 @@ public struct TaskQueue: Sendable {
         }
     }
 
+    /// Adds `task` in the caller's transaction `db` already claimed by `owner` until
+    /// `leaseUntil`: the worker whose commit asks for the task takes it itself, without a claim
+    /// round trip or a wake-up. Should the worker stop, the lease expires and any replica's next
+    /// claim takes the task, as with one it had claimed.
+    public func enqueueClaimed(_ task: NewTask, owner: String, leaseUntil: Int64, now: Int64, on db: any SQLDatabase) async throws -> Claim {
+        try await db.raw("""
+            INSERT INTO task_queue (id, kind, payload, run_at, status, lease_owner, lease_until, lease_version, claims, created_at)
+            VALUES (\(bind: task.id), \(bind: task.kind), \(bind: task.payload), \(bind: task.runAt), 'claimed', \(bind: owner), \(bind: leaseUntil), 1, 1, \(bind: now))
+            """).run()
+        return Claim(id: task.id, kind: task.kind, payload: task.payload, claims: 1, version: 1, leaseUntil: leaseUntil)
+    }
+
     /// Claims up to `limit` tasks that are due, or whose lease expired, for `owner` until
     /// `now + leaseMicros`, oldest first.
     public func claim(owner: String, limit: Int, leaseMicros: Int64, now: Int64) async throws -> [Claim] {

@@ -51,12 +51,58 @@ final class RunEngine: Sendable {
         /// Attempts to record with the transition.
         var attempts: [AttemptRow] = []
         var costMicros: Int64 = 0
+        /// A step this transition dispatched and its own worker starts at once (``takeOver``).
+        var taken: Taken?
 
         var nowMillis: Int64 { self.now / 1000 }
 
         mutating func apply(_ input: RunInput) throws(RunMachineError) {
             self.effects += try self.machine.apply(input, now: self.nowMillis)
         }
+
+        /// Starts, in this transition, the first tool or agent step it dispatched, for the worker
+        /// `owner` that commits it: the attempt is `running` when the transition commits, and its
+        /// task is stored claimed by `owner` under a lease, so that the worker sends the call
+        /// right after the commit, with no claim or wake-up in between. The step's other
+        /// dispatches are queued for any worker. Nil when nothing was dispatched.
+        ///
+        /// Should the worker stop before its call ends, the lease expires and the step is found
+        /// `running` by whoever claims it next: the same as a worker that stopped after claiming
+        /// a task, so the rules for attempts that may have started apply (DESIGN §6).
+        mutating func takeOver(owner: String, leaseMicros: Int64) -> Taken? {
+            guard self.taken == nil else { return self.taken }
+            for effect in self.effects {
+                guard case .dispatch(let step, let attempt, let arguments, let key, let approved) = effect,
+                    let index = self.machine.definition.steps.firstIndex(where: { $0.id == step })
+                else { continue }
+                guard (try? self.apply(.stepStarted(step: step, attempt: attempt))) != nil else { continue }
+                let task = StepTask(run: self.run.id, step: step, attempt: attempt, key: key, arguments: arguments.jsonText, approved: approved)
+                let attemptRow = AttemptRow(
+                    runID: self.run.id, stepID: step, attempt: attempt, status: "running", idempotencyKey: key, startedAt: self.now,
+                    endedAt: 0, errorReason: "", errorMessage: "", costMicros: 0, callID: "", worker: owner
+                )
+                self.attempts.append(attemptRow)
+                let taken = Taken(
+                    taskID: SparkID.make("tsk"), owner: owner, leaseUntil: self.now + leaseMicros, task: task,
+                    step: self.machine.definition.steps[index], attemptRow: attemptRow
+                )
+                self.taken = taken
+                return taken
+            }
+            return nil
+        }
+    }
+
+    /// A step started by the worker that committed its dispatch (``Transition/takeOver``).
+    struct Taken: Sendable {
+        var taskID: String
+        var owner: String
+        var leaseUntil: Int64
+        var task: StepTask
+        var step: WorkflowStep
+        var attemptRow: AttemptRow
+        /// Set once the transition committed: the task's claim, with its fencing token.
+        var claim: TaskQueue.Claim?
     }
 
     /// A run's definition, from the store (and cached: a content hash names one definition forever).
@@ -97,17 +143,26 @@ final class RunEngine: Sendable {
         completing claim: TaskQueue.Claim? = nil,
         _ body: @Sendable (inout Transition, any SQLDatabase) async throws -> T
     ) async throws -> T {
-        let (result, committed) = try await self.store.store.transaction { db -> (T, Committed) in
+        try await self.takingTransition(runID: runID, completing: claim, body).result
+    }
+
+    /// ``transition(runID:completing:_:)``, and the step its body took over, claimed.
+    func takingTransition<T: Sendable>(
+        runID: String,
+        completing claim: TaskQueue.Claim? = nil,
+        _ body: @Sendable (inout Transition, any SQLDatabase) async throws -> T
+    ) async throws -> (result: T, taken: Taken?) {
+        let (result, committed, taken) = try await self.store.store.transaction { db -> (T, Committed, Taken?) in
             guard let row = try await self.store.lockedRun(runID, on: db) else { throw SparkError.notFound("run") }
             if let claim, try await !self.queue.complete(claim, on: db) { throw StaleLease() }
             var transition = Transition(run: row, machine: try await self.machine(of: row, on: db), now: RunStore.now())
             let before = transition.machine
             let result = try await body(&transition, db)
-            let committed = try await self.store(transition, before: before, on: db)
-            return (result, committed)
+            let (committed, taken) = try await self.store(transition, before: before, on: db)
+            return (result, committed, taken)
         }
         self.announce(committed)
-        return result
+        return (result, taken)
     }
 
     struct StaleLease: Error {}
@@ -121,7 +176,7 @@ final class RunEngine: Sendable {
     }
 
     /// Stores a run's new state and its effects in the transaction `db`.
-    func store(_ transition: Transition, before: RunMachine, on db: any SQLDatabase) async throws -> Committed {
+    func store(_ transition: Transition, before: RunMachine, on db: any SQLDatabase) async throws -> (Committed, Taken?) {
         var run = transition.run
         let machine = transition.machine
         let now = transition.now
@@ -139,6 +194,8 @@ final class RunEngine: Sendable {
         var events: [EventRow] = []
         var tasks: [TaskQueue.NewTask] = []
         var cancelled: [String] = []
+        let taken = transition.taken
+        var takenClaimed: Taken?
         if before.status == .pending, machine.status == .queued {
             tasks.append(.init(id: SparkID.make("tsk"), kind: "start", payload: run.id, runAt: now))
         }
@@ -157,6 +214,14 @@ final class RunEngine: Sendable {
                     tasks.append(.init(id: SparkID.make("tsk"), kind: "start", payload: run.id, runAt: now))
                 }
             case .dispatch(let step, let attempt, let arguments, let key, let approved):
+                if var taken, taken.task.step == step, taken.task.attempt == attempt {
+                    let payload = String(decoding: try JSONEncoder().encode(taken.task), as: UTF8.self)
+                    taken.claim = try await self.queue.enqueueClaimed(
+                        .init(id: taken.taskID, kind: "step", payload: payload, runAt: now), owner: taken.owner, leaseUntil: taken.leaseUntil, now: now, on: db
+                    )
+                    takenClaimed = taken
+                    continue
+                }
                 let payload = StepTask(run: run.id, step: step, attempt: attempt, key: key, arguments: arguments.jsonText, approved: approved)
                 tasks.append(.init(id: SparkID.make("tsk"), kind: "step", payload: String(decoding: try JSONEncoder().encode(payload), as: UTF8.self), runAt: now))
             case .requestApproval(let step, let message, let approvers, let expiresAt):
@@ -199,7 +264,7 @@ final class RunEngine: Sendable {
         if let notify, events.isEmpty {
             try await db.raw("SELECT pg_notify(\(bind: RunListener.channel), \(bind: notify))").run()
         }
-        return Committed(projectID: run.projectID, events: numbered, enqueued: !tasks.isEmpty, cancelled: cancelled)
+        return (Committed(projectID: run.projectID, events: numbered, enqueued: !tasks.isEmpty, cancelled: cancelled), takenClaimed)
     }
 
     /// After a commit: workers wake for new tasks, watchers get the events, and stopped

@@ -182,7 +182,7 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
             outcome = try await self.store.store.transaction { db -> (Sparkops_Run_V1_CreateRunResponse, RunEngine.Committed?) in
             try await self.store.putDefinition(pinned.contentHash, json: pinned.canonicalJSON, on: db)
             try await self.store.insert(row, on: db)
-            let committed = try await self.engine.store(transition, before: initial, on: db)
+            let (committed, _) = try await self.engine.store(transition, before: initial, on: db)
             var stored = row
             stored.status = machine.status.rawValue
             stored.state = machine.snapshot

@@ -1,6 +1,7 @@
 import Foundation
 import GRPCCore
 import Logging
+import Metrics
 import SQLKit
 import ServiceLifecycle
 import SparkExpr
@@ -147,10 +148,15 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
         do {
             switch claim.kind {
             case "start":
-                try await self.engine.transition(runID: claim.payload, completing: claim) { transition, _ in
+                let (row, taken) = try await self.engine.takingTransition(runID: claim.payload, completing: claim) { transition, _ -> RunRow in
                     // A run cancelled before a worker took it stays as it is.
-                    if transition.machine.status == .queued { try transition.apply(.start) }
+                    if transition.machine.status == .queued {
+                        try transition.apply(.start)
+                        self.takeOver(&transition)
+                    }
+                    return transition.run
                 }
+                if let started = Started(taken, run: row) { try await self.attempts(from: started) }
             case "step":
                 try await self.handleStep(claim)
             case "release":
@@ -213,8 +219,6 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
             _ = try await self.engine.store.store.transaction { try await self.queue.complete(claim, on: $0) }
             return
         }
-        let row: RunRow
-        let step: WorkflowStep
         switch beginning {
         case .moved:
             return
@@ -236,9 +240,58 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
             }
             return
         case .started(let found, let startedStep):
-            row = found
-            step = startedStep
+            Self.claimedSteps.increment()
+            try await self.attempts(from: Started(claim: claim, task: task, run: found, step: startedStep, attemptRow: attemptRow))
         }
+    }
+
+    /// A step's attempt that is `running` under a claim of this worker.
+    struct Started: Sendable {
+        var claim: TaskQueue.Claim
+        var task: StepTask
+        var run: RunRow
+        var step: WorkflowStep
+        var attemptRow: AttemptRow
+
+        init(claim: TaskQueue.Claim, task: StepTask, run: RunRow, step: WorkflowStep, attemptRow: AttemptRow) {
+            self.claim = claim
+            self.task = task
+            self.run = run
+            self.step = step
+            self.attemptRow = attemptRow
+        }
+
+        init?(_ taken: RunEngine.Taken?, run: RunRow) {
+            guard let taken, let claim = taken.claim else { return nil }
+            RunWorkers.takenSteps.increment()
+            self.init(claim: claim, task: taken.task, run: run, step: taken.step, attemptRow: taken.attemptRow)
+        }
+    }
+
+    /// Attempts started by claiming their task, and by the worker whose commit dispatched them.
+    static let claimedSteps = Counter(label: "sparkops_run_steps_started_total", dimensions: [("how", "claimed")])
+    static let takenSteps = Counter(label: "sparkops_run_steps_started_total", dimensions: [("how", "taken_over")])
+
+    /// Lets this worker start the first step a transition dispatches, unless it is draining
+    /// (see ``RunEngine/Transition/takeOver``).
+    func takeOver(_ transition: inout RunEngine.Transition) {
+        guard !self.draining.load(ordering: .acquiring), !Task.isCancelled else { return }
+        _ = transition.takeOver(owner: self.owner, leaseMicros: self.leaseMicros)
+    }
+
+    /// Runs `first`, then each step that the transition recording an attempt's end dispatched
+    /// and this worker took over, in this worker's slot.
+    func attempts(from first: Started) async throws {
+        var next: Started? = first
+        while let started = next {
+            next = try await self.attempt(started)
+        }
+    }
+
+    /// Sends a started attempt's call under its lease and records its end; the step that
+    /// transition dispatched and took over, if any.
+    func attempt(_ started: Started) async throws -> Started? {
+        let (claim, task, row, step, attemptRow) = (started.claim, started.task, started.run, started.step, started.attemptRow)
         let principal = try Sparkops_Common_V1_Principal(jsonString: row.principal)
         let key = "\(row.id)/\(task.step)/\(task.attempt)"
         let outcome = await self.withLease(claim, attempt: key) {
@@ -248,9 +301,9 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
         if Task.isCancelled {
             // Draining: the task goes back, and whoever takes it finds the attempt started.
             _ = try? await self.queue.release(claim, runAt: RunStore.now())
-            return
+            return nil
         }
-        try await self.engine.transition(runID: row.id, completing: claim) { transition, _ in
+        let (_, taken) = try await self.engine.takingTransition(runID: row.id, completing: claim) { transition, _ in
             var attempt = attemptRow
             attempt.endedAt = transition.now
             attempt.costMicros = outcome.costMicros
@@ -282,7 +335,9 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
                 attempt.status = "cancelled"
             }
             transition.attempts.append(attempt)
+            self.takeOver(&transition)
         }
+        return Started(taken, run: row)
     }
 
     /// Runs `body` while a heartbeat keeps the claim's lease; the call is cancelled when the lease
