@@ -132,6 +132,45 @@ struct RunAPITests {
         }
     }
 
+    @Test(
+        "a worker starts the step its commit dispatches in that commit; with run.takeOver false the step waits for a claim",
+        arguments: TestBackend.all.flatMap { backend in [true, false].map { (backend, $0) } }
+    )
+    func takeOver(backend: TestBackend, takeOver: Bool) async throws {
+        try await TestCluster.run(backend: backend, overrides: ["run.takeOver": "\(takeOver)"]) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await Self.project(cluster, admin)
+            let created = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/runs", token: admin, json: ["workflow": "three", "inputs": ["word": "hi", "times": 9]])
+            let id = try #require((created.json["run"] as? [String: Any])?["id"] as? String, "\(created.text)")
+            let done = try await Self.finished(cluster, admin, project: project, run: id)
+            #expect(done["status"] as? String == "succeeded", "\(done)")
+            #expect(Self.steps(done).values.allSatisfy { ($0["attempts"] as? [[String: Any]])?.count == 1 }, "one attempt per step: \(done)")
+
+            let list = try await cluster.http.send(.GET, "/api/v1/projects/\(project)/events?runId=\(id)", token: admin).json["events"] as? [[String: Any]] ?? []
+            // RFC 3339 with up to nine digits of fraction, in microseconds since 1970.
+            func time(_ kind: String, _ step: String) -> Int64? {
+                guard let text = list.first(where: { $0["kind"] as? String == kind && $0["stepId"] as? String == step })?["time"] as? String,
+                    text.hasSuffix("Z")
+                else { return nil }
+                let parts = text.dropLast().split(separator: ".", maxSplits: 1)
+                guard let whole = ISO8601DateFormatter().date(from: "\(parts[0])Z") else { return nil }
+                let digits = parts.count > 1 ? String(parts[1]) : ""
+                let micros = Int64((digits + "000000").prefix(6)) ?? 0
+                return Int64(whole.timeIntervalSince1970) * 1_000_000 + micros
+            }
+            // A transaction stamps its events with one time; another transaction, later, another.
+            for (need, step) in [("a", "b"), ("b", "c")] {
+                let succeeded = try #require(time("step.succeeded", need), "\(list)")
+                let running = try #require(time("step.running", step), "\(list)")
+                if takeOver {
+                    #expect(running == succeeded, "\(step) started in the commit of \(need)'s end")
+                } else {
+                    #expect(running > succeeded, "\(step) started in a transaction of its own, after a claim")
+                }
+            }
+        }
+    }
+
     @Test("the same idempotency key returns the same run; with other inputs it is 409", arguments: TestBackend.all)
     func idempotency(backend: TestBackend) async throws {
         try await TestCluster.run(backend: backend) { cluster in

@@ -20,11 +20,13 @@ import Synchronization
 @main
 struct RunBenchmarks {
     static let runs = Int(ProcessInfo.processInfo.environment["BENCH_RUNS"] ?? "") ?? 1000
-    /// BENCH_LEAN_UNARY=false sends every SparkWire call through GRPCCore's executors (to compare).
+    /// BENCH_LEAN_UNARY=false sends every SparkWire call through GRPCCore's executors, and
+    /// BENCH_TAKE_OVER=false queues every step for a claim (to compare).
     static let overrides = [
         "log.level": "error", "gateway.rateLimit.principalPerMinute": "100000000", "gateway.rateLimit.principalBurst": "100000000",
         "gateway.rateLimit.ipPerMinute": "100000000", "gateway.rateLimit.ipBurst": "100000000", "run.workers": "32",
         "wire.leanUnary": ProcessInfo.processInfo.environment["BENCH_LEAN_UNARY"] ?? "true",
+        "run.takeOver": ProcessInfo.processInfo.environment["BENCH_TAKE_OVER"] ?? "true",
     ]
 
     static let serial = Int(ProcessInfo.processInfo.environment["BENCH_SERIAL"] ?? "") ?? 50

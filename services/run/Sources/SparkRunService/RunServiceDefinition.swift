@@ -17,6 +17,8 @@ public import SparkWire
 ///   heartbeats every third of it. A task whose lease expired is claimed again by any replica.
 /// - `run.claimIntervalMilliseconds` (int, default 1000): the longest a worker waits between
 ///   claims when nothing woke it (leases that expired, timers that came due, other replicas).
+/// - `run.takeOver` (bool, default true): the worker whose commit dispatches a step starts it
+///   itself, in that commit, instead of queuing it for the next claim (docs/runs.md, Workers).
 /// - `run.drainSeconds` (int, default 20): at graceful shutdown, how long attempts in flight may
 ///   finish before their tasks are handed back.
 /// - `run.defaultStepTimeoutSeconds` (int, default 600): the deadline of a step's call when the
@@ -37,6 +39,7 @@ public struct RunServiceConfig: Sendable {
     var leaseSeconds: Int
     var claimInterval: Duration
     var drainSeconds: Int
+    var takeOver: Bool
     var defaultStepTimeout: Duration
     var idempotencyHours: Int
     var watchInterval: Duration
@@ -52,6 +55,7 @@ public struct RunServiceConfig: Sendable {
         self.leaseSeconds = try config.integer(forKey: "run.leaseSeconds", default: 30, in: 2...3600)
         self.claimInterval = .milliseconds(try config.integer(forKey: "run.claimIntervalMilliseconds", default: 1000, in: 10...60_000))
         self.drainSeconds = try config.integer(forKey: "run.drainSeconds", default: 20, in: 0...3600)
+        self.takeOver = config.bool(forKey: "run.takeOver", default: true)
         self.defaultStepTimeout = .seconds(try config.integer(forKey: "run.defaultStepTimeoutSeconds", default: 600, in: 1...2_592_000))
         self.idempotencyHours = try config.integer(forKey: "run.idempotencyHours", default: 48, in: 24...8760)
         self.watchInterval = .milliseconds(try config.integer(forKey: "run.watchIntervalMilliseconds", default: 500, in: 10...60_000))

@@ -275,7 +275,7 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
     /// Lets this worker start the first step a transition dispatches, unless it is draining
     /// (see ``RunEngine/Transition/takeOver``).
     func takeOver(_ transition: inout RunEngine.Transition) {
-        guard !self.draining.load(ordering: .acquiring), !Task.isCancelled else { return }
+        guard self.settings.takeOver, !self.draining.load(ordering: .acquiring), !Task.isCancelled else { return }
         _ = transition.takeOver(owner: self.owner, leaseMicros: self.leaseMicros)
     }
 
