@@ -155,6 +155,26 @@ struct ToolAPITests {
             #expect(one.json["invocationId"] as? String != two.json["invocationId"] as? String)
             #expect(try await TestStores.count(cluster, service: "tool", table: "invocations") == 3)
 
+            // Sent at once under one new key: one call runs, and the others answer with its
+            // result or, while it still runs, 409 ABORTED to ask again; none fails otherwise.
+            let answers = try await withThrowingTaskGroup(of: (Int, String?, Bool).self) { group in
+                for _ in 0 ..< 8 {
+                    group.addTask {
+                        let sent = try await cluster.http.send(.POST, "\(base)/repeat/invoke", token: admin, json: ["input": ["name": "Eve"], "idempotencyKey": "run-2/step/1"])
+                        return (sent.status, sent.json["invocationId"] as? String, sent.json["replayed"] as? Bool == true)
+                    }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(answers.allSatisfy { $0.0 == 200 || $0.0 == 409 }, "\(answers)")
+            let ran = answers.filter { $0.0 == 200 && !$0.2 }
+            #expect(ran.count == 1, "the key ran once: \(answers)")
+            #expect(Set(answers.compactMap(\.1)).count == 1, "every answer names the same call: \(answers)")
+            #expect(try await TestStores.count(cluster, service: "tool", table: "invocations") == 4)
+            let settled = try await cluster.http.send(.POST, "\(base)/repeat/invoke", token: admin, json: ["input": ["name": "Eve"], "idempotencyKey": "run-2/step/1"])
+            #expect(settled.status == 200 && settled.json["replayed"] as? Bool == true, "\(settled.text)")
+            #expect(settled.json["invocationId"] as? String == ran.first?.1)
+
             let bad: [([String: Any], String)] = [
                 (["input": ["count": 1]], "input.name"),
                 (["input": ["name": ""]], "input.name"),
@@ -173,7 +193,7 @@ struct ToolAPITests {
             // A tool of another project is not found through this one.
             let other = try await cluster.createProject("elsewhere", token: admin)
             #expect(try await cluster.http.send(.POST, "/api/v1/projects/\(other)/tools/repeat/invoke", token: admin, json: ["input": ["name": "x"]]).status == 404)
-            #expect(try await TestStores.count(cluster, service: "tool", table: "invocations") == 3)
+            #expect(try await TestStores.count(cluster, service: "tool", table: "invocations") == 4)
         }
     }
 

@@ -161,6 +161,17 @@ public final class SparkStore: Service, Sendable {
         }
     }
 
+    /// Runs `body` as a writer whose statements each commit on their own, without a
+    /// transaction around them: on SQLite under the single writer's lock, on PostgreSQL in
+    /// autocommit, which spares the round trips of BEGIN and COMMIT. A body of one statement is
+    /// as atomic as a transaction of it.
+    public func write<T: Sendable>(_ body: (any SQLDatabase) async throws -> T) async throws -> T {
+        switch self.dialect {
+        case .sqlite: return try await self.writers.withLock { try await self.sql(body) }
+        case .postgres: return try await self.sql(body)
+        }
+    }
+
     private static func inTransaction<T: Sendable>(_ db: any SQLDatabase, dialect: Dialect, _ body: (any SQLDatabase) async throws -> T) async throws -> T {
         try await db.raw(dialect == .sqlite ? "BEGIN IMMEDIATE" : "BEGIN").run()
         do {

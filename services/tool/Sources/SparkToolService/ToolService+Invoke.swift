@@ -72,7 +72,7 @@ extension ToolService {
                 await self.budget.release(hold, metadata: request.metadata)
                 return ServerResponse(message: earlier)
             } else if key.isEmpty {
-                try await self.store.store.transaction { _ = try await self.store.begin(invocation, on: $0) }
+                _ = try await self.store.store.write { try await self.store.begin(invocation, on: $0) }
             }
         } catch {
             await self.budget.release(hold, metadata: request.metadata)
@@ -137,7 +137,7 @@ extension ToolService {
         let final = try response.jsonString()
         // The result is kept even when the caller has gone: a retry under the key finds it.
         try await Task.detached {
-            try await store.store.transaction { try await store.finish(id: invocationID, status: status, response: final, at: ToolStore.now(), on: $0) }
+            try await store.store.write { try await store.finish(id: invocationID, status: status, response: final, at: ToolStore.now(), on: $0) }
         }.value
         if response.hasError {
             self.logger.info("tool call failed", metadata: ["tool": "\(row.name)", "reason": "\(response.error.reason)", "invocation": "\(invocationID)"])
@@ -231,11 +231,13 @@ extension ToolService {
     /// stored response, a refusal when the input differs, or when it is still running (or may
     /// have run, for a non-idempotent tool, before its caller was lost).
     func claim(_ invocation: InvocationRow, definition: ToolDefinition) async throws -> Sparkops_Tool_V1_InvokeToolResponse? {
-        let earlier = try await self.store.store.transaction { db -> InvocationRow? in
-            if try await self.store.begin(invocation, on: db) { return nil }
-            return try await self.store.invocation(projectID: invocation.projectID, toolID: invocation.toolID, key: invocation.key, on: db)
+        // One statement takes the key; only a key taken before needs the earlier call read.
+        if try await self.store.store.write({ try await self.store.begin(invocation, on: $0) }) { return nil }
+        guard let earlier = try await self.store.store.sql({
+            try await self.store.invocation(projectID: invocation.projectID, toolID: invocation.toolID, key: invocation.key, on: $0)
+        }) else {
+            throw SparkError(.aborted, "the call under this idempotency key was just forgotten; ask again")
         }
-        guard let earlier else { return nil }
         guard earlier.requestHash == invocation.requestHash else {
             throw SparkError(.alreadyExists, "the idempotency key was used for a call with another input; use a new key", field: "idempotency_key")
         }

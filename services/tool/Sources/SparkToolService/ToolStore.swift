@@ -247,18 +247,16 @@ struct ToolStore: Sendable {
     // MARK: Invocations
 
     /// Records a call under its key; false when the key is already taken (nothing written).
+    /// Records `invocation` as running under its key, in one statement; false when the key was
+    /// taken already (by an earlier or a concurrent call), and then nothing is written.
     func begin(_ invocation: InvocationRow, on db: any SQLDatabase) async throws -> Bool {
-        let taken = try await db.raw("""
-            SELECT id FROM invocations WHERE project_id = \(bind: invocation.projectID) AND tool_id = \(bind: invocation.toolID)
-                AND idempotency_key = \(bind: invocation.key)
-            """).first()
-        guard taken == nil else { return false }
         try await db.raw("""
             INSERT INTO invocations (id, project_id, tool_id, idempotency_key, request_hash, status, tool_version, started_at)
             VALUES (\(bind: invocation.id), \(bind: invocation.projectID), \(bind: invocation.toolID), \(bind: invocation.key),
                     \(bind: invocation.requestHash), 'running', \(bind: invocation.toolVersion), \(bind: invocation.startedAt))
-            """).run()
-        return true
+            ON CONFLICT (project_id, tool_id, idempotency_key) DO NOTHING
+            RETURNING id
+            """).first() != nil
     }
 
     func invocation(projectID: String, toolID: String, key: String, on db: any SQLDatabase) async throws -> InvocationRow? {
