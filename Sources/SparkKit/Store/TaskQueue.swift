@@ -82,11 +82,31 @@ public struct TaskQueue: Sendable {
     /// round trip or a wake-up. Should the worker stop, the lease expires and any replica's next
     /// claim takes the task, as with one it had claimed.
     public func enqueueClaimed(_ task: NewTask, owner: String, leaseUntil: Int64, now: Int64, on db: any SQLDatabase) async throws -> Claim {
-        try await db.raw("""
+        // One claimed task: never nil.
+        guard let insert = self.insertion(queued: [], claimed: [(task, owner, leaseUntil)], now: now) else { return Self.claim(of: task, leaseUntil: leaseUntil) }
+        try await db.raw(insert).run()
+        return Self.claim(of: task, leaseUntil: leaseUntil)
+    }
+
+    /// The claim of a task added claimed (``enqueueClaimed(_:owner:leaseUntil:now:on:)``, ``insertion(queued:claimed:now:)``).
+    public static func claim(of task: NewTask, leaseUntil: Int64) -> Claim {
+        Claim(id: task.id, kind: task.kind, payload: task.payload, claims: 1, version: 1, leaseUntil: leaseUntil)
+    }
+
+    /// One INSERT of `queued` tasks and of `claimed` ones (each already claimed by its owner
+    /// until its lease's end), for a caller that runs it within a statement of its own (a
+    /// PostgreSQL `WITH`), in its transaction. Nil when there is nothing to add.
+    public func insertion(queued: [NewTask], claimed: [(task: NewTask, owner: String, leaseUntil: Int64)], now: Int64) -> SQLQueryString? {
+        let rows: [SQLQueryString] = queued.map { task in
+            "(\(bind: task.id), \(bind: task.kind), \(bind: task.payload), \(bind: task.runAt), 'queued', '', 0, 0, 0, \(bind: now))"
+        } + claimed.map { task, owner, leaseUntil in
+            "(\(bind: task.id), \(bind: task.kind), \(bind: task.payload), \(bind: task.runAt), 'claimed', \(bind: owner), \(bind: leaseUntil), 1, 1, \(bind: now))"
+        }
+        guard !rows.isEmpty else { return nil }
+        return """
             INSERT INTO task_queue (id, kind, payload, run_at, status, lease_owner, lease_until, lease_version, claims, created_at)
-            VALUES (\(bind: task.id), \(bind: task.kind), \(bind: task.payload), \(bind: task.runAt), 'claimed', \(bind: owner), \(bind: leaseUntil), 1, 1, \(bind: now))
-            """).run()
-        return Claim(id: task.id, kind: task.kind, payload: task.payload, claims: 1, version: 1, leaseUntil: leaseUntil)
+            VALUES \(rows.joined(separator: ", "))
+            """
     }
 
     /// Claims up to `limit` tasks that are due, or whose lease expired, for `owner` until

@@ -196,6 +196,7 @@ final class RunEngine: Sendable {
         var cancelled: [String] = []
         let taken = transition.taken
         var takenClaimed: Taken?
+        var claimedTasks: [(task: TaskQueue.NewTask, owner: String, leaseUntil: Int64)] = []
         if before.status == .pending, machine.status == .queued {
             tasks.append(.init(id: SparkID.make("tsk"), kind: "start", payload: run.id, runAt: now))
         }
@@ -216,9 +217,9 @@ final class RunEngine: Sendable {
             case .dispatch(let step, let attempt, let arguments, let key, let approved):
                 if var taken, taken.task.step == step, taken.task.attempt == attempt {
                     let payload = String(decoding: try JSONEncoder().encode(taken.task), as: UTF8.self)
-                    taken.claim = try await self.queue.enqueueClaimed(
-                        .init(id: taken.taskID, kind: "step", payload: payload, runAt: now), owner: taken.owner, leaseUntil: taken.leaseUntil, now: now, on: db
-                    )
+                    let task = TaskQueue.NewTask(id: taken.taskID, kind: "step", payload: payload, runAt: now)
+                    claimedTasks.append((task, taken.owner, taken.leaseUntil))
+                    taken.claim = TaskQueue.claim(of: task, leaseUntil: taken.leaseUntil)
                     takenClaimed = taken
                     continue
                 }
@@ -248,21 +249,26 @@ final class RunEngine: Sendable {
             let status = new.error?.reason == "approval_timeout" ? "expired" : "cancelled"
             try await self.store.closeApprovals(runID: run.id, stepID: new.id, status: status, by: "", comment: "", now: now, on: db)
         }
-        for attempt in transition.attempts { try await self.store.upsert(attempt, on: db) }
-        try await self.store.update(run, on: db)
-        try await self.queue.enqueue(tasks, now: now, on: db)
-        // Delivered at commit to every replica listening (RunListener): workers wake for the
-        // tasks, watchers read the project's events. With Redis the events travel there instead,
-        // whole, and no watcher needs to read them from the store.
-        let notifyEvents = !events.isEmpty && self.relay == nil
-        var notify: String?
-        if self.store.store.dialect == .postgres, !tasks.isEmpty || notifyEvents {
-            notify = "\(tasks.isEmpty ? "" : "t")\(notifyEvents ? "e" : ""):\(run.projectID)"
-        }
-        // With events, the notification goes in their statement.
-        let numbered = try await self.store.append(events, projectID: run.projectID, notify: notify, on: db)
-        if let notify, events.isEmpty {
-            try await db.raw("SELECT pg_notify(\(bind: RunListener.channel), \(bind: notify))").run()
+        let numbered: [EventRow]
+        switch self.store.store.dialect {
+        case .postgres:
+            // Delivered at commit to every replica listening (RunListener): workers wake for the
+            // queued tasks, watchers read the project's events. With Redis the events travel
+            // there instead, whole, and no watcher needs to read them from the store.
+            let notifyEvents = !events.isEmpty && self.relay == nil
+            let notify = !tasks.isEmpty || notifyEvents ? "\(tasks.isEmpty ? "" : "t")\(notifyEvents ? "e" : ""):\(run.projectID)" : nil
+            numbered = try await self.store.writeTransition(
+                run, attempts: transition.attempts, tasks: self.queue.insertion(queued: tasks, claimed: claimedTasks, now: now),
+                events: events, notify: notify, on: db
+            )
+        case .sqlite:
+            for attempt in transition.attempts { try await self.store.upsert(attempt, on: db) }
+            try await self.store.update(run, on: db)
+            try await self.queue.enqueue(tasks, now: now, on: db)
+            for (task, owner, leaseUntil) in claimedTasks {
+                _ = try await self.queue.enqueueClaimed(task, owner: owner, leaseUntil: leaseUntil, now: now, on: db)
+            }
+            numbered = try await self.store.append(events, projectID: run.projectID, on: db)
         }
         return (Committed(projectID: run.projectID, events: numbered, enqueued: !tasks.isEmpty, cancelled: cancelled), takenClaimed)
     }

@@ -219,12 +219,75 @@ struct RunStore: Sendable {
 
     /// The run's changing columns, after a transition.
     func update(_ run: RunRow, on db: any SQLDatabase) async throws {
-        try await db.raw("""
-            UPDATE runs SET status = \(bind: run.status), outputs = \(bind: run.outputs), error_reason = \(bind: run.errorReason),
-                error_message = \(bind: run.errorMessage), state = \(bind: run.state), cost_micros = \(bind: run.costMicros),
-                started_at = \(bind: run.startedAt), ended_at = \(bind: run.endedAt), updated_at = \(bind: run.updatedAt), wake_at = \(bind: run.wakeAt)
-            WHERE id = \(bind: run.id)
-            """).run()
+        try await db.raw(Self.updating(run)).run()
+    }
+
+    /// The statement of ``update(_:on:)``.
+    static func updating(_ run: RunRow) -> SQLQueryString {
+        """
+        UPDATE runs SET status = \(bind: run.status), outputs = \(bind: run.outputs), error_reason = \(bind: run.errorReason),
+            error_message = \(bind: run.errorMessage), state = \(bind: run.state), cost_micros = \(bind: run.costMicros),
+            started_at = \(bind: run.startedAt), ended_at = \(bind: run.endedAt), updated_at = \(bind: run.updatedAt), wake_at = \(bind: run.wakeAt)
+        WHERE id = \(bind: run.id)
+        """
+    }
+
+    /// On PostgreSQL, what a transition writes after reading its run, as one statement: the
+    /// run's new state, its attempts, its tasks (`tasks`, an INSERT from ``TaskQueue``), the
+    /// project's sequence advance, the events and the notification. Data-modifying `WITH` parts
+    /// all run to completion, so one round trip does what took one per row. The events, numbered.
+    func writeTransition(
+        _ run: RunRow, attempts: [AttemptRow], tasks: SQLQueryString?, events: [EventRow], notify: String?, on db: any SQLDatabase
+    ) async throws -> [EventRow] {
+        var parts: [SQLQueryString] = ["u AS (\(Self.updating(run)) RETURNING id)"]
+        // A row changes once per statement: the last record of an attempt is the one to keep.
+        var latest: [String: AttemptRow] = [:]
+        var order: [String] = []
+        for attempt in attempts {
+            let key = "\(attempt.stepID)/\(attempt.attempt)"
+            if latest.updateValue(attempt, forKey: key) == nil { order.append(key) }
+        }
+        let attemptRows = order.compactMap { latest[$0] }
+        if !attemptRows.isEmpty {
+            parts.append("a AS (\(Self.upserting(attemptRows)) RETURNING run_id)")
+        }
+        if let tasks { parts.append("t AS (\(tasks) RETURNING id)") }
+        let count = Int64(events.count)
+        var select: SQLQueryString = "SELECT CAST(0 AS BIGINT) AS last"
+        if !events.isEmpty {
+            let rows: [SQLQueryString] = events.enumerated().map { index, event in
+                """
+                (CAST(\(bind: Int64(index + 1)) AS BIGINT), CAST(\(bind: event.runID) AS TEXT), CAST(\(bind: event.workflowName) AS TEXT),
+                CAST(\(bind: event.kind) AS TEXT), CAST(\(bind: event.stepID) AS TEXT), CAST(\(bind: Int64(event.attempt)) AS BIGINT),
+                CAST(\(bind: event.message) AS TEXT), CAST(\(bind: event.createdAt) AS BIGINT))
+                """
+            }
+            parts.append("""
+                s AS (
+                    INSERT INTO run_sequences (project_id, last) VALUES (\(bind: run.projectID), \(bind: count))
+                    ON CONFLICT (project_id) DO UPDATE SET last = run_sequences.last + \(bind: count)
+                    RETURNING last
+                )
+                """)
+            parts.append("""
+                e AS (
+                    INSERT INTO run_events (project_id, sequence, run_id, workflow_name, kind, step_id, attempt, message, created_at)
+                    SELECT \(bind: run.projectID), s.last - \(bind: count) + v.k, v.run_id, v.workflow_name, v.kind, v.step_id, v.attempt, v.message, v.created_at
+                    FROM s, (VALUES \(rows.joined(separator: ", "))) AS v(k, run_id, workflow_name, kind, step_id, attempt, message, created_at)
+                )
+                """)
+            select = "SELECT s.last FROM s"
+        }
+        let notification: SQLQueryString = notify.map { ", pg_notify(\(bind: RunListener.channel), \(bind: $0))" } ?? ""
+        guard let row = try await db.raw("WITH \(parts.joined(separator: ", ")) \(select)\(notification)").first() else {
+            throw SparkStoreError("the project's event sequence did not advance")
+        }
+        let last = try row.decode(column: "last", as: Int64.self)
+        var numbered = events
+        for index in numbered.indices {
+            numbered[index].sequence = last - count + Int64(index) + 1
+        }
+        return numbered
     }
 
     /// The run, locked until the transaction ends on PostgreSQL (SQLite's writer is alone).
@@ -315,16 +378,26 @@ struct RunStore: Sendable {
     // MARK: Attempts
 
     func upsert(_ attempt: AttemptRow, on db: any SQLDatabase) async throws {
-        try await db.raw("""
+        try await db.raw(Self.upserting([attempt])).run()
+    }
+
+    /// One statement that stores `attempts` (each of another step or attempt), new or changed.
+    static func upserting(_ attempts: [AttemptRow]) -> SQLQueryString {
+        let rows: [SQLQueryString] = attempts.map { attempt in
+            """
+            (\(bind: attempt.runID), \(bind: attempt.stepID), \(bind: Int64(attempt.attempt)), \(bind: attempt.status), \(bind: attempt.idempotencyKey),
+            \(bind: attempt.startedAt), \(bind: attempt.endedAt), \(bind: attempt.errorReason), \(bind: attempt.errorMessage),
+            \(bind: attempt.costMicros), \(bind: attempt.callID), \(bind: attempt.worker))
+            """
+        }
+        return """
             INSERT INTO step_attempts (run_id, step_id, attempt, status, idempotency_key, started_at, ended_at, error_reason, error_message,
                 cost_micros, call_id, worker)
-            VALUES (\(bind: attempt.runID), \(bind: attempt.stepID), \(bind: attempt.attempt), \(bind: attempt.status), \(bind: attempt.idempotencyKey),
-                \(bind: attempt.startedAt), \(bind: attempt.endedAt), \(bind: attempt.errorReason), \(bind: attempt.errorMessage),
-                \(bind: attempt.costMicros), \(bind: attempt.callID), \(bind: attempt.worker))
+            VALUES \(rows.joined(separator: ", "))
             ON CONFLICT (run_id, step_id, attempt) DO UPDATE SET status = excluded.status, started_at = excluded.started_at,
                 ended_at = excluded.ended_at, error_reason = excluded.error_reason, error_message = excluded.error_message,
                 cost_micros = excluded.cost_micros, call_id = excluded.call_id, worker = excluded.worker
-            """).run()
+            """
     }
 
     func attempt(runID: String, stepID: String, attempt: Int, on db: any SQLDatabase) async throws -> AttemptRow? {
@@ -358,50 +431,22 @@ struct RunStore: Sendable {
 
     /// Appends `events` with the project's next sequence numbers, in the caller's transaction:
     /// the sequence row is held until it commits, so numbers follow commit order without gaps.
-    /// Numbers the events from the project's sequence and stores them. On PostgreSQL the sequence,
-    /// the events and the notification `notify` (a `pg_notify` payload, if any) are one statement:
-    /// the sequence's row stays locked to the commit, and every round trip less is time less that
-    /// the project's other transitions wait for it.
-    func append(_ events: [EventRow], projectID: String, notify: String? = nil, on db: any SQLDatabase) async throws -> [EventRow] {
+    /// (On PostgreSQL a transition writes its events in ``writeTransition``, in the statement
+    /// that advances the sequence, so that the row stays locked one round trip less.)
+    func append(_ events: [EventRow], projectID: String, on db: any SQLDatabase) async throws -> [EventRow] {
         guard !events.isEmpty else { return [] }
         let count = Int64(events.count)
-        let advance: SQLQueryString = """
+        guard let last = try await db.raw("""
             INSERT INTO run_sequences (project_id, last) VALUES (\(bind: projectID), \(bind: count))
             ON CONFLICT (project_id) DO UPDATE SET last = run_sequences.last + \(bind: count)
             RETURNING last
-            """
-        let last: Int64
-        if self.store.dialect == .postgres {
-            let rows: [SQLQueryString] = events.enumerated().map { index, event in
-                """
-                (CAST(\(bind: Int64(index + 1)) AS BIGINT), CAST(\(bind: event.runID) AS TEXT), CAST(\(bind: event.workflowName) AS TEXT),
-                CAST(\(bind: event.kind) AS TEXT), CAST(\(bind: event.stepID) AS TEXT), CAST(\(bind: Int64(event.attempt)) AS BIGINT),
-                CAST(\(bind: event.message) AS TEXT), CAST(\(bind: event.createdAt) AS BIGINT))
-                """
-            }
-            let notification: SQLQueryString = notify.map { ", pg_notify(\(bind: RunListener.channel), \(bind: $0))" } ?? ""
-            guard let row = try await db.raw("""
-                WITH s AS (\(advance)), e AS (
-                    INSERT INTO run_events (project_id, sequence, run_id, workflow_name, kind, step_id, attempt, message, created_at)
-                    SELECT \(bind: projectID), s.last - \(bind: count) + v.k, v.run_id, v.workflow_name, v.kind, v.step_id, v.attempt, v.message, v.created_at
-                    FROM s, (VALUES \(rows.joined(separator: ", "))) AS v(k, run_id, workflow_name, kind, step_id, attempt, message, created_at)
-                )
-                SELECT s.last\(notification) FROM s
-                """).first() else {
-                throw SparkStoreError("the project's event sequence did not advance")
-            }
-            last = try row.decode(column: "last", as: Int64.self)
-        } else {
-            guard let advanced = try await db.raw(advance).first()?.decode(column: "last", as: Int64.self) else {
-                throw SparkStoreError("the project's event sequence did not advance")
-            }
-            last = advanced
+            """).first()?.decode(column: "last", as: Int64.self) else {
+            throw SparkStoreError("the project's event sequence did not advance")
         }
         var numbered = events
         for index in numbered.indices {
             numbered[index].sequence = last - count + Int64(index) + 1
         }
-        guard self.store.dialect != .postgres else { return numbered }
         // The transition's events in one statement.
         let rows: [SQLQueryString] = numbered.map { event in
             """
