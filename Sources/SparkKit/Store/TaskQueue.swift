@@ -154,10 +154,16 @@ public struct TaskQueue: Sendable {
     /// Removes the finished task in the caller's transaction `db`; false when the lease is no
     /// longer this claim's, and then the caller must roll back what it was about to commit.
     public func complete(_ claim: Claim, on db: any SQLDatabase) async throws -> Bool {
-        try await db.raw("""
-            DELETE FROM task_queue WHERE id = \(bind: claim.id) AND status = 'claimed' AND lease_version = \(bind: claim.version)
-            RETURNING id
-            """).first() != nil
+        try await db.raw(self.completion(claim)).first() != nil
+    }
+
+    /// The statement of ``complete(_:on:)``, returning the task's `id` when the lease was still
+    /// the claim's, for a caller that runs it within a statement of its own (a PostgreSQL `WITH`).
+    public func completion(_ claim: Claim) -> SQLQueryString {
+        """
+        DELETE FROM task_queue WHERE id = \(bind: claim.id) AND status = 'claimed' AND lease_version = \(bind: claim.version)
+        RETURNING id
+        """
     }
 
     /// Hands the task back unfinished (a worker draining at shutdown), due at `runAt`; false when

@@ -154,11 +154,14 @@ final class RunEngine: Sendable {
     ) async throws -> (result: T, taken: Taken?) {
         let (result, committed, taken) = try await self.store.store.transaction { db -> (T, Committed, Taken?) in
             guard let row = try await self.store.lockedRun(runID, on: db) else { throw SparkError.notFound("run") }
-            if let claim, try await !self.queue.complete(claim, on: db) { throw StaleLease() }
+            // On PostgreSQL the task's fenced completion goes in the statement that stores the
+            // transition (a stale lease rolls it all back); on SQLite, under the single writer,
+            // first.
+            if let claim, self.store.store.dialect == .sqlite, try await !self.queue.complete(claim, on: db) { throw StaleLease() }
             var transition = Transition(run: row, machine: try await self.machine(of: row, on: db), now: RunStore.now())
             let before = transition.machine
             let result = try await body(&transition, db)
-            let (committed, taken) = try await self.store(transition, before: before, on: db)
+            let (committed, taken) = try await self.store(transition, before: before, completing: claim, on: db)
             return (result, committed, taken)
         }
         self.announce(committed)
@@ -176,7 +179,7 @@ final class RunEngine: Sendable {
     }
 
     /// Stores a run's new state and its effects in the transaction `db`.
-    func store(_ transition: Transition, before: RunMachine, on db: any SQLDatabase) async throws -> (Committed, Taken?) {
+    func store(_ transition: Transition, before: RunMachine, completing claim: TaskQueue.Claim? = nil, on db: any SQLDatabase) async throws -> (Committed, Taken?) {
         var run = transition.run
         let machine = transition.machine
         let now = transition.now
@@ -257,10 +260,11 @@ final class RunEngine: Sendable {
             // there instead, whole, and no watcher needs to read them from the store.
             let notifyEvents = !events.isEmpty && self.relay == nil
             let notify = !tasks.isEmpty || notifyEvents ? "\(tasks.isEmpty ? "" : "t")\(notifyEvents ? "e" : ""):\(run.projectID)" : nil
-            numbered = try await self.store.writeTransition(
+            guard let written = try await self.store.writeTransition(
                 run, attempts: transition.attempts, tasks: self.queue.insertion(queued: tasks, claimed: claimedTasks, now: now),
-                events: events, notify: notify, on: db
-            )
+                completing: claim.map(self.queue.completion), events: events, notify: notify, on: db
+            ) else { throw StaleLease() }
+            numbered = written
         case .sqlite:
             for attempt in transition.attempts { try await self.store.upsert(attempt, on: db) }
             try await self.store.update(run, on: db)

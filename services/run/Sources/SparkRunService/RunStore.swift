@@ -236,10 +236,16 @@ struct RunStore: Sendable {
     /// run's new state, its attempts, its tasks (`tasks`, an INSERT from ``TaskQueue``), the
     /// project's sequence advance, the events and the notification. Data-modifying `WITH` parts
     /// all run to completion, so one round trip does what took one per row. The events, numbered.
+    ///
+    /// With `completing` (a task's fenced completion from ``TaskQueue``), the task is deleted in
+    /// the same statement, and nil is returned when its lease was no longer the claim's: the
+    /// caller must then roll back.
     func writeTransition(
-        _ run: RunRow, attempts: [AttemptRow], tasks: SQLQueryString?, events: [EventRow], notify: String?, on db: any SQLDatabase
-    ) async throws -> [EventRow] {
+        _ run: RunRow, attempts: [AttemptRow], tasks: SQLQueryString?, completing: SQLQueryString?, events: [EventRow], notify: String?,
+        on db: any SQLDatabase
+    ) async throws -> [EventRow]? {
         var parts: [SQLQueryString] = ["u AS (\(Self.updating(run)) RETURNING id)"]
+        if let completing { parts.append("d AS (\(completing))") }
         // A row changes once per statement: the last record of an attempt is the one to keep.
         var latest: [String: AttemptRow] = [:]
         var order: [String] = []
@@ -253,7 +259,8 @@ struct RunStore: Sendable {
         }
         if let tasks { parts.append("t AS (\(tasks) RETURNING id)") }
         let count = Int64(events.count)
-        var select: SQLQueryString = "SELECT CAST(0 AS BIGINT) AS last"
+        var lastColumn: SQLQueryString = "CAST(0 AS BIGINT)"
+        var from: SQLQueryString = ""
         if !events.isEmpty {
             let rows: [SQLQueryString] = events.enumerated().map { index, event in
                 """
@@ -276,12 +283,15 @@ struct RunStore: Sendable {
                     FROM s, (VALUES \(rows.joined(separator: ", "))) AS v(k, run_id, workflow_name, kind, step_id, attempt, message, created_at)
                 )
                 """)
-            select = "SELECT s.last FROM s"
+            lastColumn = "s.last"
+            from = " FROM s"
         }
         let notification: SQLQueryString = notify.map { ", pg_notify(\(bind: RunListener.channel), \(bind: $0))" } ?? ""
-        guard let row = try await db.raw("WITH \(parts.joined(separator: ", ")) \(select)\(notification)").first() else {
+        let completed: SQLQueryString = completing == nil ? "" : ", (SELECT COUNT(*) FROM d) AS completed"
+        guard let row = try await db.raw("WITH \(parts.joined(separator: ", ")) SELECT \(lastColumn) AS last\(completed)\(notification)\(from)").first() else {
             throw SparkStoreError("the project's event sequence did not advance")
         }
+        if completing != nil, try row.decode(column: "completed", as: Int64.self) == 0 { return nil }
         let last = try row.decode(column: "last", as: Int64.self)
         var numbered = events
         for index in numbered.indices {
