@@ -464,6 +464,23 @@ struct AgentAPITests {
             #expect(reused.status == 409)
             #expect(reused.errorField == "idempotencyKey", "\(reused.text)")
 
+            // Sent at once under one new key: the model is called for one of them; the others
+            // answer with its step or, while it still runs, 409 to ask again.
+            llm.enqueue(.text("one of many"))
+            let answers = try await withThrowingTaskGroup(of: (Int, String?, Bool).self) { group in
+                for _ in 0 ..< 6 {
+                    group.addTask {
+                        let sent = try await Self.execute(cluster, project, ["prompt": "At once.", "idempotencyKey": "run-2/step/1"])
+                        return (sent.status, sent.json["id"] as? String, sent.json["replayed"] as? Bool == true)
+                    }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(answers.allSatisfy { $0.0 == 200 || $0.0 == 409 }, "\(answers)")
+            #expect(answers.filter { $0.0 == 200 && !$0.2 }.count == 1, "the step ran once: \(answers)")
+            #expect(Set(answers.compactMap(\.1)).count == 1, "every answer names the same step: \(answers)")
+            #expect(llm.requests.count == 3)
+
             let bad: [([String: Any], String)] = [
                 ([:], "prompt"),
                 (["prompt": "  "], "prompt"),
@@ -478,7 +495,7 @@ struct AgentAPITests {
             }
             #expect(try await Self.execute(cluster, project, agent: "nobody", ["prompt": "x"]).status == 404)
             #expect(try await cluster.http.send(.GET, "\(project.base)/agent-executions/nope", token: project.token).errorField == "executionId")
-            #expect(llm.requests.count == 2, "no bad request reached the model")
+            #expect(llm.requests.count == 3, "no bad request reached the model")
 
             // A missing API key fails the step with its own reason, before any call.
             #expect(try await cluster.http.send(.DELETE, "\(project.base)/secrets/FAKE_KEY", token: project.token).status == 200)
@@ -486,7 +503,7 @@ struct AgentAPITests {
             #expect((keyless.json["error"] as? [String: Any])?["reason"] as? String == "secret_missing", "\(keyless.text)")
             // No route reads a secret back.
             #expect(try await cluster.http.send(.GET, "\(project.base)/secrets/FAKE_KEY", token: project.token).status != 200)
-            #expect(llm.requests.count == 2)
+            #expect(llm.requests.count == 3)
         }
     }
 

@@ -165,16 +165,18 @@ struct AgentStore: Sendable {
     // MARK: Executions
 
     /// Records a step under its key; false when the key is taken (nothing written).
+    /// Records `execution` as running under its key, in one statement; false when the key was
+    /// taken already (by an earlier or a concurrent call), and then nothing is written.
     func begin(_ execution: ExecutionRow, on db: any SQLDatabase) async throws -> Bool {
-        guard try await self.execution(projectID: execution.projectID, agentID: execution.agentID, key: execution.key, on: db) == nil else { return false }
         try await db.raw("""
             INSERT INTO agent_executions (id, project_id, agent_id, agent_version, idempotency_key, request_hash, run_id, step_id, status,
                                           started_at, started_by, deadline_at)
             VALUES (\(bind: execution.id), \(bind: execution.projectID), \(bind: execution.agentID), \(bind: execution.agentVersion),
                     \(bind: execution.key), \(bind: execution.requestHash), \(bind: execution.runID), \(bind: execution.stepID), 'running',
                     \(bind: execution.startedAt), \(bind: execution.startedBy), \(bind: execution.deadlineAt))
-            """).run()
-        return true
+            ON CONFLICT (project_id, agent_id, idempotency_key) DO NOTHING
+            RETURNING id
+            """).first() != nil
     }
 
     func execution(projectID: String, agentID: String, key: String, on db: any SQLDatabase) async throws -> ExecutionRow? {
