@@ -146,7 +146,7 @@ struct RunAPITests {
             #expect(done["status"] as? String == "succeeded", "\(done)")
             #expect(Self.steps(done).values.allSatisfy { ($0["attempts"] as? [[String: Any]])?.count == 1 }, "one attempt per step: \(done)")
 
-            let list = try await cluster.http.send(.GET, "/api/v1/projects/\(project)/events?runId=\(id)", token: admin).json["events"] as? [[String: Any]] ?? []
+            var list = try await cluster.http.send(.GET, "/api/v1/projects/\(project)/events?runId=\(id)", token: admin).json["events"] as? [[String: Any]] ?? []
             // RFC 3339 with up to nine digits of fraction, in microseconds since 1970.
             func time(_ kind: String, _ step: String) -> Int64? {
                 guard let text = list.first(where: { $0["kind"] as? String == kind && $0["stepId"] as? String == step })?["time"] as? String,
@@ -167,6 +167,36 @@ struct RunAPITests {
                 } else {
                     #expect(running > succeeded, "\(step) started in a transaction of its own, after a claim")
                 }
+            }
+
+            // Fan-out and fan-in: of the two steps a's end makes ready, the worker takes one and
+            // the other is queued for a claim; d starts in the commit of whichever of b and c ends last.
+            let diamond = """
+                name: diamond
+                steps:
+                  - { id: a, tool: echo }
+                  - { id: b, tool: echo, needs: [a] }
+                  - { id: c, tool: echo, needs: [a] }
+                  - { id: d, tool: echo, needs: [b, c] }
+                """
+            let applied = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/workflows/apply", token: admin, json: ["source": diamond])
+            try #require(applied.status == 200, "\(applied.text)")
+            let fan = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/runs", token: admin, json: ["workflow": "diamond"])
+            let fanID = try #require((fan.json["run"] as? [String: Any])?["id"] as? String, "\(fan.text)")
+            let fanDone = try await Self.finished(cluster, admin, project: project, run: fanID)
+            #expect(fanDone["status"] as? String == "succeeded", "\(fanDone)")
+            list = try await cluster.http.send(.GET, "/api/v1/projects/\(project)/events?runId=\(fanID)", token: admin).json["events"] as? [[String: Any]] ?? []
+            let aDone = try #require(time("step.succeeded", "a"), "\(list)")
+            let bRunning = try #require(time("step.running", "b"), "\(list)")
+            let cRunning = try #require(time("step.running", "c"), "\(list)")
+            let lastOfBC = max(try #require(time("step.succeeded", "b")), try #require(time("step.succeeded", "c")))
+            let dRunning = try #require(time("step.running", "d"), "\(list)")
+            if takeOver {
+                #expect([bRunning, cRunning].filter { $0 == aDone }.count == 1, "one of b and c taken over: \(list)")
+                #expect([bRunning, cRunning].filter { $0 > aDone }.count == 1, "the other claimed: \(list)")
+                #expect(dRunning == lastOfBC, "d taken over by the last of b and c: \(list)")
+            } else {
+                #expect(bRunning > aDone && cRunning > aDone && dRunning > lastOfBC, "\(list)")
             }
         }
     }
