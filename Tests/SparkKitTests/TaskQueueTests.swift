@@ -89,13 +89,15 @@ struct TaskQueueTests {
             struct Abort: Error {}
             await #expect(throws: Abort.self) {
                 try await queue.store.transaction { db in
-                    _ = try await queue.enqueueClaimed(task, owner: "a", leaseUntil: Self.start + Self.second, now: Self.start, on: db)
+                    try await queue.enqueue([], claimed: [(task, "a", Self.start + Self.second)], now: Self.start, on: db)
                     throw Abort()
                 }
             }
             #expect(try await queue.count() == 0)
 
-            let mine = try await queue.store.transaction { try await queue.enqueueClaimed(task, owner: "a", leaseUntil: Self.start + Self.second, now: Self.start, on: $0) }
+            let mine = try #require(try await queue.store.transaction {
+                try await queue.enqueue([], claimed: [(task, "a", Self.start + Self.second)], now: Self.start, on: $0)
+            }.first)
             #expect(mine.id == task.id && mine.version == 1 && mine.claims == 1 && mine.leaseUntil == Self.start + Self.second && mine.payload == task.payload)
             // Leased to a: no claim takes it, and a's heartbeat keeps it.
             #expect(try await queue.claim(owner: "b", limit: 10, leaseMicros: Self.second, now: Self.start).isEmpty)

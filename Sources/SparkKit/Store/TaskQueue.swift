@@ -67,28 +67,20 @@ public struct TaskQueue: Sendable {
         self.store = store
     }
 
-    /// Adds `tasks` in the caller's transaction `db`.
-    public func enqueue(_ tasks: [NewTask], now: Int64, on db: any SQLDatabase) async throws {
-        for task in tasks {
-            try await db.raw("""
-                INSERT INTO task_queue (id, kind, payload, run_at, status, created_at)
-                VALUES (\(bind: task.id), \(bind: task.kind), \(bind: task.payload), \(bind: task.runAt), 'queued', \(bind: now))
-                """).run()
-        }
+    /// Adds `tasks` in the caller's transaction `db`, and `claimed` tasks already claimed by
+    /// their owner until their lease's end: the worker whose commit asks for a task takes it
+    /// itself, without a claim round trip or a wake-up. Should that worker stop, the lease
+    /// expires and any replica's next claim takes the task, as with one it had claimed. One
+    /// statement; the claims of the `claimed` tasks, in their order.
+    @discardableResult
+    public func enqueue(
+        _ tasks: [NewTask], claimed: [(task: NewTask, owner: String, leaseUntil: Int64)] = [], now: Int64, on db: any SQLDatabase
+    ) async throws -> [Claim] {
+        if let insert = self.insertion(queued: tasks, claimed: claimed, now: now) { try await db.raw(insert).run() }
+        return claimed.map { Self.claim(of: $0.task, leaseUntil: $0.leaseUntil) }
     }
 
-    /// Adds `task` in the caller's transaction `db` already claimed by `owner` until
-    /// `leaseUntil`: the worker whose commit asks for the task takes it itself, without a claim
-    /// round trip or a wake-up. Should the worker stop, the lease expires and any replica's next
-    /// claim takes the task, as with one it had claimed.
-    public func enqueueClaimed(_ task: NewTask, owner: String, leaseUntil: Int64, now: Int64, on db: any SQLDatabase) async throws -> Claim {
-        // One claimed task: never nil.
-        guard let insert = self.insertion(queued: [], claimed: [(task, owner, leaseUntil)], now: now) else { return Self.claim(of: task, leaseUntil: leaseUntil) }
-        try await db.raw(insert).run()
-        return Self.claim(of: task, leaseUntil: leaseUntil)
-    }
-
-    /// The claim of a task added claimed (``enqueueClaimed(_:owner:leaseUntil:now:on:)``, ``insertion(queued:claimed:now:)``).
+    /// The claim of a task added claimed (``enqueue(_:claimed:now:on:)``, ``insertion(queued:claimed:now:)``).
     public static func claim(of task: NewTask, leaseUntil: Int64) -> Claim {
         Claim(id: task.id, kind: task.kind, payload: task.payload, claims: 1, version: 1, leaseUntil: leaseUntil)
     }

@@ -268,10 +268,7 @@ final class RunEngine: Sendable {
         case .sqlite:
             for attempt in transition.attempts { try await self.store.upsert(attempt, on: db) }
             try await self.store.update(run, on: db)
-            try await self.queue.enqueue(tasks, now: now, on: db)
-            for (task, owner, leaseUntil) in claimedTasks {
-                _ = try await self.queue.enqueueClaimed(task, owner: owner, leaseUntil: leaseUntil, now: now, on: db)
-            }
+            try await self.queue.enqueue(tasks, claimed: claimedTasks, now: now, on: db)
             numbered = try await self.store.append(events, projectID: run.projectID, on: db)
         }
         return (Committed(projectID: run.projectID, events: numbered, enqueued: !tasks.isEmpty, cancelled: cancelled), takenClaimed)
