@@ -7,10 +7,13 @@
 # RPC, no store) under the same load; and in postgres mode the peer, the original design's
 # stack: FastAPI + asyncpg under uvicorn with two workers (Benchmarks/peers/fastapi), serving
 # the same authenticated read from the same database, started here and loaded the same way.
-# Prints requests/s, p50/p99 latency, the ratios, and each process's RSS.
+# Prints requests/s, p50/p99 latency, the ratios, CPU per request, and each process's RSS.
 #
 # Environment: SECONDS_PER_RUN (default 20), CONNECTIONS (64), THREADS (2), MODES ("dev postgres"),
-# LEAN_UNARY (true; false sends every SparkWire call through GRPCCore's executors, to compare).
+# LEAN_UNARY (true; false sends every SparkWire call through GRPCCore's executors, to compare),
+# PROFILE_DIR (when set, `perf record -g` of each SparkOps process during the load, written there).
+# Beside each measured load it prints the CPU time each process used per request (SparkOps's,
+# the peer's, PostgreSQL's and Redis's), and the machine's idle time per request.
 # Rate limits are raised for the run (one key would otherwise be limited to its per-minute quota).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +56,32 @@ settings=(
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 rss() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
 peak() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+# CPU time (user + system, clock ticks) used so far by the processes named on stdin, one pid a line.
+ticks() { local total=0 pid; while read -r pid; do [ -r "/proc/$pid/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0))); done; echo "$total"; }
+# The processes whose CPU is counted per request: name and pids (SparkOps's, the peer's, and the
+# PostgreSQL, Redis and wrk processes both share).
+cpu_groups() {
+	local pid
+	for pid in "$@"; do echo "$(tr '\0' ' ' </proc/$pid/cmdline | awk '{print $1}' | xargs basename) $pid $(pgrep -P "$pid" | xargs)"; done
+	echo "postgres $(pgrep -x postgres | xargs)"
+	echo "redis $(pgrep -x redis-server | xargs)"
+}
+# Runs `load` while counting each group's CPU; prints the load's line, then "name µs" per group on
+# the following lines (CPU µs per request).
+measured() {
+	local groups before after line rps
+	groups=$(cpu_groups "${pids[@]}")
+	before=$(while read -r name rest; do echo "$name $(tr ' ' '\n' <<<"$rest" | ticks)"; done <<<"$groups")
+	local idle_before; idle_before=$(awk '/^cpu / {print $5 + $6}' /proc/stat)
+	line=$(load "$@")
+	after=$(while read -r name rest; do echo "$name $(tr ' ' '\n' <<<"$rest" | ticks)"; done <<<"$groups")
+	after+=$'\n'"idle $(awk '/^cpu / {print $5 + $6}' /proc/stat)"
+	before+=$'\n'"idle $idle_before"
+	rps=${line%% *}
+	echo "$line"
+	paste -d' ' <(echo "$before") <(echo "$after") | awk -v rps="$rps" -v d="$duration" -v hz="$(getconf CLK_TCK)" \
+		'{ printf "%s %.0f\n", $1, ($4 - $2) / hz * 1e6 / (rps * d) }'
+}
 
 # wrk for $duration s against $1 with extra arguments; prints "rps p50_ms p99_ms errors".
 load() {
@@ -131,10 +160,21 @@ for mode in $modes; do
 	# Warm-up, then the baseline and the measured route.
 	wrk -t1 -c8 -d2s -H "Authorization: Bearer $key" "$url" >/dev/null
 	read -r base_rps base_p50 base_p99 base_errors < <(load http://127.0.0.1:19000/healthz)
-	read -r rps p50 p99 errors < <(load "$url" -H "Authorization: Bearer $key")
+	if [ -n "${PROFILE_DIR:-}" ]; then
+		# perf of every SparkOps process (call graphs) through the middle of the measured load.
+		mkdir -p "$PROFILE_DIR"
+		for pid in "${pids[@]}"; do
+			name=$(tr '\0' ' ' </proc/$pid/cmdline | awk '{print $1}' | xargs basename)
+			(sleep 2; perf record -q -F 499 -g -p "$pid" -o "$PROFILE_DIR/$mode-$name.data" -- sleep $((duration / 2)) >/dev/null 2>&1) &
+		done
+	fi
+	measured "$url" -H "Authorization: Bearer $key" >"$work/measured.txt"
+	read -r rps p50 p99 errors <"$work/measured.txt"
+	cpu=$(tail -n +2 "$work/measured.txt" | awk '$2 > 0 {printf "%s%s %s", sep, $1, $2; sep=", "}')
 	printf '%-9s %-34s %9s %8s %8s %7s\n' "$mode" "baseline: gateway GET /healthz" "$base_rps" "$base_p50" "$base_p99" "$base_errors"
 	printf '%-9s %-34s %9s %8s %8s %7s %s\n' "$mode" "GET /api/v1/projects/{id}, API key" "$rps" "$p50" "$p99" "$errors" \
 		"$(python3 -c "print(f'{$rps/$base_rps:.2f}x')")"
+	echo "          CPU µs per request: $cpu"
 	for pid in "${pids[@]}"; do
 		printf '          RSS %-18s %5s MiB now, %5s MiB peak\n' "$(tr '\0' ' ' </proc/$pid/cmdline | awk '{print $1}' | xargs basename)" "$(rss "$pid")" "$(peak "$pid")"
 	done
@@ -152,9 +192,12 @@ for mode in $modes; do
 	for _ in $(seq 1 120); do curl -fsS -o /dev/null -H "Authorization: Bearer $key" "$peer_url" 2>/dev/null && break; sleep 0.25; done
 	curl -fsS -o /dev/null -H "Authorization: Bearer $key" "$peer_url" || { echo "the FastAPI peer did not answer:" >&2; cat "$work/fastapi.log" >&2; exit 1; }
 	wrk -t1 -c8 -d2s -H "Authorization: Bearer $key" "$peer_url" >/dev/null
-	read -r peer_rps peer_p50 peer_p99 peer_errors < <(load "$peer_url" -H "Authorization: Bearer $key")
+	measured "$peer_url" -H "Authorization: Bearer $key" >"$work/measured.txt"
+	read -r peer_rps peer_p50 peer_p99 peer_errors <"$work/measured.txt"
+	cpu=$(tail -n +2 "$work/measured.txt" | awk '$2 > 0 {printf "%s%s %s", sep, $1, $2; sep=", "}')
 	printf '%-9s %-34s %9s %8s %8s %7s %s\n' "$mode" "peer: FastAPI + asyncpg, 2 workers" "$peer_rps" "$peer_p50" "$peer_p99" "$peer_errors" \
 		"$(python3 -c "print(f'{$peer_rps/$base_rps:.2f}x')")"
+	echo "          CPU µs per request: $cpu"
 	python3 -c "print(f'          SparkOps distributed vs FastAPI + asyncpg: {$rps/$peer_rps:.2f}x the requests/s, p99 {$p99/$peer_p99:.2f}x; target >= 1.5x and <= 0.5x')"
 	if [ -n "${dev_rps:-}" ]; then
 		python3 -c "print(f'          SparkOps dev (SQLite) vs FastAPI + asyncpg: {$dev_rps/$peer_rps:.2f}x the requests/s, p99 {$dev_p99/$peer_p99:.2f}x; target >= 2x and <= 0.5x')"

@@ -53,12 +53,19 @@ final class Authenticator: Sendable {
 
     // MARK: Credentials
 
-    func authenticate(bearer credential: String, requestMetadata: Metadata) async throws -> Sparkops_Common_V1_Principal {
+    /// The principal of a credential this gateway checked within its cache time, without a call.
+    func cachedPrincipal(bearer credential: String) -> Sparkops_Common_V1_Principal? {
         let cacheKey = SparkSecrets.digest(credential)
-        let now = Date()
-        if let cached = self.state.withLock({ $0.principals[cacheKey] }), cached.until > now {
-            return cached.principal
+        guard let cached = self.state.withLock({ $0.principals[cacheKey] }), cached.until > Date() else { return nil }
+        return cached.principal
+    }
+
+    func authenticate(bearer credential: String, requestMetadata: Metadata) async throws -> Sparkops_Common_V1_Principal {
+        if let principal = self.cachedPrincipal(bearer: credential) {
+            return principal
         }
+        let now = Date()
+        let cacheKey = SparkSecrets.digest(credential)
         let request: Sparkops_Project_V1_AuthenticateRequest
         if credential.hasPrefix("spk_") {
             request = .with { $0.apiKey = credential }

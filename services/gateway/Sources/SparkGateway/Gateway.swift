@@ -74,7 +74,8 @@ public enum Gateway {
         let webSockets = WebSocketGateway(authenticator: authenticator, tickets: tickets, runs: clients["run"], config: config, logger: logger)
         let routes = SparkHTTPRoute.all.filter { clients[$0.service] != nil }
         let methods = RouteMethods(
-            routes.map { ($0.path, $0.verb.rawValue) } + [("/api/v1/openapi.json", "GET"), ("/api/v1/ws/tickets", "POST"), ("/api/v1/ws", "GET")]
+            routes.map { ($0.path, $0.verb.rawValue, true) }
+                + [("/api/v1/openapi.json", "GET", false), ("/api/v1/ws/tickets", "POST", false), ("/api/v1/ws", "GET", false)]
         )
 
         // HEAD is answered wherever GET is, with the GET's headers and no body.

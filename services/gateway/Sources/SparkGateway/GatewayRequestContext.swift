@@ -11,6 +11,8 @@ public struct GatewayRequestContext: RequestContext, WebSocketRequestContext {
     public let peerAddress: String
     public var requestID: String = ""
     public var clientIP: String = ""
+    /// The per-IP rate limit is left to the route's dispatcher (see `RequestMiddleware`).
+    var ipLimitDeferred = false
     public var maxUploadSize: Int { GatewayRequestContext.maxBodyBytes }
 
     /// Set once at startup from the gateway's configuration.

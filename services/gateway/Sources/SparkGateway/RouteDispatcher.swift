@@ -85,8 +85,18 @@ struct RouteDispatcher: Sendable {
         if let agent = request.headers[.userAgent] {
             metadata.addString(String(agent.prefix(200)), forKey: "sparkops-user-agent")
         }
+        // The per-IP limit, when the middleware left it here: applied before anything else, on
+        // its own or (below) in one step with the next limit.
+        var ipLimit: [RateLimitCheck] = context.ipLimitDeferred ? [RateLimitCheck(key: "ip:\(context.clientIP)", limit: self.config.ipLimit)] : []
+        func applyIPLimit() async throws {
+            guard !ipLimit.isEmpty else { return }
+            defer { ipLimit = [] }
+            if let wait = try await self.limiter.check(ipLimit) { throw Self.tooManyRequests(wait) }
+        }
+
         // A body over the route's own limit is refused before anything is read or checked.
         if self.route.hasBody, let length = request.headers[.contentLength].flatMap(Int.init), length > self.bodyLimit {
+            try await applyIPLimit()
             throw APIError.bodyTooLarge(limit: self.bodyLimit)
         }
 
@@ -94,18 +104,28 @@ struct RouteDispatcher: Sendable {
         // caller is known: an anonymous request learns only that it needs a credential.
         var credential: String?
         if self.route.isPublic {
+            try await applyIPLimit()
             if let wait = try await self.limiter.check(key: "auth:\(context.clientIP)", limit: self.config.authLimit) {
                 await self.auditor.rateLimited(route: self.route.descriptor.method, ip: context.clientIP)
                 throw Self.tooManyRequests(wait)
             }
         } else {
             guard let bearer = Self.bearer(request) else {
+                try await applyIPLimit()
                 throw APIError(.unauthenticated, "this route needs Authorization: Bearer <access token or API key>", headers: [.wwwAuthenticate: "Bearer"])
             }
             credential = bearer
-            let principal = try await self.authenticator.authenticate(bearer: bearer, requestMetadata: metadata)
+            // A credential this gateway knows costs no call: its principal's limit and the IP's are
+            // one step. Otherwise the IP's limit comes before the call that checks the credential.
+            let principal: Sparkops_Common_V1_Principal
+            if let known = self.authenticator.cachedPrincipal(bearer: bearer) {
+                principal = known
+            } else {
+                try await applyIPLimit()
+                principal = try await self.authenticator.authenticate(bearer: bearer, requestMetadata: metadata)
+            }
             caller.principal = principal
-            if let wait = try await self.limiter.check(key: "principal:\(principal.id)", limit: self.config.principalLimit) {
+            if let wait = try await self.limiter.check(ipLimit + [RateLimitCheck(key: "principal:\(principal.id)", limit: self.config.principalLimit)]) {
                 throw Self.tooManyRequests(wait)
             }
             if self.route.adminOnly && !(principal.kind == .user && principal.isAdmin) {
@@ -265,11 +285,7 @@ struct RouteDispatcher: Sendable {
     static let idPrefixes = ["project_id": "prj", "user_id": "usr", "api_key_id": "key", "run_id": "run", "workflow_id": "wf", "agent_id": "agt", "tool_id": "tool"]
 
     static func bearer(_ request: Request) -> String? {
-        guard let header = request.headers[.authorization] else { return nil }
-        let parts = header.split(separator: " ", maxSplits: 1)
-        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
-        let token = parts[1].trimmingCharacters(in: .whitespaces)
-        return token.isEmpty ? nil : token
+        request.headers[.authorization].flatMap(BearerCredential.parse)
     }
 
     static func tooManyRequests(_ wait: Duration) -> APIError {
@@ -302,5 +318,22 @@ package enum FlatJSON {
         }
         out.append(UInt8(ascii: "}"))
         return out
+    }
+}
+
+/// The credential of an `Authorization: Bearer <credential>` header.
+package enum BearerCredential {
+    /// The credential, with the scheme in any case and blanks around the credential ignored; nil
+    /// for another scheme or an empty credential.
+    package static func parse(_ header: String) -> String? {
+        let utf8 = header.utf8
+        guard let space = utf8.firstIndex(of: UInt8(ascii: " ")) else { return nil }
+        let scheme = utf8[..<space]
+        guard scheme.count == 6, zip(scheme, "bearer".utf8).allSatisfy({ $0 | 0x20 == $1 }) else { return nil }
+        let isBlank = { (byte: UInt8) in byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+        var token = utf8[utf8.index(after: space)...]
+        while let first = token.first, isBlank(first) { token = token.dropFirst() }
+        while let last = token.last, isBlank(last) { token = token.dropLast() }
+        return token.isEmpty ? nil : String(Substring(token))
     }
 }
