@@ -182,3 +182,93 @@ struct StoreTests {
         #expect(throws: SparkStoreError.self) { try SparkStore(service: "x", location: .postgres(url: "not a url")) }
     }
 }
+
+/// Statements kept prepared on PostgreSQL, run as they are on SQLite.
+@Suite("Store prepared statements")
+struct PreparedStatementTests {
+    enum ThingsBetween: SparkStatementText {
+        // $2 before $1, and $1 twice: the numbers, not the order, pick the binds.
+        static let sql = "SELECT id, name FROM things WHERE size <= $2 AND size >= $1 AND id <> $3 AND size + 0 >= $1 ORDER BY size"
+    }
+
+    enum ThingByName: SparkStatementText {
+        static let sql = "SELECT id FROM things WHERE name = $1"
+    }
+
+    static func ids(_ rows: [any SQLRow], _ label: String) throws -> [String] {
+        do {
+            return try rows.map { try $0.decode(column: "id", as: String.self) }
+        } catch {
+            Issue.record("\(label): columns \(rows.map(\.allColumns))")
+            throw error
+        }
+    }
+
+    @Test("binds go to their numbered placeholders; a second run on a connection reuses the statement; a missing bind is an error", arguments: TestBackend.all)
+    func prepared(backend: TestBackend) async throws {
+        try await StoreTests().withStore(backend) { store in
+            try await store.migrate(StoreTests.migrations)
+            try await store.transaction { db in
+                for (id, name, size) in [("t1", "one", 1), ("t2", "two", 2), ("t3", "three", 3), ("t4", "four", 4)] {
+                    try await db.raw("INSERT INTO things (id, name, size) VALUES (\(bind: id), \(bind: name), \(bind: size))").run()
+                }
+            }
+            try await store.sql { db in
+                for _ in 0 ..< 3 {
+                    let rows = try await db.prepared(ThingsBetween.self, [2, 4, "t3"])
+                    #expect(try Self.ids(rows, "between") == ["t2", "t4"])
+                }
+                #expect(try Self.ids(try await db.prepared(ThingByName.self, ["three"]), "by name") == ["t3"])
+                #expect(try await db.prepared(ThingByName.self, ["none"]).isEmpty)
+                if store.dialect == .postgres {
+                    // Prepared on this connection, once each, under the text's type name.
+                    let names = try await db.raw("SELECT name FROM pg_prepared_statements WHERE name LIKE '%ThingsBetween%' OR name LIKE '%ThingByName%'").all()
+                        .map { try $0.decode(column: "name", as: String.self) }
+                    #expect(names.count == 2, "\(names)")
+                }
+                await #expect(throws: (any Error).self) { try await db.prepared(ThingsBetween.self, [2, 4]) }
+            }
+            // Across connections and after an error, the statements still run.
+            let counts = try await withThrowingTaskGroup(of: Int.self) { group in
+                for _ in 0 ..< 8 {
+                    group.addTask { try await store.sql { db in try await db.prepared(ThingsBetween.self, [1, 3, ""]).count } }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(counts == Array(repeating: 3, count: 8))
+        }
+    }
+
+    @Test("16 tasks at once prepare and run statements on fresh connections, a failed bind between their runs", arguments: TestBackend.all)
+    func preparedAtOnce(backend: TestBackend) async throws {
+        for round in 0 ..< 4 {
+            try await StoreTests().withStore(backend) { store in
+                try await store.migrate(StoreTests.migrations)
+                try await store.transaction { db in
+                    for (id, name, size) in [("t1", "one", 1), ("t2", "two", 2), ("t3", "three", 3), ("t4", "four", 4)] {
+                        try await db.raw("INSERT INTO things (id, name, size) VALUES (\(bind: id), \(bind: name), \(bind: size))").run()
+                    }
+                }
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for task in 0 ..< 16 {
+                        group.addTask { try await Self.runs(store, label: "round \(round), task \(task)") }
+                    }
+                    try await group.waitForAll()
+                }
+            }
+        }
+    }
+
+    /// Four runs of each statement on one connection, a failed bind after the second.
+    static func runs(_ store: SparkStore, label: String) async throws {
+        try await store.sql { db -> Void in
+            for run in 0 ..< 4 {
+                let between = try await db.prepared(ThingsBetween.self, [2, 4, "t3"])
+                #expect(try Self.ids(between, "\(label), run \(run)") == ["t2", "t4"])
+                if run == 1 { _ = try? await db.prepared(ThingsBetween.self, [2, 4]) }
+                let byName = try await db.prepared(ThingByName.self, ["three"])
+                #expect(try Self.ids(byName, "\(label), run \(run)") == ["t3"])
+            }
+        }
+    }
+}

@@ -128,7 +128,7 @@ public final class SparkStore: Service, Sendable {
             return try await client.withConnection { connection in
                 self.usage.leased(waitingSince: requested)
                 defer { self.usage.returned() }
-                return try await body(connection.sql())
+                return try await body(SparkPostgresDatabase(connection: connection))
             }
         }
     }

@@ -98,17 +98,25 @@ struct ProjectStore: Sendable {
             """).run()
     }
 
+    /// The gateway's most frequent reads, kept prepared on PostgreSQL.
+    enum ProjectByID: SparkStatementText {
+        static let sql = "SELECT * FROM projects WHERE id = $1 AND deleted_at IS NULL"
+    }
+
+    enum ProjectWithMemberRole: SparkStatementText {
+        static let sql = """
+            SELECT p.*, m.role AS member_role FROM projects p JOIN memberships m ON m.project_id = p.id
+            WHERE p.id = $1 AND m.user_id = $2 AND p.deleted_at IS NULL
+            """
+    }
+
     func project(id: String, on db: any SQLDatabase) async throws -> ProjectRow? {
-        try await db.raw("SELECT * FROM projects WHERE id = \(bind: id) AND deleted_at IS NULL").first().map(Self.projectRow)
+        try await db.prepared(ProjectByID.self, [id]).first.map(Self.projectRow)
     }
 
     /// The project with the user's role in it, in one query; nil when the user is not a member.
     func project(id: String, memberUserID: String, on db: any SQLDatabase) async throws -> (ProjectRow, Sparkops_Common_V1_Role)? {
-        guard let row = try await db.raw("""
-            SELECT p.*, m.role AS member_role FROM projects p JOIN memberships m ON m.project_id = p.id
-            WHERE p.id = \(bind: id) AND m.user_id = \(bind: memberUserID) AND p.deleted_at IS NULL
-            """).first()
-        else { return nil }
+        guard let row = try await db.prepared(ProjectWithMemberRole.self, [id, memberUserID]).first else { return nil }
         return (try Self.projectRow(row), Sparkops_Common_V1_Role(rawValue: try row.decode(column: "member_role", as: Int.self)) ?? .unspecified)
     }
 
