@@ -49,7 +49,7 @@ run-distributed: deps
 
 test: deps
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+	SWIFT="$(SWIFT)" scripts/test.sh
 
 proto:
 	scripts/proto-gen.sh

@@ -131,8 +131,19 @@ public final class LocalRedis: Sendable {
         self.logPath = logPath
     }
 
+    /// Freezes the server (SIGSTOP): its connections stay open and nothing is answered.
+    public func pause() {
+        self.process.signal(SIGSTOP)
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    public func resume() {
+        self.process.signal(SIGCONT)
+    }
+
     /// Kills the server (SIGKILL): its clients see their connections drop and new ones refused.
     public func stop() async {
+        self.process.signal(SIGCONT)
         self.process.signal(SIGKILL)
         _ = await self.process.wait(within: .seconds(20))
         try? FileManager.default.removeItem(atPath: self.logPath)

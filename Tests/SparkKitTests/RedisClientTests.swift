@@ -9,8 +9,8 @@ import Testing
 @Suite("Redis client")
 struct RedisClientTests {
     /// Runs `body` with a client of `url`, the client's connection loop running beside it.
-    func withClient(_ url: String, _ body: (RedisClient) async throws -> Void) async throws {
-        let client = try RedisClient(url: url)
+    func withClient(_ url: String, replyTimeout: Duration = .seconds(10), _ body: (RedisClient) async throws -> Void) async throws {
+        let client = try RedisClient(url: url, replyTimeout: replyTimeout)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await client.run() }
             defer { group.cancelAll() }
@@ -83,6 +83,54 @@ struct RedisClientTests {
                 }
             }
             #expect(failure?.isConnectionFailure == true, "\(String(describing: failure))")
+        }
+    }
+
+    @Test("a command Redis does not answer fails within the reply timeout, and the client reconnects once Redis answers again", .enabled(if: LocalRedis.isInstalled, "needs redis-server"))
+    func replyTimeout() async throws {
+        let redis = try await LocalRedis.start()
+        defer { Task { await redis.stop() } }
+        try await self.withClient(redis.url, replyTimeout: .seconds(1)) { client in
+            #expect(try await client.send(["SET", "k", "before"]).string == "OK")
+            redis.pause()
+            // Bounds the test should the commands wait on: Redis answering makes them succeed.
+            let watchdog = Task {
+                try await Task.sleep(for: .seconds(60))
+                redis.resume()
+            }
+            let started = ContinuousClock.now
+            // Several commands in flight on the one pipelined connection: each fails, none hangs.
+            let outcomes = await withTaskGroup(of: RedisError?.self) { group in
+                for index in 0 ..< 4 {
+                    group.addTask {
+                        do {
+                            _ = try await client.send(["SET", "k\(index)", "v"])
+                            return nil
+                        } catch let error as RedisError {
+                            return error
+                        } catch {
+                            return RedisError("\(error)")
+                        }
+                    }
+                }
+                return await group.reduce(into: []) { $0.append($1) }
+            }
+            let waited = ContinuousClock.now - started
+            watchdog.cancel()
+            redis.resume()
+            #expect(outcomes.count == 4)
+            for outcome in outcomes {
+                #expect(outcome?.isConnectionFailure == true, "\(String(describing: outcome))")
+            }
+            #expect(waited < .seconds(60), "the commands waited \(waited)")
+            // The timed-out connection was closed; a new one serves the next commands.
+            let deadline = ContinuousClock.now + .seconds(60)
+            var value: String?
+            while value == nil, ContinuousClock.now < deadline {
+                value = try? await client.send(["GET", "k"]).string
+                if value == nil { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            #expect(value == "before")
         }
     }
 }

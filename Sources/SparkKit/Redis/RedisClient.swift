@@ -32,13 +32,25 @@ public final class RedisClient: Service, Sendable {
     public let endpoint: Endpoint
     private let group: any EventLoopGroup
     private let logger: Logger
+    private let replyTimeout: TimeAmount
     private let state = Mutex(State())
 
-    /// - Parameter url: `redis://[:password@]host[:port][/database]`.
-    public init(url: String, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "sparkops.redis")) throws {
+    /// - Parameters:
+    ///   - url: `redis://[:password@]host[:port][/database]`.
+    ///   - replyTimeout: how long a command waits for its reply. When it passes, the command fails
+    ///     as a connection failure and the connection is closed (and reopened by ``run()``): the
+    ///     replies are matched to commands by order, so a late one could not be told apart.
+    public init(
+        url: String,
+        replyTimeout: Duration = .seconds(10),
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "sparkops.redis")
+    ) throws {
         self.endpoint = try Self.parse(url)
         self.group = eventLoopGroup
         self.logger = logger
+        let (seconds, attoseconds) = replyTimeout.components
+        self.replyTimeout = .nanoseconds(max(1, seconds * 1_000_000_000 + attoseconds / 1_000_000_000))
     }
 
     static func parse(_ url: String) throws -> Endpoint {
@@ -61,9 +73,7 @@ public final class RedisClient: Service, Sendable {
         let reply: RESPValue
         do {
             let channel = try await self.connectedChannel()
-            let promise = channel.eventLoop.makePromise(of: RESPValue.self)
-            channel.writeAndFlush(RedisCommand(bytes: command, promise: promise), promise: nil)
-            reply = try await promise.futureResult.get()
+            reply = try await channel.redisCommand(command, timeout: self.replyTimeout).get()
         } catch {
             throw RedisError("\(error)", isConnectionFailure: true)
         }
@@ -126,20 +136,20 @@ public final class RedisClient: Service, Sendable {
     }
 
     private func connectedChannel() async throws -> any Channel {
-        enum Next { case ready(any Channel), failed(String), wait }
-        let next = self.state.withLock { state -> Next in
-            if let channel = state.channel, channel.isActive { return .ready(channel) }
-            if state.shutdown { return .failed("the Redis client is shut down") }
-            if let error = state.lastError { return .failed("Redis at \(self.endpoint.host):\(self.endpoint.port) is unreachable: \(error)") }
-            return .wait
-        }
-        switch next {
-        case .ready(let channel): return channel
-        case .failed(let reason): throw RedisError(reason)
-        case .wait:
-            return try await withCheckedThrowingContinuation { continuation in
-                self.state.withLock { $0.waiters.append(continuation) }
+        if let channel = self.state.withLock({ $0.channel }), channel.isActive { return channel }
+        // The check and the enqueueing are one step, so the connection loop cannot hand out the
+        // waiters between them and leave this one waiting for the next connection.
+        return try await withCheckedThrowingContinuation { continuation in
+            let now = self.state.withLock { state -> Result<any Channel, RedisError>? in
+                if let channel = state.channel, channel.isActive { return .success(channel) }
+                if state.shutdown { return .failure(RedisError("the Redis client is shut down", isConnectionFailure: true)) }
+                if let error = state.lastError {
+                    return .failure(RedisError("Redis at \(self.endpoint.host):\(self.endpoint.port) is unreachable: \(error)", isConnectionFailure: true))
+                }
+                state.waiters.append(continuation)
+                return nil
             }
+            if let now { continuation.resume(with: now) }
         }
     }
 
@@ -173,10 +183,14 @@ public final class RedisClient: Service, Sendable {
         }
         channel.closeFuture.whenComplete { _ in push.finish() }
         try await withTaskCancellationHandler {
-            let promise = channel.eventLoop.makePromise(of: RESPValue.self)
             let command = try RESPEncoder.encode([Array("SUBSCRIBE".utf8)] + channels.map { Array($0.utf8) })
-            channel.writeAndFlush(RedisCommand(bytes: command, promise: promise), promise: nil)
-            if case .error(let reason) = try await promise.futureResult.get() { throw RedisError(reason) }
+            let confirmed: RESPValue
+            do {
+                confirmed = try await channel.redisCommand(command, timeout: self.replyTimeout).get()
+            } catch {
+                throw RedisError("the Redis subscription failed: \(error)", isConnectionFailure: true)
+            }
+            if case .error(let reason) = confirmed { throw RedisError(reason) }
             subscribed()
             for await value in pushes {
                 // ["message", channel, payload]; the other channels' confirmations are skipped.
@@ -203,9 +217,8 @@ public final class RedisClient: Service, Sendable {
             .get()
         do {
             func command(_ arguments: [String]) async throws {
-                let promise = channel.eventLoop.makePromise(of: RESPValue.self)
-                channel.writeAndFlush(RedisCommand(bytes: try RESPEncoder.encode(arguments.map { Array($0.utf8) }), promise: promise), promise: nil)
-                if case .error(let message) = try await promise.futureResult.get() { throw RedisError(message) }
+                let command = try RESPEncoder.encode(arguments.map { Array($0.utf8) })
+                if case .error(let message) = try await channel.redisCommand(command, timeout: self.replyTimeout).get() { throw RedisError(message) }
             }
             if let password = self.endpoint.password { try await command(["AUTH", password]) }
             if self.endpoint.database != 0 { try await command(["SELECT", "\(self.endpoint.database)"]) }
@@ -220,6 +233,28 @@ public final class RedisClient: Service, Sendable {
 struct RedisCommand {
     var bytes: ByteBuffer
     var promise: EventLoopPromise<RESPValue>
+}
+
+extension Channel {
+    /// Writes a command and returns its reply. The reply fails, rather than waiting forever, when
+    /// the write does (the connection closed between the caller's check and the write, so the
+    /// handler may already have failed what it held) and when no reply comes within `timeout`; the
+    /// connection is closed then, since a late reply could no longer be matched to its command.
+    func redisCommand(_ bytes: ByteBuffer, timeout: TimeAmount) -> EventLoopFuture<RESPValue> {
+        let reply = self.eventLoop.makePromise(of: RESPValue.self)
+        let start: @Sendable () -> Void = {
+            let written = self.eventLoop.makePromise(of: Void.self)
+            written.futureResult.whenFailure { reply.fail(RedisError("the command could not be sent: \($0)", isConnectionFailure: true)) }
+            let timer = self.eventLoop.scheduleTask(in: timeout) {
+                reply.fail(RedisError("Redis sent no reply within \(timeout)", isConnectionFailure: true))
+                self.close(promise: nil)
+            }
+            reply.futureResult.whenComplete { _ in timer.cancel() }
+            self.writeAndFlush(RedisCommand(bytes: bytes, promise: reply), promise: written)
+        }
+        if self.eventLoop.inEventLoop { start() } else { self.eventLoop.execute(start) }
+        return reply.futureResult
+    }
 }
 
 /// Writes commands and answers their promises in order as replies arrive (Redis answers in order).
@@ -269,6 +304,10 @@ final class RedisCommandHandler: ChannelDuplexHandler {
     func channelInactive(context: ChannelHandlerContext) {
         self.failAll(RedisError("the Redis connection closed"))
         context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.failAll(RedisError("the Redis connection closed"))
     }
 
     private func failAll(_ error: RedisError) {
