@@ -9,7 +9,16 @@
 # the same authenticated read from the same database, started here and loaded the same way.
 # Prints requests/s, p50/p99 latency, the ratios, CPU per request, and each process's RSS.
 #
-# Environment: SECONDS_PER_RUN (default 20), CONNECTIONS (64), THREADS (2), MODES ("dev postgres"),
+# In postgres mode SparkOps and the peer run side by side, idle while the other is loaded, and are
+# loaded in turn ROUNDS times (SparkOps, peer, SparkOps, peer, ...), so that a machine whose speed
+# drifts during the run (a shared or virtualized one) weighs on both alike; the ratio is taken
+# from each one's requests over all rounds, and each round's ratio is printed too.
+#
+# Each distributed SparkOps process runs EVENT_LOOPS event loop threads (NIO_SINGLETON_GROUP_LOOP_COUNT;
+# default 1, as docs/configuration.md advises when the processes outnumber the cores; 0 for NIO's
+# default of one per core). `sparkops dev`, one process, keeps one per core.
+#
+# Environment: SECONDS_PER_RUN (default 20, per load), ROUNDS (3), EVENT_LOOPS (1), CONNECTIONS (64), THREADS (2), MODES ("dev postgres"),
 # LEAN_UNARY (true; false sends every SparkWire call through GRPCCore's executors, to compare),
 # PROFILE_DIR (when set, `perf record -g` of each SparkOps process during the load, written there).
 # Beside each measured load it prints the CPU time each process used per request (SparkOps's,
@@ -19,6 +28,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 duration=${SECONDS_PER_RUN:-20}
+rounds=${ROUNDS:-3}
+event_loops=${EVENT_LOOPS:-1}
+loops_env=()
+[ "$event_loops" = 0 ] || loops_env=(env NIO_SINGLETON_GROUP_LOOP_COUNT="$event_loops")
 connections=${CONNECTIONS:-64}
 threads=${THREADS:-2}
 modes=${MODES:-dev postgres}
@@ -70,7 +83,7 @@ cpu_groups() {
 # the following lines (CPU µs per request).
 measured() {
 	local groups before after line rps
-	groups=$(cpu_groups "${pids[@]}")
+	groups=$(cpu_groups "${measure_pids[@]}")
 	before=$(while read -r name rest; do echo "$name $(tr ' ' '\n' <<<"$rest" | ticks)"; done <<<"$groups")
 	local idle_before; idle_before=$(awk '/^cpu / {print $5 + $6}' /proc/stat)
 	line=$(load "$@")
@@ -101,6 +114,17 @@ print(f"{rps:.0f} {ms('50%'):.2f} {ms('99%'):.2f} {int(errors.group(1)) if error
 PY
 }
 
+# perf of every SparkOps process (call graphs) through the middle of the load that follows.
+profile() {
+	[ -n "${PROFILE_DIR:-}" ] || return 0
+	mkdir -p "$PROFILE_DIR"
+	local pid name
+	for pid in "$@"; do
+		name=$(tr '\0' ' ' </proc/$pid/cmdline | awk '{print $1}' | xargs basename)
+		(sleep 2; perf record -q -F 499 -g -p "$pid" -o "$PROFILE_DIR/$mode-$name.data" -- sleep $((duration / 2)) >/dev/null 2>&1) &
+	done
+}
+
 wait_ready() {
 	for _ in $(seq 1 240); do
 		curl -fsS -o /dev/null http://127.0.0.1:19000/readyz 2>/dev/null && curl -fsS -o /dev/null http://127.0.0.1:19001/readyz 2>/dev/null && curl -fsS -o /dev/null http://127.0.0.1:19003/readyz 2>/dev/null && curl -fsS -o /dev/null http://127.0.0.1:19005/readyz 2>/dev/null && curl -fsS -o /dev/null http://127.0.0.1:19002/readyz 2>/dev/null && curl -fsS -o /dev/null http://127.0.0.1:19006/readyz 2>/dev/null && return 0
@@ -111,6 +135,7 @@ wait_ready() {
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "wrk: $threads threads, $connections connections, ${duration}s per run, on the same cores; wire.leanUnary=${LEAN_UNARY:-true}"
+echo "event loops per distributed SparkOps process: $([ "$event_loops" = 0 ] && echo "one per core" || echo "$event_loops")"
 printf '\n%-9s %-34s %9s %8s %8s %7s %s\n' mode target "req/s" "p50 ms" "p99 ms" errors "vs baseline"
 
 for mode in $modes; do
@@ -127,21 +152,21 @@ for mode in $modes; do
 		psql "$SPARKOPS_DATABASE_URL" -qc "DROP DATABASE IF EXISTS sparkops_bench" -c "CREATE DATABASE sparkops_bench" >/dev/null
 		"$bin/sparkops" certs init --dir "$work/home/certs" --services gateway,project,workflow,tool,agent,policy,budget,run >/dev/null
 		extra=(--set database.url="$base/sparkops_bench" --set redis.url="$SPARKOPS_REDIS_URL" --set redis.keyPrefix=bench)
-		"$bin/sparkops-project" "${settings[@]}" "${extra[@]}" >"$work/project.log" 2>&1 &
+		"${loops_env[@]}" "$bin/sparkops-project" "${settings[@]}" "${extra[@]}" >"$work/project.log" 2>&1 &
 		pids=($!)
-		"$bin/sparkops-workflow" "${settings[@]}" "${extra[@]}" >"$work/workflow.log" 2>&1 &
+		"${loops_env[@]}" "$bin/sparkops-workflow" "${settings[@]}" "${extra[@]}" >"$work/workflow.log" 2>&1 &
 		pids+=($!)
-		"$bin/sparkops-tool" "${settings[@]}" "${extra[@]}" >"$work/tool.log" 2>&1 &
+		"${loops_env[@]}" "$bin/sparkops-tool" "${settings[@]}" "${extra[@]}" >"$work/tool.log" 2>&1 &
 		pids+=($!)
-		"$bin/sparkops-agent" "${settings[@]}" "${extra[@]}" >"$work/agent.log" 2>&1 &
+		"${loops_env[@]}" "$bin/sparkops-agent" "${settings[@]}" "${extra[@]}" >"$work/agent.log" 2>&1 &
 		pids+=($!)
-		"$bin/sparkops-policy" "${settings[@]}" "${extra[@]}" >"$work/policy.log" 2>&1 &
+		"${loops_env[@]}" "$bin/sparkops-policy" "${settings[@]}" "${extra[@]}" >"$work/policy.log" 2>&1 &
 		pids+=($!)
-		"$bin/sparkops-budget" "${settings[@]}" "${extra[@]}" >"$work/budget.log" 2>&1 &
+		"${loops_env[@]}" "$bin/sparkops-budget" "${settings[@]}" "${extra[@]}" >"$work/budget.log" 2>&1 &
 		pids+=($!)
-		"$bin/sparkops-run" "${settings[@]}" "${extra[@]}" >"$work/run.log" 2>&1 &
+		"${loops_env[@]}" "$bin/sparkops-run" "${settings[@]}" "${extra[@]}" >"$work/run.log" 2>&1 &
 		pids+=($!)
-		"$bin/sparkops-gateway" "${settings[@]}" "${extra[@]}" >"$work/gateway.log" 2>&1 &
+		"${loops_env[@]}" "$bin/sparkops-gateway" "${settings[@]}" "${extra[@]}" >"$work/gateway.log" 2>&1 &
 		pids+=($!)
 		;;
 	*) echo "unknown mode $mode" >&2; exit 1 ;;
@@ -160,53 +185,80 @@ for mode in $modes; do
 	# Warm-up, then the baseline and the measured route.
 	wrk -t1 -c8 -d2s -H "Authorization: Bearer $key" "$url" >/dev/null
 	read -r base_rps base_p50 base_p99 base_errors < <(load http://127.0.0.1:19000/healthz)
-	if [ -n "${PROFILE_DIR:-}" ]; then
-		# perf of every SparkOps process (call graphs) through the middle of the measured load.
-		mkdir -p "$PROFILE_DIR"
+	if [ "$mode" = dev ]; then
+		measure_pids=("${pids[@]}")
+		profile "${pids[@]}"
+		measured "$url" -H "Authorization: Bearer $key" >"$work/measured.txt"
+		read -r rps p50 p99 errors <"$work/measured.txt"
+		cpu=$(tail -n +2 "$work/measured.txt" | awk '$2 > 0 {printf "%s%s %s", sep, $1, $2; sep=", "}')
+		printf '%-9s %-34s %9s %8s %8s %7s\n' "$mode" "baseline: gateway GET /healthz" "$base_rps" "$base_p50" "$base_p99" "$base_errors"
+		printf '%-9s %-34s %9s %8s %8s %7s %s\n' "$mode" "GET /api/v1/projects/{id}, API key" "$rps" "$p50" "$p99" "$errors" \
+			"$(python3 -c "print(f'{$rps/$base_rps:.2f}x')")"
+		echo "          CPU µs per request: $cpu"
 		for pid in "${pids[@]}"; do
-			name=$(tr '\0' ' ' </proc/$pid/cmdline | awk '{print $1}' | xargs basename)
-			(sleep 2; perf record -q -F 499 -g -p "$pid" -o "$PROFILE_DIR/$mode-$name.data" -- sleep $((duration / 2)) >/dev/null 2>&1) &
+			printf '          RSS %-18s %5s MiB now, %5s MiB peak\n' "$(tr '\0' ' ' </proc/$pid/cmdline | awk '{print $1}' | xargs basename)" "$(rss "$pid")" "$(peak "$pid")"
 		done
+		kill -TERM "${pids[@]}"
+		wait "${pids[@]}" 2>/dev/null || true
+		pids=()
+		dev_rps=$rps dev_p99=$p99
+		continue
 	fi
-	measured "$url" -H "Authorization: Bearer $key" >"$work/measured.txt"
-	read -r rps p50 p99 errors <"$work/measured.txt"
-	cpu=$(tail -n +2 "$work/measured.txt" | awk '$2 > 0 {printf "%s%s %s", sep, $1, $2; sep=", "}')
-	printf '%-9s %-34s %9s %8s %8s %7s\n' "$mode" "baseline: gateway GET /healthz" "$base_rps" "$base_p50" "$base_p99" "$base_errors"
-	printf '%-9s %-34s %9s %8s %8s %7s %s\n' "$mode" "GET /api/v1/projects/{id}, API key" "$rps" "$p50" "$p99" "$errors" \
-		"$(python3 -c "print(f'{$rps/$base_rps:.2f}x')")"
-	echo "          CPU µs per request: $cpu"
-	for pid in "${pids[@]}"; do
-		printf '          RSS %-18s %5s MiB now, %5s MiB peak\n' "$(tr '\0' ' ' </proc/$pid/cmdline | awk '{print $1}' | xargs basename)" "$(rss "$pid")" "$(peak "$pid")"
-	done
-	kill -TERM "${pids[@]}"
-	wait "${pids[@]}" 2>/dev/null || true
-	pids=()
-	if [ "$mode" = dev ]; then dev_rps=$rps dev_p99=$p99; fi
-	[ "$mode" = postgres ] || continue
 
-	# The peer, alone on the machine as SparkOps was, on the same database, project and key.
+	# The peer, on the same database, project and key, started beside SparkOps; each is idle
+	# while the other is loaded.
+	spark_pids=("${pids[@]}")
 	(cd "$peer_dir" && DATABASE_URL="$base/sparkops_bench" exec .venv/bin/uvicorn app:app --workers 2 --host 127.0.0.1 --port 18100 \
 		--no-access-log --log-level warning) >"$work/fastapi.log" 2>&1 &
-	pids=($!)
+	peer_pid=$!
+	pids+=("$peer_pid")
 	peer_url="http://127.0.0.1:18100/api/v1/projects/$project"
 	for _ in $(seq 1 120); do curl -fsS -o /dev/null -H "Authorization: Bearer $key" "$peer_url" 2>/dev/null && break; sleep 0.25; done
 	curl -fsS -o /dev/null -H "Authorization: Bearer $key" "$peer_url" || { echo "the FastAPI peer did not answer:" >&2; cat "$work/fastapi.log" >&2; exit 1; }
 	wrk -t1 -c8 -d2s -H "Authorization: Bearer $key" "$peer_url" >/dev/null
-	measured "$peer_url" -H "Authorization: Bearer $key" >"$work/measured.txt"
-	read -r peer_rps peer_p50 peer_p99 peer_errors <"$work/measured.txt"
-	cpu=$(tail -n +2 "$work/measured.txt" | awk '$2 > 0 {printf "%s%s %s", sep, $1, $2; sep=", "}')
-	printf '%-9s %-34s %9s %8s %8s %7s %s\n' "$mode" "peer: FastAPI + asyncpg, 2 workers" "$peer_rps" "$peer_p50" "$peer_p99" "$peer_errors" \
-		"$(python3 -c "print(f'{$peer_rps/$base_rps:.2f}x')")"
-	echo "          CPU µs per request: $cpu"
-	python3 -c "print(f'          SparkOps distributed vs FastAPI + asyncpg: {$rps/$peer_rps:.2f}x the requests/s, p99 {$p99/$peer_p99:.2f}x; target >= 1.5x and <= 0.5x')"
-	if [ -n "${dev_rps:-}" ]; then
-		python3 -c "print(f'          SparkOps dev (SQLite) vs FastAPI + asyncpg: {$dev_rps/$peer_rps:.2f}x the requests/s, p99 {$dev_p99/$peer_p99:.2f}x; target >= 2x and <= 0.5x')"
-	fi
+	printf '%-9s %-34s %9s %8s %8s %7s\n' "$mode" "baseline: gateway GET /healthz" "$base_rps" "$base_p50" "$base_p99" "$base_errors"
+	spark_lines=() peer_lines=()
+	for round in $(seq 1 "$rounds"); do
+		measure_pids=("${spark_pids[@]}")
+		[ "$round" = 1 ] && profile "${spark_pids[@]}"
+		measured "$url" -H "Authorization: Bearer $key" >"$work/measured.txt"
+		read -r rps p50 p99 errors <"$work/measured.txt"
+		cpu=$(tail -n +2 "$work/measured.txt" | awk '$2 > 0 {printf "%s%s %s", sep, $1, $2; sep=", "}')
+		spark_lines+=("$rps $p50 $p99 $errors")
+		printf '%-9s %-34s %9s %8s %8s %7s %s\n' "$mode" "GET /api/v1/projects/{id}, API key" "$rps" "$p50" "$p99" "$errors" \
+			"$(python3 -c "print(f'{$rps/$base_rps:.2f}x')")"
+		echo "          CPU µs per request: $cpu"
+		measure_pids=("$peer_pid")
+		measured "$peer_url" -H "Authorization: Bearer $key" >"$work/measured.txt"
+		read -r peer_rps peer_p50 peer_p99 peer_errors <"$work/measured.txt"
+		cpu=$(tail -n +2 "$work/measured.txt" | awk '$2 > 0 {printf "%s%s %s", sep, $1, $2; sep=", "}')
+		peer_lines+=("$peer_rps $peer_p50 $peer_p99 $peer_errors")
+		printf '%-9s %-34s %9s %8s %8s %7s %s\n' "$mode" "peer: FastAPI + asyncpg, 2 workers" "$peer_rps" "$peer_p50" "$peer_p99" "$peer_errors" \
+			"$(python3 -c "print(f'{$peer_rps/$base_rps:.2f}x')")"
+		echo "          CPU µs per request: $cpu"
+		python3 -c "print(f'          round $round: SparkOps distributed vs FastAPI + asyncpg: {$rps/$peer_rps:.2f}x the requests/s, p99 {$p99/$peer_p99:.2f}x')"
+	done
+	for pid in "${spark_pids[@]}"; do
+		printf '          RSS %-18s %5s MiB now, %5s MiB peak\n' "$(tr '\0' ' ' </proc/$pid/cmdline | awk '{print $1}' | xargs basename)" "$(rss "$pid")" "$(peak "$pid")"
+	done
 	total_rss=0 total_peak=0
-	for pid in ${pids[0]} $(pgrep -P "${pids[0]}"); do
+	for pid in $peer_pid $(pgrep -P "$peer_pid"); do
 		total_rss=$((total_rss + $(rss "$pid"))) total_peak=$((total_peak + $(peak "$pid")))
 	done
 	printf '          RSS %-18s %5s MiB now, %5s MiB peak (the parent and its workers)\n' uvicorn "$total_rss" "$total_peak"
+	# Over all rounds: requests/s from each one's requests in all its loads; p99 the median round's.
+	python3 - "${dev_rps:-}" "${dev_p99:-}" <<PY
+import statistics, sys
+spark = [list(map(float, line.split()[:3])) for line in """$(printf '%s\n' "${spark_lines[@]}")""".splitlines()]
+peer = [list(map(float, line.split()[:3])) for line in """$(printf '%s\n' "${peer_lines[@]}")""".splitlines()]
+rps, peer_rps = statistics.mean(r[0] for r in spark), statistics.mean(r[0] for r in peer)
+p99, peer_p99 = statistics.median(r[2] for r in spark), statistics.median(r[2] for r in peer)
+rounds = ", ".join(f"{s[0] / p[0]:.2f}x" for s, p in zip(spark, peer))
+print(f"          over {len(spark)} rounds: SparkOps {rps:.0f} req/s, peer {peer_rps:.0f} req/s (each round: {rounds})")
+print(f"          SparkOps distributed vs FastAPI + asyncpg: {rps / peer_rps:.2f}x the requests/s, p99 {p99 / peer_p99:.2f}x; target >= 1.5x and <= 0.5x")
+if sys.argv[1]:
+    print(f"          SparkOps dev (SQLite) vs FastAPI + asyncpg: {float(sys.argv[1]) / peer_rps:.2f}x the requests/s, p99 {float(sys.argv[2]) / peer_p99:.2f}x; target >= 2x and <= 0.5x")
+PY
 	kill -TERM "${pids[@]}"
 	wait "${pids[@]}" 2>/dev/null || true
 	pids=()
