@@ -96,6 +96,27 @@ measured() {
 		'{ printf "%s %.0f\n", $1, ($4 - $2) / hz * 1e6 / (rps * d) }'
 }
 
+print_rss() {
+	local pid
+	for pid in "$@"; do
+		printf '          RSS %-18s %5s MiB now, %5s MiB peak\n' "$(tr '\0' ' ' </proc/$pid/cmdline | awk '{print $1}' | xargs basename)" "$(rss "$pid")" "$(peak "$pid")"
+	done
+}
+
+# Loads $2 with the API key while counting the CPU of the processes named after it; prints the
+# load's line, labelled $1, and the CPU per request; leaves the figures in last_rps, last_p50,
+# last_p99 and last_errors.
+measure_route() {
+	local label=$1 target=$2
+	shift 2
+	measure_pids=("$@")
+	measured "$target" -H "Authorization: Bearer $key" >"$work/measured.txt"
+	read -r last_rps last_p50 last_p99 last_errors <"$work/measured.txt"
+	printf '%-9s %-34s %9s %8s %8s %7s %s\n' "$mode" "$label" "$last_rps" "$last_p50" "$last_p99" "$last_errors" \
+		"$(python3 -c "print(f'{$last_rps/$base_rps:.2f}x')")"
+	echo "          CPU µs per request: $(tail -n +2 "$work/measured.txt" | awk '$2 > 0 {printf "%s%s %s", sep, $1, $2; sep=", "}')"
+}
+
 # wrk for $duration s against $1 with extra arguments; prints "rps p50_ms p99_ms errors".
 load() {
 	local url=$1; shift
@@ -186,18 +207,11 @@ for mode in $modes; do
 	wrk -t1 -c8 -d2s -H "Authorization: Bearer $key" "$url" >/dev/null
 	read -r base_rps base_p50 base_p99 base_errors < <(load http://127.0.0.1:19000/healthz)
 	if [ "$mode" = dev ]; then
-		measure_pids=("${pids[@]}")
-		profile "${pids[@]}"
-		measured "$url" -H "Authorization: Bearer $key" >"$work/measured.txt"
-		read -r rps p50 p99 errors <"$work/measured.txt"
-		cpu=$(tail -n +2 "$work/measured.txt" | awk '$2 > 0 {printf "%s%s %s", sep, $1, $2; sep=", "}')
 		printf '%-9s %-34s %9s %8s %8s %7s\n' "$mode" "baseline: gateway GET /healthz" "$base_rps" "$base_p50" "$base_p99" "$base_errors"
-		printf '%-9s %-34s %9s %8s %8s %7s %s\n' "$mode" "GET /api/v1/projects/{id}, API key" "$rps" "$p50" "$p99" "$errors" \
-			"$(python3 -c "print(f'{$rps/$base_rps:.2f}x')")"
-		echo "          CPU µs per request: $cpu"
-		for pid in "${pids[@]}"; do
-			printf '          RSS %-18s %5s MiB now, %5s MiB peak\n' "$(tr '\0' ' ' </proc/$pid/cmdline | awk '{print $1}' | xargs basename)" "$(rss "$pid")" "$(peak "$pid")"
-		done
+		profile "${pids[@]}"
+		measure_route "GET /api/v1/projects/{id}, API key" "$url" "${pids[@]}"
+		rps=$last_rps p99=$last_p99
+		print_rss "${pids[@]}"
 		kill -TERM "${pids[@]}"
 		wait "${pids[@]}" 2>/dev/null || true
 		pids=()
@@ -219,28 +233,16 @@ for mode in $modes; do
 	printf '%-9s %-34s %9s %8s %8s %7s\n' "$mode" "baseline: gateway GET /healthz" "$base_rps" "$base_p50" "$base_p99" "$base_errors"
 	spark_lines=() peer_lines=()
 	for round in $(seq 1 "$rounds"); do
-		measure_pids=("${spark_pids[@]}")
 		[ "$round" = 1 ] && profile "${spark_pids[@]}"
-		measured "$url" -H "Authorization: Bearer $key" >"$work/measured.txt"
-		read -r rps p50 p99 errors <"$work/measured.txt"
-		cpu=$(tail -n +2 "$work/measured.txt" | awk '$2 > 0 {printf "%s%s %s", sep, $1, $2; sep=", "}')
-		spark_lines+=("$rps $p50 $p99 $errors")
-		printf '%-9s %-34s %9s %8s %8s %7s %s\n' "$mode" "GET /api/v1/projects/{id}, API key" "$rps" "$p50" "$p99" "$errors" \
-			"$(python3 -c "print(f'{$rps/$base_rps:.2f}x')")"
-		echo "          CPU µs per request: $cpu"
-		measure_pids=("$peer_pid")
-		measured "$peer_url" -H "Authorization: Bearer $key" >"$work/measured.txt"
-		read -r peer_rps peer_p50 peer_p99 peer_errors <"$work/measured.txt"
-		cpu=$(tail -n +2 "$work/measured.txt" | awk '$2 > 0 {printf "%s%s %s", sep, $1, $2; sep=", "}')
-		peer_lines+=("$peer_rps $peer_p50 $peer_p99 $peer_errors")
-		printf '%-9s %-34s %9s %8s %8s %7s %s\n' "$mode" "peer: FastAPI + asyncpg, 2 workers" "$peer_rps" "$peer_p50" "$peer_p99" "$peer_errors" \
-			"$(python3 -c "print(f'{$peer_rps/$base_rps:.2f}x')")"
-		echo "          CPU µs per request: $cpu"
+		measure_route "GET /api/v1/projects/{id}, API key" "$url" "${spark_pids[@]}"
+		rps=$last_rps p99=$last_p99
+		spark_lines+=("$last_rps $last_p50 $last_p99 $last_errors")
+		measure_route "peer: FastAPI + asyncpg, 2 workers" "$peer_url" "$peer_pid"
+		peer_rps=$last_rps peer_p99=$last_p99
+		peer_lines+=("$last_rps $last_p50 $last_p99 $last_errors")
 		python3 -c "print(f'          round $round: SparkOps distributed vs FastAPI + asyncpg: {$rps/$peer_rps:.2f}x the requests/s, p99 {$p99/$peer_p99:.2f}x')"
 	done
-	for pid in "${spark_pids[@]}"; do
-		printf '          RSS %-18s %5s MiB now, %5s MiB peak\n' "$(tr '\0' ' ' </proc/$pid/cmdline | awk '{print $1}' | xargs basename)" "$(rss "$pid")" "$(peak "$pid")"
-	done
+	print_rss "${spark_pids[@]}"
 	total_rss=0 total_peak=0
 	for pid in $peer_pid $(pgrep -P "$peer_pid"); do
 		total_rss=$((total_rss + $(rss "$pid"))) total_peak=$((total_peak + $(peak "$pid")))
