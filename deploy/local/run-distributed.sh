@@ -9,7 +9,10 @@
 # Environment: SPARKOPS_HOME (default .sparkops-distributed) holds certificates and logs;
 # SPARKOPS_ADMIN_PASSWORD sets the first administrator's password (otherwise the project service
 # prints a generated one in its log once); CONFIGURATION=release builds optimized binaries.
+# Each process runs one event loop thread (NIO_SINGLETON_GROUP_LOOP_COUNT, default 1 here): eight
+# processes on one machine outnumber its cores (docs/configuration.md, "Threads").
 set -euo pipefail
+export NIO_SINGLETON_GROUP_LOOP_COUNT=${NIO_SINGLETON_GROUP_LOOP_COUNT:-1}
 cd "$(dirname "$0")/../.."
 
 services=(project budget policy tool agent workflow run gateway)
