@@ -49,8 +49,7 @@ public final class RedisClient: Service, Sendable {
         self.endpoint = try Self.parse(url)
         self.group = eventLoopGroup
         self.logger = logger
-        let (seconds, attoseconds) = replyTimeout.components
-        self.replyTimeout = .nanoseconds(max(1, seconds * 1_000_000_000 + attoseconds / 1_000_000_000))
+        self.replyTimeout = max(.nanoseconds(1), TimeAmount(replyTimeout))
     }
 
     static func parse(_ url: String) throws -> Endpoint {
