@@ -1,5 +1,7 @@
 import GRPCCore
 import Logging
+import NIOCore
+import NIOPosix
 import SparkKit
 import SparkProto
 import SparkTesting
@@ -214,5 +216,66 @@ struct LeanUnaryTests {
             #expect(answers.count == 200)
             #expect(answers.allSatisfy { $0.value == "call \($0.key)" })
         }
+    }
+
+    @Test("calls made on the connection's event loop are sent in batches as they are written, and each keeps its answer")
+    func callsOnTheEventLoop() async throws {
+        let loops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let service = EchoService()
+        try await withWireServer(
+            services: [service],
+            security: self.certificates.security("echo"),
+            configure: { $0.unaryMethods = SparkProtoMethods.unary(of: [service]) }
+        ) { _, port in
+            let transport = try SparkWireClientTransport(
+                config: .init(
+                    endpoints: [SparkWireEndpoint(host: "127.0.0.1", port: port)],
+                    serverIdentity: "echo",
+                    security: self.certificates.security("client"),
+                    methods: SparkProtoMethods.all
+                ),
+                eventLoopGroup: loops
+            )
+            let channel = SparkWireChannel(transport: transport)
+            try await withThrowingTaskGroup(of: Void.self) { runner in
+                runner.addTask { try await channel.runConnections() }
+                defer { channel.beginGracefulShutdown() }
+                let echo = Sparkops_Testing_V1_EchoService.SparkWireClient(wrapping: channel)
+                #expect(try await echo.get(.with { $0.text = "first" }).text == "first")
+                #expect(transport.immediateDrainCount == 0)
+                // The calls start from the loop's one thread, so all of them are queued before any
+                // runs: their requests reach the outbox one after another, as handlers' calls do.
+                let answers = try await withTaskExecutorPreference(LoopExecutor(loops.next())) {
+                    try await withThrowingTaskGroup(of: (Int, String).self) { group in
+                        for index in 0 ..< 200 {
+                            group.addTask { (index, try await echo.get(.with { $0.text = "call \(index)" }).text) }
+                        }
+                        var answers: [Int: String] = [:]
+                        for try await (index, text) in group { answers[index] = text }
+                        return answers
+                    }
+                }
+                #expect(answers.count == 200)
+                #expect(answers.allSatisfy { $0.value == "call \($0.key)" })
+                // 200 requests written in a row drained every 16 rather than once at the end.
+                #expect(transport.immediateDrainCount >= 200 / 16 - 1)
+            }
+        }
+        try await loops.shutdownGracefully()
+    }
+}
+
+/// Runs the jobs of the tasks that prefer it on one event loop.
+private final class LoopExecutor: TaskExecutor {
+    let eventLoop: any EventLoop
+
+    init(_ eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let executor = self.asUnownedTaskExecutor()
+        self.eventLoop.execute { job.runSynchronously(on: executor) }
     }
 }

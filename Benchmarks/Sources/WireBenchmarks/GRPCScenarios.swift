@@ -34,13 +34,26 @@ enum Scenario: String, CaseIterable {
     case unary1 = "unary-1"
     case unary64 = "unary-64"
     case stream
+    /// Lean path only: the 64 callers run on the client's one event loop, as a SparkOps handler
+    /// does when it calls another service (handlers run on their connection's event loop, and a
+    /// distributed deployment runs one loop per process).
+    case unary64Loop = "unary-64-loop"
+
+    /// The scenarios every transport runs, in the table's order.
+    static let table: [Scenario] = [.unary1, .unary64, .stream]
 
     var title: String {
         switch self {
         case .unary1: return "unary 1 KiB, 1 call at a time"
         case .unary64: return "unary 1 KiB, 64 concurrent calls"
         case .stream: return "server streaming 100,000 × 256 B"
+        case .unary64Loop: return "unary 1 KiB, 64 concurrent calls from the event loop"
         }
+    }
+
+    /// The client's environment: one event loop when the callers run on it.
+    var environment: [String: String] {
+        self == .unary64Loop ? ["NIO_SINGLETON_GROUP_LOOP_COUNT": "1"] : [:]
     }
 }
 
@@ -152,7 +165,8 @@ private func withEchoClient<T: Sendable>(
             // Every transport runs GRPCCore's one-shot executor: the HTTP/2 client has no retry
             // policy, so neither does SparkWire here (GRPCCore's retry executor costs ~20 %).
             retryPolicy: nil,
-            // BENCH_CALLS_ON_LOOP=0: callers stay on their own threads (to compare).
+            // BENCH_CALLS_ON_LOOP=0: GRPCCore over SparkWire runs calls on the callers' threads (to
+            // compare); the lean path always does.
             runsCallsOnEventLoop: ProcessInfo.processInfo.environment["BENCH_CALLS_ON_LOOP"] != "0"
         ))
         if transport == .lean {
@@ -184,13 +198,15 @@ private func runGRPCScenario(_ scenario: Scenario, echo: any Sparkops_Testing_V1
     // Connect before measuring.
     _ = try await echo.get(request)
     switch scenario {
-    case .unary1, .unary64:
+    case .unary1, .unary64, .unary64Loop:
         let concurrency = scenario == .unary1 ? 1 : 64
+        // The process's one event loop (Scenario.environment), which the connection is also on.
+        let callerExecutor = scenario == .unary64Loop ? EventLoopExecutor(MultiThreadedEventLoopGroup.singleton.next()) : nil
         let warmupEnd = ContinuousClock.now + Settings.warmup
         let end = warmupEnd + Settings.duration
         let (latencies, failures) = try await withThrowingTaskGroup(of: ([Int64], Int).self) { group in
             for _ in 0 ..< concurrency {
-                group.addTask {
+                group.addTask(executorPreference: callerExecutor) {
                     var latencies: [Int64] = []
                     var failures = 0
                     latencies.reserveCapacity(200_000)
@@ -243,9 +259,24 @@ private func runGRPCScenario(_ scenario: Scenario, echo: any Sparkops_Testing_V1
     }
 }
 
+/// Runs the jobs of tasks that prefer it on an event loop.
+private final class EventLoopExecutor: TaskExecutor {
+    let eventLoop: any EventLoop
+
+    init(_ eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let executor = self.asUnownedTaskExecutor()
+        self.eventLoop.execute { job.runSynchronously(on: executor) }
+    }
+}
+
 private func runRawScenario(_ scenario: Scenario, port: Int, certificates: String) async throws -> ScenarioResult {
     switch scenario {
-    case .unary1, .unary64:
+    case .unary1, .unary64, .unary64Loop:
         let handler = RawUnaryClientHandler(
             concurrency: scenario == .unary1 ? 1 : 64,
             payloadSize: 1024 + 8,

@@ -55,8 +55,8 @@ struct Orchestrator {
         for transport in BenchTransport.allCases {
             let server = try ChildProcess(self.executable, ["serve", transport.rawValue, certificates.path])
             let port = Int(try server.readLine(prefix: "PORT "))!
-            for scenario in Scenario.allCases {
-                let client = try ChildProcess(self.executable, ["run", transport.rawValue, "\(port)", scenario.rawValue, certificates.path])
+            for scenario in Scenario.table + (transport == .lean ? [.unary64Loop] : []) {
+                let client = try ChildProcess(self.executable, ["run", transport.rawValue, "\(port)", scenario.rawValue, certificates.path], environment: scenario.environment)
                 let json = try client.readLine(prefix: "RESULT ")
                 results[transport, default: [:]][scenario] = try JSONDecoder().decode(ScenarioResult.self, from: Data(json.utf8))
                 client.wait()
@@ -94,7 +94,7 @@ struct Report {
         var lines: [String] = []
         lines.append("| scenario | metric | " + Self.columns.map(\.title).joined(separator: " | ") + " | lean / GRPCCore over SparkWire | lean / raw TLS | lean / in-process | lean / HTTP/2 |")
         lines.append("|---|---|" + String(repeating: "---:|", count: Self.columns.count + 4))
-        for scenario in Scenario.allCases {
+        for scenario in Scenario.table {
             let unit = scenario == .stream ? "messages/s" : "calls/s"
             let lean = rate(value(.lean, scenario), scenario)
             lines.append(row(scenario.title, unit, { rate(value($0, scenario), scenario) }, ratios: [
@@ -115,9 +115,9 @@ struct Report {
                 }
             }
         }
-        lines.append(row("failed calls", "count", { t in Double(Scenario.allCases.reduce(0) { $0 + value(t, $1).failedCalls }) }, ratios: ["", "", "", ""]))
+        lines.append(row("failed calls", "count", { t in Double(Scenario.table.reduce(0) { $0 + value(t, $1).failedCalls }) }, ratios: ["", "", "", ""]))
         lines.append("| peak RSS, server | MiB | " + Self.columns.map { $0 == .inprocess ? "(in client)" : "\(self.serverRSS[$0]! / 1024)" }.joined(separator: " | ") + " | | | | |")
-        let clientPeak = { (t: BenchTransport) in Double(Scenario.allCases.map { value(t, $0).clientPeakRSSKiB }.max() ?? 0) / 1024 }
+        let clientPeak = { (t: BenchTransport) in Double(Scenario.table.map { value(t, $0).clientPeakRSSKiB }.max() ?? 0) / 1024 }
         lines.append(row("peak RSS, client (largest scenario)", "MiB", clientPeak, ratios: ["", "", "", ""]))
 
         // The targets of the lean path.
@@ -125,6 +125,12 @@ struct Report {
         let loneP99 = value(.lean, .unary1).p99Micros / max(1, value(.inprocess, .unary1).p99Micros)
         let streaming = rate(value(.lean, .stream), .stream) / max(1, rate(value(.http2, .stream), .stream))
         func verdict(_ met: Bool) -> String { met ? "met" : "NOT met" }
+        let onLoop = value(.lean, .unary64Loop)
+        lines.append("")
+        lines.append("SparkWire lean, \(Scenario.unary64Loop.title) (one event loop in the client, as a SparkOps service calls): "
+            + "\(number(onLoop.callsPerSecond)) calls/s, p50 \(number(onLoop.p50Micros)) µs, p99 \(number(onLoop.p99Micros)) µs, "
+            + "\(String(format: "%.0f %%", onLoop.callsPerSecond / max(1, rate(value(.rawtls, .unary64), .unary64)) * 100)) of raw TLS ×64, "
+            + "failed calls \(onLoop.failedCalls)")
         lines.append("")
         lines.append("targets: unary ×64 at least 40 % of raw TLS: \(String(format: "%.0f %%", unary64 * 100)) (\(verdict(unary64 >= 0.4))); "
             + "lone call p99 at most 2× in-process GRPCCore: \(String(format: "%.2f×", loneP99)) (\(verdict(loneP99 <= 2))); "
@@ -140,9 +146,12 @@ final class ChildProcess {
     private let output = Pipe()
     private var buffer = Data()
 
-    init(_ executable: String, _ arguments: [String]) throws {
+    init(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws {
         self.process.executableURL = URL(filePath: executable)
         self.process.arguments = arguments
+        if !environment.isEmpty {
+            self.process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         self.process.standardInput = self.input
         self.process.standardOutput = self.output
         try self.process.run()

@@ -273,6 +273,10 @@ final class ConnectionPool: Sendable {
         self.state.withLock { state in state.live.values.map(\.outbox.peakBufferedBytes).max() ?? 0 }
     }
 
+    var immediateDrainCount: Int {
+        self.state.withLock { state in state.live.values.map(\.outbox.immediateDrainCount).reduce(0, +) }
+    }
+
     /// Subchannels ready now; for tests.
     var readyCount: Int { self.state.withLock { $0.ready.count } }
 }

@@ -52,8 +52,9 @@ public final class SparkWireClientTransport: ClientTransport {
         /// retry executor can lose a request message under load (the server then answers INTERNAL
         /// "Empty stream."; docs/benchmarks.md has the measurement), so retries are opt-in.
         public var retryPolicy: RetryPolicy?
-        /// Run the transport side of each call (GRPCCore's executor, serialization) on the
-        /// connection's event loop thread, avoiding thread hops per message.
+        /// Run the transport side of each call that goes through GRPCCore (GRPCCore's executor,
+        /// serialization) on the connection's event loop thread, avoiding thread hops per message.
+        /// The lean unary path runs where its caller runs, whatever this says.
         public var runsCallsOnEventLoop: Bool
 
         public init(
@@ -340,6 +341,9 @@ public final class SparkWireClientTransport: ClientTransport {
 
     /// The most unread message bytes a connection has held; for tests.
     package var peakBufferedBytes: Int { self.pool.peakBufferedBytes }
+
+    /// How often a call's write drained its connection's queue at once; for tests.
+    package var immediateDrainCount: Int { self.pool.immediateDrainCount }
 
     /// Connections ready for new calls; for tests.
     package var readyConnectionCount: Int { self.pool.readyCount }

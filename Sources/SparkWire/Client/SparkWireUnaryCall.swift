@@ -13,8 +13,8 @@ enum SparkWireUnaryOutcome: Sendable {
 extension SparkWireClientTransport {
     /// Sends a unary call on SparkWire's lean path, without GRPCCore's client executor: the request
     /// is serialized and written as one frame (headers, message, end of stream), and the task waits
-    /// for the response's one frame on the connection's event loop. No task group, no async
-    /// sequences, no interceptors.
+    /// for the response's one frame, all on the caller's own executor. No task group, no async
+    /// sequences, no interceptors, no hop to the connection's event loop.
     ///
     /// Behaves as `GRPCClient.unary` does over this transport: the same deadline (the smaller of
     /// `options.timeout` and ``SparkWireDeadline/remaining``, enforced here and sent to the server),
@@ -56,14 +56,10 @@ extension SparkWireClientTransport {
         let micros = try SparkWireDeadline.wireTimeout(requested: options.timeout)
         let headers = WireFrame.Headers(method: descriptor.wirePath, timeoutMicros: micros, metadata: metadata)
         let (connection, stream) = try await self.openStream(holdUntilEnd: true, waitForReady: options.waitForReady ?? false)
-        let outcome: SparkWireUnaryOutcome
-        if self.config.runsCallsOnEventLoop {
-            outcome = await withTaskExecutorPreference(connection.executor) {
-                await Self.exchange(on: stream, headers: headers, message: message.buffer)
-            }
-        } else {
-            outcome = await Self.exchange(on: stream, headers: headers, message: message.buffer)
-        }
+        // Where the caller runs: no hop to the connection's event loop and back. A caller on a
+        // pool thread writes from there (the event loop drains the frame) and is resumed there;
+        // a caller on the event loop (a SparkOps handler) writes and resumes on it.
+        let outcome = await Self.exchange(on: stream, headers: headers, message: message.buffer)
         if !stream.isComplete {
             stream.cancel(RPCError(code: .cancelled, message: "the client abandoned the call"))
         }

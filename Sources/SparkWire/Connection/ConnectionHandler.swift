@@ -41,6 +41,8 @@ package final class ConnectionHandler: ChannelDuplexHandler {
     private let logger: Logger
 
     private var started = false
+    /// In `channelRead` or `drain`: an enqueue must not drain at once (``drainNow()``).
+    private var isBusy = false
     private var peer = SparkWirePeer.anonymous
     private let newStreams: AsyncStream<InboundStreamOpen>.Continuation?
     /// Server: starts the streams of lean unary methods itself, without a hop through `newStreams`.
@@ -93,7 +95,7 @@ package final class ConnectionHandler: ChannelDuplexHandler {
     package func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        self.outbox.setDrainer({ loopBound.value.drain() }, resumeReads: { loopBound.value.resumeReads() })
+        self.outbox.setDrainer({ loopBound.value.drain() }, drainNow: { loopBound.value.drainNow() }, resumeReads: { loopBound.value.resumeReads() })
         if context.channel.isActive && !self.configuration.usesTLS {
             self.start(context: context)
         }
@@ -186,6 +188,9 @@ package final class ConnectionHandler: ChannelDuplexHandler {
     // MARK: Receiving
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let wasBusy = self.isBusy
+        self.isBusy = true
+        defer { self.isBusy = wasBusy }
         let frame = self.unwrapInboundIn(data)
         self.lastFrameReceived = .now()
         switch self.stateMachine.receive(frame) {
@@ -330,8 +335,18 @@ package final class ConnectionHandler: ChannelDuplexHandler {
 
     // MARK: Sending
 
+    /// Drains at once, unless this handler is already at work (a read delivering frames, a drain):
+    /// the scheduled drain then takes the queue.
+    package func drainNow() {
+        guard !self.isBusy else { return }
+        self.drain()
+    }
+
     package func drain() {
         guard let context = self.context else { return }
+        let wasBusy = self.isBusy
+        self.isBusy = true
+        defer { self.isBusy = wasBusy }
         let queue = self.outbox.takeQueue()
         guard !queue.isEmpty else { return }
         var allocated: ByteBuffer?
