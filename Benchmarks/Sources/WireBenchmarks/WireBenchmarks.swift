@@ -132,7 +132,7 @@ struct Report {
             + "\(String(format: "%.0f %%", onLoop.callsPerSecond / max(1, rate(value(.rawtls, .unary64), .unary64)) * 100)) of raw TLS ×64, "
             + "failed calls \(onLoop.failedCalls)")
         lines.append("")
-        lines.append("targets: unary ×64 at least 40 % of raw TLS: \(String(format: "%.0f %%", unary64 * 100)) (\(verdict(unary64 >= 0.4))); "
+        lines.append("targets: unary ×64 at least 40 % of raw TLS: \(String(format: "%.1f %%", unary64 * 100)) (\(verdict(unary64 >= 0.4))); "
             + "lone call p99 at most 2× in-process GRPCCore: \(String(format: "%.2f×", loneP99)) (\(verdict(loneP99 <= 2))); "
             + "streaming at least 2× HTTP/2: \(String(format: "%.2f×", streaming)) (\(verdict(streaming >= 2)))")
         return lines.joined(separator: "\n")
