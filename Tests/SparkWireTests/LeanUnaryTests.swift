@@ -66,6 +66,20 @@ struct LeanUnaryTests {
         }
     }
 
+    /// Makes `count` calls at once, each with its own text, and expects each answer to be its own.
+    static func expectConcurrentCalls(_ count: Int, to echo: some Sparkops_Testing_V1_EchoService.ClientProtocol) async throws {
+        let answers = try await withThrowingTaskGroup(of: (Int, String).self) { group in
+            for index in 0 ..< count {
+                group.addTask { (index, try await echo.get(.with { $0.text = "call \(index)" }).text) }
+            }
+            var answers: [Int: String] = [:]
+            for try await (index, text) in group { answers[index] = text }
+            return answers
+        }
+        #expect(answers.count == count)
+        #expect(answers.allSatisfy { $0.value == "call \($0.key)" })
+    }
+
     /// Runs `scenario` on both paths and returns the outcomes by path.
     func onBothPaths(
         interceptors: [any ServerInterceptor & SparkWireUnaryInterceptor] = [],
@@ -205,16 +219,7 @@ struct LeanUnaryTests {
                 return words
             }
             #expect(words == ["one", "two", "three"])
-            let answers = try await withThrowingTaskGroup(of: (Int, String).self) { group in
-                for index in 0 ..< 200 {
-                    group.addTask { (index, try await echo.get(.with { $0.text = "call \(index)" }).text) }
-                }
-                var answers: [Int: String] = [:]
-                for try await (index, text) in group { answers[index] = text }
-                return answers
-            }
-            #expect(answers.count == 200)
-            #expect(answers.allSatisfy { $0.value == "call \($0.key)" })
+            try await Self.expectConcurrentCalls(200, to: echo)
         }
     }
 
@@ -245,37 +250,13 @@ struct LeanUnaryTests {
                 #expect(transport.immediateDrainCount == 0)
                 // The calls start from the loop's one thread, so all of them are queued before any
                 // runs: their requests reach the outbox one after another, as handlers' calls do.
-                let answers = try await withTaskExecutorPreference(LoopExecutor(loops.next())) {
-                    try await withThrowingTaskGroup(of: (Int, String).self) { group in
-                        for index in 0 ..< 200 {
-                            group.addTask { (index, try await echo.get(.with { $0.text = "call \(index)" }).text) }
-                        }
-                        var answers: [Int: String] = [:]
-                        for try await (index, text) in group { answers[index] = text }
-                        return answers
-                    }
+                try await withTaskExecutorPreference(EventLoopTaskExecutor(loops.next())) {
+                    try await Self.expectConcurrentCalls(200, to: echo)
                 }
-                #expect(answers.count == 200)
-                #expect(answers.allSatisfy { $0.value == "call \($0.key)" })
                 // 200 requests written in a row drained every 16 rather than once at the end.
                 #expect(transport.immediateDrainCount >= 200 / 16 - 1)
             }
         }
         try await loops.shutdownGracefully()
-    }
-}
-
-/// Runs the jobs of the tasks that prefer it on one event loop.
-private final class LoopExecutor: TaskExecutor {
-    let eventLoop: any EventLoop
-
-    init(_ eventLoop: any EventLoop) {
-        self.eventLoop = eventLoop
-    }
-
-    func enqueue(_ job: consuming ExecutorJob) {
-        let job = UnownedJob(job)
-        let executor = self.asUnownedTaskExecutor()
-        self.eventLoop.execute { job.runSynchronously(on: executor) }
     }
 }

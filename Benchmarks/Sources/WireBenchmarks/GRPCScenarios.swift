@@ -201,7 +201,7 @@ private func runGRPCScenario(_ scenario: Scenario, echo: any Sparkops_Testing_V1
     case .unary1, .unary64, .unary64Loop:
         let concurrency = scenario == .unary1 ? 1 : 64
         // The process's one event loop (Scenario.environment), which the connection is also on.
-        let callerExecutor = scenario == .unary64Loop ? EventLoopExecutor(MultiThreadedEventLoopGroup.singleton.next()) : nil
+        let callerExecutor = scenario == .unary64Loop ? EventLoopTaskExecutor(MultiThreadedEventLoopGroup.singleton.next()) : nil
         let warmupEnd = ContinuousClock.now + Settings.warmup
         let end = warmupEnd + Settings.duration
         let (latencies, failures) = try await withThrowingTaskGroup(of: ([Int64], Int).self) { group in
@@ -256,21 +256,6 @@ private func runGRPCScenario(_ scenario: Scenario, echo: any Sparkops_Testing_V1
             best = min(best, ContinuousClock.now - started)
         }
         return ScenarioResult(streamed: Settings.streamCount, in: best)
-    }
-}
-
-/// Runs the jobs of tasks that prefer it on an event loop.
-private final class EventLoopExecutor: TaskExecutor {
-    let eventLoop: any EventLoop
-
-    init(_ eventLoop: any EventLoop) {
-        self.eventLoop = eventLoop
-    }
-
-    func enqueue(_ job: consuming ExecutorJob) {
-        let job = UnownedJob(job)
-        let executor = self.asUnownedTaskExecutor()
-        self.eventLoop.execute { job.runSynchronously(on: executor) }
     }
 }
 

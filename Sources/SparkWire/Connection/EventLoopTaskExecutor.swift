@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 
 /// Runs Swift tasks on a NIO event loop.
 ///
@@ -7,14 +7,18 @@ import NIOCore
 /// reading a frame and resuming the task that waits for it, and no wake-up of the event loop when
 /// the task writes. Handlers that block the thread (rather than awaiting) delay the connection's
 /// other calls; `SparkWireServerTransport.Config.runsHandlersOnEventLoop` turns this off.
-final class EventLoopTaskExecutor: TaskExecutor {
-    let eventLoop: any EventLoop
+///
+/// Callers that make many SparkWire calls can prefer it too, on the loop their client's
+/// connections run on (`withTaskExecutorPreference(EventLoopTaskExecutor(loop)) { … }`): their
+/// calls are then written and answered without leaving that thread.
+public final class EventLoopTaskExecutor: TaskExecutor {
+    public let eventLoop: any EventLoop
 
-    init(_ eventLoop: any EventLoop) {
+    public init(_ eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
     }
 
-    func enqueue(_ job: consuming ExecutorJob) {
+    public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
         let executor = self.asUnownedTaskExecutor()
         self.eventLoop.execute {
