@@ -342,7 +342,8 @@ public final class SparkWireClientTransport: ClientTransport {
     /// The most unread message bytes a connection has held; for tests.
     package var peakBufferedBytes: Int { self.pool.peakBufferedBytes }
 
-    /// How often a call's write drained its connection's queue at once; for tests.
+    /// How often a call's write asked for its connection's queue to be drained at once (the
+    /// handler skips it while reading or draining); for tests.
     package var immediateDrainCount: Int { self.pool.immediateDrainCount }
 
     /// Connections ready for new calls; for tests.

@@ -148,7 +148,7 @@ package final class ConnectionOutbox: Sendable {
         }
     }
 
-    /// How often a write drained the queue at once (``drainBatch``); for tests.
+    /// How often a write asked for the queue to be drained at once (``drainBatch``); for tests.
     package var immediateDrainCount: Int { self.immediateDrains.load(ordering: .relaxed) }
 
     /// Event loop: the streams queued since the last drain, in the order they were queued (and so,
