@@ -160,7 +160,9 @@ public final class SparkWireClientTransport: ClientTransport {
     }
 
     public func config(forMethod descriptor: MethodDescriptor) -> MethodConfig? {
-        self.methodConfigs[descriptor.wirePath]
+        // Most clients have no retry policy: no path to build per call.
+        guard !self.methodConfigs.isEmpty else { return nil }
+        return self.methodConfigs[descriptor.wirePath]
     }
 
     // MARK: Connecting

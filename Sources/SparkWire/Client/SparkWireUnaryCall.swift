@@ -69,9 +69,7 @@ extension SparkWireClientTransport {
 
     private static func exchange(on stream: StreamChannel, headers: WireFrame.Headers, message: ByteBuffer) async -> SparkWireUnaryOutcome {
         do {
-            try stream.writeHeaders(headers)
-            try await stream.writeMessage(message)
-            try stream.writeEndStream()
+            try await stream.writeUnary(headers: headers, message: message, end: .endStream)
             return try await Self.readResponse(on: stream)
         } catch let error as RPCError {
             return .failed([:], error)

@@ -40,6 +40,9 @@ package final class ConnectionHandler: ChannelDuplexHandler {
     private var context: ChannelHandlerContext?
     private let logger: Logger
 
+    /// The array the next drain swaps for the outbox's queue: two arrays take turns, so that
+    /// queuing streams does not allocate once both have grown.
+    private var spareQueue: [StreamChannel] = []
     private var started = false
     /// In `channelRead` or `drain`: an enqueue must not drain at once (``drainNow()``).
     private var isBusy = false
@@ -95,7 +98,11 @@ package final class ConnectionHandler: ChannelDuplexHandler {
     package func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        self.outbox.setDrainer({ loopBound.value.drain() }, drainNow: { loopBound.value.drainNow() }, resumeReads: { loopBound.value.resumeReads() })
+        self.outbox.setHooks(ConnectionOutbox.Hooks(
+            drain: { loopBound.value.drain() },
+            drainNow: { loopBound.value.drainNow() },
+            resumeReads: { loopBound.value.resumeReads() }
+        ))
         if context.channel.isActive && !self.configuration.usesTLS {
             self.start(context: context)
         }
@@ -283,6 +290,7 @@ package final class ConnectionHandler: ChannelDuplexHandler {
             stream.grantCredit(delivery.credit)
         }
         var parts: [StreamChannel.InboundPart] = []
+        parts.reserveCapacity(delivery.messages.count + 2)
         if let headers = delivery.headers {
             parts.append(.headers(headers.metadata))
         }
@@ -347,7 +355,13 @@ package final class ConnectionHandler: ChannelDuplexHandler {
         let wasBusy = self.isBusy
         self.isBusy = true
         defer { self.isBusy = wasBusy }
-        let queue = self.outbox.takeQueue()
+        var queue = self.spareQueue
+        self.spareQueue = []
+        self.outbox.takeQueue(&queue)
+        defer {
+            queue.removeAll(keepingCapacity: true)
+            self.spareQueue = queue
+        }
         guard !queue.isEmpty else { return }
         var allocated: ByteBuffer?
         for stream in queue {
@@ -392,15 +406,22 @@ package final class ConnectionHandler: ChannelDuplexHandler {
             windowUpdate: pending.windowUpdate > 0 ? pending.windowUpdate : nil
         )
         var size = frame.encodedSize
-        for message in pending.messages {
-            let added = ProtobufWire.lengthDelimitedSize(field: 3, payload: message.readableBytes)
-            if size + added > maxSize && (!frame.messages.isEmpty || frame.headers != nil) {
-                self.emit(frame, into: &buffer)
-                frame = WireFrame(streamID: streamID)
-                size = frame.encodedSize
+        let whole = pending.messages.reduce(size) { $0 + ProtobufWire.lengthDelimitedSize(field: 3, payload: $1.readableBytes) }
+        if whole <= maxSize {
+            // The usual case: every message fits in this frame, which takes the array as it is.
+            frame.messages = pending.messages
+            size = whole
+        } else {
+            for message in pending.messages {
+                let added = ProtobufWire.lengthDelimitedSize(field: 3, payload: message.readableBytes)
+                if size + added > maxSize && (!frame.messages.isEmpty || frame.headers != nil) {
+                    self.emit(frame, into: &buffer)
+                    frame = WireFrame(streamID: streamID)
+                    size = frame.encodedSize
+                }
+                frame.messages.append(message)
+                size += added
             }
-            frame.messages.append(message)
-            size += added
         }
         frame.endStream = pending.endStream
         frame.cancel = pending.cancel

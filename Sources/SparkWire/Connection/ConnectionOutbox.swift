@@ -12,12 +12,31 @@ import Synchronization
 /// the queue ``drainBatch`` streams long drains at once: the peer starts on those calls while this
 /// side works on the rest, rather than the two sides taking turns with whole batches.
 package final class ConnectionOutbox: Sendable {
+    /// What the outbox asks of its connection's event loop. Made once per connection and held as
+    /// one reference, so that scheduling a drain passes a stored closure rather than making one.
+    package final class Hooks: Sendable {
+        /// Drains the queue (run on the event loop, scheduled).
+        let drain: @Sendable () -> Void
+        /// Drains the queue at once unless the handler is already at work (on the event loop).
+        let drainNow: @Sendable () -> Void
+        /// Resumes socket reads held while too many received bytes were unread.
+        let resumeReads: @Sendable () -> Void
+
+        package init(
+            drain: @escaping @Sendable () -> Void,
+            drainNow: @escaping @Sendable () -> Void,
+            resumeReads: @escaping @Sendable () -> Void
+        ) {
+            self.drain = drain
+            self.drainNow = drainNow
+            self.resumeReads = resumeReads
+        }
+    }
+
     private struct State {
         var queue: [StreamChannel] = []
         var drainScheduled = false
-        var drainer: (@Sendable () -> Void)?
-        var drainNow: (@Sendable () -> Void)?
-        var resumeReads: (@Sendable () -> Void)?
+        var hooks: Hooks?
         var writabilityWaiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
         var nextWaiterID: UInt64 = 0
         var closedError: RPCError?
@@ -55,12 +74,8 @@ package final class ConnectionOutbox: Sendable {
 
     /// The event loop's drain (scheduled, and at once) and read resumption; set once by the
     /// connection handler.
-    package func setDrainer(_ drainer: @escaping @Sendable () -> Void, drainNow: @escaping @Sendable () -> Void, resumeReads: @escaping @Sendable () -> Void) {
-        self.state.withLock {
-            $0.drainer = drainer
-            $0.drainNow = drainNow
-            $0.resumeReads = resumeReads
-        }
+    package func setHooks(_ hooks: Hooks) {
+        self.state.withLock { $0.hooks = hooks }
     }
 
     // MARK: Received bytes
@@ -78,8 +93,8 @@ package final class ConnectionOutbox: Sendable {
         guard bytes > 0 else { return }
         let total = self.buffered.subtract(bytes, ordering: .relaxed).newValue
         if total <= self.maxBufferedBytes / 2, self.readsPaused.compareExchange(expected: true, desired: false, ordering: .relaxed).exchanged {
-            if let resume = self.state.withLock({ $0.resumeReads }) {
-                self.eventLoop.execute(resume)
+            if let hooks = self.state.withLock({ $0.hooks }) {
+                self.eventLoop.execute(hooks.resumeReads)
             }
         }
     }
@@ -95,6 +110,9 @@ package final class ConnectionOutbox: Sendable {
         }
         return true
     }
+
+    /// Received message bytes no call has read yet; for tests.
+    package var bufferedBytes: Int { self.buffered.load(ordering: .relaxed) }
 
     /// The most bytes ever held unread on this connection; for tests.
     package var peakBufferedBytes: Int { self.bufferedPeak.load(ordering: .relaxed) }
@@ -127,38 +145,38 @@ package final class ConnectionOutbox: Sendable {
     // MARK: Draining
 
     package func enqueue(_ stream: StreamChannel) {
-        let (drainer, drainNow) = self.state.withLock { state -> ((@Sendable () -> Void)?, (@Sendable () -> Void)?) in
-            guard state.closedError == nil else { return (nil, nil) }
+        let (hooks, schedule, now) = self.state.withLock { state -> (Hooks?, Bool, Bool) in
+            guard state.closedError == nil else { return (nil, false, false) }
             if stream.streamID == 0 {
                 stream.assignID(state.nextStreamID)
                 state.nextStreamID &+= 1
             }
             state.queue.append(stream)
-            let now = state.queue.count >= Self.drainBatch ? state.drainNow : nil
-            guard !state.drainScheduled else { return (nil, now) }
+            let now = state.queue.count >= Self.drainBatch
+            guard !state.drainScheduled else { return (state.hooks, false, now) }
             state.drainScheduled = true
-            return (state.drainer, now)
+            return (state.hooks, true, now)
         }
-        if let drainer {
-            self.eventLoop.execute(drainer)
+        guard let hooks else { return }
+        if schedule {
+            self.eventLoop.execute(hooks.drain)
         }
-        if let drainNow, self.eventLoop.inEventLoop {
+        if now, self.eventLoop.inEventLoop {
             self.immediateDrains.add(1, ordering: .relaxed)
-            drainNow()
+            hooks.drainNow()
         }
     }
 
     /// How often a write asked for the queue to be drained at once (``drainBatch``); for tests.
     package var immediateDrainCount: Int { self.immediateDrains.load(ordering: .relaxed) }
 
-    /// Event loop: the streams queued since the last drain, in the order they were queued (and so,
-    /// for a client, in increasing stream id for first frames).
-    package func takeQueue() -> [StreamChannel] {
+    /// Event loop: swaps the streams queued since the last drain (in the order they were queued,
+    /// and so, for a client, in increasing stream id for first frames) for `queue`, an empty array
+    /// whose storage the next enqueues reuse.
+    package func takeQueue(_ queue: inout [StreamChannel]) {
         self.state.withLock { state in
             state.drainScheduled = false
-            var queue: [StreamChannel] = []
             swap(&queue, &state.queue)
-            return queue
         }
     }
 

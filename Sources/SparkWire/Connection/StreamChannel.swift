@@ -1,4 +1,3 @@
-import DequeModule
 package import GRPCCore
 package import NIOCore
 import Synchronization
@@ -44,8 +43,54 @@ package final class StreamChannel: Sendable {
         case failed(RPCError)
     }
 
+    /// Received parts not read yet. It takes the delivered array as its storage when it is
+    /// empty, so that a unary call's answer (one frame, one delivery) is buffered without
+    /// allocating; parts already read are dropped from the front once they are half the array.
+    struct InboundBuffer {
+        private var parts: [InboundPart] = []
+        private var head = 0
+
+        var isEmpty: Bool { self.head == self.parts.count }
+
+        mutating func append(contentsOf delivered: [InboundPart]) {
+            if self.isEmpty {
+                self.parts = delivered
+                self.head = 0
+                return
+            }
+            if self.head > 0, self.head * 2 >= self.parts.count {
+                self.parts.removeFirst(self.head)
+                self.head = 0
+            }
+            self.parts.append(contentsOf: delivered)
+        }
+
+        mutating func popFirst() -> InboundPart? {
+            guard self.head < self.parts.count else { return nil }
+            let part = self.parts[self.head]
+            self.head += 1
+            if self.head == self.parts.count {
+                self.parts = []
+                self.head = 0
+            } else if self.head >= 32, self.head * 2 >= self.parts.count {
+                self.parts.removeFirst(self.head)
+                self.head = 0
+            }
+            return part
+        }
+
+        /// Empties the buffer; returns the bytes of the unread messages it held.
+        mutating func removeAll() -> Int {
+            var bytes = 0
+            for case .message(let message) in self.parts[self.head...] { bytes += message.readableBytes }
+            self.parts = []
+            self.head = 0
+            return bytes
+        }
+    }
+
     private struct State {
-        var inbound = Deque<InboundPart>()
+        var inbound = InboundBuffer()
         var inboundEnd: InboundEnd?
         var reader: CheckedContinuation<InboundPart?, any Error>?
         var consumedSinceUpdate: UInt32 = 0
@@ -130,6 +175,52 @@ package final class StreamChannel: Sendable {
         }
     }
 
+    /// How a unary side ends after its one message.
+    package enum UnaryEnd: Sendable {
+        /// Client: end_stream.
+        case endStream
+        /// Server: the call's status.
+        case trailers(WireFrame.Trailers)
+    }
+
+    /// Writes a whole side of a unary call (headers, one message, and end_stream or trailers) under
+    /// one lock and with one enqueue. Behaves as ``writeHeaders(_:)``, ``writeMessage(_:)`` and
+    /// ``writeEndStream()`` or ``writeTrailers(_:)`` in turn, which it falls back to when the
+    /// message is too large for the peer or there is no send credit.
+    package func writeUnary(headers: WireFrame.Headers, message: ByteBuffer, end: UnaryEnd) async throws {
+        if !self.outbox.isWritable {
+            try await self.outbox.waitUntilWritable()
+        }
+        let flush: Bool?
+        if message.readableBytes <= self.outbox.maxMessageSize {
+            flush = try self.state.withLock { state throws(RPCError) -> Bool? in
+                try Self.checkWritable(state.outbound)
+                guard state.sendCredit > 0 else { return nil }
+                state.sendCredit -= 1
+                state.pending.headers = headers
+                state.pending.messages.append(message)
+                switch end {
+                case .endStream: state.pending.endStream = true
+                case .trailers(let trailers): state.pending.trailers = trailers
+                }
+                state.outbound = .finished
+                return self.requestFlush(&state, force: true)
+            }
+        } else {
+            flush = nil
+        }
+        guard let flush else {
+            try self.writeHeaders(headers)
+            try await self.writeMessage(message)
+            switch end {
+            case .endStream: try self.writeEndStream()
+            case .trailers(let trailers): try self.writeTrailers(trailers)
+            }
+            return
+        }
+        if flush { self.outbox.enqueue(self) }
+    }
+
     /// Client: no more request messages (end_stream).
     package func writeEndStream() throws(RPCError) {
         let flush = try self.state.withLock { state throws(RPCError) -> Bool in
@@ -180,10 +271,7 @@ package final class StreamChannel: Sendable {
 
     /// Empties the inbound buffer; returns the message bytes it held.
     private static func dropInbound(_ state: inout State) -> Int {
-        var bytes = 0
-        for case .message(let message) in state.inbound { bytes += message.readableBytes }
         state.inbound.removeAll()
-        return bytes
     }
 
     deinit {
@@ -317,16 +405,20 @@ package final class StreamChannel: Sendable {
         }
     }
 
+    /// Whether a call is parked in ``next()`` waiting for a part; for tests.
+    package var hasWaitingReader: Bool {
+        self.state.withLock { $0.reader != nil }
+    }
+
     /// Whether the peer has seen this stream (its first frame was taken for sending).
     package var wasOpened: Bool {
         self.state.withLock { $0.opened }
     }
 
     /// Received parts. `end` means the peer has finished its side.
-    package func deliver(_ parts: some Sequence<InboundPart>, end: Bool) {
+    package func deliver(_ parts: [InboundPart], end: Bool) {
         let reader: CheckedContinuation<InboundPart?, any Error>?
         let result: TakeResult?
-        let parts = Array(parts)
         var bytes = 0
         for case .message(let message) in parts { bytes += message.readableBytes }
         self.outbox.received(bytes: bytes)

@@ -233,20 +233,21 @@ package final class UnaryDispatch: Sendable {
                 cancellation: handle
             )
             context.transportSpecific = open.peer
-            let trailers: WireFrame.Trailers
             do {
                 let request = try await open.channel.readUnaryRequest()
                 let response = try await SparkWireDeadline.$current.withValue(open.deadline) {
                     try await self.router.run(method, request: request, context: context)
                 }
-                try open.channel.writeHeaders(WireFrame.Headers(metadata: response.metadata))
-                try await open.channel.writeMessage(response.message.buffer)
-                trailers = WireFrame.Trailers(code: 0, message: "", metadata: response.trailingMetadata)
+                try await open.channel.writeUnary(
+                    headers: WireFrame.Headers(metadata: response.metadata),
+                    message: response.message.buffer,
+                    end: .trailers(WireFrame.Trailers(code: 0, message: "", metadata: response.trailingMetadata))
+                )
             } catch {
                 let status = self.router.status(for: error)
-                trailers = WireFrame.Trailers(code: UInt32(status.code.rawValue), message: status.message, metadata: status.metadata)
+                let trailers = WireFrame.Trailers(code: UInt32(status.code.rawValue), message: status.message, metadata: status.metadata)
+                try? open.channel.writeTrailers(trailers)
             }
-            try? open.channel.writeTrailers(trailers)
         }
     }
 }
