@@ -41,18 +41,58 @@ struct ConfigurationTests {
         #expect(host.certificateDirectory == "/srv/sparkops/certs")
         #expect(host.listener(.project).address.map(\.description) == ["10.0.0.5:7001", "10.0.0.6:7001"])
         #expect(host.listener(.project).adminPort == 9001)
-        guard case .postgres(let url, let maxConnections) = host.storeLocation() else {
+        guard case .postgres(let url, let maxConnections, let pool) = host.storeLocation() else {
             Issue.record("expected PostgreSQL")
             return
         }
         #expect(url.hasPrefix("postgres://"))
         #expect(maxConnections == 20)
+        #expect(pool == SparkStore.PostgresPool(minConnections: 0, keepAlive: .seconds(30)))
 
         let bad = try await SparkConfiguration.reader(environment: ["SPARKOPS_RUN_ADDRESS": "nohost"])
         #expect {
             _ = try HostConfig(config: bad)
         } throws: { error in
             "\(error)".contains("run.address") && "\(error)".contains("SPARKOPS_RUN_ADDRESS")
+        }
+    }
+
+    @Test("the PostgreSQL pool's idle connections are configurable, and a minimum above the maximum is an error naming the key")
+    func databasePool() async throws {
+        let url = "postgres://u:p@db:5432/sparkops"
+        let tuned = try HostConfig(config: try await SparkConfiguration.reader(environment: [
+            "SPARKOPS_DATABASE_URL": url,
+            "SPARKOPS_DATABASE_MAX_CONNECTIONS": "8",
+            "SPARKOPS_DATABASE_MIN_CONNECTIONS": "4",
+            "SPARKOPS_DATABASE_KEEP_ALIVE_SECONDS": "0",
+        ]))
+        guard case .postgres(_, let maxConnections, let pool) = tuned.storeLocation() else {
+            Issue.record("expected PostgreSQL")
+            return
+        }
+        #expect(maxConnections == 8)
+        #expect(pool == SparkStore.PostgresPool(minConnections: 4, keepAlive: nil))
+
+        let slow = try HostConfig(config: try await SparkConfiguration.reader(environment: [
+            "SPARKOPS_DATABASE_URL": url, "SPARKOPS_DATABASE_KEEP_ALIVE_SECONDS": "300",
+        ]))
+        #expect(slow.databasePool.keepAlive == .seconds(300))
+
+        let tooMany = try await SparkConfiguration.reader(environment: [
+            "SPARKOPS_DATABASE_URL": url, "SPARKOPS_DATABASE_MAX_CONNECTIONS": "5", "SPARKOPS_DATABASE_MIN_CONNECTIONS": "6",
+        ])
+        #expect {
+            _ = try HostConfig(config: tooMany)
+        } throws: { error in
+            "\(error)".contains("database.minConnections") && "\(error)".contains("SPARKOPS_DATABASE_MIN_CONNECTIONS") && "\(error)".contains("6")
+        }
+        for (key, value) in [("SPARKOPS_DATABASE_KEEP_ALIVE_SECONDS", "-1"), ("SPARKOPS_DATABASE_MIN_CONNECTIONS", "-2"), ("SPARKOPS_DATABASE_KEEP_ALIVE_SECONDS", "soon")] {
+            let bad = try await SparkConfiguration.reader(environment: ["SPARKOPS_DATABASE_URL": url, key: value])
+            #expect {
+                _ = try HostConfig(config: bad)
+            } throws: { error in
+                "\(error)".contains(key) && "\(error)".contains(value)
+            }
         }
     }
 

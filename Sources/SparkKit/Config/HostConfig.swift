@@ -10,6 +10,9 @@ public import SparkWire
 /// - `certs.directory` (string, default `<home>/certs`): the directory `sparkops certs init` wrote.
 /// - `database.url` (string, optional, secret): `postgres://user:password@host:port/database`;
 ///   unset, each service uses `<home>/data/<service>.sqlite`.
+/// - `database.maxConnections` (int, default 20), `database.minConnections` (int, default 0, at most
+///   the maximum), `database.keepAliveSeconds` (int, default 30, 0 turns keep-alive off): each
+///   store's PostgreSQL pool.
 /// - `redis.url` (string, optional, secret): `redis://host:port/db`; unset, no Redis.
 /// - `redis.keyPrefix` (string, default `sparkops`): namespace of SparkOps keys in Redis.
 /// - `<service>.host` (string, default `127.0.0.1`): address the service's listeners bind.
@@ -27,6 +30,9 @@ public struct HostConfig: Sendable {
     public var databaseURL: String?
     /// PostgreSQL connections each service's store may hold (`database.maxConnections`).
     public var databaseMaxConnections: Int
+    /// How each store keeps idle PostgreSQL connections (`database.minConnections`,
+    /// `database.keepAliveSeconds`).
+    public var databasePool: SparkStore.PostgresPool
     public var redisURL: String?
     public var logLevel: String
     /// Whether unary calls take SparkWire's lean path (`wire.leanUnary`).
@@ -46,6 +52,17 @@ public struct HostConfig: Sendable {
         self.certificateDirectory = config.string(forKey: "certs.directory", default: "\(self.home)/certs")
         self.databaseURL = config.string(forKey: "database.url", isSecret: true)
         self.databaseMaxConnections = try config.integer(forKey: "database.maxConnections", default: 20, in: 1...1000)
+        let minConnections = try config.integer(forKey: "database.minConnections", default: 0, in: 0...1000)
+        guard minConnections <= self.databaseMaxConnections else {
+            throw SparkConfigurationError(
+                "database.minConnections (\(SparkConfiguration.environmentName("database.minConnections"))) must not exceed database.maxConnections (\(self.databaseMaxConnections)), not \(minConnections)"
+            )
+        }
+        let keepAliveSeconds = try config.integer(forKey: "database.keepAliveSeconds", default: 30, in: 0...86_400)
+        self.databasePool = SparkStore.PostgresPool(
+            minConnections: minConnections,
+            keepAlive: keepAliveSeconds == 0 ? nil : .seconds(keepAliveSeconds)
+        )
         self.redisURL = config.string(forKey: "redis.url", isSecret: true)
         self.logLevel = config.string(forKey: "log.level", default: "info")
         self.leanUnary = config.bool(forKey: "wire.leanUnary", default: true)
@@ -82,7 +99,7 @@ public struct HostConfig: Sendable {
     /// Where the service's SQLite file lives, or the PostgreSQL URL.
     public func storeLocation() -> SparkStore.Location {
         if let url = self.databaseURL, !url.isEmpty {
-            return .postgres(url: url, maxConnections: self.databaseMaxConnections)
+            return .postgres(url: url, maxConnections: self.databaseMaxConnections, pool: self.databasePool)
         }
         return .sqlite(directory: "\(self.home)/data")
     }

@@ -28,12 +28,32 @@ public final class SparkStore: Service, Sendable {
         case postgres
     }
 
+    /// How a PostgreSQL store keeps its idle connections.
+    ///
+    /// Each time a connection goes back to the pool with no call waiting for it, PostgresNIO's
+    /// pool starts a keep-alive timer and, above `minConnections`, an idle-timeout timer, and
+    /// cancels them when the connection is next leased. A cancelled `Task.sleep` keeps its memory
+    /// until its deadline would have passed (swiftlang/swift#60441), so under a steady load of
+    /// short queries the timers cost CPU and hold memory in proportion to their durations
+    /// (docs/benchmarks.md). Connections below `minConnections` never get the idle timer.
+    public struct PostgresPool: Sendable, Hashable {
+        /// Connections kept open even when idle.
+        public var minConnections: Int
+        /// How long a connection may sit idle before `SELECT 1` checks it; nil turns checks off.
+        public var keepAlive: Duration?
+
+        public init(minConnections: Int = 0, keepAlive: Duration? = .seconds(30)) {
+            self.minConnections = minConnections
+            self.keepAlive = keepAlive
+        }
+    }
+
     public enum Location: Sendable {
         /// `<directory>/<service>.sqlite`.
         case sqlite(directory: String)
         /// A `postgres://user:password@host:port/database` URL; the service gets the schema named
-        /// after it, and at most `maxConnections` connections.
-        case postgres(url: String, maxConnections: Int = 20)
+        /// after it, and at most `maxConnections` connections, kept as `pool` says.
+        case postgres(url: String, maxConnections: Int = 20, pool: PostgresPool = .init())
     }
 
     private enum Backend: Sendable {
@@ -66,10 +86,12 @@ public final class SparkStore: Service, Sendable {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             self.dialect = .sqlite
             self.backend = .sqlite(SQLitePool(path: "\(directory)/\(service).sqlite", logger: logger))
-        case .postgres(let url, let maxConnections):
+        case .postgres(let url, let maxConnections, let pool):
             var configuration = try Self.postgresConfiguration(url: url)
             configuration.options.additionalStartupParameters = [("search_path", service)]
             configuration.options.maximumConnections = maxConnections
+            configuration.options.minimumConnections = min(pool.minConnections, maxConnections)
+            configuration.options.keepAliveBehavior = pool.keepAlive.map { .init(frequency: $0) }
             self.dialect = .postgres
             self.backend = .postgres(PostgresClient(configuration: configuration, backgroundLogger: logger))
         }
