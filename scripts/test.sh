@@ -8,7 +8,20 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 limit="${SPARKOPS_TEST_TIME_LIMIT:-2400}"
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+# Every process the tests start is listed here (its id and start time), so that what a failed run
+# leaves behind is stopped by id: never by name, which would reach a `make run` beside the tests.
+export SPARKOPS_TEST_PIDS="$(mktemp)"
+trap 'rm -f "$log" "$SPARKOPS_TEST_PIDS"' EXIT
+
+# Stops the listed processes that still run with the start time they were listed with.
+stop_started() {
+    local pid start stat
+    while read -r pid start; do
+        stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || continue
+        # Field 22 (the start time) counted after the command name's closing parenthesis.
+        [ "$(echo "${stat##*)}" | awk '{print $20}')" = "$start" ] && kill -KILL "$pid" 2>/dev/null
+    done < "$SPARKOPS_TEST_PIDS"
+}
 
 # timeout signals its whole process group: the test runner and the servers the tests started.
 # stdbuf keeps the output line-buffered through a pipe, so that a killed run still shows it.
@@ -16,8 +29,8 @@ timeout --kill-after=30 "$limit" stdbuf -oL -eL "${SWIFT:-swift}" test --skip-bu
 status=${PIPESTATUS[0]}
 [ "$status" -eq 0 ] && exit 0
 # The test runner has a process group of its own, and the services it started outlive it: stop
-# whatever still runs from this build.
-pkill -KILL -f "$PWD/.build/" 2>/dev/null
+# those, by id.
+stop_started
 
 echo
 [ "$status" -eq 124 ] || [ "$status" -eq 137 ] && echo "The tests did not finish within $limit s."

@@ -55,7 +55,9 @@ public final class ChildProcess: Sendable {
                     output: .fileDescriptor(output, closeAfterSpawningProcess: true),
                     error: .combinedWithOutput
                 ) { execution in
-                    state.pid.withLock { $0 = execution.processIdentifier.value }
+                    let pid = execution.processIdentifier.value
+                    state.pid.withLock { $0 = pid }
+                    StartedProcesses.record(pid)
                     launched.finish(nil)
                 }
                 let status: Int32
@@ -107,6 +109,38 @@ public final class ChildProcess: Sendable {
         self.signal(SIGKILL)
         _ = await self.wait(within: .seconds(10))
         return nil
+    }
+}
+
+/// The processes the tests started, for `scripts/test.sh` to stop after a run that did not end
+/// well, by id and never by name: each is appended to the file `SPARKOPS_TEST_PIDS` names, as its
+/// id and its start time (field 22 of `/proc/<pid>/stat`), so that an id the system has since
+/// given to another process is left alone.
+enum StartedProcesses {
+    static let path = ProcessInfo.processInfo.environment["SPARKOPS_TEST_PIDS"]
+    static let lock = Mutex<Void>(())
+
+    static func record(_ pid: pid_t) {
+        guard let path, !path.isEmpty, let start = self.startTime(pid) else { return }
+        self.lock.withLock { _ in
+            guard let handle = FileHandle(forWritingAtPath: path) ?? {
+                FileManager.default.createFile(atPath: path, contents: nil)
+                return FileHandle(forWritingAtPath: path)
+            }() else { return }
+            defer { try? handle.close() }
+            _ = try? handle.seekToEnd()
+            try? handle.write(contentsOf: Data("\(pid) \(start)\n".utf8))
+        }
+    }
+
+    /// Field 22 of `/proc/<pid>/stat`, after the command name in parentheses (which may hold blanks).
+    static func startTime(_ pid: pid_t) -> String? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // After the name come the state (field 3) … the start time (field 22): index 19 here.
+        return fields.count > 19 ? String(fields[19]) : nil
     }
 }
 

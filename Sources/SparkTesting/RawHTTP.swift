@@ -33,7 +33,11 @@ public enum RawHTTP {
 
         /// `error.message` / `error.field` of a SparkOps error body.
         public var errorMessage: String? { self.error?["message"] as? String }
-        public var errorField: String? { self.error?["field"] as? String }
+        /// The field an error names: in its details (HTTP answers), or in the object itself (a
+        /// WebSocket's error message).
+        public var errorField: String? {
+            (self.error?["details"] as? [[String: Any]])?.first?["field"] as? String ?? self.error?["field"] as? String
+        }
 
         private var error: [String: Any]? {
             let object = (try? JSONSerialization.jsonObject(with: Data(self.body.utf8))) as? [String: Any]
@@ -72,6 +76,37 @@ public enum RawHTTP {
         }
     }
 
+    /// Sends `bytes` exactly as given and reads the answer; nil when the server closed the
+    /// connection without one (as a server may for bytes that are not HTTP), or gave none within
+    /// `limit` (as it does while it waits for the rest of an incomplete request).
+    public static func exchange(port: Int, bytes: [UInt8], within limit: Duration) async throws -> Reply? {
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connectTimeout(.seconds(5))
+            .connect(host: "127.0.0.1", port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        let deadline = channel.channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(limit.components.seconds) * 1_000_000_000)) {
+            channel.channel.close(promise: nil)
+        }
+        defer { deadline.cancel() }
+        var received: [UInt8] = []
+        do {
+            try await channel.executeThenClose { inbound, outbound in
+                try await outbound.write(ByteBuffer(bytes: bytes))
+                for try await chunk in inbound {
+                    received += chunk.readableBytesView
+                    if Self.parse(received, untilClose: false) != nil { return }
+                }
+            }
+        } catch is ChannelError {
+            // Reset or closed under the reader: what arrived before is the answer, if anything.
+        } catch is IOError {
+        }
+        return Self.parse(received, untilClose: false)
+    }
+
     /// The answer in `bytes`, or nil while it is incomplete.
     static func parse(_ bytes: [UInt8], untilClose: Bool) -> Reply? {
         let separator: [UInt8] = Array("\r\n\r\n".utf8)
@@ -101,7 +136,7 @@ public enum RawHTTP {
     }
 
     /// One unmasked server frame at `offset`: opcode, payload and the next offset; nil while incomplete.
-    static func frame(_ bytes: [UInt8], at offset: Int) -> (UInt8, [UInt8], Int)? {
+    public static func frame(_ bytes: [UInt8], at offset: Int) -> (UInt8, [UInt8], Int)? {
         guard bytes.count >= offset + 2 else { return nil }
         let opcode = bytes[offset] & 0x0F
         var length = Int(bytes[offset + 1] & 0x7F)

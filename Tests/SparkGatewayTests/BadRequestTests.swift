@@ -23,6 +23,9 @@ struct BadRequestTests {
                 ("an empty name", #"{"name": ""}"#, 400, "name"),
                 ("a control character", #"{"name": "a\u0007b"}"#, 400, "name"),
                 ("a name too long", #"{"name": "\#(String(repeating: "n", count: 101))"}"#, 400, "name"),
+                ("a key written twice", #"{"name": "a", "name": "b"}"#, 400, "name"),
+                ("a key written twice, once escaped", #"{"name": "a", "n\u0061me": "b"}"#, 400, "name"),
+                ("a nested key written twice", #"{"name": "a", "extra": {"x": "1", "x": "2"}}"#, 400, "extra.x"),
             ]
             for (name, body, status, field) in cases {
                 let reply = try await cluster.http.send(.POST, "/api/v1/projects", token: admin, body: body)

@@ -39,6 +39,38 @@ struct HTTPHygieneTests {
         }
     }
 
+    @Test("a request with both Content-Length and chunked encoding gets 400 at once; a silent connection is closed")
+    func ambiguousFraming() async throws {
+        try await TestCluster.run(backend: .sqlite, overrides: ["gateway.idleTimeoutSeconds": "2"]) { cluster in
+            let token = try await cluster.adminToken()
+            let body = #"{"name":"x"}"#
+            let started = ContinuousClock.now
+            let reply = try await RawHTTP.exchange(
+                port: cluster.gatewayPort,
+                bytes: Array(([
+                    "POST /api/v1/projects HTTP/1.1", "Host: x", "Authorization: Bearer \(token)", "Content-Type: application/json",
+                    "Content-Length: \(body.utf8.count)", "Transfer-Encoding: chunked", "", "\(String(body.utf8.count, radix: 16))", body, "0", "", "",
+                ].joined(separator: "\r\n")).utf8),
+                within: .seconds(10)
+            )
+            #expect(reply?.status == 400, "\(String(describing: reply))")
+            #expect(ContinuousClock.now - started < .seconds(5))
+            // Nothing created by it.
+            let projects = try await cluster.http.send(.GET, "/api/v1/projects", token: token)
+            #expect((projects.json["projects"] as? [[String: Any]] ?? []).isEmpty, "\(projects.text)")
+
+            // A connection that sends nothing, or half a request head, is closed after the idle
+            // timeout (2 s here), not kept for ever.
+            for bytes in [[UInt8](), Array("GET /api/v1/projects HTTP/1.1\r\nHost: x\r\n".utf8)] {
+                let opened = ContinuousClock.now
+                let answer = try await RawHTTP.exchange(port: cluster.gatewayPort, bytes: bytes, within: .seconds(20))
+                #expect(answer == nil)
+                let lived = ContinuousClock.now - opened
+                #expect(lived >= .seconds(1) && lived < .seconds(15), "the connection lived \(lived)")
+            }
+        }
+    }
+
     @Test("a known path with another method is 405 with Allow; HEAD answers on GET routes")
     func methods() async throws {
         try await TestCluster.run(backend: .sqlite) { cluster in

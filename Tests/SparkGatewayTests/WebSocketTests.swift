@@ -71,6 +71,19 @@ struct WebSocketTests {
             #expect(anonymous.errorCode == "UNAUTHENTICATED")
             let forged = try await cluster.http.send(.POST, "/api/v1/ws/tickets", token: "not-a-token")
             #expect(forged.status == 401)
+            // The route takes no fields: `{}` or no body, nothing else.
+            let admin = try await cluster.adminToken()
+            #expect(try await cluster.http.send(.POST, "/api/v1/ws/tickets", token: admin, json: [:]).status == 201)
+            let unknown = try await cluster.http.send(.POST, "/api/v1/ws/tickets", token: admin, json: ["ttl": 3600])
+            #expect(unknown.status == 400)
+            #expect(unknown.errorField == "ttl")
+            let notObject = try await RawHTTP.exchange(
+                port: cluster.gatewayPort,
+                head: ["POST /api/v1/ws/tickets HTTP/1.1", "Host: x", "Authorization: Bearer \(admin)", "Content-Type: application/json"],
+                body: "[1]"
+            )
+            #expect(notObject.status == 400)
+            #expect(notObject.errorField == "body")
         }
     }
 

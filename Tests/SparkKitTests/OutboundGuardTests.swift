@@ -80,6 +80,20 @@ struct OutboundGuardTests {
         #expect(target.addresses.map { $0.ipAddress } == ["8.8.8.8"])
     }
 
+    @Test("a host entry with a port allows that port of the host only, whatever the host resolves to")
+    func hostWithPort() async throws {
+        let guarded = try OutboundGuard(allowlist: ["localhost:38201", "[::1]:38202"])
+        #expect(try await !guarded.check(url: "http://localhost:38201/x").addresses.isEmpty)
+        #expect(try await !guarded.check(url: "http://LocalHost:38201/x").addresses.isEmpty)
+        #expect(try await !guarded.check(url: "http://[::1]:38202/").addresses.isEmpty)
+        for url in ["http://localhost:38202/", "http://localhost/", "https://localhost/", "http://localhost:8000/metrics", "http://127.0.0.1:38201/", "http://[::1]:38201/"] {
+            await #expect(throws: OutboundRefusal.self, "\(url)") { _ = try await guarded.check(url: url) }
+        }
+        // The same rule where the browser's proxy and the HTTP client resolve a host and port.
+        await #expect(throws: OutboundRefusal.self) { _ = try await guarded.resolve(host: "localhost", port: 9000) }
+        #expect(try await !guarded.resolve(host: "localhost", port: 38201).isEmpty)
+    }
+
     @Test("the allowlist lets named ranges, ports and hosts through, and nothing else")
     func allowlist() async throws {
         let guarded = try OutboundGuard(allowlist: ["127.0.0.1:18080", "10.1.0.0/16", "[::1]", "localhost"])
@@ -90,7 +104,7 @@ struct OutboundGuardTests {
         for url in ["http://127.0.0.1:18081/", "http://10.2.0.1/", "http://169.254.169.254/"] {
             await #expect(throws: OutboundRefusal.self, "\(url)") { _ = try await guarded.check(url: url) }
         }
-        for entry in ["10.0.0.0/33", "1.2.3.4:99999", "[::1]:0", "a/b"] {
+        for entry in ["10.0.0.0/33", "1.2.3.4:99999", "[::1]:0", "a/b", "localhost:0", "localhost:x"] {
             #expect(throws: OutboundRefusal.self, "\(entry)") { _ = try OutboundGuard(allowlist: [entry]) }
         }
     }

@@ -340,6 +340,12 @@ struct DistributedTests {
         #expect(await dev.stop() == 0)
     }
 
+    /// `gateway.adminPort` for `SPARKOPS_GATEWAY_ADMIN_PORT`.
+    static func settingKey(environment name: String) -> String {
+        let parts = name.dropFirst("SPARKOPS_".count).lowercased().split(separator: "_")
+        return "\(parts[0])." + (parts.count == 3 ? "adminPort" : "port")
+    }
+
     /// Each port setting alone, then all of them together, as environment variables.
     static let portSettings: [[String: Int]] = [
         ["SPARKOPS_GATEWAY_PORT": 0],
@@ -351,10 +357,14 @@ struct DistributedTests {
 
     @Test("sparkops dev announces a ready API whichever ports are set", arguments: portSettings)
     func devOnOtherPorts(ports: [String: Int]) async throws {
-        let home = FileManager.default.temporaryDirectory.appending(path: "sparkops-ports-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+        // Every other port is one the system gave (a `make run` beside the tests holds the
+        // defaults); the ports of the case, and the admin ports they move along, come from the
+        // environment.
+        let deployment = try await Deployment.make(databaseURL: nil, redisURL: nil)
+        let home = deployment.home
         defer { try? FileManager.default.removeItem(atPath: home) }
         var environment: [String: String] = [:]
+        var fromEnvironment: Set<String> = []
         for name in ports.keys {
             // A port set alone moves its admin port along (the project's by 2000, the gateway's by
             // 1000): keep that one free too.
@@ -364,9 +374,14 @@ struct DistributedTests {
             default: []
             }
             environment[name] = "\(try await FreePort.allocate(alongside: derived))"
+            let key = Self.settingKey(environment: name)
+            fromEnvironment.insert(key)
+            if !derived.isEmpty { fromEnvironment.insert(key.replacingOccurrences(of: ".port", with: ".adminPort")) }
         }
-        let apiPort = environment["SPARKOPS_GATEWAY_PORT"] ?? "8000"
-        let settings = ["home=\(home)", "project.bcryptCost=4", "admin.email=\(TestCluster.adminEmail)", "admin.password=\(TestCluster.adminPassword)"]
+        let apiPort = environment["SPARKOPS_GATEWAY_PORT"] ?? "\(deployment.gatewayPort)"
+        let settings = deployment.settings.filter { setting in
+            !fromEnvironment.contains(String(setting.prefix { $0 != "=" }))
+        }
         let dev = try await ServiceProcess("sparkops", ["dev"] + settings.flatMap { ["--set", $0] }, logDirectory: home, environment: environment)
         let announcement = "API on http://localhost:\(apiPort)"
         let deadline = ContinuousClock.now + .seconds(90)

@@ -138,6 +138,48 @@ extension DistributedTests {
     }
 
     @Test(
+        "a non_idempotent step whose timeout is shorter than its tool's, with its tool service killed mid-call, waits for a human, with and without retry",
+        .enabled(if: TestBackend.all.count > 1, "needs SPARKOPS_TEST_DATABASE_URL"),
+        arguments: [false, true]
+    )
+    func killedToolServiceShortTimeout(retry: Bool) async throws {
+        let server = try await HTTPEchoServer.start()
+        defer { Task { try? await server.stop() } }
+        // The step gives up after 3 s, long before the restarted tool service would count the
+        // first call as lost (the tool's 30 s timeout plus 3 s): the key stays busy until then.
+        try await Self.withRunDeployment(settings: ["tool.outboundAllow=127.0.0.1:\(server.port)", "tool.abandonGraceSeconds=3"]) { deployment, processes in
+            let http = deployment.gateway
+            var chargeStep = "    timeout: 3s"
+            if retry { chargeStep += "\n    retry: { max_attempts: 3, initial: 100ms }" }
+            let project = try await Self.chargeProject(deployment, server: server, chargeStep: chargeStep)
+            let created = try await http.send(.POST, "\(project.base)/runs", token: project.token, json: ["workflow": "checkout", "inputs": ["order": "o-2"]])
+            let id = try #require((created.json["run"] as? [String: Any])?["id"] as? String, "\(created.text)")
+            let charging = try await Self.eventually(within: .seconds(60)) { server.requests >= 1 }
+            try #require(charging, "the charge never started:\n\(processes[7].output.suffix(3000))")
+            await processes[3].kill()
+            try await Task.sleep(for: .seconds(2))
+            processes[3] = try await deployment.start("sparkops-tool")
+
+            func step(_ name: String) async throws -> [String: Any] {
+                let detail = try await http.send(.GET, "\(project.base)/runs/\(id)", token: project.token).json
+                return (detail["steps"] as? [[String: Any]])?.first { $0["id"] as? String == name } ?? [:]
+            }
+            let attention = try await Self.eventually(within: .seconds(120)) {
+                let status = try await step("charge")["status"] as? String
+                return status == "needs_attention" || status == "failed" || status == "succeeded"
+            }
+            let charge = try await step("charge")
+            try #require(attention, "the charge never settled: \(charge)\n\(processes[7].output.suffix(3000))")
+            #expect(charge["status"] as? String == "needs_attention", "\(charge)")
+            // Give a wrongly scheduled retry the time to happen before counting.
+            try await Task.sleep(for: .seconds(2))
+            #expect(server.requestsByURI["/slow?ms=1000&order=o-2"] == 1, "the charge was sent \(server.requestsByURI)")
+            let attempts = try await step("charge")["attempts"] as? [[String: Any]] ?? []
+            #expect(attempts.map { $0["status"] as? String ?? "" } == ["lost"], "\(attempts)")
+        }
+    }
+
+    @Test(
         "Redis stops: runs go on, and events still reach a watcher on another replica, from the store",
         .enabled(if: TestBackend.all.count > 1 && LocalRedis.isInstalled, "needs SPARKOPS_TEST_DATABASE_URL and redis-server")
     )

@@ -11,7 +11,8 @@ import Glibc
 extension DistributedTests {
     /// A project with an echo tool (no side effects), a non_idempotent http tool that takes a
     /// while at a loopback server, and a workflow of the three: echo → charge → echo.
-    static func chargeProject(_ deployment: Deployment, server: HTTPEchoServer) async throws -> (base: String, token: String) {
+    /// `chargeStep`: more lines of the charge step (a timeout, a retry), indented as its others.
+    static func chargeProject(_ deployment: Deployment, server: HTTPEchoServer, chargeStep: String = "") async throws -> (base: String, token: String) {
         let project = try await Self.signIn(deployment, project: "charges")
         let tools = [
             "tool: echo\nkind: echo\nside_effects: none\n",
@@ -38,6 +39,7 @@ extension DistributedTests {
                 tool: charge
                 needs: [reserve]
                 with: { order: "${{ inputs.order }}" }
+            \(chargeStep)
               - id: confirm
                 tool: echo
                 needs: [charge]

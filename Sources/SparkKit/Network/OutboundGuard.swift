@@ -28,12 +28,14 @@ public struct OutboundGuard: Sendable {
     public enum Allowed: Sendable, Hashable {
         /// An address range, and optionally one port.
         case range(IPRange, port: Int?)
-        /// A host name as written in URLs (any port): its addresses are not checked.
-        case host(String)
+        /// A host name as written in URLs, and optionally one port (`name:port` allows that port
+        /// only; `name` every port): its addresses are not checked.
+        case host(String, port: Int?)
     }
 
     /// Parses allowlist entries: `127.0.0.1`, `10.0.0.0/8`, `[::1]:8080`, `127.0.0.1:9000`,
-    /// `fd00::/8`, `search.internal`.
+    /// `fd00::/8`, `search.internal`, `localhost:38201`. An entry allows exactly what it names: with
+    /// a port, that port only.
     public init(allowlist entries: [String] = []) throws {
         var allowed: [Allowed] = []
         for entry in entries.map({ $0.trimmingCharacters(in: .whitespaces) }) where !entry.isEmpty {
@@ -58,7 +60,7 @@ public struct OutboundGuard: Sendable {
             if let range = IPRange(text) {
                 allowed.append(.range(range, port: port))
             } else if !text.contains("/"), !text.contains(":"), !text.isEmpty {
-                allowed.append(.host(text.lowercased()))
+                allowed.append(.host(text.lowercased(), port: port))
             } else {
                 throw OutboundRefusal(.invalidAllowlist, "allowlist entry \(entry.debugDescription) is neither an address range nor a host name")
             }
@@ -107,11 +109,19 @@ public struct OutboundGuard: Sendable {
             throw OutboundRefusal(.unresolvable, "\(host) does not resolve")
         }
         guard !addresses.isEmpty else { throw OutboundRefusal(.unresolvable, "\(host) has no addresses") }
-        if self.allowlist.contains(.host(name)) { return addresses }
+        if self.allows(host: name, port: port) { return addresses }
         for address in addresses {
             try self.check(address: address, port: port, host: host)
         }
         return addresses
+    }
+
+    /// Whether an allowlist entry names `host` (lowercased) with `port`, or with every port.
+    func allows(host: String, port: Int) -> Bool {
+        self.allowlist.contains { entry in
+            if case .host(let name, let allowedPort) = entry { return name == host && (allowedPort == nil || allowedPort == port) }
+            return false
+        }
     }
 
     /// Refuses `address` unless it is public or allowed.

@@ -149,13 +149,18 @@ package final class StreamChannel: Sendable {
         if flush { self.outbox.enqueue(self) }
     }
 
+    /// Metadata of the error a message over the peer's limit fails with: the limit in bytes.
+    package static let tooLargeKey = "sparkops-message-too-large"
+
     /// Queues one message, waiting for send credit and for the socket to drain if need be.
     package func writeMessage(_ message: ByteBuffer) async throws {
         let limit = self.outbox.maxMessageSize
         guard message.readableBytes <= limit else {
+            // Marked, so that an edge can tell "too large" (413) from "too many" (429).
             throw RPCError(
                 code: .resourceExhausted,
-                message: "message of \(message.readableBytes) bytes exceeds the peer's limit of \(limit) bytes"
+                message: "message of \(message.readableBytes) bytes exceeds the peer's limit of \(limit) bytes",
+                metadata: [Self.tooLargeKey: "\(limit)"]
             )
         }
         if !self.outbox.isWritable {

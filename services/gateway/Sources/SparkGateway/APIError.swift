@@ -4,6 +4,7 @@ public import HTTPTypes
 public import Hummingbird
 import NIOCore
 import SparkKit
+import SparkWire
 
 /// An error answered over HTTP with the SparkOps error body:
 /// `{"error":{"code":"NOT_FOUND","message":"…","details":[…]}}`, the status following the gRPC code.
@@ -31,6 +32,10 @@ public struct APIError: Error, HTTPResponseError, Sendable {
         switch error.code {
         case .internalError, .unknown, .dataLoss:
             self.init(error.code, "internal error (request id \(requestID))")
+        case .resourceExhausted where error.metadata[stringValues: StreamChannel.tooLargeKey].first(where: { _ in true }) != nil:
+            // The request, once encoded, is over what the service takes: nothing a retry changes.
+            let limit = error.metadata[stringValues: StreamChannel.tooLargeKey].first(where: { _ in true }) ?? "?"
+            self.init(.invalidArgument, "the request is larger than the service takes (at most \(limit) bytes encoded)", field: "body", status: .contentTooLarge)
         default:
             var message = error.message
             let field = error.metadata[stringValues: SparkError.fieldKey].first(where: { _ in true }).map { protoName -> String in

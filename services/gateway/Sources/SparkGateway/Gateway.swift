@@ -3,6 +3,7 @@ import Foundation
 public import GRPCCore
 import HTTPTypes
 public import Hummingbird
+import HummingbirdCore
 import HummingbirdWebSocket
 public import Logging
 import NIOCore
@@ -41,7 +42,11 @@ public enum Gateway {
         let clients = Dictionary(uniqueKeysWithValues: peers.channels.map { ($0.key.rawValue, $0.value) })
         let auditor = GatewayAuditor(client: clients["project"]!, interval: gatewayConfig.denialAuditInterval, logger: logger)
         services.append(auditor)
-        services.append(Self.application(clients: clients, limiter: limiter, tickets: tickets, auditor: auditor, config: gatewayConfig, logger: logger))
+        let sockets = OpenWebSockets()
+        services.append(Self.application(clients: clients, limiter: limiter, tickets: tickets, auditor: auditor, sockets: sockets, config: gatewayConfig, logger: logger))
+        // After the server, so that it stops first: open WebSockets are closed before the server
+        // waits for its connections.
+        services.append(WebSocketDrain(sockets: sockets, drain: gatewayConfig.drain))
         services.append(AdminServer.application(service: .gateway, host: gatewayConfig.host, port: gatewayConfig.adminPort, ready: { peers.allReady }, logger: logger))
         return services
     }
@@ -57,7 +62,7 @@ public enum Gateway {
         let limiter: any RateLimiter = redis.map { RedisRateLimiter(redis: $0) } ?? InMemoryRateLimiter()
         let tickets: any TicketStore = redis.map { RedisTicketStore(redis: $0, prefix: "sparkops") } ?? InMemoryTicketStore()
         let auditor = GatewayAuditor(client: clients["project"]!, interval: config.denialAuditInterval, logger: logger)
-        return Self.application(clients: clients, limiter: limiter, tickets: tickets, auditor: auditor, config: config, logger: logger, onServerRunning: onServerRunning)
+        return Self.application(clients: clients, limiter: limiter, tickets: tickets, auditor: auditor, sockets: OpenWebSockets(), config: config, logger: logger, onServerRunning: onServerRunning)
     }
 
     static func application(
@@ -65,13 +70,14 @@ public enum Gateway {
         limiter: any RateLimiter,
         tickets: any TicketStore,
         auditor: GatewayAuditor,
+        sockets: OpenWebSockets,
         config: GatewayConfig,
         logger: Logger,
         onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
         GatewayRequestContext.maxBodyBytes = config.maxBodyBytes
         let authenticator = Authenticator(client: clients["project"]!, callTimeout: config.callTimeout, logger: logger)
-        let webSockets = WebSocketGateway(authenticator: authenticator, tickets: tickets, runs: clients["run"], config: config, logger: logger)
+        let webSockets = WebSocketGateway(authenticator: authenticator, tickets: tickets, runs: clients["run"], sockets: sockets, config: config, logger: logger)
         let routes = SparkHTTPRoute.all.filter { clients[$0.service] != nil }
         let methods = RouteMethods(
             routes.map { ($0.path, $0.verb.rawValue, true) }
@@ -105,9 +111,27 @@ public enum Gateway {
             try await webSockets.run(inbound: inbound, outbound: outbound, request: context.request)
         }
 
+        // Hummingbird's idle timeout between requests, ours before the first (ConnectionGuard), and
+        // WebSocket pings often enough that an idle socket whose client answers them stays open.
+        let idle = TimeAmount.seconds(config.idleTimeout.components.seconds)
+        let webSocketResponder = webSocketRouter.buildResponder()
+        let webSocketConfiguration = WebSocketServerConfiguration(
+            autoPing: .enabled(timePeriod: min(.seconds(30), config.idleTimeout / 2)),
+            closeTimeout: .seconds(5)
+        )
+        let server = HTTPServerBuilder { responder in
+            GuardedHTTPChannel(
+                inner: HTTP1WebSocketUpgradeChannel(
+                    responder: responder,
+                    webSocketResponder: webSocketResponder,
+                    configuration: .init(http1: .init(idleTimeout: idle), ws: webSocketConfiguration)
+                ),
+                firstRequestTimeout: config.idleTimeout
+            )
+        }
         return Application(
             router: router,
-            server: .http1WebSocketUpgrade(webSocketRouter: webSocketRouter),
+            server: server,
             configuration: .init(address: .hostname(config.host, port: config.port), serverName: "sparkops-gateway"),
             onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? 0) },
             logger: logger

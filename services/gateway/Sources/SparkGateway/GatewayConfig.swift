@@ -19,6 +19,11 @@ import SparkKit
 /// - `gateway.callTimeoutSeconds` (int, default 30): deadline of each call to a service.
 /// - `gateway.webSocketAuthTimeoutSeconds` (int, default 10): a WebSocket that has not
 ///   authenticated (ticket or first message) within this time is closed.
+/// - `gateway.drainSeconds` (int, default 10): on SIGTERM or SIGINT, each open WebSocket is sent a
+///   going-away close (1001) and may take this long to answer it before it is cut; requests in
+///   flight finish.
+/// - `gateway.idleTimeoutSeconds` (int, default 60): a connection that sends nothing for this long
+///   (before its first request, between requests, or in the middle of one) is closed.
 /// - `gateway.hstsMaxAgeSeconds` (int, default 0: off): set when the gateway is reached over HTTPS
 ///   (a TLS-terminating proxy in front of it); every response then carries
 ///   `Strict-Transport-Security: max-age=…; includeSubDomains`.
@@ -47,6 +52,8 @@ public struct GatewayConfig: Sendable {
     public var trustedProxies: Set<String>
     public var callTimeout: Duration
     public var webSocketAuthTimeout: Duration
+    public var drain: Duration
+    public var idleTimeout: Duration
     public var hstsMaxAge: Int
     public var denialAuditInterval: Int
 
@@ -62,6 +69,8 @@ public struct GatewayConfig: Sendable {
         trustedProxies: Set<String> = [],
         callTimeout: Duration = .seconds(30),
         webSocketAuthTimeout: Duration = .seconds(10),
+        drain: Duration = .seconds(10),
+        idleTimeout: Duration = .seconds(60),
         hstsMaxAge: Int = 0,
         denialAuditInterval: Int = 60
     ) {
@@ -76,6 +85,8 @@ public struct GatewayConfig: Sendable {
         self.trustedProxies = trustedProxies
         self.callTimeout = callTimeout
         self.webSocketAuthTimeout = webSocketAuthTimeout
+        self.drain = drain
+        self.idleTimeout = idleTimeout
         self.hstsMaxAge = hstsMaxAge
         self.denialAuditInterval = denialAuditInterval
     }
@@ -110,6 +121,8 @@ public struct GatewayConfig: Sendable {
             trustedProxies: Set(config.stringArray(forKey: "gateway.trustedProxies", default: [])),
             callTimeout: .seconds(try config.integer(forKey: "gateway.callTimeoutSeconds", default: 30, in: 1...Int(Int32.max))),
             webSocketAuthTimeout: .seconds(try config.integer(forKey: "gateway.webSocketAuthTimeoutSeconds", default: 10, in: 1...Int(Int32.max))),
+            drain: .seconds(try config.integer(forKey: "gateway.drainSeconds", default: 10, in: 0...3600)),
+            idleTimeout: .seconds(try config.integer(forKey: "gateway.idleTimeoutSeconds", default: 60, in: 1...86_400)),
             hstsMaxAge: try config.integer(forKey: "gateway.hstsMaxAgeSeconds", default: 0, in: 0...Int(Int32.max)),
             denialAuditInterval: try config.integer(forKey: "gateway.denialAuditSeconds", default: 60, in: 1...3600)
         )

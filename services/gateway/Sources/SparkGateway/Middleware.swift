@@ -3,6 +3,7 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
+import NIOHTTP1
 import SparkKit
 
 /// Assigns the request id (kept from `X-Request-Id` if the client sent a sane one), works out the
@@ -62,6 +63,11 @@ struct RequestMiddleware: RouterMiddleware {
             let code: GRPCCodeFromHTTP = .init(error.status)
             response = try APIError(code.code, error.body ?? error.status.reasonPhrase).response(from: request, context: context)
             response.status = error.status
+        } catch let error as HTTPParserError {
+            // The body's framing broke while it was read (a bad chunk, a Transfer-Encoding that is
+            // not chunked): the client's error. The connection is closed after the answer.
+            response = try APIError(.invalidArgument, "the request is not valid HTTP/1.1: \(error)", field: "body").response(from: request, context: context)
+            response.headers[.connection] = "close"
         } catch {
             self.logger.error("request failed", metadata: ["request_id": "\(context.requestID)", "error": "\(error)"])
             response = try APIError(.internalError, "internal error (request id \(context.requestID))").response(from: request, context: context)

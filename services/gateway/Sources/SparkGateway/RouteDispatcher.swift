@@ -212,6 +212,10 @@ struct RouteDispatcher: Sendable {
             guard let dictionary = parsed as? [String: Any] else {
                 throw APIError(.invalidArgument, "the body must be a JSON object", field: "body")
             }
+            // A key written twice means one thing to one parser and another to the next.
+            if let duplicate = JSONDuplicateKeys.first(in: Array(body.readableBytesView)) {
+                throw APIError(.invalidArgument, "\(duplicate): is written twice in the body", field: duplicate)
+            }
             object = dictionary
             if self.route.verb == .patch {
                 Self.fillUpdateMask(&object, pathFields: self.route.pathFields)
@@ -251,7 +255,9 @@ struct RouteDispatcher: Sendable {
     /// `application/json`, with or without parameters such as `charset=utf-8`.
     static func isJSON(_ contentType: String?) -> Bool {
         guard let contentType else { return false }
-        let media = contentType.split(separator: ";", maxSplits: 1)[0].trimmingCharacters(in: .whitespaces).lowercased()
+        // The media type is what comes before the first `;`; an empty value, a lone `;` or blanks
+        // name none (`split` would give no part at all for them).
+        let media = contentType.prefix { $0 != ";" }.trimmingCharacters(in: .whitespaces).lowercased()
         return media == "application/json"
     }
 

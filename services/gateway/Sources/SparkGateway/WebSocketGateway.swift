@@ -32,14 +32,16 @@ final class WebSocketGateway: Sendable {
     static let ticketLifetime: Duration = .seconds(30)
 
     private let tickets: any TicketStore
+    private let sockets: OpenWebSockets
     let authenticator: Authenticator
     let runs: Sparkops_Run_V1_RunService.SparkWireClient?
     let config: GatewayConfig
     let logger: Logger
 
-    init(authenticator: Authenticator, tickets: any TicketStore, runs: SparkWireChannel?, config: GatewayConfig, logger: Logger) {
+    init(authenticator: Authenticator, tickets: any TicketStore, runs: SparkWireChannel?, sockets: OpenWebSockets, config: GatewayConfig, logger: Logger) {
         self.authenticator = authenticator
         self.tickets = tickets
+        self.sockets = sockets
         self.runs = runs.map { .init(wrapping: $0) }
         self.config = config
         self.logger = logger
@@ -53,6 +55,7 @@ final class WebSocketGateway: Sendable {
             throw APIError(.unauthenticated, "this route needs Authorization: Bearer <access token or API key>", headers: [.wwwAuthenticate: "Bearer"])
         }
         let principal = try await self.authenticator.authenticate(bearer: bearer, requestMetadata: [:])
+        try await Self.checkEmptyBody(request)
         let ticket = SparkSecrets.token(prefix: "wst_")
         let expires = Date().addingTimeInterval(Double(Self.ticketLifetime.components.seconds))
         do {
@@ -65,6 +68,24 @@ final class WebSocketGateway: Sendable {
         return Response(status: .created, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))
     }
 
+
+    /// The ticket route takes no fields: a body, when there is one, is `{}`; anything else is
+    /// refused like an unknown field on any other route.
+    static func checkEmptyBody(_ request: Request) async throws {
+        let body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: 4096)
+        } catch {
+            throw APIError.bodyTooLarge(limit: 4096)
+        }
+        guard body.readableBytes > 0 else { return }
+        guard let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
+            throw APIError(.invalidArgument, "the body must be a JSON object (this route takes no fields)", field: "body")
+        }
+        if let name = object.keys.sorted().first {
+            throw APIError(.invalidArgument, "unknown field \(name.debugDescription)", field: name)
+        }
+    }
 
     /// Why a handshake may not open a socket, if it may not. A refused socket is upgraded only to
     /// carry the error (code, `field`, message) and is closed with 1008 before reading anything:
@@ -118,6 +139,12 @@ final class WebSocketGateway: Sendable {
             try await outbound.close(.policyViolation, reason: "handshake refused")
             return
         }
+        guard let (socketID, closing) = self.sockets.open() else {
+            try await self.send(outbound, ["type": "error", "code": "UNAVAILABLE", "message": "the server is shutting down; connect again"])
+            try await outbound.close(.goingAway, reason: "server shutting down")
+            return
+        }
+        defer { self.sockets.remove(socketID) }
         let state = AuthenticationState()
         var principal: Sparkops_Common_V1_Principal?
         if let ticket = request.uri.queryParameters["ticket"] {
@@ -139,19 +166,43 @@ final class WebSocketGateway: Sendable {
             _ = state.markAuthenticated()
             try await self.send(outbound, ["type": "ready"])
         }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            if principal == nil {
+        let authenticated = principal
+        let drain = self.config.drain
+        try await withThrowingTaskGroup(of: SocketPart.self) { group in
+            if authenticated == nil {
                 let timeout = self.config.webSocketAuthTimeout
                 group.addTask {
                     try await Task.sleep(for: timeout)
-                    guard state.markTimedOut() else { return }
+                    guard state.markTimedOut() else { return .watchdog }
                     try? await self.send(outbound, ["type": "error", "code": "UNAUTHENTICATED", "message": "no authentication within \(timeout)"])
                     try? await outbound.close(.policyViolation, reason: "authentication timeout")
+                    return .watchdog
                 }
             }
+            group.addTask {
+                try await self.serve(inbound: inbound, outbound: outbound, principal: authenticated, state: state)
+                return .conversation
+            }
+            // At a shutdown: a going-away close, then the client has the drain time to answer it
+            // (its close ends the conversation); past that the conversation is cut.
+            group.addTask {
+                for await _ in closing { break }
+                guard !Task.isCancelled else { return .shutdown }
+                try? await outbound.close(.goingAway, reason: "server shutting down")
+                try? await Task.sleep(for: drain)
+                return .shutdown
+            }
             defer { group.cancelAll() }
-            try await self.serve(inbound: inbound, outbound: outbound, principal: principal, state: state)
+            while let part = try await group.next() {
+                if part != .watchdog { return }
+            }
         }
+    }
+
+    /// The concurrent parts of one socket; the socket ends when the conversation or the shutdown
+    /// part ends (the authentication watchdog ends on its own).
+    private enum SocketPart: Sendable {
+        case conversation, watchdog, shutdown
     }
 
     /// The message loop: first-message authentication when needed, then subscriptions.

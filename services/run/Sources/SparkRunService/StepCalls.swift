@@ -93,8 +93,20 @@ struct StepCalls: Sendable {
                     $0.workflow = run.workflowName
                     $0.approved = task.approved
                 }
-                return try await Self.resending(until: ContinuousClock.now + timeout) {
-                    Self.outcome(try await self.tools.invokeTool(request, metadata: principal.metadata, options: options))
+                do {
+                    return try await Self.resending(until: ContinuousClock.now + timeout) {
+                        Self.outcome(try await self.tools.invokeTool(request, metadata: principal.metadata, options: options))
+                    }
+                } catch let error as RPCError where Self.mayHaveRun(error) {
+                    // No answer says what became of the call, and the step's time is up: the
+                    // first send may still run (or have run) at the tool. A timeout must not turn
+                    // "may have started" into "did not happen" for a tool that must not run twice.
+                    guard await self.mayRepeat(step, projectID: run.projectID, principal: principal) else {
+                        return Outcome(result: .lost(
+                            "no answer within the step's timeout (\(error.code): \(error.message)); the call may have run and the tool is non_idempotent, so it is not sent again: check its effect, then resolve the step"
+                        ))
+                    }
+                    throw error
                 }
             case .agent(let name):
                 guard case .map(let fields) = arguments, case .string(let prompt)? = fields["prompt"], !prompt.isEmpty else {
@@ -219,6 +231,14 @@ struct StepCalls: Sendable {
                 delay = min(delay * 2, .seconds(4))
             }
         }
+    }
+
+    /// Errors after which a sent call may have run, or may still be running: no answer came
+    /// (the connection broke, the deadline passed, the service failed inside) or the service said
+    /// the key is busy with a send still running. A cancellation is the run's or the worker's own
+    /// (handled where it is made); a refusal is an answer.
+    static func mayHaveRun(_ error: RPCError) -> Bool {
+        [.unavailable, .deadlineExceeded, .unknown, .internalError, .aborted].contains(error.code)
     }
 
     /// A call that did not answer: unavailable services and deadlines may pass; a refusal does not.
