@@ -16,6 +16,7 @@ extension RunMachine {
             if let at = state.retryAt { fields["retryAt"] = .int(at) }
             if let at = state.deadline { fields["deadline"] = .int(at) }
             if let at = state.approvalExpiresAt { fields["approvalExpiresAt"] = .int(at) }
+            if state.timedOut { fields["timedOut"] = .bool(true) }
             steps.append(.map(fields))
         }
         var fields: [String: ExprValue] = [
@@ -52,6 +53,7 @@ extension RunMachine {
             if case .int(let at)? = step["deadline"] { state.deadline = at }
             if case .int(let at)? = step["approvalExpiresAt"] { state.approvalExpiresAt = at }
             if case .bool(let approved)? = step["approved"] { state.approved = approved }
+            if case .bool(let timedOut)? = step["timedOut"] { state.timedOut = timedOut }
             steps.append(state)
         }
         guard steps.map(\.id) == definition.steps.map(\.id) else {

@@ -62,6 +62,9 @@ public struct StepState: Sendable, Hashable {
     public var approvalExpiresAt: Int64?
     /// A policy's hold on this attempt was approved: the attempt goes ahead with that grant.
     public var approved = false
+    /// A tool step's attempt ran past its timeout and was told to stop: its worker's report
+    /// (or the loss of its worker) says whether the call may have run, and so what comes next.
+    public var timedOut = false
 
     public init(id: String) {
         self.id = id
@@ -235,17 +238,20 @@ public struct RunMachine: Sendable, Hashable {
             let index = try self.current(id, attempt, in: [.ready])
             let step = self.definition.steps[index]
             self.steps[index].deadline = step.timeout.map { now + $0.milliseconds }
+            self.steps[index].timedOut = false
             self.setStep(index, .running, &effects)
         case .stepSucceeded(let id, let attempt, let output):
             let index = try self.current(id, attempt, in: [.running])
             self.steps[index].output = output
             self.steps[index].error = nil
             self.steps[index].deadline = nil
+            self.steps[index].timedOut = false
             self.setStep(index, .succeeded, &effects)
             self.advance(now: now, &effects)
         case .stepFailed(let id, let attempt, let failure, let retryable):
             let index = try self.current(id, attempt, in: [.running, .ready])
-            self.fail(index, failure, retryable: retryable, now: now, &effects)
+            // A call stopped at its timeout fails as a timeout, whatever its stop looked like.
+            self.fail(index, self.steps[index].timedOut ? self.timeoutFailure(index) : failure, retryable: retryable, now: now, &effects)
         case .stepHeld(let id, let attempt, let message, let approvers):
             let index = try self.current(id, attempt, in: [.running])
             self.steps[index].deadline = nil
@@ -272,7 +278,12 @@ public struct RunMachine: Sendable, Hashable {
         case .attemptLost(let id, let attempt, let mayRepeat):
             let index = try self.current(id, attempt, in: [.ready, .running])
             self.steps[index].deadline = nil
-            if self.steps[index].status == .ready || mayRepeat {
+            let timedOut = self.steps[index].timedOut
+            self.steps[index].timedOut = false
+            if timedOut && mayRepeat {
+                // Past its timeout, and safe to repeat: a timeout like any other.
+                self.fail(index, self.timeoutFailure(index), retryable: true, now: now, &effects)
+            } else if self.steps[index].status == .ready || mayRepeat {
                 // Nothing started, or repeating is harmless: the same attempt again, with the same
                 // idempotency key, so that a call that did finish is replayed rather than redone.
                 self.setStep(index, .ready, message: "its worker stopped; the attempt is sent again", &effects)
@@ -326,8 +337,15 @@ public struct RunMachine: Sendable, Hashable {
                 self.dispatch(index, now: now, &effects)
             } else if state.status == .running, let deadline = state.deadline, now >= deadline {
                 effects.append(.cancelAttempt(step: state.id, attempt: state.attempt))
-                let timeout = self.definition.steps[index].timeout.map(\.description) ?? ""
-                self.fail(index, RunFailure(reason: "timeout", message: "attempt \(state.attempt) ran past its timeout of \(timeout)"), retryable: true, now: now, &effects)
+                if case .tool = self.definition.steps[index].kind {
+                    // The call may have reached the tool: not retried here under a new key while
+                    // it may still run. Its worker reports what became of it (a failure, or a
+                    // loss that sends a non_idempotent step to a human).
+                    self.steps[index].deadline = nil
+                    self.steps[index].timedOut = true
+                } else {
+                    self.fail(index, self.timeoutFailure(index), retryable: true, now: now, &effects)
+                }
             } else if state.status == .awaitingApproval, let expires = state.approvalExpiresAt, now >= expires {
                 self.steps[index].approvalExpiresAt = nil
                 self.fail(index, RunFailure(reason: "approval_timeout", message: "no one decided in time, so the step is rejected"), retryable: false, now: now, &effects)
@@ -335,11 +353,18 @@ public struct RunMachine: Sendable, Hashable {
         }
     }
 
+    /// How an attempt past its step's timeout fails.
+    private func timeoutFailure(_ index: Int) -> RunFailure {
+        let timeout = self.definition.steps[index].timeout.map(\.description) ?? ""
+        return RunFailure(reason: "timeout", message: "attempt \(self.steps[index].attempt) ran past its timeout of \(timeout)")
+    }
+
     /// A failed attempt: another one after the backoff if the step has attempts left and the
     /// failure may pass; otherwise the step fails, and with `on_error: fail` the run with it.
     private mutating func fail(_ index: Int, _ failure: RunFailure, retryable: Bool, now: Int64, _ effects: inout [RunEffect]) {
         let step = self.definition.steps[index]
         self.steps[index].deadline = nil
+        self.steps[index].timedOut = false
         self.steps[index].error = failure
         if retryable, self.steps[index].attempt < step.retry.maxAttempts {
             let delay = self.backoff(step.retry, after: self.steps[index].attempt)

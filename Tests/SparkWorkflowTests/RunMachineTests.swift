@@ -240,12 +240,12 @@ struct RunMachineTests {
         #expect(final.status("call") == .failed && final.machine.step("call")?.attempt == 1)
     }
 
-    @Test("an attempt past its timeout is cancelled and retried, then fails the step; the run's own timeout stops everything")
+    @Test("a tool attempt past its timeout is cancelled and its worker's report decides: retried, or a human for a call that may have run; the run's own timeout stops everything")
     func timeouts() throws {
         var run = try RunDriver("""
             name: slow
             steps:
-              - { id: call, tool: t, timeout: 2s, retry: { max_attempts: 2, backoff: fixed, initial: 1s } }
+              - { id: call, tool: t, timeout: 2s, retry: { max_attempts: 3, backoff: fixed, initial: 1s } }
               - { id: other, tool: t }
             """, timeout: 60_000)
         try run.start()
@@ -255,19 +255,36 @@ struct RunMachineTests {
         run.now += 2000
         let timedOut = try run.apply(.tick)
         #expect(timedOut.cancelled == ["call/1"])
+        // No new attempt under a new key while the first may still run: the worker reports.
+        #expect(run.status("call") == .running)
+        #expect(run.machine.step("call")?.timedOut == true)
+        // Only the run's own deadline is left to wake it.
+        #expect(run.machine.nextWakeUp == run.machine.deadline)
+        // Kept across a restore.
+        let restored = try RunMachine(runID: "run_1", definition: run.machine.definition, inputs: [:], deadline: run.machine.deadline, snapshot: run.machine.snapshot)
+        #expect(restored.step("call")?.timedOut == true)
+        // The stopped call reports a cancellation: a timeout, retried.
+        try run.apply(.stepFailed(step: "call", attempt: 1, failure: RunFailure(reason: "unavailable", message: "cancelled"), retryable: true))
         #expect(run.status("call") == .retrying)
         #expect(run.machine.step("call")?.error?.reason == "timeout")
-        // The timed-out attempt reports late: refused.
-        #expect(throws: RunMachineError.self) { try run.apply(.stepSucceeded(step: "call", attempt: 1, output: .null)) }
+        #expect(run.machine.step("call")?.timedOut == false)
 
+        // Attempt 2 times out too, and its call may have run (a non_idempotent tool): a human.
         run.now += 1000
         try run.apply(.tick)
         try run.apply(.stepStarted(step: "call", attempt: 2))
+        run.now += 2000
+        try run.apply(.tick)
+        try run.apply(.attemptLost(step: "call", attempt: 2, mayRepeat: false))
+        #expect(run.status("call") == .needsAttention)
+        try run.apply(.resolveAttention(step: "call", retry: true, by: "usr_ops"))
+
+        try run.apply(.stepStarted(step: "call", attempt: 3))
         run.now = 1_000_000 + 60_000
         let stopped = try run.apply(.tick)
         #expect(run.machine.status == .timedOut)
         // other was queued for a worker, not running: it is cancelled without a call to stop.
-        #expect(stopped.cancelled == ["call/2"])
+        #expect(stopped.cancelled == ["call/3"])
         #expect(run.machine.steps.allSatisfy { $0.status.isFinal })
         #expect(stopped.events.last == "run.timed_out")
         #expect(run.machine.nextWakeUp == nil)

@@ -294,15 +294,24 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
         let (claim, task, row, step, attemptRow) = (started.claim, started.task, started.run, started.step, started.attemptRow)
         let principal = try Sparkops_Common_V1_Principal(jsonString: row.principal)
         let key = "\(row.id)/\(task.step)/\(task.attempt)"
-        let outcome = await self.withLease(claim, attempt: key) {
+        let answered = await self.withLease(claim, attempt: key) {
             await self.calls.call(step, task: task, run: row, principal: principal)
         }
-        guard let outcome else { throw RunEngine.StaleLease() }
+        guard var checked = answered else { throw RunEngine.StaleLease() }
         if Task.isCancelled {
             // Draining: the task goes back, and whoever takes it finds the attempt started.
             _ = try? await self.queue.release(claim, runAt: RunStore.now())
             return nil
         }
+        if checked.mayHaveRun, case .failed(let failure, _) = checked.result, case .tool = step.kind,
+            await !self.calls.mayRepeat(step, projectID: row.projectID, principal: principal)
+        {
+            // No answer (the tool service died, the step's timeout stopped the call, the key was
+            // still busy): the call may have run, and the tool must not run twice. A timeout
+            // never turns "may have started" into "did not happen".
+            checked.result = .lost("no answer says what became of the call (\(failure.message)); the tool is non_idempotent, so it is not sent again: check its effect, then retry or skip the step")
+        }
+        let outcome = checked
         let (_, taken) = try await self.engine.takingTransition(runID: row.id, completing: claim) { transition, _ in
             var attempt = attemptRow
             attempt.endedAt = transition.now

@@ -32,6 +32,9 @@ struct StepCalls: Sendable {
         var result: Result
         var costMicros: Int64 = 0
         var callID = ""
+        /// No answer says what became of the call: it may have run, or may still run (see
+        /// ``mayHaveRun(_:)``). The worker then asks whether the step may be sent again.
+        var mayHaveRun = false
     }
 
     /// Whether an attempt of `step` that may have started can be sent again: agents replay by
@@ -93,20 +96,8 @@ struct StepCalls: Sendable {
                     $0.workflow = run.workflowName
                     $0.approved = task.approved
                 }
-                do {
-                    return try await Self.resending(until: ContinuousClock.now + timeout) {
-                        Self.outcome(try await self.tools.invokeTool(request, metadata: principal.metadata, options: options))
-                    }
-                } catch let error as RPCError where Self.mayHaveRun(error) {
-                    // No answer says what became of the call, and the step's time is up: the
-                    // first send may still run (or have run) at the tool. A timeout must not turn
-                    // "may have started" into "did not happen" for a tool that must not run twice.
-                    guard await self.mayRepeat(step, projectID: run.projectID, principal: principal) else {
-                        return Outcome(result: .lost(
-                            "no answer within the step's timeout (\(error.code): \(error.message)); the call may have run and the tool is non_idempotent, so it is not sent again: check its effect, then resolve the step"
-                        ))
-                    }
-                    throw error
+                return try await Self.resending(until: ContinuousClock.now + timeout) {
+                    Self.outcome(try await self.tools.invokeTool(request, metadata: principal.metadata, options: options))
                 }
             case .agent(let name):
                 guard case .map(let fields) = arguments, case .string(let prompt)? = fields["prompt"], !prompt.isEmpty else {
@@ -140,9 +131,10 @@ struct StepCalls: Sendable {
             // With its cause: an UNKNOWN made on this side (a transport or interceptor error) has
             // no message of its own.
             self.logger.warning("a step's call failed", metadata: ["run": "\(run.id)", "step": "\(step.id)", "error": "\(String(reflecting: error).prefix(1000))"])
-            return Outcome(result: Self.failure(error))
+            return Outcome(result: Self.failure(error), mayHaveRun: Self.mayHaveRun(error))
         } catch {
-            return Outcome(result: .failed(RunFailure(reason: "internal", message: "\(error)"), retryable: true))
+            // A cancelled call (its step timed out) may have reached the service before it stopped.
+            return Outcome(result: .failed(RunFailure(reason: "internal", message: "\(error)"), retryable: true), mayHaveRun: error is CancellationError)
         }
     }
 
@@ -234,11 +226,11 @@ struct StepCalls: Sendable {
     }
 
     /// Errors after which a sent call may have run, or may still be running: no answer came
-    /// (the connection broke, the deadline passed, the service failed inside) or the service said
-    /// the key is busy with a send still running. A cancellation is the run's or the worker's own
-    /// (handled where it is made); a refusal is an answer.
+    /// (the connection broke, the deadline passed, the call was stopped at the step's timeout,
+    /// the service failed inside) or the service said the key is busy with a send still running.
+    /// A refusal is an answer.
     static func mayHaveRun(_ error: RPCError) -> Bool {
-        [.unavailable, .deadlineExceeded, .unknown, .internalError, .aborted].contains(error.code)
+        [.unavailable, .deadlineExceeded, .cancelled, .unknown, .internalError, .aborted].contains(error.code)
     }
 
     /// A call that did not answer: unavailable services and deadlines may pass; a refusal does not.
