@@ -87,6 +87,72 @@ struct WebSocketTests {
         }
     }
 
+    @Test("an open socket is closed within the re-check bound when its member is removed, its key revoked or its session logged out; a ticket from before a logout opens nothing", arguments: TestBackend.all)
+    func accessEnds(backend: TestBackend) async throws {
+        try await TestCluster.run(backend: backend, overrides: ["gateway.webSocketRecheckSeconds": "1"]) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await cluster.createProject("revocations", token: admin)
+            let memberID = try await cluster.createUser("member@sparkops.test", adminToken: admin)
+            let added = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/members", token: admin, json: ["userId": memberID, "role": "ROLE_VIEWER"])
+            try #require(added.status == 200 || added.status == 201, "\(added.text)")
+            func session() async throws -> (access: String, refresh: String) {
+                let login = try await cluster.login(email: "member@sparkops.test", password: "user-password-123")
+                return (login["accessToken"] as! String, login["refreshToken"] as! String)
+            }
+            func ticket(_ token: String) async throws -> String {
+                try #require(try await cluster.http.send(.POST, "/api/v1/ws/tickets", token: token).json["ticket"] as? String)
+            }
+            /// Subscribes, runs `end` (which takes the access away), and expects the socket closed
+            /// with 1008 within 10 s.
+            func expectClosed(_ path: String, auth: String? = nil, code: String, _ end: () async throws -> Void) async throws {
+                var started = ContinuousClock.now
+                let outcome = try await Socket.converse(cluster, path) { socket in
+                    if let auth { try await socket.send(["type": "auth", "token": auth]) }
+                    #expect(try await socket.receive()["type"] as? String == "ready")
+                    try await socket.send(["type": "subscribe", "topic": "runs", "projectId": project])
+                    #expect(try await socket.receive()["type"] as? String == "subscribed")
+                    try await end()
+                    started = ContinuousClock.now
+                    var message = try await socket.receive()
+                    while message["type"] as? String == "event" { message = try await socket.receive() }
+                    #expect(message["code"] as? String == code, "\(message)")
+                    #expect(try await socket.receive().isEmpty)
+                }
+                #expect(outcome.serverCloseCode == 1008)
+                #expect(ContinuousClock.now - started < .seconds(10))
+            }
+
+            // Logout ends the socket of that session, and a ticket issued before it opens nothing.
+            let first = try await session()
+            let early = try await ticket(first.access)
+            try await expectClosed("/api/v1/ws?ticket=\(try await ticket(first.access))", code: "UNAUTHENTICATED") {
+                let out = try await cluster.http.send(.POST, "/api/v1/auth/logout", token: first.access, json: ["refreshToken": first.refresh])
+                #expect(out.status == 200, "\(out.text)")
+            }
+            let stale = try await Socket.converse(cluster, "/api/v1/ws?ticket=\(early)") { socket in
+                let refusal = try await socket.receive()
+                #expect(refusal["code"] as? String == "UNAUTHENTICATED", "\(refusal)")
+            }
+            #expect(stale.serverCloseCode == 1008)
+
+            // A revoked API key, authenticated by the first message.
+            let created = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/api-keys", token: admin, json: ["name": "socket", "role": "ROLE_VIEWER"])
+            let key = try #require(created.json["key"] as? String, "\(created.text)")
+            let keyID = try #require(created.json["id"] as? String ?? (created.json["apiKey"] as? [String: Any])?["id"] as? String, "\(created.text)")
+            try await expectClosed("/api/v1/ws", auth: key, code: "NOT_FOUND") {
+                let revoked = try await cluster.http.send(.DELETE, "/api/v1/projects/\(project)/api-keys/\(keyID)", token: admin)
+                #expect(revoked.status == 200, "\(revoked.text)")
+            }
+
+            // A member removed from the project.
+            let second = try await session()
+            try await expectClosed("/api/v1/ws?ticket=\(try await ticket(second.access))", code: "NOT_FOUND") {
+                let removed = try await cluster.http.send(.DELETE, "/api/v1/projects/\(project)/members/\(memberID)", token: admin)
+                #expect(removed.status == 200, "\(removed.text)")
+            }
+        }
+    }
+
     @Test("the first message may authenticate with an API key; a bad token closes the socket")
     func firstMessageAuthentication() async throws {
         try await TestCluster.run(backend: .sqlite) { cluster in

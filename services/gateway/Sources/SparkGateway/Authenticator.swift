@@ -61,26 +61,54 @@ final class Authenticator: Sendable {
     }
 
     func authenticate(bearer credential: String, requestMetadata: Metadata) async throws -> Sparkops_Common_V1_Principal {
-        if let principal = self.cachedPrincipal(bearer: credential) {
-            return principal
-        }
-        let now = Date()
-        let cacheKey = SparkSecrets.digest(credential)
+        try await self.identity(bearer: credential, requestMetadata: requestMetadata).principal
+    }
+
+    /// The principal of a credential, with what it takes to check it again later without the
+    /// credential itself (a WebSocket's, for as long as it stays open).
+    func identity(bearer credential: String, requestMetadata: Metadata) async throws -> SocketIdentity {
+        let claims: Sparkops_Project_V1_AccessTokenClaims?
         let request: Sparkops_Project_V1_AuthenticateRequest
         if credential.hasPrefix("spk_") {
+            claims = nil
             request = .with { $0.apiKey = credential }
         } else if credential.split(separator: ".", omittingEmptySubsequences: false).count == 3 {
-            let claims = try await self.verify(accessToken: credential)
-            request = .with {
-                $0.accessToken = .with {
-                    $0.userID = claims.sub.value
-                    $0.tokenID = claims.jti.value
-                    $0.issueTime = .init(date: claims.iat.value)
-                    $0.familyID = claims.fam ?? ""
-                }
+            let verified = try await self.verify(accessToken: credential)
+            let tokenClaims = Sparkops_Project_V1_AccessTokenClaims.with {
+                $0.userID = verified.sub.value
+                $0.tokenID = verified.jti.value
+                $0.issueTime = .init(date: verified.iat.value)
+                $0.familyID = verified.fam ?? ""
             }
+            claims = tokenClaims
+            request = .with { $0.accessToken = tokenClaims }
         } else {
             throw APIError(.unauthenticated, "the bearer credential is neither an access token nor an API key", headers: [.wwwAuthenticate: "Bearer"])
+        }
+        if let principal = self.cachedPrincipal(bearer: credential) {
+            return SocketIdentity(principal: principal, claims: claims)
+        }
+        let principal = try await self.authenticate(request, cacheKey: SparkSecrets.digest(credential), requestMetadata: requestMetadata)
+        return SocketIdentity(principal: principal, claims: claims)
+    }
+
+    /// Whether an identity still holds: an access token's session not ended (logout, a password
+    /// change, a revoked family), asked again at most every 2 seconds; an API key's revocation is
+    /// found by ``authorize(_:projectID:permission:fresh:)``, which asks about the key itself.
+    func stillValid(_ identity: SocketIdentity) async throws -> Bool {
+        guard let claims = identity.claims else { return true }
+        do {
+            _ = try await self.authenticate(.with { $0.accessToken = claims }, cacheKey: "claims:\(claims.tokenID)", requestMetadata: [:])
+            return true
+        } catch let error as APIError where error.code == .unauthenticated {
+            return false
+        }
+    }
+
+    private func authenticate(_ request: Sparkops_Project_V1_AuthenticateRequest, cacheKey: String, requestMetadata: Metadata) async throws -> Sparkops_Common_V1_Principal {
+        let now = Date()
+        if let cached = self.state.withLock({ $0.principals[cacheKey] }), cached.until > now {
+            return cached.principal
         }
         do {
             let response = try await self.project.authenticate(request, metadata: requestMetadata, options: self.options)
@@ -166,9 +194,11 @@ final class Authenticator: Sendable {
     // MARK: Permissions
 
     /// Whether the principal holds the permission in the project; nil role when it cannot see the project.
-    func authorize(_ principal: Sparkops_Common_V1_Principal, projectID: String, permission: String) async throws -> (allowed: Bool, role: Sparkops_Common_V1_Role) {
+    /// `fresh`: ask the project service about an API key too (whether it is still live), rather
+    /// than trust the role it carried when it was checked.
+    func authorize(_ principal: Sparkops_Common_V1_Principal, projectID: String, permission: String, fresh: Bool = false) async throws -> (allowed: Bool, role: Sparkops_Common_V1_Role) {
         // An API key's project and role travel with it: no call needed.
-        if principal.kind == .apiKey {
+        if principal.kind == .apiKey && !fresh {
             guard principal.projectID == projectID else { return (false, .unspecified) }
             return (Permission.role(principal.role, allows: permission), principal.role)
         }
@@ -187,6 +217,40 @@ final class Authenticator: Sendable {
             state.decisions[key] = CachedDecision(allowed: response.allowed, role: response.role, until: now.addingTimeInterval(2))
         }
         return (response.allowed, response.role)
+    }
+}
+
+/// Who a WebSocket is, and how to check that again: a user's access-token claims (not a
+/// credential: only the project service takes them, and only from the gateway), or nothing more
+/// for an API key, whose project role is asked afresh.
+struct SocketIdentity: Sendable {
+    var principal: Sparkops_Common_V1_Principal
+    var claims: Sparkops_Project_V1_AccessTokenClaims?
+
+    /// As a ticket keeps it: JSON of the two messages' bytes.
+    var serialized: [UInt8] {
+        var object: [String: String] = [:]
+        object["principal"] = ((try? self.principal.serializedBytes()) as [UInt8]?).map { Data($0).base64EncodedString() }
+        object["claims"] = self.claims.flatMap { try? $0.serializedBytes() as [UInt8] }.map { Data($0).base64EncodedString() }
+        return Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data())
+    }
+
+    init(principal: Sparkops_Common_V1_Principal, claims: Sparkops_Project_V1_AccessTokenClaims?) {
+        self.principal = principal
+        self.claims = claims
+    }
+
+    /// Reads ``serialized``, or a principal's bytes alone (as tickets were kept before).
+    init(serialized bytes: [UInt8]) throws {
+        if let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: String],
+            let principal = object["principal"].flatMap({ Data(base64Encoded: $0) })
+        {
+            self.principal = try Sparkops_Common_V1_Principal(serializedBytes: principal)
+            self.claims = try object["claims"].flatMap { Data(base64Encoded: $0) }.map { try Sparkops_Project_V1_AccessTokenClaims(serializedBytes: $0) }
+        } else {
+            self.principal = try Sparkops_Common_V1_Principal(serializedBytes: bytes)
+            self.claims = nil
+        }
     }
 }
 

@@ -19,6 +19,9 @@ import SparkKit
 /// - `gateway.callTimeoutSeconds` (int, default 30): deadline of each call to a service.
 /// - `gateway.webSocketAuthTimeoutSeconds` (int, default 10): a WebSocket that has not
 ///   authenticated (ticket or first message) within this time is closed.
+/// - `gateway.webSocketRecheckSeconds` (int, default 5): how often an open WebSocket checks that
+///   its session, its API key and its membership of each subscribed project still hold; it is
+///   closed (1008) within this bound of a logout, a revocation or a removal.
 /// - `gateway.drainSeconds` (int, default 10): on SIGTERM or SIGINT, each open WebSocket is sent a
 ///   going-away close (1001) and may take this long to answer it before it is cut; requests in
 ///   flight finish.
@@ -52,6 +55,7 @@ public struct GatewayConfig: Sendable {
     public var trustedProxies: Set<String>
     public var callTimeout: Duration
     public var webSocketAuthTimeout: Duration
+    public var webSocketRecheck: Duration
     public var drain: Duration
     public var idleTimeout: Duration
     public var hstsMaxAge: Int
@@ -69,6 +73,7 @@ public struct GatewayConfig: Sendable {
         trustedProxies: Set<String> = [],
         callTimeout: Duration = .seconds(30),
         webSocketAuthTimeout: Duration = .seconds(10),
+        webSocketRecheck: Duration = .seconds(5),
         drain: Duration = .seconds(10),
         idleTimeout: Duration = .seconds(60),
         hstsMaxAge: Int = 0,
@@ -85,6 +90,7 @@ public struct GatewayConfig: Sendable {
         self.trustedProxies = trustedProxies
         self.callTimeout = callTimeout
         self.webSocketAuthTimeout = webSocketAuthTimeout
+        self.webSocketRecheck = webSocketRecheck
         self.drain = drain
         self.idleTimeout = idleTimeout
         self.hstsMaxAge = hstsMaxAge
@@ -121,6 +127,7 @@ public struct GatewayConfig: Sendable {
             trustedProxies: Set(config.stringArray(forKey: "gateway.trustedProxies", default: [])),
             callTimeout: .seconds(try config.integer(forKey: "gateway.callTimeoutSeconds", default: 30, in: 1...Int(Int32.max))),
             webSocketAuthTimeout: .seconds(try config.integer(forKey: "gateway.webSocketAuthTimeoutSeconds", default: 10, in: 1...Int(Int32.max))),
+            webSocketRecheck: .seconds(try config.integer(forKey: "gateway.webSocketRecheckSeconds", default: 5, in: 1...3600)),
             drain: .seconds(try config.integer(forKey: "gateway.drainSeconds", default: 10, in: 0...3600)),
             idleTimeout: .seconds(try config.integer(forKey: "gateway.idleTimeoutSeconds", default: 60, in: 1...86_400)),
             hstsMaxAge: try config.integer(forKey: "gateway.hstsMaxAgeSeconds", default: 0, in: 0...Int(Int32.max)),

@@ -7,33 +7,33 @@ import Synchronization
 
 /// Where WebSocket tickets wait between `POST /api/v1/ws/tickets` and the socket that uses them.
 protocol TicketStore: Sendable {
-    /// Keeps `principal` under `ticket` for `ttl`.
-    func put(_ ticket: String, principal: Sparkops_Common_V1_Principal, ttl: Duration) async throws
-    /// The ticket's principal, once: a second call, or a call after the ttl, gets nil.
-    func take(_ ticket: String) async throws -> Sparkops_Common_V1_Principal?
+    /// Keeps `identity` under `ticket` for `ttl`.
+    func put(_ ticket: String, identity: SocketIdentity, ttl: Duration) async throws
+    /// The ticket's identity, once: a second call, or a call after the ttl, gets nil.
+    func take(_ ticket: String) async throws -> SocketIdentity?
 }
 
 /// Tickets in this gateway's memory: right for one gateway.
 final class InMemoryTicketStore: TicketStore {
     private struct Entry {
-        var principal: Sparkops_Common_V1_Principal
+        var identity: SocketIdentity
         var expires: ContinuousClock.Instant
     }
 
     private let entries = Mutex<[String: Entry]>([:])
 
-    func put(_ ticket: String, principal: Sparkops_Common_V1_Principal, ttl: Duration) async throws {
+    func put(_ ticket: String, identity: SocketIdentity, ttl: Duration) async throws {
         let now = ContinuousClock.now
         self.entries.withLock { entries in
             entries = entries.filter { $0.value.expires > now }
-            entries[SparkSecrets.digest(ticket)] = Entry(principal: principal, expires: now + ttl)
+            entries[SparkSecrets.digest(ticket)] = Entry(identity: identity, expires: now + ttl)
         }
     }
 
-    func take(_ ticket: String) async throws -> Sparkops_Common_V1_Principal? {
+    func take(_ ticket: String) async throws -> SocketIdentity? {
         self.entries.withLock { entries in
             guard let entry = entries.removeValue(forKey: SparkSecrets.digest(ticket)), entry.expires > .now else { return nil }
-            return entry.principal
+            return entry.identity
         }
     }
 }
@@ -58,18 +58,18 @@ final class RedisTicketStore: TicketStore {
         self.outage = RedisOutage(what: "WebSocket tickets", logger: logger)
     }
 
-    func put(_ ticket: String, principal: Sparkops_Common_V1_Principal, ttl: Duration) async throws {
+    func put(_ ticket: String, identity: SocketIdentity, ttl: Duration) async throws {
         do {
-            try await self.shared(put: ticket, principal: principal, ttl: ttl)
+            try await self.shared(put: ticket, identity: identity, ttl: ttl)
             self.outage.ended()
         } catch let error as RedisError where error.isConnectionFailure {
             self.outage.began(error)
-            try await self.fallback.put(ticket, principal: principal, ttl: ttl)
+            try await self.fallback.put(ticket, identity: identity, ttl: ttl)
         }
     }
 
-    func take(_ ticket: String) async throws -> Sparkops_Common_V1_Principal? {
-        if let principal = try await self.fallback.take(ticket) { return principal }
+    func take(_ ticket: String) async throws -> SocketIdentity? {
+        if let identity = try await self.fallback.take(ticket) { return identity }
         do {
             return try await self.shared(take: ticket)
         } catch let error as RedisError where error.isConnectionFailure {
@@ -82,19 +82,19 @@ final class RedisTicketStore: TicketStore {
         Array("\(self.prefix):wsticket:\(SparkSecrets.digest(ticket))".utf8)
     }
 
-    private func shared(put ticket: String, principal: Sparkops_Common_V1_Principal, ttl: Duration) async throws {
+    private func shared(put ticket: String, identity: SocketIdentity, ttl: Duration) async throws {
         let milliseconds = max(1, ttl.components.seconds * 1000 + ttl.components.attoseconds / 1_000_000_000_000_000)
-        let value: [UInt8] = try principal.serializedBytes()
+        let value = identity.serialized
         let reply = try await self.redis.send(bytes: [Array("SET".utf8), self.key(ticket), value, Array("PX".utf8), Array("\(milliseconds)".utf8)])
         guard reply.string == "OK" else { throw RedisError("unexpected reply to SET: \(reply)") }
     }
 
-    private func shared(take ticket: String) async throws -> Sparkops_Common_V1_Principal? {
+    private func shared(take ticket: String) async throws -> SocketIdentity? {
         switch try await self.redis.send(bytes: [Array("GETDEL".utf8), self.key(ticket)]) {
         case .null:
             return nil
         case .bulkString(let bytes):
-            return try Sparkops_Common_V1_Principal(serializedBytes: bytes)
+            return try SocketIdentity(serialized: bytes)
         case let other:
             throw RedisError("unexpected reply to GETDEL: \(other)")
         }

@@ -54,12 +54,12 @@ final class WebSocketGateway: Sendable {
         guard let bearer = RouteDispatcher.bearer(request) else {
             throw APIError(.unauthenticated, "this route needs Authorization: Bearer <access token or API key>", headers: [.wwwAuthenticate: "Bearer"])
         }
-        let principal = try await self.authenticator.authenticate(bearer: bearer, requestMetadata: [:])
+        let identity = try await self.authenticator.identity(bearer: bearer, requestMetadata: [:])
         try await Self.checkEmptyBody(request)
         let ticket = SparkSecrets.token(prefix: "wst_")
         let expires = Date().addingTimeInterval(Double(Self.ticketLifetime.components.seconds))
         do {
-            try await self.tickets.put(ticket, principal: principal, ttl: Self.ticketLifetime)
+            try await self.tickets.put(ticket, identity: identity, ttl: Self.ticketLifetime)
         } catch {
             self.logger.error("could not store a WebSocket ticket", metadata: ["request_id": "\(context.requestID)", "error": "\(error)"])
             throw APIError(.unavailable, "tickets cannot be issued now; retry, or authenticate with the socket's first message")
@@ -146,9 +146,9 @@ final class WebSocketGateway: Sendable {
         }
         defer { self.sockets.remove(socketID) }
         let state = AuthenticationState()
-        var principal: Sparkops_Common_V1_Principal?
+        let session = SocketSession()
         if let ticket = request.uri.queryParameters["ticket"] {
-            let redeemed: Sparkops_Common_V1_Principal?
+            let redeemed: SocketIdentity?
             do {
                 redeemed = try await self.tickets.take(String(ticket))
             } catch {
@@ -157,19 +157,21 @@ final class WebSocketGateway: Sendable {
                 try await outbound.close(.unexpectedServerError, reason: "ticket store unavailable")
                 return
             }
-            guard let redeemed else {
+            // A ticket outlives nothing it was issued under: a session ended since (logout) or a
+            // credential revoked since refuses it.
+            guard let redeemed, (try? await self.authenticator.stillValid(redeemed)) != false else {
                 try await self.send(outbound, ["type": "error", "code": "UNAUTHENTICATED", "message": "the ticket is invalid, used or expired"])
                 try await outbound.close(.policyViolation, reason: "unauthenticated")
                 return
             }
-            principal = redeemed
+            session.identity.withLock { $0 = redeemed }
             _ = state.markAuthenticated()
             try await self.send(outbound, ["type": "ready"])
         }
-        let authenticated = principal
+        let authenticated = session.identity.withLock { $0 } != nil
         let drain = self.config.drain
         try await withThrowingTaskGroup(of: SocketPart.self) { group in
-            if authenticated == nil {
+            if !authenticated {
                 let timeout = self.config.webSocketAuthTimeout
                 group.addTask {
                     try await Task.sleep(for: timeout)
@@ -180,8 +182,22 @@ final class WebSocketGateway: Sendable {
                 }
             }
             group.addTask {
-                try await self.serve(inbound: inbound, outbound: outbound, principal: authenticated, state: state)
+                try await self.serve(inbound: inbound, outbound: outbound, session: session, state: state)
                 return .conversation
+            }
+            // Within the same bound as HTTP requests: a session that ended, a key revoked or a
+            // member removed closes the socket.
+            let recheck = self.config.webSocketRecheck
+            group.addTask {
+                while !Task.isCancelled {
+                    try await Task.sleep(for: recheck)
+                    if let refusal = await self.recheck(session) {
+                        try? await self.send(outbound, ["type": "error", "code": refusal.code, "message": refusal.message])
+                        try? await outbound.close(.policyViolation, reason: "access ended")
+                        return .revoked
+                    }
+                }
+                return .revoked
             }
             // At a shutdown: a going-away close, then the client has the drain time to answer it
             // (its close ends the conversation); past that the conversation is cut.
@@ -202,17 +218,42 @@ final class WebSocketGateway: Sendable {
     /// The concurrent parts of one socket; the socket ends when the conversation or the shutdown
     /// part ends (the authentication watchdog ends on its own).
     private enum SocketPart: Sendable {
-        case conversation, watchdog, shutdown
+        case conversation, watchdog, shutdown, revoked
+    }
+
+    /// Who a socket is and what it subscribed to, shared by its conversation and its re-checks.
+    private final class SocketSession: Sendable {
+        let identity = Mutex<SocketIdentity?>(nil)
+        /// Each subscription's project and the permission it needed.
+        let subscriptions = Mutex<[String: (projectID: String, permission: String)]>([:])
+    }
+
+    /// Why the socket may no longer stay open, if so. A check that cannot be made now (the
+    /// project service restarting) is left to the next round.
+    private func recheck(_ session: SocketSession) async -> (code: String, message: String)? {
+        guard let identity = session.identity.withLock({ $0 }) else { return nil }
+        if (try? await self.authenticator.stillValid(identity)) == false {
+            return ("UNAUTHENTICATED", "the session ended or the credential was revoked")
+        }
+        let subscriptions = session.subscriptions.withLock { Array(Set($0.values.map { "\($0.projectID) \($0.permission)" })) }
+        for entry in subscriptions {
+            let parts = entry.split(separator: " ").map(String.init)
+            guard let decision = try? await self.authenticator.authorize(identity.principal, projectID: parts[0], permission: parts[1], fresh: true) else { continue }
+            if !decision.allowed {
+                return (decision.role == .unspecified ? "NOT_FOUND" : "PERMISSION_DENIED", "access to project \(parts[0]) ended (\(parts[1]))")
+            }
+        }
+        return nil
     }
 
     /// The message loop: first-message authentication when needed, then subscriptions.
     private func serve(
         inbound: WebSocketInboundStream,
         outbound: WebSocketOutboundWriter,
-        principal initial: Sparkops_Common_V1_Principal?,
+        session: SocketSession,
         state: AuthenticationState
     ) async throws {
-        var principal = initial
+        var principal = session.identity.withLock { $0?.principal }
         var subscriptions: [String: Task<Void, Never>] = [:]
         defer { for task in subscriptions.values { task.cancel() } }
         for try await message in inbound.messages(maxSize: 64 * 1024) {
@@ -230,7 +271,9 @@ final class WebSocketGateway: Sendable {
                     return
                 }
                 do {
-                    principal = try await self.authenticator.authenticate(bearer: token, requestMetadata: [:])
+                    let identity = try await self.authenticator.identity(bearer: token, requestMetadata: [:])
+                    session.identity.withLock { $0 = identity }
+                    principal = identity.principal
                 } catch {
                     try await self.send(outbound, ["type": "error", "code": "UNAUTHENTICATED", "message": "the token is invalid"])
                     try await outbound.close(.policyViolation, reason: "unauthenticated")
@@ -270,12 +313,14 @@ final class WebSocketGateway: Sendable {
                 }
                 let key = "\(topic)/\(projectID)/\(runID)"
                 subscriptions.removeValue(forKey: key)?.cancel()
+                session.subscriptions.withLock { $0[key] = (projectID, permission) }
                 try await self.send(outbound, ["type": "subscribed", "topic": topic, "projectId": projectID])
                 subscriptions[key] = self.stream(topic: topic, projectID: projectID, runID: runID, after: after, principal: current, to: outbound)
             case "unsubscribe":
                 if let topic = object["topic"] as? String, let projectID = object["projectId"] as? String {
                     let runID = object["runId"] as? String ?? ""
                     subscriptions.removeValue(forKey: "\(topic)/\(projectID)/\(runID)")?.cancel()
+                    _ = session.subscriptions.withLock { $0.removeValue(forKey: "\(topic)/\(projectID)/\(runID)") }
                 }
                 try await self.send(outbound, ["type": "unsubscribed"])
             default:

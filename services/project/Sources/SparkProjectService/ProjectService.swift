@@ -70,6 +70,11 @@ public final class ProjectService: Sparkops_Project_V1_ProjectService.ServicePro
         switch principal.kind {
         case .apiKey:
             guard principal.projectID == projectID, try await self.store.project(id: projectID, on: db) != nil else { return nil }
+            // The key itself must still be live: a principal checked before a revocation (an
+            // open WebSocket's, say) loses its access with the key.
+            guard let key = try await self.store.apiKey(id: principal.id, projectID: projectID, on: db),
+                key.revokedAt == nil, key.expiresAt > ProjectStore.now()
+            else { return nil }
             return principal.role
         case .user:
             return try await self.store.role(userID: principal.userID, projectID: projectID, on: db)
