@@ -512,6 +512,35 @@ struct RunAPITests {
                 }
             }
             #expect(resumed == Array(6 ... (sequences.last ?? 5)), "\(resumed)")
+
+            // Without afterSequence a subscription starts from now: the finished run's events are
+            // not replayed (on either topic), a new run's are; afterSequence 0 asks for history.
+            _ = try await WebSocketTestClient.converse(port: cluster.gatewayPort, path: "/api/v1/ws?ticket=\(try await ticket())") { socket in
+                #expect(try await socket.receive()["type"] as? String == "ready")
+                try await socket.send(["type": "subscribe", "topic": "runs", "projectId": project])
+                let subscribed = try await socket.receive()
+                #expect(subscribed["afterSequence"] as? String == "\(sequences.last ?? 0)", "\(subscribed)")
+                let created = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/runs", token: admin, json: ["workflow": "three", "inputs": ["word": "now"]])
+                let second = try #require((created.json["run"] as? [String: Any])?["id"] as? String)
+                let first = try await socket.receive()
+                let event = try #require(first["event"] as? [String: Any], "\(first)")
+                #expect(event["runId"] as? String == second)
+                #expect(event["kind"] as? String == "run.created")
+                #expect((event["sequence"] as? String).flatMap(Int64.init) == (sequences.last ?? 0) + 1)
+                for bad in [-1, 1.5, true, "x"] as [Any] {
+                    try await socket.send(["type": "subscribe", "topic": "runs", "projectId": project, "runId": second, "afterSequence": bad])
+                    var reply = try await socket.receive()
+                    while reply["type"] as? String == "event" { reply = try await socket.receive() }
+                    #expect(reply["field"] as? String == "afterSequence", "\(bad): \(reply)")
+                }
+            }
+            _ = try await WebSocketTestClient.converse(port: cluster.gatewayPort, path: "/api/v1/ws?ticket=\(try await ticket())") { socket in
+                #expect(try await socket.receive()["type"] as? String == "ready")
+                try await socket.send(["type": "subscribe", "topic": "runs", "projectId": project, "runId": runID, "afterSequence": 0])
+                #expect(try await socket.receive()["type"] as? String == "subscribed")
+                let history = try await socket.receive()
+                #expect((history["event"] as? [String: Any])?["kind"] as? String == "run.created", "\(history)")
+            }
         }
     }
 

@@ -306,15 +306,32 @@ final class WebSocketGateway: Sendable {
                     try await self.send(outbound, ["type": "error", "code": "INVALID_ARGUMENT", "field": "runId", "message": "runId must be a run_… id"])
                     continue
                 }
-                let after = (object["afterSequence"] as? NSNumber)?.int64Value ?? (object["afterSequence"] as? String).flatMap(Int64.init) ?? 0
-                guard after >= 0 else {
-                    try await self.send(outbound, ["type": "error", "code": "INVALID_ARGUMENT", "field": "afterSequence", "message": "afterSequence must be 0 or more"])
+                // Without afterSequence: from now (the project's newest sequence); 0: from the
+                // first event; n: after event n, as a client resuming says.
+                var after: Int64
+                if object["afterSequence"] == nil {
+                    guard let runs = self.runs else { continue }
+                    do {
+                        after = try await runs.listRunEvents(.with {
+                            $0.projectID = projectID
+                            $0.runID = runID
+                            $0.afterSequence = Int64.max
+                            $0.pageSize = 1
+                        }, metadata: current.metadata).lastSequence
+                    } catch {
+                        try await self.send(outbound, ["type": "error", "code": "UNAVAILABLE", "message": "the run service cannot be asked now; subscribe again"])
+                        continue
+                    }
+                } else if let given = Self.sequence(object["afterSequence"]), given >= 0 {
+                    after = given
+                } else {
+                    try await self.send(outbound, ["type": "error", "code": "INVALID_ARGUMENT", "field": "afterSequence", "message": "afterSequence must be an integer, 0 or more (0: from the first event; left out: from now)"])
                     continue
                 }
                 let key = "\(topic)/\(projectID)/\(runID)"
                 subscriptions.removeValue(forKey: key)?.cancel()
                 session.subscriptions.withLock { $0[key] = (projectID, permission) }
-                try await self.send(outbound, ["type": "subscribed", "topic": topic, "projectId": projectID])
+                try await self.send(outbound, ["type": "subscribed", "topic": topic, "projectId": projectID, "afterSequence": "\(after)"])
                 subscriptions[key] = self.stream(topic: topic, projectID: projectID, runID: runID, after: after, principal: current, to: outbound)
             case "unsubscribe":
                 if let topic = object["topic"] as? String, let projectID = object["projectId"] as? String {
@@ -326,6 +343,21 @@ final class WebSocketGateway: Sendable {
             default:
                 try await self.send(outbound, ["type": "error", "code": "INVALID_ARGUMENT", "field": "type", "message": "unknown message type \(type.debugDescription)"])
             }
+        }
+    }
+
+    /// An integer sequence number as a client may write it: a JSON integer, or a string of one
+    /// (as the events carry theirs); nil for anything else (a fraction, a boolean, text).
+    static func sequence(_ value: Any?) -> Int64? {
+        switch value {
+        case let text as String:
+            return Int64(text)
+        case let number as NSNumber:
+            let type = String(cString: number.objCType)
+            guard type != "c" && type != "B", number.doubleValue.rounded() == number.doubleValue else { return nil }
+            return number.int64Value
+        default:
+            return nil
         }
     }
 
