@@ -180,6 +180,53 @@ extension DistributedTests {
     }
 
     @Test(
+        "SIGTERM to a run replica serving a watch ends the stream at once and the replica exits within run.drainSeconds; the watcher resumes without a gap",
+        .enabled(if: TestBackend.all.count > 1, "needs SPARKOPS_TEST_DATABASE_URL")
+    )
+    func runReplicaDrainsWatches() async throws {
+        try await Self.withRunDeployment(settings: ["run.drainSeconds=3"]) { deployment, processes in
+            let http = deployment.gateway
+            let project = try await Self.chainProject(deployment, name: "drain", steps: 1)
+            let projectID = String(project.base.split(separator: "/").last ?? "")
+            let ticket = try #require(try await http.send(.POST, "/api/v1/ws/tickets", token: project.token).json["ticket"] as? String)
+            var sequences: [Int64] = []
+            _ = try await WebSocketTestClient.converse(port: deployment.gatewayPort, path: "/api/v1/ws?ticket=\(ticket)") { socket in
+                #expect(try await socket.receive()["type"] as? String == "ready")
+                try await socket.send(["type": "subscribe", "topic": "runs", "projectId": projectID, "afterSequence": 0])
+                #expect(try await socket.receive()["type"] as? String == "subscribed")
+                func awaitRun() async throws {
+                    // Sent again under its key while the run service is (re)starting (503).
+                    let key = "drain-\(sequences.count)"
+                    var created = try await http.send(.POST, "\(project.base)/runs", token: project.token, json: ["workflow": "chain", "inputs": ["n": 1], "idempotencyKey": key])
+                    let deadline = ContinuousClock.now + .seconds(60)
+                    while created.status == 503, ContinuousClock.now < deadline {
+                        try await Task.sleep(for: .milliseconds(200))
+                        created = try await http.send(.POST, "\(project.base)/runs", token: project.token, json: ["workflow": "chain", "inputs": ["n": 1], "idempotencyKey": key])
+                    }
+                    try #require(created.status == 201, "\(created.text)")
+                    while true {
+                        let event = try #require(try await socket.receive()["event"] as? [String: Any])
+                        if let sequence = (event["sequence"] as? String).flatMap(Int64.init) { sequences.append(sequence) }
+                        if event["kind"] as? String == "run.succeeded" { return }
+                    }
+                }
+                try await awaitRun()
+                // The run service stops with the watch open: it is gone within its drain time.
+                let signalled = ContinuousClock.now
+                processes[7].signal(SIGTERM)
+                let status = await processes[7].exit(within: .seconds(25))
+                let elapsed = ContinuousClock.now - signalled
+                #expect(status == 0, "\(processes[7].output.suffix(3000))")
+                #expect(elapsed < .seconds(10), "the run service took \(elapsed) to exit")
+                processes[7] = try await deployment.start("sparkops-run")
+                // The gateway's watch resumes on the new process after the last event it passed on.
+                try await awaitRun()
+            }
+            #expect(sequences == Array(1 ... Int64(max(sequences.count, 1))), "missed or repeated: \(sequences)")
+        }
+    }
+
+    @Test(
         "Redis stops: runs go on, and events still reach a watcher on another replica, from the store",
         .enabled(if: TestBackend.all.count > 1 && LocalRedis.isInstalled, "needs SPARKOPS_TEST_DATABASE_URL and redis-server")
     )

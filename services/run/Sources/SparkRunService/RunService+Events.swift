@@ -1,6 +1,7 @@
 import Foundation
 public import GRPCCore
 import SQLKit
+import ServiceLifecycle
 import SparkKit
 public import SparkProto
 import SwiftProtobuf
@@ -61,23 +62,29 @@ extension RunService {
                     cursor = page.count < 500 ? last : page.last?.sequence ?? last
                 }
             }
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    while !Task.isCancelled {
-                        try await Task.sleep(for: interval)
-                        poke()
+            // At a graceful shutdown the stream ends at once (with OK): the replica need not wait
+            // for its watchers, and a watcher resumes on another replica after its last sequence.
+            try await withGracefulShutdownHandler {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        while !Task.isCancelled {
+                            try await Task.sleep(for: interval)
+                            poke()
+                        }
                     }
-                }
-                poke()
-                for await batch in batches {
-                    if let first = batch.first, let end = batch.last?.sequence, first.sequence <= cursor + 1 {
-                        try await send(batch)
-                        cursor = max(cursor, end)
-                    } else {
-                        try await readStore()
+                    poke()
+                    for await batch in batches {
+                        if let first = batch.first, let end = batch.last?.sequence, first.sequence <= cursor + 1 {
+                            try await send(batch)
+                            cursor = max(cursor, end)
+                        } else {
+                            try await readStore()
+                        }
                     }
+                    group.cancelAll()
                 }
-                group.cancelAll()
+            } onGracefulShutdown: {
+                stop()
             }
             return [:]
         }
