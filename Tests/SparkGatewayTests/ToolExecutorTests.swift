@@ -241,7 +241,11 @@ struct ToolExecutorTests {
                         except Exception as e:
                             return type(e).__name__
                     open("/tmp/scratch", "w").write("x")
+                    import ctypes
+                    libc = ctypes.CDLL(None, use_errno=True)
                     print(json.dumps({
+                        # unshare(CLONE_NEWUSER): a user namespace inside the sandbox's own.
+                        "userns": "ok" if libc.unshare(0x10000000) == 0 else "refused",
                         "uid": os.getuid(),
                         "write_usr": attempt(lambda: open("/usr/sparkops-probe", "w")),
                         "home_visible": os.path.exists(home),
@@ -250,10 +254,70 @@ struct ToolExecutorTests {
                 """)
             let reply = try await Self.invoke(cluster, admin, project: project, "probe", ["home": cluster.home])
             let output = try #require(reply.json["output"] as? [String: Any], "\(reply.text)")
+            #expect(output["userns"] as? String == "refused", "\(output)")
             #expect(output["uid"] as? Int == 65534)
             #expect(output["write_usr"] as? String != "ok")
             #expect(output["home_visible"] as? Bool == false)
             #expect(Set(output["tmp"] as? [String] ?? []) == ["main.py", "scratch"])
+        }
+    }
+
+    @Test(
+        "without bubblewrap: each call has a private 0700 folder, removed after, and what the program left running ends with the call",
+        .enabled(if: getuid() == 0, "each program slot gets a user of its own only when the tool service runs as root")
+    )
+    func unsandboxedCallsAreSealed() async throws {
+        try await TestCluster.run(backend: .sqlite, overrides: ["tool.sandbox": "none"]) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await cluster.createProject("sealed", token: admin)
+            try await Self.apply(cluster, admin, project: project, """
+                tool: daemon
+                kind: python
+                side_effects: none
+                python:
+                  code: |
+                    import json, os, stat, time
+                    here = os.path.dirname(os.path.abspath(__file__))
+                    read, write = os.pipe()
+                    child = os.fork()
+                    if child == 0:
+                        os.setsid()
+                        grandchild = os.fork()
+                        if grandchild == 0:
+                            null = os.open(os.devnull, os.O_RDWR)
+                            for fd in (0, 1, 2):
+                                os.dup2(null, fd)
+                            time.sleep(120)
+                            os._exit(0)
+                        os.write(write, str(grandchild).encode())
+                        os._exit(0)
+                    os.waitpid(child, 0)
+                    daemon = int(os.read(read, 32))
+                    print(json.dumps({
+                        "folder": here,
+                        "folder_mode": stat.S_IMODE(os.stat(here).st_mode),
+                        "file_mode": stat.S_IMODE(os.stat(os.path.abspath(__file__)).st_mode),
+                        "owner": os.stat(here).st_uid,
+                        "uid": os.getuid(),
+                        "daemon": daemon,
+                    }))
+                  limits: { processes: 8 }
+                """)
+            let reply = try await Self.invoke(cluster, admin, project: project, "daemon")
+            let output = try #require(reply.json["output"] as? [String: Any], "\(reply.text)")
+            #expect(output["folder_mode"] as? Int == 0o700, "\(output)")
+            #expect((output["file_mode"] as? Int ?? 0o777) & 0o077 == 0, "\(output)")
+            #expect(output["owner"] as? Int == output["uid"] as? Int)
+            #expect(output["uid"] as? Int != 0)
+            let folder = try #require(output["folder"] as? String)
+            #expect(!FileManager.default.fileExists(atPath: folder), "\(folder) is still there")
+            let daemon = try #require(output["daemon"] as? Int)
+            // Killed with the call; reaped (it was the service's orphan) within a moment.
+            let deadline = ContinuousClock.now + .seconds(10)
+            while FileManager.default.fileExists(atPath: "/proc/\(daemon)"), ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(!FileManager.default.fileExists(atPath: "/proc/\(daemon)"), "the program's daemon \(daemon) outlived the call")
         }
     }
 

@@ -47,16 +47,20 @@ struct BrowserRunner: Sendable {
         } catch {
             throw ToolRunner.Failure(reason: "sandbox", message: "cannot start the browser's proxy: \(error)")
         }
-        let directory: String
-        do { directory = try CodeSandbox.makeDirectory() } catch {
-            await proxy.stop()
-            throw ToolRunner.Failure(reason: "sandbox", message: "cannot prepare the browser's directory: \(error)")
-        }
-        defer { try? FileManager.default.removeItem(atPath: directory) }
         let outcome: Swift.Result<ExprValue, ToolRunner.Failure>
         do throws(ToolRunner.Failure) {
             outcome = .success(try await self.sandbox.slots.run { (slot) async throws(ToolRunner.Failure) -> ExprValue in
-                try await self.load(spec, url: url, chromium: chromium, proxy: proxy, directory: directory, slot: slot, timeout: timeout, maxBytes: maxBytes)
+                // The browser's profile folder: its own, 0700, the slot's user's alone.
+                let owner = self.sandbox.dropTo.map { uid_t($0.firstUID + slot) }
+                let directory: String
+                do { directory = try CodeSandbox.makeDirectory(owner: owner) } catch {
+                    throw ToolRunner.Failure(reason: "sandbox", message: "cannot prepare the browser's directory: \(error)")
+                }
+                defer {
+                    if let owner { ProcessSweep.kill(uid: owner) }
+                    try? FileManager.default.removeItem(atPath: directory)
+                }
+                return try await self.load(spec, url: url, chromium: chromium, proxy: proxy, directory: directory, slot: slot, timeout: timeout, maxBytes: maxBytes)
             })
         } catch {
             outcome = .failure(error)

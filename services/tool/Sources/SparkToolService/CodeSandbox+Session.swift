@@ -23,34 +23,44 @@ extension CodeSandbox {
     /// when `body` returns, throws, or runs past the timeout. A line longer than `limits.maxStdout`
     /// ends the session with `output_limit`.
     func session<T: Sendable>(_ server: ToolDefinition.MCP.Server, limits: Limits, _ body: @escaping @Sendable (LineChannel) async throws -> T) async throws(Failure) -> T {
-        var directory: String?
-        let tail: [String]
-        var binding: (host: String, inside: String)?
-        switch server {
-        case .code(let kind, let code):
-            let created: String
-            do { created = try Self.makeDirectory() } catch {
-                throw Failure(reason: "sandbox", message: "cannot prepare the program's directory: \(error)", logs: "")
-            }
-            directory = created
-            let fileName = kind == .python ? "server.py" : "server.js"
-            let hostFile = "\(created)/\(fileName)"
-            guard FileManager.default.createFile(atPath: hostFile, contents: Data(code.source.utf8), attributes: [.posixPermissions: 0o644]) else {
-                throw Failure(reason: "sandbox", message: "cannot write the program", logs: "")
-            }
-            let inside = self.isolation == .bubblewrap ? "/tmp/\(fileName)" : hostFile
-            binding = self.isolation == .bubblewrap ? (hostFile, inside) : nil
-            tail = self.interpreter(kind: kind, programPath: inside, limits: limits)
-        case .command(let command, _):
-            guard let program = command.first, FileManager.default.isExecutableFile(atPath: program) else {
-                throw Failure(reason: "sandbox", message: "\(command.first ?? "") is not a program of this host", logs: "")
-            }
-            tail = command
-        case .url:
+        if case .command(let command, _) = server, !(command.first.map { FileManager.default.isExecutableFile(atPath: $0) } ?? false) {
+            throw Failure(reason: "sandbox", message: "\(command.first ?? "") is not a program of this host", logs: "")
+        }
+        if case .url = server {
             throw Failure(reason: "sandbox", message: "a url server is not run here", logs: "")
         }
-        defer { if let directory { try? FileManager.default.removeItem(atPath: directory) } }
         return try await self.slots.run { (slot) async throws(Failure) -> T in
+            var directory: String?
+            let tail: [String]
+            var binding: (host: String, inside: String)?
+            let owner = self.dropTo.map { uid_t($0.firstUID + slot) }
+            defer {
+                if let owner { ProcessSweep.kill(uid: owner) }
+                if let directory { try? FileManager.default.removeItem(atPath: directory) }
+            }
+            switch server {
+            case .code(let kind, let code):
+                // The call's own folder, 0700 and the slot's user's alone, as for a python tool.
+                let created: String
+                do { created = try Self.makeDirectory(owner: owner) } catch {
+                    throw Failure(reason: "sandbox", message: "cannot prepare the program's directory: \(error)", logs: "")
+                }
+                directory = created
+                let fileName = kind == .python ? "server.py" : "server.js"
+                let hostFile = "\(created)/\(fileName)"
+                guard FileManager.default.createFile(atPath: hostFile, contents: Data(code.source.utf8), attributes: [.posixPermissions: 0o400]),
+                    owner.map({ chown(hostFile, $0, $0) == 0 }) ?? true
+                else {
+                    throw Failure(reason: "sandbox", message: "cannot write the program", logs: "")
+                }
+                let inside = self.isolation == .bubblewrap ? "/tmp/\(fileName)" : hostFile
+                binding = self.isolation == .bubblewrap ? (hostFile, inside) : nil
+                tail = self.interpreter(kind: kind, programPath: inside, limits: limits)
+            case .command(let command, _):
+                tail = command
+            case .url:
+                throw Failure(reason: "sandbox", message: "a url server is not run here", logs: "")
+            }
             let arguments = self.command(tail, binding: binding, slot: slot, limits: limits)
             let result: Swift.Result<T, Failure>
             do throws(Failure) {

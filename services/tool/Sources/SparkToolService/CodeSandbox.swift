@@ -112,30 +112,36 @@ struct CodeSandbox: Sendable {
 
     /// Runs `code` with `input` on stdin; the bytes it printed, or why it failed.
     func run(kind: ToolDefinition.Kind, code: ToolDefinition.Code, input: [UInt8], limits: Limits) async throws(Failure) -> Output {
-        let directory: String
-        do {
-            directory = try Self.makeDirectory()
-        } catch {
-            throw Failure(reason: "sandbox", message: "cannot prepare the program's directory: \(error)", logs: "")
-        }
-        defer { try? FileManager.default.removeItem(atPath: directory) }
         let fileName = kind == .python ? "main.py" : "main.js"
-        let hostFile = "\(directory)/\(fileName)"
-        guard FileManager.default.createFile(atPath: hostFile, contents: Data(Self.program(kind: kind, code: code).utf8), attributes: [.posixPermissions: 0o644]) else {
-            throw Failure(reason: "sandbox", message: "cannot write the program", logs: "")
-        }
-        let programPath = self.isolation == .bubblewrap ? "/tmp/\(fileName)" : hostFile
         return try await self.slots.run { (slot) async throws(Failure) -> Output in
+            // A folder of the call's own, readable by the program's user alone (each slot has a
+            // user of its own when the service runs as root), removed after the call.
+            let uid = self.dropTo.map { uid_t($0.firstUID + slot) }
+            let directory: String
+            do {
+                directory = try Self.makeDirectory(owner: uid)
+            } catch {
+                throw Failure(reason: "sandbox", message: "cannot prepare the program's directory: \(error)", logs: "")
+            }
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let hostFile = "\(directory)/\(fileName)"
+            guard FileManager.default.createFile(atPath: hostFile, contents: Data(Self.program(kind: kind, code: code).utf8), attributes: [.posixPermissions: 0o400]),
+                uid.map({ chown(hostFile, $0, $0) == 0 }) ?? true
+            else {
+                throw Failure(reason: "sandbox", message: "cannot write the program", logs: "")
+            }
+            let programPath = self.isolation == .bubblewrap ? "/tmp/\(fileName)" : hostFile
             let arguments = self.command(kind: kind, programPath: programPath, hostFile: hostFile, slot: slot, limits: limits)
             let result: Swift.Result<Output, Failure>
             do throws(Failure) {
-                result = .success(try await self.execute(arguments, input: input, limits: limits, kind: kind))
+                result = .success(try await self.execute(arguments, input: input, limits: limits, kind: kind, sweepUID: uid))
             } catch {
                 result = .failure(error)
             }
-            if self.isolation == .bubblewrap {
-                await OrphanReaper.reap(uid: self.dropTo.map { $0.firstUID + slot })
-            }
+            // Whatever the program left running (a child in a session of its own, a daemon) ends
+            // with the call: every process of the slot's user, or of the program's session.
+            if let uid { ProcessSweep.kill(uid: uid) }
+            await OrphanReaper.reap(uid: uid.map { Int($0) })
             return try result.get()
         }
     }
@@ -170,11 +176,16 @@ struct CodeSandbox: Sendable {
         }
     }
 
-    static func makeDirectory() throws -> String {
+    /// A new folder, 0700, owned by `owner` (the program's user) when given: no other user, and
+    /// so no other tenant's program, can list it or read what is in it.
+    static func makeDirectory(owner: uid_t?) throws -> String {
         let base = FileManager.default.temporaryDirectory.path
         let path = "\(base)/sparkops-tool-\(UUID().uuidString.lowercased())"
-        // Traversable but not listable by the sandbox user, who must read the program.
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o711])
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        if let owner, chown(path, owner, owner) != 0 {
+            try? FileManager.default.removeItem(atPath: path)
+            throw SparkConfigurationError("cannot give \(path) to uid \(owner): errno \(errno)")
+        }
         return path
     }
 
@@ -215,6 +226,8 @@ struct CodeSandbox: Sendable {
             arguments += [
                 self.bubblewrapPath,
                 "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534",
+                // No user namespaces inside: a way around the sandbox's own, refused.
+                "--disable-userns",
                 "--die-with-parent", "--new-session",
             ]
             for path in self.readOnlyPaths where FileManager.default.fileExists(atPath: path) {
@@ -265,13 +278,23 @@ struct CodeSandbox: Sendable {
         )
     }
 
-    func execute(_ arguments: [String], input: [UInt8], limits: Limits, kind: ToolDefinition.Kind) async throws(Failure) -> Output {
+    /// `sweepUID`: the slot's own user, whose every process is the program's; without one, the
+    /// program's session is what is swept when it ends or is killed.
+    func execute(_ arguments: [String], input: [UInt8], limits: Limits, kind: ToolDefinition.Kind, sweepUID: uid_t? = nil) async throws(Failure) -> Output {
         let configuration = Self.configuration(arguments)
         let state = RunState()
         let start = ContinuousClock.now
         let status: TerminationStatus
+        let leader = Mutex<pid_t?>(nil)
+        /// Every process the program started, wherever it moved (another group, a session of its own).
+        let sweep: @Sendable () -> Void = {
+            if let sweepUID { ProcessSweep.kill(uid: sweepUID) }
+            if let session = leader.withLock({ $0 }) { ProcessSweep.kill(session: session) }
+        }
+        defer { sweep() }
         do {
             let result = try await Subprocess.run(configuration, input: .inputWriter, output: .sequence, error: .sequence) { execution in
+                leader.withLock { $0 = execution.processIdentifier.value }
                 await withTaskGroup(of: Void.self) { group in
                     group.addTask {
                         _ = try? await execution.standardInputWriter.write(input)
@@ -321,6 +344,8 @@ struct CodeSandbox: Sendable {
                         guard !Task.isCancelled else { return }
                         if state.kill(Failure(reason: "timeout", message: "the program ran longer than its timeout of \(limits.timeout)", logs: "")) {
                             try? execution.send(signal: .kill, toProcessGroup: true)
+                            // A child outside the group may still hold the output open.
+                            sweep()
                         }
                     }
                     await group.waitForAll()

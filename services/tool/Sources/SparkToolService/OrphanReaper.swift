@@ -55,7 +55,9 @@ enum OrphanReaper {
                 if line.hasPrefix("NSpid:") { namespaces = line.dropFirst(6).split(whereSeparator: { $0 == " " || $0 == "\t" }).count }
                 if line.hasPrefix("Uid:") { uid = line.dropFirst(4).split(whereSeparator: { $0 == " " || $0 == "\t" }).first.flatMap { Int($0) } }
             }
-            if parent == me, zombie, namespaces >= 2 || (name.hasPrefix("chrom") && !Self.leadsSession(pid)) {
+            // A zombie of the counted uid is a program's (a slot's user runs nothing else), and
+            // not one swift-subprocess waits for: that one has ended and been reaped already.
+            if parent == me, zombie, namespaces >= 2 || (countingUID != nil && uid == countingUID) || (name.hasPrefix("chrom") && !Self.leadsSession(pid)) {
                 var code: Int32 = 0
                 if waitpid(pid, &code, WNOHANG) == pid { continue }
             }
