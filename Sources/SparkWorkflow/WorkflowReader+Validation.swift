@@ -14,14 +14,18 @@ extension WorkflowReader {
             }
         }
         for (index, step) in definition.steps.enumerated() {
+            var listed: Set<String> = []
             for (offset, need) in step.needs.enumerated() {
-                let field = "steps[\(index)].needs[\(offset)]"
+                let isNew = listed.insert(need).inserted
                 if need == step.id {
+                    let field = "steps[\(index)].needs[\(offset)]"
                     self.problem(field, "a step cannot need itself", at: self.at(field))
                 } else if seen[need] == nil {
+                    let field = "steps[\(index)].needs[\(offset)]"
                     let hint = Self.closest(need, ids).map { "; did you mean \($0.debugDescription)?" } ?? ""
                     self.problem(field, "unknown step \(need.debugDescription)\(hint)", at: self.at(field))
-                } else if step.needs[..<offset].contains(need) {
+                } else if !isNew {
+                    let field = "steps[\(index)].needs[\(offset)]"
                     self.problem(field, "\(need.debugDescription) is listed twice", at: self.at(field))
                 }
             }
@@ -101,10 +105,50 @@ extension WorkflowReader {
         ])
     }
 
+    /// What every step's `needs` reach, each computed once from its needs' own as bit sets, in
+    /// an order where needs come first: a dense DAG of hundreds of steps and tens of thousands of
+    /// edges costs a few milliseconds, not a traversal per step.
+    static func upstreams(in steps: [WorkflowStep]) -> [String: Set<String>] {
+        var position: [String: Int] = [:]
+        for (index, step) in steps.enumerated() where position[step.id] == nil { position[step.id] = index }
+        let words = (steps.count + 63) / 64
+        var bits = [[UInt64]](repeating: [UInt64](repeating: 0, count: words), count: steps.count)
+        var state = [UInt8](repeating: 0, count: steps.count)  // 1: on the path, 2: done
+        func visit(_ index: Int) {
+            guard state[index] == 0 else { return }  // done, or a cycle (reported elsewhere) closing here
+            state[index] = 1
+            for need in steps[index].needs {
+                guard let other = position[need], other != index else { continue }
+                visit(other)
+                guard state[other] == 2 else { continue }
+                for word in 0 ..< words { bits[index][word] |= bits[other][word] }
+                bits[index][other / 64] |= 1 << UInt64(other % 64)
+            }
+            state[index] = 2
+        }
+        for index in steps.indices { visit(index) }
+        var found: [String: Set<String>] = [:]
+        for (index, step) in steps.enumerated() where found[step.id] == nil {
+            var visible: Set<String> = []
+            for word in 0 ..< words where bits[index][word] != 0 {
+                var remaining = bits[index][word]
+                while remaining != 0 {
+                    let bit = remaining.trailingZeroBitCount
+                    remaining &= remaining - 1
+                    let other = word * 64 + bit
+                    if other != index { visible.insert(steps[other].id) }
+                }
+            }
+            found[step.id] = visible
+        }
+        return found
+    }
+
     mutating func checkExpressions(_ definition: WorkflowDefinition) {
         let all = Set(definition.steps.map(\.id))
+        let upstreams = Self.upstreams(in: definition.steps)
         for (index, step) in definition.steps.enumerated() {
-            let visible = Self.upstream(of: step.id, in: definition.steps)
+            let visible = upstreams[step.id] ?? []
             let schema = Self.schema(inputs: definition.inputs, steps: visible)
             if let when = step.when {
                 let field = "steps[\(index)].when"

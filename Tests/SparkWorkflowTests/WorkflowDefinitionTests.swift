@@ -190,3 +190,29 @@ struct WorkflowDefinitionTests {
         }
     }
 }
+
+/// The work of validation is bounded: a dense DAG at the limits checks in a fraction of a second.
+@Suite("Workflow validation cost")
+struct WorkflowValidationCostTests {
+    /// `steps` steps, each needing every step before it and reading two of them in templates.
+    static func dense(_ steps: Int) -> String {
+        var source = "name: dense\ninputs: { topic: { type: string } }\nsteps:\n"
+        for index in 0 ..< steps {
+            source += "  - id: s\(index)\n    tool: echo\n"
+            if index > 0 {
+                source += "    needs: [" + (0 ..< index).map { "s\($0)" }.joined(separator: ", ") + "]\n"
+                source += "    with: { a: \"${{ steps.s\(index - 1).output.x }} and ${{ steps.s\(index / 2).output.y }} on ${{ inputs.topic }}\" }\n"
+                source += "    when: \"${{ steps.s0.status == 'succeeded' }}\"\n"
+            }
+        }
+        return source
+    }
+
+    @Test("a dense 290-step DAG (41,905 edges) validates in well under a second of CPU")
+    func denseDAG() throws {
+        let source = Self.dense(290)
+        let clock = ContinuousClock()
+        let elapsed = try clock.measure { _ = try WorkflowDefinition.read(source) }
+        #expect(elapsed < .seconds(1), "validation took \(elapsed)")
+    }
+}

@@ -1,5 +1,6 @@
 import Foundation
 public import GRPCCore
+import NIOPosix
 public import Logging
 import SQLKit
 public import SparkKit
@@ -30,25 +31,36 @@ public final class WorkflowService: Sparkops_Workflow_V1_WorkflowService.Service
 
     // MARK: Definitions in
 
+    /// Reads and validates a definition on a thread of NIO's blocking pool, not on the event
+    /// loop the call arrived on: a large workflow's checks (bounded by `WorkflowLimits`) must
+    /// not hold up the other calls and connections of that loop.
+    static func parse(_ source: String, references: WorkflowReferences = .unchecked) async throws -> Result<WorkflowDefinition, WorkflowValidationError> {
+        try await NIOThreadPool.singleton.runIfActive {
+            do throws(WorkflowValidationError) {
+                return .success(try WorkflowDefinition.read(source, references: references))
+            } catch {
+                return .failure(error)
+            }
+        }
+    }
+
     /// The definition, or INVALID_ARGUMENT on `source` listing every problem (`line:column: field: message`).
-    static func read(_ source: String) throws -> WorkflowDefinition {
+    static func read(_ source: String) async throws -> WorkflowDefinition {
         guard !source.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { throw SparkError.invalid("source", "is required") }
-        do {
-            return try WorkflowDefinition.read(source)
-        } catch {
-            throw SparkError.invalid("source", error.summary)
+        switch try await Self.parse(source) {
+        case .success(let definition): return definition
+        case .failure(let error): throw SparkError.invalid("source", error.summary)
         }
     }
 
     /// The definition, its tools and agents checked against the project's: INVALID_ARGUMENT on
     /// `source` otherwise.
     func checked(_ source: String, projectID: String, principal: Sparkops_Common_V1_Principal) async throws -> WorkflowDefinition {
-        let definition = try Self.read(source)
+        let definition = try await Self.read(source)
         guard let references = try await self.references(for: definition, projectID: projectID, principal: principal) else { return definition }
-        do {
-            return try WorkflowDefinition.read(source, references: references)
-        } catch {
-            throw SparkError.invalid("source", error.summary)
+        switch try await Self.parse(source, references: references) {
+        case .success(let definition): return definition
+        case .failure(let error): throw SparkError.invalid("source", error.summary)
         }
     }
 
@@ -67,9 +79,9 @@ public final class WorkflowService: Sparkops_Workflow_V1_WorkflowService.Service
         let principal = try await self.access.require(request.metadata, projectID: request.message.projectID, permission: "workflow.read")
         guard !request.message.source.isEmpty else { throw SparkError.invalid("source", "is required") }
         do {
-            var definition = try WorkflowDefinition.read(request.message.source)
+            var definition = try await Self.parse(request.message.source).get()
             if let references = try await self.references(for: definition, projectID: request.message.projectID, principal: principal) {
-                definition = try WorkflowDefinition.read(request.message.source, references: references)
+                definition = try await Self.parse(request.message.source, references: references).get()
             }
             return ServerResponse(message: .with {
                 $0.valid = true
