@@ -148,6 +148,24 @@ struct ConnectionBehaviourTests {
         }
     }
 
+    @Test("a keepalive ping comes one interval after the last frame received, not up to two")
+    func keepaliveTiming() async throws {
+        // A peer that answers pings at once: each answer is a frame, so the next ping is due one
+        // interval after it. Checking on a fixed period instead sent every second ping an interval late.
+        let peer = try await RawWireServer.start(certificates: self.certificates, answerPings: true) { _ in [] }
+        defer { Task { await peer.stop() } }
+        try await withWireClient(
+            endpoints: [.init(host: "127.0.0.1", port: peer.port)],
+            security: self.certificates.security("client"),
+            configure: { $0.keepalive = SparkWireKeepalive(interval: .seconds(1), timeout: .seconds(5)) }
+        ) { _, _ in
+            _ = try await peer.log.wait(timeout: .seconds(30)) { frames, _ in frames.filter { $0.ping != nil }.count >= 4 }
+            let pings = peer.log.timedFrames.filter { $0.frame.ping != nil }.map(\.time)
+            let gaps = zip(pings.dropFirst(), pings).map { $0 - $1 }
+            #expect(gaps.allSatisfy { $0 > .milliseconds(900) && $0 < .milliseconds(1600) }, "gaps between pings: \(gaps)")
+        }
+    }
+
     @Test("calls are spread round robin across every address")
     func roundRobin() async throws {
         let first = EchoService()

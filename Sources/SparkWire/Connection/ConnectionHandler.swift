@@ -54,7 +54,10 @@ package final class ConnectionHandler: ChannelDuplexHandler {
     private let goingAwayPromise: EventLoopPromise<Void>?
 
     private var lastFrameReceived = NIODeadline.now()
-    private var keepaliveTask: RepeatedTask?
+    /// The next keepalive check: due `interval` after the last frame received, not on a fixed
+    /// period (which would let a frame just after one check put the ping off to almost twice the
+    /// interval).
+    private var keepaliveTask: Scheduled<Void>?
     private var outstandingPing: (payload: UInt64, timeout: Scheduled<Void>)?
     private var graceTimer: Scheduled<Void>?
     private var closeReason: RPCError?
@@ -145,11 +148,7 @@ package final class ConnectionHandler: ChannelDuplexHandler {
         self.write(WireFrame(streamID: 0, settings: self.stateMachine.local.settings), context: context)
         context.flush()
         if let keepalive = self.configuration.keepalive {
-            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-            let interval = keepalive.interval.timeAmount
-            self.keepaliveTask = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
-                loopBound.value.keepaliveTick()
-            }
+            self.scheduleKeepalive(in: keepalive.interval.timeAmount, context: context)
         }
     }
 
@@ -520,11 +519,26 @@ package final class ConnectionHandler: ChannelDuplexHandler {
         context.close(promise: nil)
     }
 
+    private func scheduleKeepalive(in delay: TimeAmount, context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        self.keepaliveTask = context.eventLoop.scheduleTask(in: delay) {
+            loopBound.value.keepaliveTick()
+        }
+    }
+
+    /// Pings once nothing has been received for the interval; otherwise checks again when the
+    /// interval since the last frame will have passed.
     private func keepaliveTick() {
-        guard let context = self.context, let keepalive = self.configuration.keepalive else { return }
-        guard self.outstandingPing == nil else { return }
+        guard let context = self.context, let keepalive = self.configuration.keepalive, self.keepaliveTask != nil else { return }
+        let interval = keepalive.interval.timeAmount
         let idle = NIODeadline.now() - self.lastFrameReceived
-        guard idle >= keepalive.interval.timeAmount else { return }
+        guard self.outstandingPing == nil, idle >= interval else {
+            // While a ping waits for its answer, its own timeout decides; the answer is a frame,
+            // so the next check falls an interval after it.
+            self.scheduleKeepalive(in: self.outstandingPing == nil ? interval - idle : interval, context: context)
+            return
+        }
+        self.scheduleKeepalive(in: interval, context: context)
         let payload = UInt64.random(in: 1 ... .max)
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let timeout = context.eventLoop.scheduleTask(in: keepalive.timeout.timeAmount) {

@@ -11,6 +11,8 @@ import Synchronization
 final class FrameLog: Sendable {
     private struct State {
         var frames: [WireFrame] = []
+        /// When each frame arrived.
+        var times: [ContinuousClock.Instant] = []
         var closed = false
         var handshakeCompleted = false
         var error: String?
@@ -18,12 +20,19 @@ final class FrameLog: Sendable {
 
     private let state = Mutex(State())
 
-    func append(_ frame: WireFrame) { self.state.withLock { $0.frames.append(frame) } }
+    func append(_ frame: WireFrame) {
+        self.state.withLock {
+            $0.frames.append(frame)
+            $0.times.append(.now)
+        }
+    }
     func markClosed() { self.state.withLock { $0.closed = true } }
     func markHandshake() { self.state.withLock { $0.handshakeCompleted = true } }
     func record(_ error: any Error) { self.state.withLock { $0.error = $0.error ?? "\(error)" } }
 
     var frames: [WireFrame] { self.state.withLock { $0.frames } }
+    /// Each frame with the time it arrived.
+    var timedFrames: [(frame: WireFrame, time: ContinuousClock.Instant)] { self.state.withLock { Array(zip($0.frames, $0.times)) } }
     var isClosed: Bool { self.state.withLock { $0.closed } }
     var handshakeCompleted: Bool { self.state.withLock { $0.handshakeCompleted } }
     var error: String? { self.state.withLock { $0.error } }
