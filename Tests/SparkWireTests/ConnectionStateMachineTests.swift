@@ -33,6 +33,32 @@ struct ConnectionStateMachineTests {
         #expect(machine.isClosed)
     }
 
+    @Test("a window update in the frame that opens a stream is credit for that stream")
+    func windowUpdateWithHeaders() {
+        var machine = self.server()
+        guard case .openStream(let delivery) = machine.receive(WireFrame(streamID: 1, headers: .init(method: "/s/m"), windowUpdate: 7)) else {
+            Issue.record("expected the stream to open")
+            return
+        }
+        #expect(delivery.credit == 7)
+    }
+
+    @Test("a first frame with more messages than the window is cancelled with code 8, as on an open stream")
+    func firstFrameOverWindow() {
+        var machine = self.server()
+        guard case .resetStream(1, let code, _) = self.open(&machine, 1, messages: Int(Self.limits.initialWindow) + 1) else {
+            Issue.record("expected a cancel")
+            return
+        }
+        #expect(code == .resourceExhausted)
+        // The connection lives on; the stream is not open.
+        #expect(!machine.isClosed)
+        guard case .openStream = self.open(&machine, 3, messages: Int(Self.limits.initialWindow)) else {
+            Issue.record("a stream within the window should open")
+            return
+        }
+    }
+
     @Test("settings are read once; defaults fill zeros; a second settings frame is an error")
     func settings() {
         var machine = ConnectionStateMachine(role: .client, local: Self.limits)

@@ -270,6 +270,9 @@ package final class ConnectionHandler: ChannelDuplexHandler {
             parts.append(.message(message))
         }
         channel.deliver(parts, end: delivery.endStream)
+        if delivery.credit > 0 {
+            channel.grantCredit(delivery.credit)
+        }
         self.streams[delivery.streamID] = channel
 
         var deadline: ContinuousClock.Instant?

@@ -295,11 +295,13 @@ package struct ConnectionStateMachine: Sendable {
             var record = StreamRecord(receiveWindow: Int64(self.local.initialWindow))
             record.receiveWindow -= Int64(frame.messages.count)
             if record.receiveWindow < 0 {
-                return .refuseStream(id, WireFrame.Trailers(code: UInt32(Status.Code.resourceExhausted.rawValue), message: "the first frame carried more messages than the window allows"))
+                // A flow-control violation, as on an open stream: cancel {8} (§4), not trailers.
+                return .resetStream(id, code: .resourceExhausted, message: "the first frame carried more messages than the window allows")
             }
             record.remoteEnded = frame.endStream
             self.streams[id] = record
-            return .openStream(Delivery(streamID: id, headers: headers, messages: frame.messages, endStream: frame.endStream, trailers: nil))
+            // A window update that travels with the opening headers is credit like any other.
+            return .openStream(Delivery(streamID: id, headers: headers, messages: frame.messages, endStream: frame.endStream, trailers: nil, credit: frame.windowUpdate ?? 0))
         }
     }
 
