@@ -269,6 +269,10 @@ let coreTargets: [Target] = [
             dependencies: [
                 "SparkTesting",
                 "SparkKit",
+                "SparkWire",
+                "SparkProto",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "SQLKit", package: "sql-kit"),
             ],

@@ -36,7 +36,8 @@ struct WireCommand: AsyncParsableCommand {
         var identity = "echo"
 
         func run() async throws {
-            let services: [any RegistrableRPCService] = [EchoService(), HealthService()]
+            let health = HealthService()
+            let services: [any RegistrableRPCService] = [EchoService(), health]
             let transport = SparkWireServerTransport(config: .init(
                 host: self.host,
                 port: self.port,
@@ -49,7 +50,12 @@ struct WireCommand: AsyncParsableCommand {
                 group.addTask { try await server.serve() }
                 let address = try await transport.listeningAddress
                 print("SparkWire echo server on \(self.host):\(address.port ?? 0) as \(self.identity)")
-                group.addTask { await ShutdownSignal.wait(); server.beginGracefulShutdown() }
+                group.addTask {
+                    await ShutdownSignal.wait()
+                    // Watchers and checks see NOT_SERVING while the calls in flight finish.
+                    health.markAllNotServing()
+                    server.beginGracefulShutdown()
+                }
             }
         }
     }

@@ -67,6 +67,13 @@ extension CLITests {
                 if approval == nil { try await Task.sleep(for: .milliseconds(200)) }
             }
             let id = try #require(approval, "no approval was asked for:\n\(watch.output)")
+            // Its output is a file, not a terminal: what happened so far is there already, line
+            // by line, while the run waits (it was held back until the end before).
+            let shown = ContinuousClock.now + .seconds(30)
+            while !watch.output.contains("awaiting_approval"), ContinuousClock.now < shown {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(watch.output.contains("awaiting_approval"), "the watch showed nothing while the run waited:\n\(watch.output)")
             let approved = try await cli("approval", "approve", id, "--project", project, "--comment", "ship it")
             #expect(approved.status == 0, "\(approved.output)")
             #expect(approved.output.contains("approved \(id)"), "\(approved.output)")

@@ -1,4 +1,8 @@
 import Foundation
+import GRPCCore
+import SparkProto
+import SparkWire
+import SwiftProtobuf
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -58,6 +62,53 @@ struct ShutdownTests {
         #expect(elapsed < .seconds(25), "exited \(elapsed) after SIGTERM")
         #expect(outcome.serverCloseCode == 1001)
         #expect(await silent.closeCode() == 1001)
+    }
+}
+
+extension ShutdownTests {
+    @Test("sparkops wire echo-server reports NOT_SERVING to health watchers once it begins a graceful shutdown")
+    func echoServerHealthAtShutdown() async throws {
+        let certificates = try TestCertificates.make(services: ["echo", "client"])
+        defer { certificates.remove() }
+        let logs = FileManager.default.temporaryDirectory.appending(path: "sparkops-echo-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: logs, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: logs) }
+        let server = try await ServiceProcess("sparkops", ["wire", "echo-server", "--port", "0", "--certs", certificates.directory.path], logDirectory: logs)
+        var port: Int?
+        let deadline = ContinuousClock.now + .seconds(60)
+        while port == nil, server.isRunning, ContinuousClock.now < deadline {
+            port = server.output.split(separator: "\n").first { $0.contains("SparkWire echo server on") }
+                .flatMap { $0.split(separator: ":").last.flatMap { Int($0.prefix { $0.isNumber }) } }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let listening = try #require(port, "no port announced:\n\(server.output)")
+        let seen = try await withWireClient(endpoints: [.init(host: "127.0.0.1", port: listening)], security: certificates.security("client")) { client, _ in
+            let health = Sparkops_Health_V1_Health.Client(wrapping: client)
+            let echo = Sparkops_Testing_V1_EchoService.Client(wrapping: client)
+            return try await withThrowingTaskGroup(of: [Sparkops_Health_V1_HealthCheckResponse.ServingStatus].self) { group in
+                // A slow call keeps the shutdown graceful for a while.
+                group.addTask {
+                    _ = try? await echo.get(.with { $0.text = "slow" }, metadata: ["echo-delay-ms": "2000"])
+                    return []
+                }
+                group.addTask {
+                    try await health.watch(.init()) { response in
+                        var statuses: [Sparkops_Health_V1_HealthCheckResponse.ServingStatus] = []
+                        for try await message in response.messages {
+                            statuses.append(message.status)
+                            if statuses.count == 1 { server.signal(SIGTERM) }
+                            if message.status == .notServing { break }
+                        }
+                        return statuses
+                    }
+                }
+                var found: [Sparkops_Health_V1_HealthCheckResponse.ServingStatus] = []
+                for try await statuses in group { found += statuses }
+                return found
+            }
+        }
+        #expect(seen == [.serving, .notServing], "\(seen)")
+        #expect(await server.exit(within: .seconds(20)) == 0, "\(server.output)")
     }
 }
 
