@@ -29,7 +29,7 @@ struct CertsCommand: ParsableCommand {
         @Option(help: "Comma-separated service names.")
         var services: String = CertsCommand.allServices
 
-        @Option(name: .customLong("dns-name"), help: "An extra DNS name for every certificate (repeatable), such as localhost.")
+        @Option(name: .customLong("dns-name"), help: "An extra DNS name (repeatable), with one service in --services only: a CA never gives one name to two services.")
         var dnsNames: [String] = []
 
         @Flag(help: "Replace an existing CA.")
@@ -56,7 +56,7 @@ struct CertsCommand: ParsableCommand {
         @Option(help: "The service name; it becomes the certificate's identity.")
         var service: String
 
-        @Option(name: .customLong("dns-name"), help: "An extra DNS name (repeatable).")
+        @Option(name: .customLong("dns-name"), help: "An extra DNS name (repeatable); refused when another service's certificate in the directory holds it.")
         var dnsNames: [String] = []
 
         func run() throws {

@@ -21,7 +21,8 @@ struct CertificateAuthorityTests {
     func initialize() throws {
         let directory = self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
-        try CertificateAuthority.initialize(directory: directory, services: ["gateway", "project"], extraDNSNames: ["project.sparkops.svc"])
+        try CertificateAuthority.initialize(directory: directory, services: ["gateway", "project"])
+        try CertificateAuthority.issueLeaf(in: directory, service: "project", extraDNSNames: ["project.sparkops.svc"])
         for file in ["ca.pem", "ca.key", "trust.pem", "gateway.pem", "gateway.key", "project.pem", "project.key"] {
             #expect(FileManager.default.fileExists(atPath: directory.appending(path: file).path), "\(file)")
         }
@@ -45,6 +46,28 @@ struct CertificateAuthorityTests {
         }
     }
 
+    @Test("a CA never gives one name to two services: init with --dns-name for several, or issue with another's name, is refused")
+    func oneNameOneService() throws {
+        let directory = self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        #expect(throws: CertificateDirectoryError.self) {
+            try CertificateAuthority.initialize(directory: directory, services: ["project", "run"], extraDNSNames: ["localhost"])
+        }
+        #expect(!FileManager.default.fileExists(atPath: directory.appending(path: "ca.key").path))
+        try CertificateAuthority.initialize(directory: directory, services: ["project", "run"])
+        try CertificateAuthority.issueLeaf(in: directory, service: "project", extraDNSNames: ["localhost", "project.sparkops.svc"])
+        let before = try String(contentsOf: directory.appending(path: "run.pem"), encoding: .utf8)
+        for names in [["localhost"], ["LOCALHOST"], ["project"], ["project.sparkops.svc"], ["budget"]] {
+            #expect(throws: CertificateDirectoryError.self, "\(names)") {
+                try CertificateAuthority.issueLeaf(in: directory, service: "run", extraDNSNames: names)
+            }
+        }
+        // Nothing was written for a refused name; the service's own names may be issued again.
+        #expect(try String(contentsOf: directory.appending(path: "run.pem"), encoding: .utf8) == before)
+        try CertificateAuthority.issueLeaf(in: directory, service: "project", extraDNSNames: ["localhost"])
+        try CertificateAuthority.issueLeaf(in: directory, service: "run", extraDNSNames: ["run.sparkops.svc"])
+    }
+
     @Test("bad service names are refused with the rule")
     func serviceNames() throws {
         let directory = self.temporaryDirectory()
@@ -63,7 +86,8 @@ struct CertificateAuthorityTests {
     func rotation() async throws {
         let directory = self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
-        try CertificateAuthority.initialize(directory: directory, services: ["echo", "client"], extraDNSNames: ["localhost"])
+        try CertificateAuthority.initialize(directory: directory, services: ["echo", "client"])
+        try CertificateAuthority.issueLeaf(in: directory, service: "echo", extraDNSNames: ["localhost"])
         let oldClient = try String(contentsOf: directory.appending(path: "client.pem"), encoding: .utf8)
         let oldClientKey = try String(contentsOf: directory.appending(path: "client.key"), encoding: .utf8)
 

@@ -122,6 +122,16 @@ public struct CertificateAuthority: Sendable {
     ) throws {
         guard !services.isEmpty else { throw CertificateDirectoryError("--services names no service") }
         for service in services { try Self.validate(serviceName: service) }
+        // One name on two services' certificates would let a client expecting it accept either
+        // (docs/wire-protocol.md §2): extra names go to one service at a time.
+        if !extraDNSNames.isEmpty && services.count > 1 {
+            throw CertificateDirectoryError(
+                "--dns-name would give \(extraDNSNames.joined(separator: ", ")) to all of \(services.joined(separator: ", ")), and a CA must never give one name to two services; create the certificates, then add a name to one service with `sparkops certs issue --service NAME --dns-name DNS`"
+            )
+        }
+        if let service = services.first, let clash = Self.identityClash(extraDNSNames, service: service) {
+            throw CertificateDirectoryError("--dns-name \(clash) is another SparkOps service's identity")
+        }
         let fileManager = FileManager.default
         if !overwrite && fileManager.fileExists(atPath: directory.appending(path: "ca.key").path) {
             throw CertificateDirectoryError("\(directory.path)/ca.key exists; pass --force to replace the CA")
@@ -136,8 +146,42 @@ public struct CertificateAuthority: Sendable {
     }
 
     /// Issues (or re-issues) `<service>.pem` and `<service>.key` with the directory's current CA.
+    /// Refuses an extra name that another service's certificate in the directory holds (as its
+    /// identity or as an alias): a CA never gives one name to two services.
     public static func issueLeaf(in directory: URL, service: String, extraDNSNames: [String] = []) throws {
+        if let clash = Self.identityClash(extraDNSNames, service: service) {
+            throw CertificateDirectoryError("--dns-name \(clash) is another SparkOps service's identity")
+        }
+        for (other, names) in try Self.leafNames(in: directory) where other != service {
+            if let clash = extraDNSNames.first(where: { name in names.contains { $0.caseInsensitiveCompare(name) == .orderedSame } }) {
+                throw CertificateDirectoryError("\(clash) is already a name of the \(other) certificate in \(directory.path); a CA never gives one name to two services")
+            }
+        }
         try Self.issueLeaf(in: directory, service: service, extraDNSNames: extraDNSNames, authority: try Self.load(from: directory))
+    }
+
+    /// An extra name that is the identity of a SparkOps service other than `service`, if any.
+    static func identityClash(_ names: [String], service: String) -> String? {
+        let identities = ServiceName.allCases.map(\.rawValue).filter { $0 != service }
+        return names.first { name in identities.contains { $0.caseInsensitiveCompare(name) == .orderedSame } }
+    }
+
+    /// The DNS names of each service certificate (`<service>.pem` with its key) in the directory.
+    static func leafNames(in directory: URL) throws -> [String: [String]] {
+        var found: [String: [String]] = [:]
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+        for file in files where file.hasSuffix(".pem") && files.contains(String(file.dropLast(4)) + ".key") && file != "ca.pem" {
+            let service = String(file.dropLast(4))
+            guard let pem = try? String(contentsOf: directory.appending(path: file), encoding: .utf8),
+                let certificate = try? Certificate(pemEncoded: pem)
+            else { continue }
+            let names = (try? certificate.extensions.subjectAlternativeNames)??.compactMap { name -> String? in
+                if case .dnsName(let text) = name { return text }
+                return nil
+            } ?? []
+            found[service] = [service] + names
+        }
+        return found
     }
 
     private static func issueLeaf(in directory: URL, service: String, extraDNSNames: [String], authority: CertificateAuthority) throws {
