@@ -28,15 +28,60 @@ enum OutputFormat: String, ExpressibleByArgument {
     case json, table
 }
 
-/// The session `sparkops login` saves: `~/.sparkops/credentials.json`, readable by the user only.
+/// Where the CLI keeps what it saves: `$XDG_CONFIG_HOME/sparkops` when that is set, otherwise
+/// `$HOME/.sparkops` (the user's home from the password database only when `HOME` is unset).
+enum CLIFiles {
+    static var directory: URL {
+        let environment = ProcessInfo.processInfo.environment
+        if let xdg = environment["XDG_CONFIG_HOME"], xdg.hasPrefix("/") {
+            return URL(filePath: xdg).appending(path: "sparkops")
+        }
+        if let home = environment["HOME"], !home.isEmpty {
+            return URL(filePath: home).appending(path: ".sparkops")
+        }
+        return FileManager.default.homeDirectoryForCurrentUser.appending(path: ".sparkops")
+    }
+}
+
+/// The project a command acts on when `--project` is not given: `SPARKOPS_PROJECT`, else the one
+/// `sparkops project use NAME` saved (`config.json` beside the session).
+enum ProjectDefault {
+    static let help: ArgumentHelp = "The project: its name or prj_… id (default: SPARKOPS_PROJECT, or the project `sparkops project use` saved)."
+
+    static var path: URL { CLIFiles.directory.appending(path: "config.json") }
+
+    /// The project to use, or "" when none is set (a call then says how to set one).
+    static var current: String { Self.saved ?? "" }
+
+    static var saved: String? {
+        if let project = ProcessInfo.processInfo.environment["SPARKOPS_PROJECT"], !project.isEmpty { return project }
+        guard let data = try? Data(contentsOf: Self.path),
+            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+            let project = object["project"] as? String, !project.isEmpty
+        else { return nil }
+        return project
+    }
+
+    static func save(_ projectID: String) throws {
+        try FileManager.default.createDirectory(at: CLIFiles.directory, withIntermediateDirectories: true)
+        let data = try JSONSerialization.data(withJSONObject: ["project": projectID], options: [.sortedKeys])
+        guard FileManager.default.createFile(atPath: Self.path.path, contents: data, attributes: [.posixPermissions: 0o600]) else {
+            throw APICallError(status: 0, code: "LOCAL", message: "cannot write \(Self.path.path)")
+        }
+    }
+}
+
+/// The session `sparkops login` saves: `credentials.json` in ``CLIFiles/directory``
+/// (`~/.sparkops/credentials.json` unless `XDG_CONFIG_HOME` is set), or the file
+/// `SPARKOPS_CREDENTIALS` names; readable by the user only.
 struct SavedSession: Codable {
     var url: String
     var accessToken: String
     var refreshToken: String
 
     static var path: URL {
-        let home = ProcessInfo.processInfo.environment["SPARKOPS_CREDENTIALS"].map { URL(filePath: $0) }
-        return home ?? FileManager.default.homeDirectoryForCurrentUser.appending(path: ".sparkops/credentials.json")
+        let explicit = ProcessInfo.processInfo.environment["SPARKOPS_CREDENTIALS"].flatMap { $0.isEmpty ? nil : URL(filePath: $0) }
+        return explicit ?? CLIFiles.directory.appending(path: "credentials.json")
     }
 
     static func load() -> SavedSession? {
@@ -84,7 +129,8 @@ struct APIClient {
         return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
     }()
 
-    func call(_ method: HTTPMethod, _ path: String, body: [String: Any]? = nil, authenticated: Bool = true, timeout: TimeAmount = .seconds(30)) async throws -> [String: Any] {
+    func call(_ method: HTTPMethod, _ given: String, body: [String: Any]? = nil, authenticated: Bool = true, timeout: TimeAmount = .seconds(30)) async throws -> [String: Any] {
+        let path = try await self.resolvingProject(in: given)
         var session = SavedSession.load()
         if authenticated && self.options.explicitKey == nil && session == nil {
             throw APICallError(status: 401, code: "UNAUTHENTICATED", message: "not logged in: run `sparkops login` or pass --api-key")
@@ -111,6 +157,35 @@ struct APIClient {
             )
         }
         return object
+    }
+
+    /// A path under `/api/v1/projects/<project>` with the project as a name (or none at all)
+    /// turned into its id: commands take `--project` as a name or an id.
+    func resolvingProject(in path: String) async throws -> String {
+        let prefix = "/api/v1/projects/"
+        guard path.hasPrefix(prefix) else { return path }
+        let rest = path.dropFirst(prefix.count)
+        let segment = String(rest.prefix { $0 != "/" && $0 != "?" })
+        if segment.hasPrefix("prj_") { return path }
+        guard !segment.isEmpty else {
+            throw APICallError(status: 0, code: "INVALID_ARGUMENT", message: "no project: pass --project NAME, set SPARKOPS_PROJECT, or run `sparkops project use NAME`", field: "project")
+        }
+        let id = try await self.projectID(named: segment.removingPercentEncoding ?? segment)
+        return prefix + id + rest.dropFirst(segment.count)
+    }
+
+    /// The id of the caller's project named `name`.
+    func projectID(named name: String) async throws -> String {
+        if name.hasPrefix("prj_") { return name }
+        var token = ""
+        repeat {
+            let page = try await self.call(.GET, "/api/v1/projects?page_size=500" + (token.isEmpty ? "" : "&page_token=\(token)"))
+            if let found = (page["projects"] as? [[String: Any]] ?? []).first(where: { $0["name"] as? String == name }), let id = found["id"] as? String {
+                return id
+            }
+            token = page["nextPageToken"] as? String ?? ""
+        } while !token.isEmpty
+        throw APICallError(status: 404, code: "NOT_FOUND", message: "you have no project named \(name.debugDescription) (`sparkops project list` shows yours)", field: "project")
     }
 
     func send(_ method: HTTPMethod, _ path: String, body: [String: Any]?, credential: String?, timeout: TimeAmount = .seconds(30)) async throws -> (Int, [String: Any]) {

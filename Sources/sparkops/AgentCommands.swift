@@ -14,7 +14,7 @@ struct AgentCommand: AsyncParsableCommand {
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A project's agents.")
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
@@ -25,7 +25,7 @@ struct AgentCommand: AsyncParsableCommand {
     struct Get: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "An agent, or one of its versions with its source.")
         @Argument(help: "The agent's name or id.") var agent: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "A version number, or latest; prints that version's source.") var version: String?
         @OptionGroup var client: ClientOptions
 
@@ -37,7 +37,7 @@ struct AgentCommand: AsyncParsableCommand {
     struct Validate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Check agent definitions without storing anything.")
         @Option(name: .shortAndLong, help: "A YAML or JSON file, or a directory of them.") var file: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
@@ -51,7 +51,7 @@ struct AgentCommand: AsyncParsableCommand {
             discussion: "sparkops agent run researcher --project prj_… --prompt 'What does the handbook say about leave?'"
         )
         @Argument(help: "The agent's name or id.") var agent: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "The task for the model.") var prompt: String
         @Option(help: "Data for the task as JSON; @FILE reads it from a file.") var input: String?
         @Option(help: "The same key returns the stored step instead of running it again.") var idempotencyKey: String?

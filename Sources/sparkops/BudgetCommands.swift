@@ -83,7 +83,7 @@ struct BudgetCommand: AsyncParsableCommand {
                 """
         )
         @Argument(help: "The budget's name: letters, digits, - and _, up to 64.") var budget: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "The limit in dollars, such as 5 or 12.50.") var limit: String
         @Option(help: "day, month (the default for a new budget) or total.") var period: String?
         @Option(help: "Count only this workflow's spend.") var workflow: String?
@@ -110,7 +110,7 @@ struct BudgetCommand: AsyncParsableCommand {
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A project's budgets, with their current period's usage.")
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
@@ -125,7 +125,7 @@ struct BudgetCommand: AsyncParsableCommand {
     struct Get: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A budget, by name or id, with its current period's usage.")
         @Argument(help: "The budget's name or id.") var budget: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
@@ -138,7 +138,7 @@ struct BudgetCommand: AsyncParsableCommand {
     struct Delete: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Delete a budget, its usage and its ledger.")
         @Argument(help: "The budget's name or id.") var budget: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
@@ -153,7 +153,7 @@ struct BudgetCommand: AsyncParsableCommand {
             discussion: "sparkops budget usage llm-daily --project prj_… --by model --period 2026-12-02"
         )
         @Argument(help: "The budget's name or id.") var budget: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "A period (2026-12-02, 2026-12 or total); default the current one.") var period: String?
         @Option(help: "Group spend by workflow, agent, model, tool, run or api_key.") var by: String?
         @OptionGroup var client: ClientOptions
@@ -187,7 +187,7 @@ struct BudgetCommand: AsyncParsableCommand {
     struct Ledger: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A budget's ledger, newest first: every reserve, settle, release, expire and charge.")
         @Argument(help: "The budget's name or id.") var budget: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "Only this period's entries.") var period: String?
         @Option(help: "At most this many.") var limit: Int = 50
         @OptionGroup var client: ClientOptions
@@ -219,7 +219,7 @@ struct BudgetCommand: AsyncParsableCommand {
 
     struct Alerts: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "The project's budget alerts (50, 80 and 100 % of a period's limit spent), newest first.")
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "At most this many.") var limit: Int = 50
         @OptionGroup var client: ClientOptions
 

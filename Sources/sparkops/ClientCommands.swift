@@ -96,8 +96,25 @@ struct ProjectCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "project",
         abstract: "Create, list and show projects.",
-        subcommands: [Create.self, List.self, Get.self]
+        subcommands: [Create.self, List.self, Get.self, Use.self]
     )
+
+    struct Use: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make a project the default of later commands (saved beside the session; SPARKOPS_PROJECT overrides it)."
+        )
+        @Argument(help: "The project's name or prj_… id.") var project: String
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let api = APIClient(options: self.client)
+            let id = try await api.projectID(named: self.project)
+            // Checked: the caller can see it.
+            let found = try await api.call(.GET, "/api/v1/projects/\(id)")
+            try ProjectDefault.save(id)
+            print("using project \(found["name"] as? String ?? self.project) (\(id)); saved in \(ProjectDefault.path.path)")
+        }
+    }
 
     static let columns: [(title: String, key: String)] = [("id", "id"), ("name", "name"), ("description", "description"), ("created", "createTime")]
 
@@ -125,7 +142,7 @@ struct ProjectCommand: AsyncParsableCommand {
 
     struct Get: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a project.")
-        @Argument(help: "The project id (prj_…).") var id: String
+        @Argument(help: "The project's name or prj_… id.") var id: String
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
@@ -146,7 +163,7 @@ struct MemberCommand: AsyncParsableCommand {
 
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Add a member, or change a member's role.")
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "The user's email.") var email: String?
         @Option(help: "The user's id (usr_…).") var userId: String?
         @Option(help: "viewer, runner, approver, editor, admin or owner.") var role: String
@@ -167,7 +184,7 @@ struct MemberCommand: AsyncParsableCommand {
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A project's members.")
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
@@ -178,7 +195,7 @@ struct MemberCommand: AsyncParsableCommand {
 
     struct Remove: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Remove a member.")
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Argument(help: "The user id (usr_…).") var userId: String
         @OptionGroup var client: ClientOptions
 
@@ -200,7 +217,7 @@ struct APIKeyCommand: AsyncParsableCommand {
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create an API key; the key is shown this once.")
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "A name to recognize the key by.") var name: String
         @Option(help: "viewer, runner, approver, editor, admin or owner (at most yours).") var role: String = "viewer"
         @Option(help: "Days until it expires (default 90, at most 730).") var ttlDays: Int = 90
@@ -223,7 +240,7 @@ struct APIKeyCommand: AsyncParsableCommand {
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A project's API keys (never the keys themselves).")
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
@@ -234,7 +251,7 @@ struct APIKeyCommand: AsyncParsableCommand {
 
     struct Revoke: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Revoke an API key.")
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Argument(help: "The key's id (key_…).") var id: String
         @OptionGroup var client: ClientOptions
 

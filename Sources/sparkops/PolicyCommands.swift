@@ -4,15 +4,21 @@ import NIOHTTP1
 
 /// Where a policy command acts: a project's policies, or the global ones.
 struct PolicyScope: ParsableArguments {
-    @Option(help: "The project id.") var project: String?
+    @Option(help: ProjectDefault.help) var project: String?
     @Flag(help: "The global policies, which apply to every project (written by global administrators).") var global = false
 
     func validate() throws {
-        guard (self.project != nil) != self.global else { throw ValidationError("give --project or --global (one of them)") }
+        guard !(self.project != nil && self.global) else { throw ValidationError("give --project or --global (one of them)") }
+        guard self.global || self.scopeProject != nil else {
+            throw ValidationError("give --project or --global (or set a default project: SPARKOPS_PROJECT, or `sparkops project use NAME`)")
+        }
     }
 
+    /// The project given, or the default one unless --global.
+    var scopeProject: String? { self.global ? nil : self.project ?? ProjectDefault.saved }
+
     var base: String {
-        if let project = self.project { return "/api/v1/projects/\(project)/policies" }
+        if let project = self.scopeProject { return "/api/v1/projects/\(project)/policies" }
         return "/api/v1/policies"
     }
 }
@@ -58,7 +64,7 @@ struct PolicyCommand: AsyncParsableCommand {
     struct Validate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Check policy definitions without storing anything: every problem with its line, column and field.")
         @Option(name: .shortAndLong, help: "A YAML or JSON file, or a directory of them.") var file: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
@@ -100,7 +106,7 @@ struct PolicyCommand: AsyncParsableCommand {
             let api = APIClient(options: self.client)
             let base = "\(self.scope.base)/\(ToolCommand.escape(self.policy))"
             if let version = self.version {
-                guard self.scope.project != nil else { throw ValidationError("--version reads a project policy's versions") }
+                guard self.scope.scopeProject != nil else { throw ValidationError("--version reads a project policy's versions") }
                 let found = try await api.call(.GET, "\(base)/versions/\(version)")
                 if self.client.output == .json { Printer.print(found, format: .json, columns: []) } else { print(found["source"] as? String ?? "") }
                 return
@@ -132,7 +138,7 @@ struct PolicyCommand: AsyncParsableCommand {
                 Nothing is stored. With --expect, exits 1 when the decision is another.
                 """
         )
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "run.create, step.start, tool.invoke or llm.call.") var point: String
         @Option(help: "The context as JSON (docs/policies.md); @FILE reads it from a file.") var context: String = "{}"
         @Option(name: .shortAndLong, help: "A policy file to test instead of the saved policies.") var file: String?
@@ -185,7 +191,7 @@ struct ViolationCommand: AsyncParsableCommand {
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A project's violations, newest first.")
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "Only this point's: run.create, step.start, tool.invoke or llm.call.") var point: String?
         @Option(help: "Only deny or require_approval.") var effect: String?
         @Option(help: "At most this many.") var limit: Int = 50
@@ -211,7 +217,7 @@ struct ViolationCommand: AsyncParsableCommand {
     struct Get: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A violation with the context it was decided on, as JSON.")
         @Argument(help: "The violation's id (viol_…).") var id: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @OptionGroup var client: ClientOptions
 
         func run() async throws {

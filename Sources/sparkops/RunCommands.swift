@@ -110,7 +110,7 @@ struct RunCommand: AsyncParsableCommand {
                 """
         )
         @Argument(help: "The workflow's name or id.") var workflow: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(name: .customLong("input"), help: "An input as name=value (repeatable); a value that reads as JSON is that JSON.") var input: [String] = []
         @Option(name: .customLong("inputs"), help: "Every input as one JSON object.") var inputsJSON: String?
         @Option(help: "A version number (default the latest).") var version: String?
@@ -141,7 +141,7 @@ struct RunCommand: AsyncParsableCommand {
     struct Watch: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a run's events from the start (or after a sequence number) until it ends.")
         @Argument(help: "The run's id.") var run: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "Only the events after this sequence number.") var after: Int64 = 0
         @OptionGroup var client: ClientOptions
 
@@ -153,7 +153,7 @@ struct RunCommand: AsyncParsableCommand {
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A project's runs, newest first.")
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "Only runs in this status (queued, running, succeeded, failed, …).") var status: String?
         @Option(help: "Only runs of this workflow (name or id).") var workflow: String?
         @Option(help: "Only runs created at or after this RFC 3339 time.") var since: String?
@@ -174,7 +174,7 @@ struct RunCommand: AsyncParsableCommand {
     struct Get: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A run with its steps, attempts, inputs, outputs and cost.")
         @Argument(help: "The run's id.") var run: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
@@ -203,7 +203,7 @@ struct RunCommand: AsyncParsableCommand {
     struct Cancel: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Cancel an unfinished run; the calls it has running are cancelled.")
         @Argument(help: "The run's id.") var run: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "Why, for the run's history.") var reason: String?
         @OptionGroup var client: ClientOptions
 
@@ -217,7 +217,7 @@ struct RunCommand: AsyncParsableCommand {
     struct Rerun: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A new run from a step: the steps upstream keep their outputs; it and what follows run again.")
         @Argument(help: "The run's id.") var run: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "The step to run again.") var from: String
         @Flag(help: "Show the new run live until it ends.") var watch = false
         @OptionGroup var client: ClientOptions
@@ -238,7 +238,7 @@ struct RunCommand: AsyncParsableCommand {
     struct Resolve: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Retry or skip a step that needs attention (it may have had effects before its worker stopped).")
         @Argument(help: "The run's id.") var run: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "The step.") var step: String
         @Option(help: "retry or skip.") var action: String
         @OptionGroup var client: ClientOptions
@@ -264,7 +264,7 @@ struct ApprovalCommand: AsyncParsableCommand {
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A project's approvals: pending ones unless --status says otherwise.")
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "pending (the default), approved, rejected, expired, cancelled or all.") var status: String?
         @Option(help: "Only this run's.") var run: String?
         @OptionGroup var client: ClientOptions
@@ -283,7 +283,7 @@ struct ApprovalCommand: AsyncParsableCommand {
     struct Approve: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Approve: the run or step goes on.")
         @Argument(help: "The approval's id (apr_…).") var approval: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "Why, for the record.") var comment: String?
         @OptionGroup var client: ClientOptions
 
@@ -295,7 +295,7 @@ struct ApprovalCommand: AsyncParsableCommand {
     struct Reject: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Reject: the step (or run) fails.")
         @Argument(help: "The approval's id (apr_…).") var approval: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "Why, for the record.") var comment: String?
         @OptionGroup var client: ClientOptions
 

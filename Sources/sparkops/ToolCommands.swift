@@ -15,7 +15,7 @@ struct ToolCommand: AsyncParsableCommand {
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A project's tools.")
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
@@ -26,7 +26,7 @@ struct ToolCommand: AsyncParsableCommand {
     struct Get: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A tool, or one of its versions with its source.")
         @Argument(help: "The tool's name or id.") var tool: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "A version number, or latest; prints that version's source.") var version: String?
         @OptionGroup var client: ClientOptions
 
@@ -38,7 +38,7 @@ struct ToolCommand: AsyncParsableCommand {
     struct Validate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Check tool definitions without storing anything.")
         @Option(name: .shortAndLong, help: "A YAML or JSON file, or a directory of them.") var file: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
@@ -52,7 +52,7 @@ struct ToolCommand: AsyncParsableCommand {
             discussion: "sparkops tool invoke greet --project prj_… --input '{\"name\": \"Ada\"}'"
         )
         @Argument(help: "The tool's name or id.") var tool: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "The input as JSON (default {}); @FILE reads it from a file, - from stdin.") var input: String = "{}"
         @Option(help: "The same key returns the stored result instead of running the tool again.") var idempotencyKey: String?
         @Option(help: "At most this many seconds (default: the tool's timeout).") var timeout: Int?
@@ -114,7 +114,7 @@ struct SecretCommand: AsyncParsableCommand {
     struct Set: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Write a secret; its value is read from stdin.", discussion: "printf %s \"$TOKEN\" | sparkops secret set api-token --project prj_…")
         @Argument(help: "The secret's name.") var name: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
@@ -129,7 +129,7 @@ struct SecretCommand: AsyncParsableCommand {
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A project's secret names.")
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
@@ -141,7 +141,7 @@ struct SecretCommand: AsyncParsableCommand {
     struct Delete: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Delete a secret.")
         @Argument(help: "The secret's name.") var name: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @OptionGroup var client: ClientOptions
 
         func run() async throws {

@@ -13,7 +13,7 @@ struct ApplyCommand: AsyncParsableCommand {
     )
 
     @Option(name: .shortAndLong, help: "A YAML or JSON file, or a directory of them.") var file: String
-    @Option(help: "The project id.") var project: String
+    @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
     @OptionGroup var client: ClientOptions
 
     func run() async throws {
@@ -53,7 +53,7 @@ struct WorkflowCommand: AsyncParsableCommand {
             abstract: "Check definitions without storing anything: every problem with its line, column and field."
         )
         @Option(name: .shortAndLong, help: "A YAML or JSON file, or a directory of them.") var file: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
@@ -63,7 +63,7 @@ struct WorkflowCommand: AsyncParsableCommand {
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A project's workflows.")
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
@@ -74,7 +74,7 @@ struct WorkflowCommand: AsyncParsableCommand {
     struct Get: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A workflow, or one of its versions with its source.")
         @Argument(help: "The workflow id (wf_…).") var workflow: String
-        @Option(help: "The project id.") var project: String
+        @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @Option(help: "A version number, or latest; prints that version's source.") var version: String?
         @OptionGroup var client: ClientOptions
 

@@ -32,6 +32,51 @@ struct CLITests {
         }
     }
 
+    @Test("the session follows HOME and XDG_CONFIG_HOME; --project takes a name, SPARKOPS_PROJECT and `project use` set a default")
+    func homesAndProjects() async throws {
+        try await TestCluster.run(backend: .sqlite) { cluster in
+            let home = "\(cluster.home)/home-\(UUID().uuidString.prefix(6))"
+            let xdg = "\(cluster.home)/xdg-\(UUID().uuidString.prefix(6))"
+            try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+            func run(_ environment: [String: String], _ arguments: String...) async throws -> (status: Int32, output: String) {
+                try await ServiceProcess.run("sparkops", arguments, environment: ["SPARKOPS_URL": cluster.baseURL, "HOME": home].merging(environment) { $1 })
+            }
+            // HOME, not the password database's home, holds the session.
+            let login = try await run([:], "login", "--email", TestCluster.adminEmail, "--password", TestCluster.adminPassword)
+            #expect(login.status == 0, "\(login.output)")
+            #expect(FileManager.default.fileExists(atPath: "\(home)/.sparkops/credentials.json"))
+            // XDG_CONFIG_HOME, when set, instead.
+            let xdgLogin = try await run(["XDG_CONFIG_HOME": xdg], "login", "--email", TestCluster.adminEmail, "--password", TestCluster.adminPassword)
+            #expect(xdgLogin.status == 0, "\(xdgLogin.output)")
+            #expect(FileManager.default.fileExists(atPath: "\(xdg)/sparkops/credentials.json"))
+
+            let created = try await run([:], "project", "create", "named-one", "--output", "json")
+            let projectID = try #require((try JSONSerialization.jsonObject(with: Data(created.output.utf8)) as? [String: Any])?["id"] as? String, "\(created.output)")
+            _ = try await run([:], "project", "create", "other-one")
+            // Without any project: the command says how to give one.
+            let none = try await run([:], "workflow", "list")
+            #expect(none.status != 0)
+            #expect(none.output.contains("sparkops project use"), "\(none.output)")
+            // By name, and by id.
+            #expect(try await run([:], "workflow", "list", "--project", "named-one").status == 0)
+            #expect(try await run([:], "workflow", "list", "--project", projectID).status == 0)
+            let unknown = try await run([:], "workflow", "list", "--project", "no-such-project")
+            #expect(unknown.status != 0)
+            #expect(unknown.output.contains("no project named \"no-such-project\""), "\(unknown.output)")
+            // SPARKOPS_PROJECT.
+            #expect(try await run(["SPARKOPS_PROJECT": "named-one"], "workflow", "list").status == 0)
+            // `project use`: saved, then the default of later commands; --project still wins.
+            let use = try await run([:], "project", "use", "named-one")
+            #expect(use.status == 0, "\(use.output)")
+            #expect(FileManager.default.fileExists(atPath: "\(home)/.sparkops/config.json"))
+            let keys = try await run([:], "apikey", "create", "--name", "from-default", "--role", "viewer", "--output", "json")
+            #expect(keys.status == 0, "\(keys.output)")
+            #expect(keys.output.contains(projectID), "\(keys.output)")
+            let elsewhere = try await run([:], "apikey", "list", "--project", "other-one", "--output", "json")
+            #expect(elsewhere.status == 0 && !elsewhere.output.contains("from-default"), "\(elsewhere.output)")
+        }
+    }
+
     @Test("log in, create a project, add a member, create, list and revoke API keys")
     func projectLifecycle() async throws {
         try await TestCluster.run(backend: .sqlite) { cluster in
