@@ -278,6 +278,8 @@ struct WorkflowReader {
     }
 
     static let stepFields = ["id", "tool", "agent", "approval", "needs", "when", "with", "retry", "timeout", "on_error"]
+    /// The arguments of an agent step (`with`).
+    static let agentArguments = ["prompt", "input"]
 
     mutating func step(_ node: SourceNode, _ path: String) -> WorkflowStep? {
         guard let fields = self.fields(node, path, allowed: Self.stepFields) else { return nil }
@@ -312,7 +314,21 @@ struct WorkflowReader {
         }
         let with = fields["with"].map { $0.0.value } ?? .map([:])
         if let node = fields["with"]?.0 { self.recordLocations(of: node, at: "\(path).with") }
-        if case .map = with {} else {
+        if case .map(let arguments) = with {
+            // An agent step takes a prompt and, optionally, an input: anything else is a typo
+            // that would otherwise apply and fail only when the step runs.
+            if case .agent = kind {
+                for key in arguments.keys.sorted() where !Self.agentArguments.contains(key) {
+                    let hint = Self.closest(key, Self.agentArguments).map { "; did you mean \($0.debugDescription)?" } ?? ""
+                    self.problem("\(path).with.\(key)", "an agent step takes prompt and input, not \(key.debugDescription)\(hint)", at: self.locations["\(path).with.\(key)"] ?? fields["with"]!.0.location)
+                }
+                switch arguments["prompt"] {
+                case .string(let prompt)? where !prompt.isEmpty: break
+                case nil: self.problem("\(path).with", "an agent step needs with.prompt (the task, a template)", at: fields["with"]?.0.location ?? node.location)
+                default: self.problem("\(path).with.prompt", "must be a non-empty string (a template)", at: self.locations["\(path).with.prompt"] ?? node.location)
+                }
+            }
+        } else {
             self.problem("\(path).with", "must be a mapping of arguments, not \(fields["with"]!.0.kindName)", at: fields["with"]!.0.location)
         }
         var retry = WorkflowStep.Retry()

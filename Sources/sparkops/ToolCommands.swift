@@ -175,6 +175,22 @@ struct DefinitionDocument {
     var kind: Kind
 
     var label: String { self.line == 1 ? self.path : "\(self.path) (document at line \(self.line))" }
+
+    /// The name a tool or agent document defines (its `tool:` or `agent:`), when it can be read.
+    var definedName: String? {
+        guard self.kind == .tool || self.kind == .agent else { return nil }
+        let key = self.kind.rawValue
+        if let object = (try? JSONSerialization.jsonObject(with: Data(self.source.utf8))) as? [String: Any] {
+            return object[key] as? String
+        }
+        for line in self.source.split(separator: "\n") where line.hasPrefix("\(key):") {
+            var value = line.dropFirst(key.count + 1).trimmingCharacters(in: .whitespaces)
+            if let comment = value.range(of: " #") { value = String(value[..<comment.lowerBound]).trimmingCharacters(in: .whitespaces) }
+            if value.count >= 2, let first = value.first, first == "\"" || first == "'", value.last == first { value = String(value.dropFirst().dropLast()) }
+            return value.isEmpty ? nil : value
+        }
+        return nil
+    }
     var route: String { self.kind == .policy ? "policies" : "\(self.kind.rawValue)s" }
 
     static func load(_ path: String) throws -> [DefinitionDocument] {
@@ -229,8 +245,18 @@ enum DefinitionValidation {
         let api = APIClient(options: client)
         var invalid = 0
         var reports: [[String: Any]] = []
-        for document in try DefinitionDocument.load(file) {
-            let report = try await api.call(.POST, "/api/v1/projects/\(project)/\(document.route)/validate", body: ["source": document.source])
+        // The documents are one set, as `apply` sends them: a workflow may use the tools and
+        // agents the same file (or folder) defines.
+        let documents = try DefinitionDocument.load(file)
+        let tools = documents.filter { $0.kind == .tool }.compactMap(\.definedName)
+        let agents = documents.filter { $0.kind == .agent }.compactMap(\.definedName)
+        for document in documents {
+            var body: [String: Any] = ["source": document.source]
+            if document.kind == .workflow {
+                if !tools.isEmpty { body["definedTools"] = tools }
+                if !agents.isEmpty { body["definedAgents"] = agents }
+            }
+            let report = try await api.call(.POST, "/api/v1/projects/\(project)/\(document.route)/validate", body: body)
             reports.append(["file": document.path, "line": document.line, "kind": document.kind.rawValue, "report": report])
             let problems = report["problems"] as? [[String: Any]] ?? []
             if report["valid"] as? Bool != true { invalid += 1 }

@@ -150,6 +150,19 @@ struct WorkflowAPITests {
             #expect(good.json["valid"] as? Bool == true)
             #expect((good.json["contentHash"] as? String)?.hasPrefix("sha256:") == true)
 
+            // Tools defined beside the workflow (the same file) count as the project's; bad lists are refused.
+            let beside = "name: beside\nsteps:\n  - id: a\n    tool: not-yet\n"
+            #expect(try await cluster.http.send(.POST, "\(base)/validate", token: admin, json: ["source": beside]).json["valid"] as? Bool != true)
+            #expect(try await cluster.http.send(.POST, "\(base)/validate", token: admin, json: ["source": beside, "definedTools": ["not-yet"]]).json["valid"] as? Bool == true)
+            for (field, names) in [("definedTools", [""]), ("definedAgents", [String(repeating: "a", count: 101)]), ("definedTools", (0 ..< 501).map { "t\($0)" })] {
+                let refused = try await cluster.http.send(.POST, "\(base)/validate", token: admin, json: ["source": beside, field: names])
+                #expect(refused.status == 400, "\(field): \(refused.text)")
+                #expect(refused.errorField == field, "\(refused.text)")
+            }
+            let wrongType = try await cluster.http.send(.POST, "\(base)/validate", token: admin, json: ["source": beside, "definedTools": "not-yet"])
+            #expect(wrongType.status == 400)
+            #expect(wrongType.errorField == "definedTools")
+
             for source in [broken, "", "name: x\nsteps: [", String(repeating: "[", count: 300)] {
                 let refused = try await cluster.http.send(.POST, base, token: admin, json: ["source": source])
                 #expect(refused.status == 400, "\(refused.text)")

@@ -215,7 +215,7 @@ struct CLITests {
             #expect(agent.status == 200, "\(agent.text)")
             let directory = "\(cluster.home)/flows"
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            let good = "name: nightly\nsteps:\n  - id: fetch\n    tool: http-get\n  - id: sum\n    agent: summarizer\n    needs: [fetch]\n    with: { text: \"${{ steps.fetch.output }}\" }\n"
+            let good = "name: nightly\nsteps:\n  - id: fetch\n    tool: http-get\n  - id: sum\n    agent: summarizer\n    needs: [fetch]\n    with: { prompt: \"Sum up ${{ steps.fetch.output }}\" }\n"
             try good.write(toFile: "\(directory)/nightly.yaml", atomically: true, encoding: .utf8)
             let bad = "\(cluster.home)/bad.yaml"
             try "name: bad\nsteps:\n  - id: a\n    tool: t\n    neds: [b]\n".write(toFile: bad, atomically: true, encoding: .utf8)
@@ -246,6 +246,27 @@ struct CLITests {
             let missing = try await cli("apply", "-f", "\(cluster.home)/nowhere", "--project", project)
             #expect(missing.status != 0)
             #expect(missing.output.contains("does not exist"))
+
+            // A file's documents are one set: its workflow may use the tool defined above it,
+            // on a project that does not have that tool yet.
+            let combined = "\(cluster.home)/combined.yaml"
+            try "tool: fresh-tool\nkind: echo\n---\nname: uses-fresh\nsteps:\n  - id: a\n    tool: fresh-tool\n".write(toFile: combined, atomically: true, encoding: .utf8)
+            let together = try await cli("workflow", "validate", "-f", combined, "--project", project)
+            #expect(together.status == 0, "\(together.output)")
+            #expect(together.output.contains("valid workflow"), "\(together.output)")
+            let alone = "\(cluster.home)/alone.yaml"
+            try "name: uses-fresh\nsteps:\n  - id: a\n    tool: fresh-tool\n".write(toFile: alone, atomically: true, encoding: .utf8)
+            let unknown = try await cli("workflow", "validate", "-f", alone, "--project", project)
+            #expect(unknown.status != 0)
+            #expect(unknown.output.contains("the project has no tool named \"fresh-tool\""), "\(unknown.output)")
+
+            // An agent step's arguments are checked when written: a typo is refused with a hint.
+            let typo = "\(cluster.home)/typo.yaml"
+            try "name: typo\nsteps:\n  - id: sum\n    agent: summarizer\n    with: { promt: \"Sum up\" }\n".write(toFile: typo, atomically: true, encoding: .utf8)
+            let refusedTypo = try await cli("workflow", "validate", "-f", typo, "--project", project)
+            #expect(refusedTypo.status != 0)
+            #expect(refusedTypo.output.contains("steps[0].with.promt: an agent step takes prompt and input, not \"promt\"; did you mean \"prompt\"?"), "\(refusedTypo.output)")
+            #expect(refusedTypo.output.contains("an agent step needs with.prompt"), "\(refusedTypo.output)")
         }
     }
 
@@ -283,11 +304,12 @@ struct CLITests {
                 inputs: { who: string }
                 """.write(toFile: file, atomically: true, encoding: .utf8)
 
-            // Before the tools exist, the workflow names a tool the project does not have.
+            // Before the tools exist the file validates as one set: its workflow uses the tool it
+            // defines above it, as `apply` will create them, in file order.
             let early = try await cli("tool", "validate", "-f", file, "--project", project)
-            #expect(early.status == 1)
+            #expect(early.status == 0, "\(early.output)")
             #expect(early.output.contains("stack.yaml (document at line 10): valid tool"), "\(early.output)")
-            #expect(early.output.contains("stack.yaml:20:11: steps[0].tool: the project has no tool named \"greet\""), "\(early.output)")
+            #expect(!early.output.contains("the project has no tool named"), "\(early.output)")
             // Applied in file order, the tools come first and the workflow then finds them.
             let applied = try await cli.json("apply", "-f", file, "--project", project)
             let rows = applied["applied"] as? [[String: Any]] ?? []

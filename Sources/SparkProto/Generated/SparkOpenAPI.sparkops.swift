@@ -3351,6 +3351,18 @@ public enum SparkOpenAPI {
       "sparkops.workflow.v1.ValidateWorkflowRequest" : {
         "additionalProperties" : false,
         "properties" : {
+          "definedAgents" : {
+            "items" : {
+              "type" : "string"
+            },
+            "type" : "array"
+          },
+          "definedTools" : {
+            "items" : {
+              "type" : "string"
+            },
+            "type" : "array"
+          },
           "projectId" : {
             "type" : "string"
           },

@@ -78,9 +78,18 @@ public final class WorkflowService: Sparkops_Workflow_V1_WorkflowService.Service
     ) async throws -> ServerResponse<Sparkops_Workflow_V1_ValidateWorkflowResponse> {
         let principal = try await self.access.require(request.metadata, projectID: request.message.projectID, permission: "workflow.read")
         guard !request.message.source.isEmpty else { throw SparkError.invalid("source", "is required") }
+        for (field, names) in [("defined_tools", request.message.definedTools), ("defined_agents", request.message.definedAgents)] {
+            guard names.count <= 500 else { throw SparkError.invalid(field, "lists \(names.count) names; at most 500") }
+            if let bad = names.first(where: { $0.isEmpty || $0.count > 100 }) {
+                throw SparkError.invalid(field, "\(bad.debugDescription) is not a name (1 to 100 characters)")
+            }
+        }
         do {
             var definition = try await Self.parse(request.message.source).get()
-            if let references = try await self.references(for: definition, projectID: request.message.projectID, principal: principal) {
+            if var references = try await self.references(for: definition, projectID: request.message.projectID, principal: principal) {
+                // What the same change set defines beside the workflow counts as there.
+                references.tools = references.tools?.union(request.message.definedTools)
+                references.agents = references.agents?.union(request.message.definedAgents)
                 definition = try await Self.parse(request.message.source, references: references).get()
             }
             return ServerResponse(message: .with {

@@ -215,6 +215,12 @@ public nonisolated struct Sparkops_Workflow_V1_ValidateWorkflowRequest: Sendable
 
   public var source: String = String()
 
+  /// Tools and agents defined beside this workflow (earlier documents of the same file, applied
+  /// with it): steps may name them although the project does not have them yet.
+  public var definedTools: [String] = []
+
+  public var definedAgents: [String] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -765,7 +771,7 @@ nonisolated extension Sparkops_Workflow_V1_ApplyWorkflowResponse: SwiftProtobuf.
 
 nonisolated extension Sparkops_Workflow_V1_ValidateWorkflowRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ValidateWorkflowRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}source\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}source\0\u{3}defined_tools\0\u{3}defined_agents\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -775,6 +781,8 @@ nonisolated extension Sparkops_Workflow_V1_ValidateWorkflowRequest: SwiftProtobu
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.projectID) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.source) }()
+      case 3: try { try decoder.decodeRepeatedStringField(value: &self.definedTools) }()
+      case 4: try { try decoder.decodeRepeatedStringField(value: &self.definedAgents) }()
       default: break
       }
     }
@@ -787,12 +795,20 @@ nonisolated extension Sparkops_Workflow_V1_ValidateWorkflowRequest: SwiftProtobu
     if !self.source.isEmpty {
       try visitor.visitSingularStringField(value: self.source, fieldNumber: 2)
     }
+    if !self.definedTools.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.definedTools, fieldNumber: 3)
+    }
+    if !self.definedAgents.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.definedAgents, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Sparkops_Workflow_V1_ValidateWorkflowRequest, rhs: Sparkops_Workflow_V1_ValidateWorkflowRequest) -> Bool {
     if lhs.projectID != rhs.projectID {return false}
     if lhs.source != rhs.source {return false}
+    if lhs.definedTools != rhs.definedTools {return false}
+    if lhs.definedAgents != rhs.definedAgents {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
