@@ -359,6 +359,20 @@ public struct RunMachine: Sendable, Hashable {
         return RunFailure(reason: "timeout", message: "attempt \(self.steps[index].attempt) ran past its timeout of \(timeout)")
     }
 
+    /// A value as an error names it, in JSON's words: `the number 5` (JSON has one kind of
+    /// number, so a message never says int or double), `the string "5"`, `a list`, `an object`.
+    static func describe(_ value: ExprValue) -> String {
+        switch value {
+        case .null: return "null"
+        case .bool(let flag): return "the boolean \(flag)"
+        case .int(let number): return "the number \(number)"
+        case .double: return "the number \(value.jsonText)"
+        case .string(let text): return "the string \(String(text.prefix(40)).debugDescription)"
+        case .list: return "a list"
+        case .map: return "an object"
+        }
+    }
+
     /// A failed attempt: another one after the backoff if the step has attempts left and the
     /// failure may pass; otherwise the step fails, and with `on_error: fail` the run with it.
     private mutating func fail(_ index: Int, _ failure: RunFailure, retryable: Bool, now: Int64, _ effects: inout [RunEffect]) {
@@ -634,7 +648,7 @@ extension RunMachine {
                     value = .int(Int64(number))
                 }
                 guard input.type.admits(value) else {
-                    throw RunInputError(input: input.name, message: "must be \(input.type.rawValue), not \(value.typeName)")
+                    throw RunInputError(input: input.name, message: "must be \(input.type.rawValue), not \(Self.describe(value))")
                 }
                 out[input.name] = value
             } else if let value = input.defaultValue {

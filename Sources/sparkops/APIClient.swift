@@ -111,8 +111,19 @@ struct APICallError: Error, CustomStringConvertible {
     /// The request field the error is about, when the gateway named one.
     var field: String? = nil
 
+    /// The API's names of fields a command takes under another option name.
+    static let optionNames = ["createdAfter": "--since", "created_after": "--since"]
+
     var description: String {
-        "\(self.code) (HTTP \(self.status)): \(self.field.map { "\($0): " } ?? "")\(self.message)"
+        // The field once: the gateway's message starts with it already when it names one.
+        var message = self.message
+        var field = self.field
+        if let named = field, let option = Self.optionNames[named] {
+            if message.hasPrefix(named + ":") { message = option + message.dropFirst(named.count) }
+            field = option
+        }
+        let prefix = field.map { message.hasPrefix($0 + ":") ? "" : "\($0): " } ?? ""
+        return "\(self.code) (HTTP \(self.status)): \(prefix)\(message)"
     }
 }
 

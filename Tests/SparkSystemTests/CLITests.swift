@@ -149,6 +149,14 @@ struct CLITests {
             #expect(ttl.status != 0)
             #expect(ttl.output.contains("INVALID_ARGUMENT"))
             #expect(ttl.output.contains("ttl"))
+            // The field once, not `ttlDays: ttlDays: …`.
+            #expect(!ttl.output.contains("ttlDays: ttlDays:"), "\(ttl.output)")
+
+            // An option is named as the user typed it, not as the API calls it.
+            let since = try await cli("run", "list", "--project", projectID, "--since", "yesterday")
+            #expect(since.status != 0)
+            #expect(since.output.contains("--since"), "\(since.output)")
+            #expect(!since.output.contains("createdAfter"), "\(since.output)")
 
             let both = try await cli("member", "add", "--project", projectID, "--email", "a@b.c", "--user-id", "usr_x", "--role", "viewer")
             #expect(both.status != 0)

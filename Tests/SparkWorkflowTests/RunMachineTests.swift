@@ -463,7 +463,9 @@ struct RunMachineTests {
         let missing = #expect(throws: RunInputError.self) { try RunMachine.inputs([:], for: declared) }
         #expect(missing?.description == "inputs.topic: is required (string)")
         let mistyped = #expect(throws: RunInputError.self) { try RunMachine.inputs(["topic": .int(3)], for: declared) }
-        #expect(mistyped?.description == "inputs.topic: must be string, not int")
+        #expect(mistyped?.description == "inputs.topic: must be string, not the number 3")
+        let fraction = #expect(throws: RunInputError.self) { try RunMachine.inputs(["topic": .double(2.5)], for: declared) }
+        #expect(fraction?.description == "inputs.topic: must be string, not the number 2.5")
         let unknown = #expect(throws: RunInputError.self) { try RunMachine.inputs(["topic": "a", "word": .int(3)], for: declared) }
         #expect(unknown?.input == "word")
         #expect(unknown?.message.contains("did you mean \"words\"") == true, "\(String(describing: unknown))")
