@@ -64,6 +64,8 @@ extension WorkflowStep {
         case .approval(let approval):
             var spec: [String: ExprValue] = ["approvers": .list(approval.approvers.map(ExprValue.string)), "message": .string(approval.message)]
             if let timeout = approval.timeout { spec["timeout"] = .string(timeout.description) }
+            // Only when set, so that the hash of every workflow written before it stays the same.
+            if approval.excludeStarter { spec["exclude_starter"] = .bool(true) }
             fields["approval"] = .map(spec)
         }
         if let when = self.when { fields["when"] = .string(when) }

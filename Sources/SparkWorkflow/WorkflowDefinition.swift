@@ -120,11 +120,15 @@ public struct WorkflowStep: Sendable, Hashable {
         public var message: String
         /// Past this the step is rejected (the safe default); nil waits as long as the run may.
         public var timeout: WorkflowDuration?
+        /// Separation of duties: the person who started the run (as a user, or through an API
+        /// key they created) may not decide (`exclude_starter: true`); false by default.
+        public var excludeStarter: Bool
 
-        public init(approvers: [String] = [], message: String = "", timeout: WorkflowDuration? = nil) {
+        public init(approvers: [String] = [], message: String = "", timeout: WorkflowDuration? = nil, excludeStarter: Bool = false) {
             self.approvers = approvers
             self.message = message
             self.timeout = timeout
+            self.excludeStarter = excludeStarter
         }
     }
 

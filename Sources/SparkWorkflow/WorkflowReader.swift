@@ -364,11 +364,18 @@ struct WorkflowReader {
 
     mutating func approval(_ node: SourceNode, _ path: String) -> WorkflowStep.Approval? {
         if node.value == .null || node.value == .bool(true) { return WorkflowStep.Approval() }
-        guard let fields = self.fields(node, path, allowed: ["approvers", "message", "timeout"]) else { return nil }
+        guard let fields = self.fields(node, path, allowed: ["approvers", "message", "timeout", "exclude_starter"]) else { return nil }
+        var excludeStarter = false
+        if let flag = fields["exclude_starter"]?.0 {
+            if case .bool(let value) = flag.value { excludeStarter = value } else {
+                self.problem("\(path).exclude_starter", "must be true or false", at: flag.location)
+            }
+        }
         return WorkflowStep.Approval(
             approvers: self.stringList(fields["approvers"]?.0, "\(path).approvers"),
             message: self.string(fields["message"]?.0, "\(path).message") ?? "",
-            timeout: self.duration(fields["timeout"]?.0, "\(path).timeout")
+            timeout: self.duration(fields["timeout"]?.0, "\(path).timeout"),
+            excludeStarter: excludeStarter
         )
     }
 

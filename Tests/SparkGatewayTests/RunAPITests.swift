@@ -224,6 +224,51 @@ struct RunAPITests {
         }
     }
 
+    @Test("separation of duties: an approval step with exclude_starter refuses the run's starter, as a user or through their API key, and takes anyone else", arguments: TestBackend.all)
+    func excludeStarter(backend: TestBackend) async throws {
+        try await TestCluster.run(backend: backend) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await Self.project(cluster, admin)
+            let applied = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/workflows/apply", token: admin, json: ["source": """
+                name: four-eyes
+                steps:
+                  - id: review
+                    approval: { approvers: [editor], message: "Ship it?", exclude_starter: true }
+                """])
+            try #require(applied.status == 200, "\(applied.text)")
+            let bad = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/workflows/validate", token: admin, json: ["source": "name: x\nsteps:\n  - id: r\n    approval: { exclude_starter: maybe }\n"])
+            #expect((bad.json["problems"] as? [[String: Any]])?.first?["field"] as? String == "steps[0].approval.exclude_starter", "\(bad.text)")
+            let editorID = try await cluster.createUser("second@runs.test", adminToken: admin)
+            let added = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/members", token: admin, json: ["userId": editorID, "role": "ROLE_EDITOR"])
+            try #require(added.status == 200 || added.status == 201, "\(added.text)")
+            let editor = try await cluster.login(email: "second@runs.test", password: "user-password-123")["accessToken"] as! String
+            let key = try #require(try await cluster.http.send(.POST, "/api/v1/projects/\(project)/api-keys", token: admin, json: ["name": "starter-key", "role": "ROLE_ADMIN"]).json["key"] as? String)
+
+            // Started by the administrator, refused to them and to their key; the editor decides.
+            let created = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/runs", token: admin, json: ["workflow": "four-eyes"])
+            let id = try #require((created.json["run"] as? [String: Any])?["id"] as? String, "\(created.text)")
+            _ = try await Self.until(cluster, admin, project: project, run: id) { Self.steps($0)["review"]?["status"] as? String == "awaiting_approval" }
+            let approvalID = try #require((try await cluster.http.send(.GET, "/api/v1/projects/\(project)/approvals?runId=\(id)", token: admin).json["approvals"] as? [[String: Any]])?.first?["id"] as? String)
+            let decide = "/api/v1/projects/\(project)/approvals/\(approvalID)/decide"
+            for token in [admin, key] {
+                let refused = try await cluster.http.send(.POST, decide, token: token, json: ["decision": "approve"])
+                #expect(refused.status == 403, "\(refused.text)")
+                #expect(refused.errorMessage?.contains("other than the person who started the run") == true, "\(refused.text)")
+            }
+            let approved = try await cluster.http.send(.POST, decide, token: editor, json: ["decision": "approve"])
+            #expect(approved.status == 200, "\(approved.text)")
+            #expect(try await Self.finished(cluster, admin, project: project, run: id)["status"] as? String == "succeeded")
+
+            // Started through the key: its creator may not decide either.
+            let keyed = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/runs", token: key, json: ["workflow": "four-eyes"])
+            let keyedID = try #require((keyed.json["run"] as? [String: Any])?["id"] as? String, "\(keyed.text)")
+            _ = try await Self.until(cluster, admin, project: project, run: keyedID) { Self.steps($0)["review"]?["status"] as? String == "awaiting_approval" }
+            let second = try #require((try await cluster.http.send(.GET, "/api/v1/projects/\(project)/approvals?runId=\(keyedID)", token: admin).json["approvals"] as? [[String: Any]])?.first?["id"] as? String)
+            #expect(try await cluster.http.send(.POST, "/api/v1/projects/\(project)/approvals/\(second)/decide", token: admin, json: ["decision": "approve"]).status == 403)
+            #expect(try await cluster.http.send(.POST, "/api/v1/projects/\(project)/approvals/\(second)/decide", token: editor, json: ["decision": "reject"]).status == 200)
+        }
+    }
+
     @Test("an approval step waits for a human of the named role; the decision is recorded and audited; deciding twice is 409", arguments: TestBackend.all)
     func approvalStep(backend: TestBackend) async throws {
         try await TestCluster.run(backend: backend) { cluster in

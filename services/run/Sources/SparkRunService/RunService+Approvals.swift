@@ -32,6 +32,15 @@ extension RunService {
     /// A human's decision. The caller needs `approval.decide` (approver, editor and above) and,
     /// when the step names approvers, one of those roles or a higher one. Who decided, when and
     /// why goes in the approval, the run's events and the project's audit log.
+    /// Whether `principal` is the person who started `run`: the same user, or an API key that
+    /// user created (and the other way round).
+    static func isStarter(_ principal: Sparkops_Common_V1_Principal, of run: RunRow) -> Bool {
+        guard let starter = try? Sparkops_Common_V1_Principal(jsonString: run.principal) else { return principal.id == run.createdBy }
+        let starterUser = starter.userID.isEmpty ? starter.id : starter.userID
+        let deciderUser = principal.userID.isEmpty ? principal.id : principal.userID
+        return principal.id == starter.id || (!starterUser.isEmpty && starterUser == deciderUser)
+    }
+
     public func decideApproval(
         request: ServerRequest<Sparkops_Run_V1_DecideApprovalRequest>,
         context: ServerContext
@@ -67,6 +76,13 @@ extension RunService {
             }
             guard approval.status == "pending" else {
                 throw SparkError(.failedPrecondition, "the approval is \(approval.status) already\(approval.decidedBy.isEmpty ? "" : " (by \(approval.decidedBy))")")
+            }
+            // Separation of duties: a step that excludes the run's starter needs someone else,
+            // whether the starter decides as a user or through an API key of theirs.
+            if case .approval(let spec)? = transition.machine.definition.steps.first(where: { $0.id == approval.stepID })?.kind, spec.excludeStarter,
+                Self.isStarter(principal, of: transition.run)
+            {
+                throw SparkError(.permissionDenied, "the step \(approval.stepID) needs an approver other than the person who started the run (exclude_starter)")
             }
             try Self.mapped { () throws(RunMachineError) in
                 switch (approval.stepID.isEmpty, approve) {
