@@ -197,6 +197,46 @@ struct ToolAPITests {
         }
     }
 
+    @Test("a tool's output, logs and error never carry a secret value of the project: each becomes [secret NAME]", arguments: TestBackend.all)
+    func outputsScrubbed(backend: TestBackend) async throws {
+        try await TestCluster.run(backend: backend) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await cluster.createProject("scrubbed", token: admin)
+            let base = "/api/v1/projects/\(project)"
+            let value = "sk-live-0123456789abcdef"
+            try #require(try await cluster.http.send(.PUT, "\(base)/secrets/api-token", token: admin, json: ["value": value]).status == 200)
+            try #require(try await cluster.http.send(.PUT, "\(base)/secrets/pin", token: admin, json: ["value": "1234"]).status == 200)
+            let applied = try await cluster.http.send(.POST, "\(base)/tools/apply", token: admin, json: ["source": """
+                tool: leaky
+                kind: python
+                side_effects: none
+                python:
+                  code: |
+                    import json, sys
+                    text = json.load(sys.stdin)["text"]
+                    sys.stderr.write("log: " + text + "\\n")
+                    print(json.dumps({"echo": text, "nested": [{"again": text}], text: 1, "pin": "1234"}))
+                """])
+            try #require(applied.status == 200, "\(applied.text)")
+            let reply = try await cluster.http.send(.POST, "\(base)/tools/leaky/invoke", token: admin, json: ["input": ["text": "token=\(value)!"]])
+            #expect(reply.status == 200, "\(reply.text)")
+            #expect(!reply.text.contains(value), "\(reply.text)")
+            let output = try #require(reply.json["output"] as? [String: Any], "\(reply.text)")
+            #expect(output["echo"] as? String == "token=[secret api-token]!")
+            #expect(((output["nested"] as? [[String: Any]])?.first?["again"]) as? String == "token=[secret api-token]!")
+            #expect(output["token=[secret api-token]!"] != nil)
+            // Values shorter than six characters are left alone: they would blank out ordinary text.
+            #expect(output["pin"] as? String == "1234")
+            #expect((reply.json["logs"] as? String)?.contains("[secret api-token]") == true, "\(reply.text)")
+
+            // A secret set (or changed) now is scrubbed from the next call at once.
+            let fresh = "rotated-value-98765"
+            try #require(try await cluster.http.send(.PUT, "\(base)/secrets/api-token", token: admin, json: ["value": fresh]).status == 200)
+            let again = try await cluster.http.send(.POST, "\(base)/tools/leaky/invoke", token: admin, json: ["input": ["text": fresh]])
+            #expect(!again.text.contains(fresh), "\(again.text)")
+        }
+    }
+
     @Test("secrets are write-only: no route reads one back, the database holds ciphertext, and only admins write them", arguments: TestBackend.all)
     func secrets(backend: TestBackend) async throws {
         try await TestCluster.run(backend: backend) { cluster in

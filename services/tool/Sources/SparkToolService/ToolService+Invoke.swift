@@ -103,17 +103,19 @@ extension ToolService {
         } catch {
             result = .failure(error)
         }
+        // No secret value of the project leaves in what the tool returned.
+        let secrets = (try? await self.scrubber.secrets(projectID: projectID) { try await self.secretValues(projectID: projectID) }) ?? []
         switch result {
         case .success(let outcome):
-            response.output = try Google_Protobuf_Value(jsonString: outcome.output.jsonText)
-            response.logs = Self.cut(outcome.logs)
+            response.output = try Google_Protobuf_Value(jsonString: SecretScrubber.scrub(outcome.output, secrets).jsonText)
+            response.logs = Self.cut(SecretScrubber.scrub(outcome.logs, secrets))
         case .failure(let error):
             response.error = .with {
                 $0.reason = error.reason
-                $0.message = error.message
+                $0.message = SecretScrubber.scrub(error.message, secrets)
             }
-            if let output = error.output { response.output = (try? Google_Protobuf_Value(jsonString: output.jsonText)) ?? Google_Protobuf_Value() }
-            response.logs = Self.cut(error.logs)
+            if let output = error.output { response.output = (try? Google_Protobuf_Value(jsonString: SecretScrubber.scrub(output, secrets).jsonText)) ?? Google_Protobuf_Value() }
+            response.logs = Self.cut(SecretScrubber.scrub(error.logs, secrets))
         }
         // The tool ran, whatever came of it: its configured cost is spent.
         await self.budget.settle(hold, actualMicros: definition.costMicros, metadata: request.metadata)
@@ -277,6 +279,22 @@ extension ToolService {
             cache[row.contentHash] = definition
         }
         return definition
+    }
+
+    /// Every secret of the project, opened: what tool outputs are scrubbed of.
+    func secretValues(projectID: String) async throws -> [SecretScrubber.Secret] {
+        var found: [SecretScrubber.Secret] = []
+        var after = ""
+        while true {
+            let rows = try await self.store.store.sql { try await self.store.secrets(projectID: projectID, after: after, limit: 500, on: $0) }
+            for row in rows {
+                if let value = try? self.secrets.open(keyID: row.keyID, sealed: row.sealed, projectID: projectID, name: row.name) {
+                    found.append((row.name, value))
+                }
+            }
+            guard rows.count == 500, let last = rows.last else { return found }
+            after = last.name
+        }
     }
 
     func openSecret(projectID: String, name: String) async throws -> String? {

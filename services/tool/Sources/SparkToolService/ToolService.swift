@@ -28,6 +28,8 @@ public final class ToolService: Sparkops_Tool_V1_ToolService.ServiceProtocol {
     /// How long past its timeout a call under a key may stay `running` before it counts as
     /// abandoned (its caller or its tool service died): `tool.abandonGraceSeconds`.
     let abandonGraceSeconds: Int
+    /// The project's secret values, kept out of tool outputs.
+    let scrubber = SecretScrubber()
     let logger: Logger
     /// Parsed definitions by content hash: invoking does not parse YAML each time.
     let definitions = Mutex<[String: ToolDefinition]>([:])
@@ -286,6 +288,7 @@ public final class ToolService: Sparkops_Tool_V1_ToolService.ServiceProtocol {
             let row = SecretRow(projectID: message.projectID, name: message.name, keyID: keyID, sealed: sealed, createdAt: existing?.createdAt ?? now, updatedAt: now, updatedBy: principal.id)
             return (row, try await self.store.put(row, on: db))
         }
+        self.scrubber.forget(projectID: message.projectID)
         await self.audit(principal, projectID: message.projectID, action: created ? "secret.create" : "secret.update", target: message.name, metadata: request.metadata)
         return ServerResponse(message: Self.message(row))
     }
