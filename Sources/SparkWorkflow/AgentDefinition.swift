@@ -114,7 +114,9 @@ extension WorkflowReader {
     mutating func agent(_ root: SourceNode) -> AgentDefinition? {
         guard let top = self.fields(root, "", allowed: Self.agentFields) else { return nil }
         var name = self.name(top["agent"]?.0, "agent", pattern: Self.isResourceName, rule: "1–100 letters, digits, _ . -, starting with a letter or digit", at: root.location)
-        if let taken = name, ["apply", "validate"].contains(taken) || taken.hasPrefix("agent_") {
+        // Route names, and the shape of agent ids (`agt_…`), which a reference by name could not
+        // be told from.
+        if let taken = name, ["apply", "validate"].contains(taken) || taken.hasPrefix("agent_") || taken.hasPrefix("agt_") {
             self.problem("agent", "\(taken.debugDescription) is reserved; choose another name", at: top["agent"]?.0.location ?? root.location)
             name = nil
         }

@@ -166,6 +166,10 @@ struct WorkflowReader {
     mutating func definition(_ root: SourceNode) -> WorkflowDefinition? {
         guard let top = self.fields(root, "", allowed: ["name", "description", "inputs", "steps", "outputs", "timeout", "estimated_cost"]) else { return nil }
         let name = self.name(top["name"]?.0, "name", pattern: Self.isResourceName, rule: "1–100 letters, digits, _ . -, starting with a letter or digit", at: root.location)
+        // A name in the shape of a workflow id (`wf_…`) could not be told from one.
+        if let taken = name, taken.hasPrefix("wf_") || ["apply", "validate"].contains(taken) {
+            self.problem("name", "\(taken.debugDescription) is reserved (workflow ids start with wf_); choose another name", at: top["name"]?.0.location ?? root.location)
+        }
         let description = self.string(top["description"]?.0, "description") ?? ""
         let inputs = self.inputs(top["inputs"]?.0)
         var steps: [WorkflowStep] = []

@@ -46,6 +46,31 @@ struct BadRequestTests {
         }
     }
 
+    @Test("names in the shape of their kind's ids (prj_, bud_, wf_, agt_) are refused, naming the field")
+    func idLikeNames() async throws {
+        try await TestCluster.run(backend: .sqlite) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await cluster.createProject("names", token: admin)
+            let base = "/api/v1/projects/\(project)"
+            let projectName = try await cluster.http.send(.POST, "/api/v1/projects", token: admin, json: ["name": "prj_01a252c4cea270d888f9865704ab7d6c"])
+            #expect(projectName.status == 400)
+            #expect(projectName.errorField == "name")
+            let renamed = try await cluster.http.send(.PATCH, base, token: admin, json: ["name": "PRJ_x"])
+            #expect(renamed.status == 400, "\(renamed.text)")
+            let budget = try await cluster.http.send(.PUT, "\(base)/budgets/bud_x", token: admin, json: ["limitMicros": "1000", "kind": "hard"])
+            #expect(budget.status == 400, "\(budget.text)")
+            #expect(budget.errorField == "budget")
+            let workflow = try await cluster.http.send(.POST, "\(base)/workflows/apply", token: admin, json: ["source": "name: wf_x\nsteps:\n  - id: a\n    approval: {}\n"])
+            #expect(workflow.status == 400, "\(workflow.text)")
+            #expect(workflow.errorMessage?.contains("reserved") == true, "\(workflow.text)")
+            let agent = try await cluster.http.send(.POST, "\(base)/agents/validate", token: admin, json: ["source": "agent: agt_x\nprovider: openai\nmodel: m\n"])
+            #expect((agent.json["problems"] as? [[String: Any]] ?? []).contains { ($0["message"] as? String)?.contains("reserved") == true }, "\(agent.text)")
+            // Nothing was stored.
+            let projects = try await cluster.http.send(.GET, "/api/v1/projects", token: admin)
+            #expect((projects.json["projects"] as? [[String: Any]])?.map { $0["name"] as? String } == ["names"])
+        }
+    }
+
     @Test("a body over the limit gets 413 before it is read")
     func bodyLimit() async throws {
         try await TestCluster.run(backend: .sqlite, overrides: ["gateway.maxBodyBytes": "1024"]) { cluster in

@@ -330,6 +330,10 @@ enum Validate {
         guard value.utf8.count <= 64, value.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
             throw SparkError.invalid(field, "must be 1 to 64 letters, digits, '-' or '_'")
         }
+        // A budget is named or given by id in the same place: a name like an id would be both.
+        guard !value.lowercased().hasPrefix("bud_") else {
+            throw SparkError.invalid(field, "must not start with bud_ (budget ids do)")
+        }
         return value
     }
 

@@ -13,7 +13,7 @@ extension ProjectService {
     ) async throws -> ServerResponse<Sparkops_Project_V1_Project> {
         let principal = try Sparkops_Common_V1_Principal.required(request.metadata)
         guard principal.kind == .user else { throw SparkError(.permissionDenied, "API keys cannot create projects") }
-        let name = try Validate.name(request.message.name, field: "name")
+        let name = try Validate.projectName(request.message.name)
         let description = try Validate.text(request.message.description_p, field: "description", maximum: 2000)
         let now = ProjectStore.now()
         let project = ProjectRow(id: SparkID.make("prj"), name: name, description: description, createdBy: principal.userID, createdAt: now, updatedAt: now)
@@ -88,7 +88,7 @@ extension ProjectService {
             guard var project = try await self.store.project(id: message.projectID, on: db) else { throw SparkError.notFound("project") }
             guard !mask.isEmpty else { return project }
             if mask.contains("name") {
-                project.name = try Validate.name(message.name, field: "name")
+                project.name = try Validate.projectName(message.name)
                 try await self.store.lockUser(principal.userID, on: db)
                 if try await self.store.projectNameTaken(project.name, visibleTo: principal.userID, except: project.id, on: db) {
                     throw SparkError(.alreadyExists, "you already have a project named \(project.name.debugDescription)", field: "name")

@@ -13,6 +13,14 @@ enum Validate {
         return trimmed
     }
 
+    /// A project's name: as ``name(_:field:maximum:)``, and not in the shape of a project id
+    /// (`prj_…`), which clients that take a name or an id could not tell apart.
+    static func projectName(_ value: String) throws -> String {
+        let name = try Self.name(value, field: "name")
+        guard !name.lowercased().hasPrefix("prj_") else { throw SparkError.invalid("name", "must not start with prj_ (project ids do)") }
+        return name
+    }
+
     static func text(_ value: String, field: String, maximum: Int) throws -> String {
         guard value.count <= maximum else { throw SparkError.invalid(field, "must be at most \(maximum) characters") }
         return value
