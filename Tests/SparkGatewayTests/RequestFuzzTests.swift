@@ -166,23 +166,3 @@ enum RequestFuzzer {
         "{\"updateMask\":\"\"}", "\u{FEFF}{}", "{\"a\":\"\\ud800\"}",
     ]
 }
-
-/// A small, fast, seeded generator (SplitMix64), so that a failing run can be replayed.
-struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-
-    init(seed: UInt64) { self.state = seed }
-
-    mutating func next() -> UInt64 {
-        self.state &+= 0x9E37_79B9_7F4A_7C15
-        var z = self.state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// True one time in `n`.
-    mutating func chance(_ n: UInt64) -> Bool { self.next() % n == 0 }
-
-    mutating func pick<T>(_ values: [T]) -> T { values[Int(self.next() % UInt64(values.count))] }
-}

@@ -75,6 +75,22 @@ struct DistributedTests {
 
         var gateway: HTTPTestClient { HTTPTestClient(baseURL: "http://127.0.0.1:\(self.gatewayPort)") }
 
+        /// `sparkops dev` with the deployment's settings (and `extra`), once it announces its API
+        /// (bounded by 90 s; stopped and thrown when it does not).
+        func startDev(_ extra: [String] = []) async throws -> ServiceProcess {
+            let dev = try await ServiceProcess("sparkops", ["dev"] + (self.settings + extra).flatMap { ["--set", $0] }, logDirectory: self.home)
+            let announcement = "API on http://localhost:\(self.gatewayPort)"
+            let deadline = ContinuousClock.now + .seconds(90)
+            while !dev.output.contains(announcement) {
+                guard dev.isRunning, ContinuousClock.now < deadline else {
+                    _ = await dev.stop()
+                    throw TestSetupError(description: "no \(announcement.debugDescription) line within 90 s:\n\(dev.output)")
+                }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            return dev
+        }
+
         func start(_ executable: String) async throws -> ServiceProcess {
             try await ServiceProcess(executable, self.settings.flatMap { ["--set", $0] }, logDirectory: self.home)
         }
@@ -321,16 +337,8 @@ struct DistributedTests {
     func devAnnouncesWhenReady() async throws {
         let deployment = try await Deployment.make(databaseURL: nil, redisURL: nil)
         defer { try? FileManager.default.removeItem(atPath: deployment.home) }
-        let dev = try await ServiceProcess("sparkops", ["dev"] + deployment.settings.flatMap { ["--set", $0] }, logDirectory: deployment.home)
+        let dev = try await deployment.startDev()
         let announcement = "API on http://localhost:\(deployment.gatewayPort)"
-        let deadline = ContinuousClock.now + .seconds(60)
-        while !dev.output.contains(announcement) {
-            guard dev.isRunning, ContinuousClock.now < deadline else {
-                _ = await dev.stop()
-                throw TestSetupError(description: "no \(announcement.debugDescription) line within 60 s:\n\(dev.output)")
-            }
-            try await Task.sleep(for: .milliseconds(10))
-        }
         // The very next request is served: no 503 while the project service is still starting.
         let login = try await deployment.gateway.send(.POST, "/api/v1/auth/login", json: ["email": TestCluster.adminEmail, "password": TestCluster.adminPassword])
         #expect(login.status == 200, "\(login.text)")

@@ -22,6 +22,34 @@ extension DistributedTests {
         return project
     }
 
+    /// A step of a run, by its id, as the run's detail shows it.
+    struct RunSteps {
+        let runID: String
+        let http: HTTPTestClient
+        let project: (base: String, token: String)
+
+        func callAsFunction(_ name: String) async throws -> [String: Any] {
+            let detail = try await self.http.send(.GET, "\(self.project.base)/runs/\(self.runID)", token: self.project.token).json
+            return (detail["steps"] as? [[String: Any]])?.first { $0["id"] as? String == name } ?? [:]
+        }
+    }
+
+    /// Starts a checkout run of `order`; once its charge has reached the server (which answers
+    /// after a second), kills the tool service with SIGKILL and starts it again.
+    static func chargeWithToolServiceKilled(
+        _ deployment: Deployment, _ processes: inout [ServiceProcess], project: (base: String, token: String), server: HTTPEchoServer, order: String
+    ) async throws -> RunSteps {
+        let http = deployment.gateway
+        let created = try await http.send(.POST, "\(project.base)/runs", token: project.token, json: ["workflow": "checkout", "inputs": ["order": order]])
+        let id = try #require((created.json["run"] as? [String: Any])?["id"] as? String, "\(created.text)")
+        let charging = try await Self.eventually(within: .seconds(60)) { server.requests >= 1 }
+        try #require(charging, "the charge never started:\n\(processes[7].output.suffix(3000))")
+        await processes[3].kill()
+        try await Task.sleep(for: .seconds(2))
+        processes[3] = try await deployment.start("sparkops-tool")
+        return RunSteps(runID: id, http: http, project: project)
+    }
+
     @Test(
         "PostgreSQL restarts under load: every run it accepted finishes, and none is created twice",
         .enabled(if: TestBackend.all.count > 1 && LocalPostgres.binaries != nil, "needs SPARKOPS_TEST_DATABASE_URL and the postgresql package")
@@ -106,19 +134,8 @@ extension DistributedTests {
         try await Self.withRunDeployment(settings: ["tool.outboundAllow=127.0.0.1:\(server.port)", "tool.abandonGraceSeconds=3"]) { deployment, processes in
             let http = deployment.gateway
             let project = try await Self.chargeProject(deployment, server: server)
-            let created = try await http.send(.POST, "\(project.base)/runs", token: project.token, json: ["workflow": "checkout", "inputs": ["order": "o-1"]])
-            let id = try #require((created.json["run"] as? [String: Any])?["id"] as? String, "\(created.text)")
-            // The charge is at the server (it answers after a second): the tool service dies.
-            let charging = try await Self.eventually(within: .seconds(60)) { server.requests >= 1 }
-            try #require(charging, "the charge never started:\n\(processes[7].output.suffix(3000))")
-            await processes[3].kill()
-            try await Task.sleep(for: .seconds(2))
-            processes[3] = try await deployment.start("sparkops-tool")
-
-            func step(_ name: String) async throws -> [String: Any] {
-                let detail = try await http.send(.GET, "\(project.base)/runs/\(id)", token: project.token).json
-                return (detail["steps"] as? [[String: Any]])?.first { $0["id"] as? String == name } ?? [:]
-            }
+            let step = try await Self.chargeWithToolServiceKilled(deployment, &processes, project: project, server: server, order: "o-1")
+            let id = step.runID
             let attention = try await Self.eventually(within: .seconds(120)) { try await step("charge")["status"] as? String == "needs_attention" }
             let charge = try await step("charge")
             try #require(attention, "the charge did not wait for a human: \(charge)\n\(processes[7].output.suffix(3000))")
@@ -152,18 +169,7 @@ extension DistributedTests {
             var chargeStep = "    timeout: 3s"
             if retry { chargeStep += "\n    retry: { max_attempts: 3, initial: 100ms }" }
             let project = try await Self.chargeProject(deployment, server: server, chargeStep: chargeStep)
-            let created = try await http.send(.POST, "\(project.base)/runs", token: project.token, json: ["workflow": "checkout", "inputs": ["order": "o-2"]])
-            let id = try #require((created.json["run"] as? [String: Any])?["id"] as? String, "\(created.text)")
-            let charging = try await Self.eventually(within: .seconds(60)) { server.requests >= 1 }
-            try #require(charging, "the charge never started:\n\(processes[7].output.suffix(3000))")
-            await processes[3].kill()
-            try await Task.sleep(for: .seconds(2))
-            processes[3] = try await deployment.start("sparkops-tool")
-
-            func step(_ name: String) async throws -> [String: Any] {
-                let detail = try await http.send(.GET, "\(project.base)/runs/\(id)", token: project.token).json
-                return (detail["steps"] as? [[String: Any]])?.first { $0["id"] as? String == name } ?? [:]
-            }
+            let step = try await Self.chargeWithToolServiceKilled(deployment, &processes, project: project, server: server, order: "o-2")
             let attention = try await Self.eventually(within: .seconds(120)) {
                 let status = try await step("charge")["status"] as? String
                 return status == "needs_attention" || status == "failed" || status == "succeeded"

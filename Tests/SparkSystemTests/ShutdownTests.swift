@@ -18,17 +18,7 @@ struct ShutdownTests {
     func gatewayExitsWithWebSocketsOpen() async throws {
         let deployment = try await DistributedTests.Deployment.make(databaseURL: nil, redisURL: nil)
         defer { try? FileManager.default.removeItem(atPath: deployment.home) }
-        let settings = deployment.settings + ["gateway.drainSeconds=3", "run.drainSeconds=3"]
-        let dev = try await ServiceProcess("sparkops", ["dev"] + settings.flatMap { ["--set", $0] }, logDirectory: deployment.home)
-        let announcement = "API on http://localhost:\(deployment.gatewayPort)"
-        let deadline = ContinuousClock.now + .seconds(90)
-        while !dev.output.contains(announcement) {
-            guard dev.isRunning, ContinuousClock.now < deadline else {
-                _ = await dev.stop()
-                throw TestSetupError(description: "no \(announcement.debugDescription) line within 90 s:\n\(dev.output)")
-            }
-            try await Task.sleep(for: .milliseconds(20))
-        }
+        let dev = try await deployment.startDev(["gateway.drainSeconds=3", "run.drainSeconds=3"])
         let http = deployment.gateway
         let login = try await http.send(.POST, "/api/v1/auth/login", json: ["email": TestCluster.adminEmail, "password": TestCluster.adminPassword])
         let token = try #require(login.json["accessToken"] as? String)
