@@ -71,6 +71,24 @@ struct BadRequestTests {
         }
     }
 
+    @Test("a body within the limit whose message is over what a service takes gets 413 naming the body, not 429")
+    func encodedTooLarge() async throws {
+        try await TestCluster.run(backend: .sqlite) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await cluster.createProject("large", token: admin)
+            let applied = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/tools/apply", token: admin, json: ["source": "tool: echo\nkind: echo\nside_effects: none\n"])
+            try #require(applied.status == 200, "\(applied.text)")
+            // A JSON array of half a million numbers: under 1 MiB as text, more than the 4 MiB a
+            // SparkWire message may be once encoded.
+            let body = #"{"input":{"n":["# + Array(repeating: "1", count: 500_000).joined(separator: ",") + "]}}"
+            try #require(body.utf8.count < 1 << 20)
+            let reply = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/tools/echo/invoke", token: admin, body: body)
+            #expect(reply.status == 413, "\(reply.status) \(reply.text.prefix(300))")
+            #expect(reply.errorField == "body")
+            #expect(reply.headers.first(name: "Retry-After") == nil)
+        }
+    }
+
     @Test("a body over the limit gets 413 before it is read")
     func bodyLimit() async throws {
         try await TestCluster.run(backend: .sqlite, overrides: ["gateway.maxBodyBytes": "1024"]) { cluster in
