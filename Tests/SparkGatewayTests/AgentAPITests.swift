@@ -353,6 +353,14 @@ struct AgentAPITests {
             #expect(error["reason"] as? String == "llm_error")
             #expect((error["message"] as? String)?.contains("invalid x-api-key") == true, "\(refused.text)")
             #expect(llm.requests.count == 4)
+            #expect((refused.json["llmCalls"] as? [[String: Any]])?.first?["attempts"] as? Int == 1)
+
+            // Retries run out (max_retries 3: four tries): the failed call records all four, not one.
+            llm.enqueue(.status(503), .status(503), .status(503), .status(503))
+            let exhausted = try await Self.execute(cluster, project, ["prompt": "Try."])
+            #expect(exhausted.json["status"] as? String == "failed", "\(exhausted.text)")
+            #expect(llm.requests.count == 8)
+            #expect((exhausted.json["llmCalls"] as? [[String: Any]])?.first?["attempts"] as? Int == 4, "\(exhausted.text)")
 
             // A wait longer than the step has left is not waited.
             llm.enqueue(.status(429, retryAfter: "600"))

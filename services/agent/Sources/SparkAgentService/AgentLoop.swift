@@ -171,9 +171,10 @@ struct AgentLoop {
             }
             record.dropped = fitted.dropped
             let request = ChatRequest(model: self.definition.model, system: system, messages: fitted.messages, tools: tools, maxTokens: self.definition.maxTokens, temperature: self.definition.temperature)
+            var sent = 0
             do {
-                let outcome = try await self.llm.complete(request, provider: self.provider, apiKey: self.apiKey, deadline: self.deadline)
-                attempts += outcome.attempts
+                let outcome = try await self.llm.complete(request, provider: self.provider, apiKey: self.apiKey, deadline: self.deadline, sent: &sent)
+                attempts += sent
                 let response = outcome.response
                 record.attempts = Int32(attempts)
                 record.inputTokens = response.inputTokens
@@ -183,7 +184,8 @@ struct AgentLoop {
                 window.calibrate(estimated: fitted.estimatedTokens, reported: Int(clamping: response.inputTokens))
                 return .success(response)
             } catch {
-                attempts += 1
+                // Every request this call made, retries included (at least the one that failed).
+                attempts += max(sent, 1)
                 record.attempts = Int32(attempts)
                 record.error = error.description
                 switch error {

@@ -21,11 +21,14 @@ struct LLMClient: Sendable {
         var attempts: Int
     }
 
-    func complete(_ request: ChatRequest, provider: ModelCatalog.Provider, apiKey: String?, deadline: ContinuousClock.Instant) async throws(LLMError) -> Outcome {
+    /// `sent` counts the requests made, answered or not, so that a call that fails after its
+    /// retries records how many it took.
+    func complete(_ request: ChatRequest, provider: ModelCatalog.Provider, apiKey: String?, deadline: ContinuousClock.Instant, sent: inout Int) async throws(LLMError) -> Outcome {
         let (url, headers, body) = Self.encode(request, provider: provider, apiKey: apiKey)
         var attempt = 0
         while true {
             attempt += 1
+            sent += 1
             let remaining = ContinuousClock.now.duration(to: deadline)
             guard remaining > .milliseconds(50) else { throw .deadline("the step's deadline passed before the model answered") }
             let timeout = min(remaining, .seconds(provider.timeoutSeconds))
