@@ -19,6 +19,17 @@ struct ShutdownTests {
         let deployment = try await DistributedTests.Deployment.make(databaseURL: nil, redisURL: nil)
         defer { try? FileManager.default.removeItem(atPath: deployment.home) }
         let dev = try await deployment.startDev(["gateway.drainSeconds=3", "run.drainSeconds=3"])
+        do {
+            try await Self.closeSocketsAtShutdown(dev, deployment)
+        } catch {
+            // Whatever failed, the process this test started does not outlive it.
+            if dev.isRunning { await dev.kill() }
+            throw error
+        }
+    }
+
+    /// Two subscribed sockets (one that never answers a close frame), SIGTERM, then the checks.
+    static func closeSocketsAtShutdown(_ dev: ServiceProcess, _ deployment: DistributedTests.Deployment) async throws {
         let http = deployment.gateway
         let login = try await http.send(.POST, "/api/v1/auth/login", json: ["email": TestCluster.adminEmail, "password": TestCluster.adminPassword])
         let token = try #require(login.json["accessToken"] as? String)
@@ -64,6 +75,18 @@ extension ShutdownTests {
         try FileManager.default.createDirectory(atPath: logs, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: logs) }
         let server = try await ServiceProcess("sparkops", ["wire", "echo-server", "--port", "0", "--certs", certificates.directory.path], logDirectory: logs)
+        do {
+            try await Self.watchEchoServerShutdown(server, certificates: certificates)
+        } catch {
+            // Whatever failed, the server this test started does not outlive it.
+            _ = await server.stop()
+            throw error
+        }
+    }
+
+    /// Waits for the echo server's port, watches its health, sends SIGTERM once the watch has
+    /// its first status, and expects SERVING then NOT_SERVING and a clean exit.
+    static func watchEchoServerShutdown(_ server: ServiceProcess, certificates: TestCertificates) async throws {
         var port: Int?
         let deadline = ContinuousClock.now + .seconds(60)
         while port == nil, server.isRunning, ContinuousClock.now < deadline {
@@ -99,6 +122,7 @@ extension ShutdownTests {
         }
         #expect(seen == [.serving, .notServing], "\(seen)")
         #expect(await server.exit(within: .seconds(20)) == 0, "\(server.output)")
+        if server.isRunning { _ = await server.stop() }
     }
 }
 
