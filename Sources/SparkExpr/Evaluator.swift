@@ -44,7 +44,7 @@ struct Evaluator {
             return field
         case .index(let target, let indexExpr):
             let value = try self.evaluate(target)
-            let index = try self.evaluate(indexExpr)
+            let index = try Self.arithmetic(try self.evaluate(indexExpr), at: at)
             switch (value, index) {
             case (.list(let elements), .int(let position)):
                 guard position >= 0 && position < elements.count else {
@@ -71,7 +71,7 @@ struct Evaluator {
             }
             return try self.evaluate(flag ? then : otherwise)
         case .unary(let op, let operandExpr):
-            let operand = try self.evaluate(operandExpr)
+            let operand = try Self.arithmetic(try self.evaluate(operandExpr), at: at)
             switch (op, operand) {
             case (.not, .bool(let flag)): return .bool(!flag)
             case (.negate, .int(let value)):
@@ -118,9 +118,10 @@ struct Evaluator {
             case (.int(let a), .int(let b)): order = a < b ? -1 : (a == b ? 0 : 1)
             case (.string(let a), .string(let b)): order = a < b ? -1 : (a == b ? 0 : 1)
             default:
-                guard let a = left.number, let b = right.number else { throw mismatch }
-                guard !a.isNaN && !b.isNaN else { return .bool(false) }
-                order = a < b ? -1 : (a == b ? 0 : 1)
+                guard left.number != nil, right.number != nil else { throw mismatch }
+                // Integers compare exactly at any size; NaN is neither below nor above anything.
+                guard let compared = ExprNumber.compare(left, right) else { return .bool(false) }
+                order = compared
             }
             switch op {
             case .less: return .bool(order < 0)
@@ -137,6 +138,8 @@ struct Evaluator {
             default: throw mismatch
             }
         case .add:
+            let left = try Self.arithmetic(left, at: at)
+            let right = try Self.arithmetic(right, at: at)
             switch (left, right) {
             case (.int(let a), .int(let b)):
                 let (sum, overflow) = a.addingReportingOverflow(b)
@@ -157,6 +160,8 @@ struct Evaluator {
                 return .double(a + b)
             }
         case .subtract, .multiply, .divide, .remainder:
+            let left = try Self.arithmetic(left, at: at)
+            let right = try Self.arithmetic(right, at: at)
             if case .int(let a) = left, case .int(let b) = right {
                 let result: (Int64, Bool)
                 switch op {
@@ -185,8 +190,20 @@ struct Evaluator {
         }
     }
 
+    /// A number kept as written, as arithmetic takes it (``ExprNumber/arithmetic(_:)``); any other
+    /// value as it is.
+    static func arithmetic(_ value: ExprValue, at: SourceLocation) throws(ExprError) -> ExprValue {
+        guard case .number(let text) = value else { return value }
+        guard let number = ExprNumber.arithmetic(text) else {
+            let what = ExprNumber.isIntegral(text) ? "an integer beyond 64 bits" : "a number beyond a double's range"
+            throw ExprError(.evaluation, "\(text) is \(what): it is kept and compared as written, but takes part in no arithmetic", at: at)
+        }
+        return number
+    }
+
     func call(_ function: ExprFunction, _ values: [ExprValue], at: SourceLocation) throws(ExprError) -> ExprValue {
-        let subject = values[0]
+        if function == .string, case .number(let text) = values[0] { return .string(text) }
+        let subject = try Self.arithmetic(values[0], at: at)
         let wrong = ExprError(.type, "\(function.rawValue)() does not apply to \(values.map { "a \($0.typeName)" }.joined(separator: " and "))", at: at)
         switch function {
         case .size:

@@ -187,6 +187,7 @@ enum ExprPrinter {
             var text = "\(number)"
             if !text.contains(".") && !text.contains("e") && !text.contains("n") && !text.contains("i") { text += ".0" }
             out += text
+        case .number(let text): out += text
         case .string(let text): out += self.quoted(text)
         case .list(let values):
             out += "["

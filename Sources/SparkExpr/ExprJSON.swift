@@ -14,6 +14,7 @@ enum ExprJSON {
         case .bool(let flag): out.append(contentsOf: (flag ? "true" : "false").utf8)
         case .int(let number): out.append(contentsOf: String(number).utf8)
         case .double(let number): out.append(contentsOf: Self.text(of: number).utf8)
+        case .number(let text): out.append(contentsOf: text.utf8)
         case .string(let text): Self.quote(text, into: &out)
         case .list(let items):
             out.append(UInt8(ascii: "["))
@@ -188,9 +189,8 @@ enum ExprJSON {
                 guard digits(&self) > 0 else { throw self.error("digits must follow the exponent") }
             }
             let text = String(decoding: self.bytes[start ..< self.index], as: UTF8.self)
-            if integral, let number = Int64(text) { return .int(number) }
-            guard let number = Double(text) else { throw self.error("not a number") }
-            return .double(number)
+            if integral, text != "-0", let number = Int64(text) { return .int(number) }
+            return ExprNumber.value(of: text)
         }
 
         mutating func string() throws(SyntaxError) -> String {

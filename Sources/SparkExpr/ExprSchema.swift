@@ -234,6 +234,7 @@ struct ExprChecker {
         case .bool: return .bool
         case .int: return .int
         case .double: return .double
+        case .number(let text): return ExprNumber.isIntegral(text) ? .int : .double
         case .string: return .string
         case .list(let elements):
             let types = Set(elements.map(Self.schema(of:)))

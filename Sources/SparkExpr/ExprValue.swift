@@ -1,12 +1,19 @@
 import Foundation
 
 /// A JSON value, as expressions read and produce them: workflow inputs, step outputs, policy
-/// contexts. Integers and doubles are kept apart (`1` and `1.0` compare equal, but `7 / 2` is 3).
+/// contexts. Integers and doubles are kept apart (`1` and `1.0` compare equal, but `7 / 2` is 3),
+/// and a number read from JSON writes back as it was written (``number(_:)``).
 public enum ExprValue: Sendable, Hashable {
     case null
     case bool(Bool)
     case int(Int64)
     case double(Double)
+    /// A JSON number kept as it was written, because neither an `Int64` nor a `Double` would write
+    /// it back the same: integers beyond 64 bits, `-0`, `1e400`, `1.50`, `2E3`. It is the number
+    /// it writes wherever values are compared; arithmetic takes it as an int when it is a whole
+    /// number within 64 bits, as a double when a finite double holds it, and refuses it otherwise
+    /// (docs/expressions.md).
+    case number(String)
     case string(String)
     case list([ExprValue])
     case map([String: ExprValue])
@@ -18,6 +25,7 @@ public enum ExprValue: Sendable, Hashable {
         case .bool: return "bool"
         case .int: return "int"
         case .double: return "double"
+        case .number(let text): return ExprNumber.isIntegral(text) ? "int" : "double"
         case .string: return "string"
         case .list: return "list"
         case .map: return "map"
@@ -29,6 +37,7 @@ public enum ExprValue: Sendable, Hashable {
         switch self {
         case .int(let value): return Double(value)
         case .double(let value): return value
+        case .number(let text): return Double(text)
         default: return nil
         }
     }
@@ -37,6 +46,8 @@ public enum ExprValue: Sendable, Hashable {
     public func equals(_ other: ExprValue) -> Bool {
         switch (self, other) {
         case (.int(let a), .int(let b)): return a == b
+        case (.number, .int), (.int, .number), (.number, .double), (.double, .number), (.number, .number):
+            return ExprNumber.compare(self, other) == 0
         case (.int, .double), (.double, .int), (.double, .double): return self.number! == other.number!
         case (.list(let a), .list(let b)): return a.count == b.count && zip(a, b).allSatisfy { $0.equals($1) }
         case (.map(let a), .map(let b)):
@@ -72,7 +83,8 @@ extension ExprValue {
     }
 
     /// Parses JSON text (any value at the top, as RFC 8259 allows). A number without a fraction
-    /// or exponent that fits 64 bits is an `.int`; any other number a `.double`.
+    /// or exponent that fits 64 bits is an `.int`, one a double writes back the same a `.double`,
+    /// any other a `.number` that keeps its text.
     public init(jsonText: String) throws {
         var reader = ExprJSON.Reader(jsonText)
         self = try reader.document()
@@ -85,6 +97,7 @@ extension ExprValue {
         case .bool(let value): return value
         case .int(let value): return value
         case .double(let value): return value
+        case .number(let text): return ExprNumber.jsonObject(text)
         case .string(let value): return value
         case .list(let values): return values.map(\.jsonObject)
         case .map(let values): return values.mapValues(\.jsonObject)
@@ -119,6 +132,7 @@ extension ExprValue {
         case .string(let value): return value
         case .null: return ""
         case .int(let value): return String(value)
+        case .number(let text): return text
         case .bool(let value): return value ? "true" : "false"
         default: return self.jsonText
         }

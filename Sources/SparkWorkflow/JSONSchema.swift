@@ -156,7 +156,7 @@ public struct JSONSchema: Sendable {
             found.append((path, "must be \(value.jsonText)"))
         }
         switch instance {
-        case .int, .double:
+        case .int, .double, .number:
             let number = instance.numeric ?? 0
             if let bound = fields["minimum"]?.numeric, number < bound { found.append((path, "must be at least \(Self.text(bound))")) }
             if let bound = fields["maximum"]?.numeric, number > bound { found.append((path, "must be at most \(Self.text(bound))")) }
@@ -238,7 +238,8 @@ public struct JSONSchema: Sendable {
         case ("object", .map), ("array", .list), ("string", .string), ("boolean", .bool), ("null", .null): return true
         case ("integer", .int): return true
         case ("integer", .double(let number)): return number.rounded() == number
-        case ("number", .int), ("number", .double): return true
+        case ("integer", .number(let text)): return ExprNumber.isIntegral(text) || Double(text).map { $0.isFinite && $0.rounded() == $0 } == true
+        case ("number", .int), ("number", .double), ("number", .number): return true
         default: return false
         }
     }
@@ -252,6 +253,7 @@ public struct JSONSchema: Sendable {
         case .null: return "null"
         case .int: return "an integer"
         case .double: return "a number"
+        case .number(let text): return ExprNumber.isIntegral(text) ? "an integer" : "a number"
         }
     }
 
@@ -279,6 +281,7 @@ extension ExprValue {
         switch self {
         case .int(let value): return Double(value)
         case .double(let value): return value
+        case .number(let text): return Double(text)
         default: return nil
         }
     }

@@ -366,7 +366,7 @@ public struct RunMachine: Sendable, Hashable {
         case .null: return "null"
         case .bool(let flag): return "the boolean \(flag)"
         case .int(let number): return "the number \(number)"
-        case .double: return "the number \(value.jsonText)"
+        case .double, .number: return "the number \(value.jsonText)"
         case .string(let text): return "the string \(String(text.prefix(40)).debugDescription)"
         case .list: return "a list"
         case .map: return "an object"

@@ -197,6 +197,37 @@ struct EvaluatorTests {
         }
     }
 
+    @Test("numbers: 4 / 2 is the int 2, 0.1 + 0.2 the nearest double, numbers kept as written compare exactly and print as written")
+    func numberRules() throws {
+        let data = try ExprValue(jsonText: #"{"big": 123456789012345678901234567890, "id": 9007199254740993, "neg": -0, "far": 1e400, "price": 1.50, "k": 2E3}"#)
+        let environment: [String: ExprValue] = ["inputs": data]
+        func eval(_ source: String) throws -> ExprValue { try Expr.parse(source).evaluate(in: environment) }
+        let cases: [(String, String)] = [
+            ("4 / 2", "2"), ("7 / 2", "3"), ("-7 / 2", "-3"), ("-7 % 2", "-1"), ("4.0 / 2", "2.0"), ("0.1 + 0.2", "0.30000000000000004"),
+            ("inputs.id + 1", "9007199254740994"), ("inputs.id == 9007199254740992", "false"),
+            ("inputs.big > inputs.id", "true"), ("inputs.big == inputs.big", "true"), ("inputs.big < 0", "false"),
+            ("inputs.neg + 1", "1"), ("inputs.price * 2", "3.0"), ("inputs.k + 1", "2001.0"), ("inputs.far > 1e308", "true"),
+            ("inputs.big", "123456789012345678901234567890"), ("inputs.price", "1.50"), ("inputs.far", "1e400"), ("inputs.neg", "-0"),
+            ("string(inputs.big)", "\"123456789012345678901234567890\""), ("[inputs.big, inputs.price]", "[123456789012345678901234567890,1.50]"),
+        ]
+        for (source, expected) in cases {
+            #expect(try eval(source).jsonText == expected, "\(source)")
+        }
+        // Beyond 64 bits or beyond a double, arithmetic refuses, naming the number.
+        for source in ["inputs.big + 1", "-inputs.big", "inputs.far * 2", "int(inputs.big)"] {
+            #expect(throws: ExprError.self, "\(source)") { try eval(source) }
+        }
+        do {
+            _ = try eval("inputs.big + 1")
+        } catch let error as ExprError {
+            #expect(error.message.contains("123456789012345678901234567890 is an integer beyond 64 bits"))
+        }
+        // Templates: text shows the number as written; a lone expression keeps the value.
+        #expect(try ExprTemplate.parse("issue ${{ inputs.id }}, ${{ inputs.big }}, ${{ inputs.price }}, ${{ 4 / 2 }}").render(in: environment)
+            == .string("issue 9007199254740993, 123456789012345678901234567890, 1.50, 2"))
+        #expect(try ExprTemplate.parse("${{ inputs.big }}").render(in: environment) == .number("123456789012345678901234567890"))
+    }
+
     @Test("values come from JSON and go back to it")
     func json() throws {
         let value = try ExprValue(jsonText: #"{"a": [1, 2.5, true, null, "x"], "b": {"c": false}}"#)

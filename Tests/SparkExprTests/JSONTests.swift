@@ -81,16 +81,44 @@ struct JSONTests {
             #expect(read.equals(foundation), "\(text)")
         }
         let samples: [(String, ExprValue)] = [
-            (#" { "a" : [ 1 , 2.5 , -0 , 1E2 , true , null ] } "#, .map(["a": .list([.int(1), .double(2.5), .int(0), .double(100), .bool(true), .null])])),
+            (#" { "a" : [ 1 , 2.5 , -0 , 1E2 , true , null ] } "#, .map(["a": .list([.int(1), .double(2.5), .number("-0"), .number("1E2"), .bool(true), .null])])),
             (#""\u00e9\ud83d\ude00\/\b\f\n\r\t\"\\""#, .string("é😀/\u{8}\u{C}\n\r\t\"\\")),
             ("9223372036854775807", .int(.max)),
-            ("9223372036854775808", .double(9_223_372_036_854_775_808)),
+            ("9223372036854775808", .number("9223372036854775808")),
             ("-9223372036854775808", .int(.min)),
             ("\"ünï\"", .string("ünï")),
         ]
         for (text, expected) in samples {
             #expect(Self.same(try ExprValue(jsonText: text), expected), "\(text)")
         }
+    }
+
+    @Test("a number reads back as it was written: integers of any size, -0, 1e400, 1.50, exponents")
+    func numbersKeepTheirText() throws {
+        let written = [
+            "9007199254740993", "-9007199254740993", "18446744073709551616", "123456789012345678901234567890",
+            "-0", "1e400", "-1e400", "1.50", "2E3", "1e-7", "0.1", "3.0", "-0.0", "4", "1.7976931348623157e308", "5e-324",
+        ]
+        for text in written {
+            let value = try ExprValue(jsonText: text)
+            #expect(value.jsonText == text, "\(text) wrote back as \(value.jsonText)")
+            #expect(value.templateText == text)
+            let nested = try ExprValue(jsonText: "{\"n\":[\(text)],\"s\":\"ü😀\\u00e9\"}")
+            #expect(nested.jsonText == "{\"n\":[\(text)],\"s\":\"ü😀é\"}")
+        }
+        // Within 64 bits an integer is an int; beyond, it keeps its text and is still an integer.
+        #expect(try ExprValue(jsonText: "9007199254740993") == .int(9_007_199_254_740_993))
+        #expect(try ExprValue(jsonText: "18446744073709551616").typeName == "int")
+        #expect(try ExprValue(jsonText: "1.50").typeName == "double")
+        // Compared by value: exactly for integers at any size.
+        #expect(try ExprValue(jsonText: "1.50").equals(.double(1.5)))
+        #expect(try ExprValue(jsonText: "-0").equals(.int(0)))
+        #expect(try ExprValue(jsonText: "2E3").equals(.int(2000)))
+        #expect(try ExprValue(jsonText: "123456789012345678901234567891").equals(try ExprValue(jsonText: "123456789012345678901234567891")))
+        #expect(!(try ExprValue(jsonText: "123456789012345678901234567891")).equals(try ExprValue(jsonText: "123456789012345678901234567890")))
+        // Deep nesting writes back whole.
+        let deep = String(repeating: "[", count: 500) + "9007199254740993" + String(repeating: "]", count: 500)
+        #expect(try ExprValue(jsonText: deep).jsonText == deep)
     }
 
     @Test("bad JSON is refused: truncation, trailing text, bad numbers, escapes and surrogates, control characters, nesting past 512")

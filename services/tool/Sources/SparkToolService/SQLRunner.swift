@@ -90,7 +90,10 @@ struct SQLRunner: Sendable {
                 let milliseconds = max(1, timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
                 try await postgres.query(PostgresQuery(unsafeSQL: "SET LOCAL statement_timeout = \(milliseconds)"), logger: logger)
                 var bindings = PostgresBindings()
-                for value in parameters {
+                for given in parameters {
+                    // A number kept as written binds as the int or double it is, or as its text
+                    // beyond them (PostgreSQL reads it into a numeric parameter exactly).
+                    let value = given.sqlParameter
                     switch value {
                     case .null: bindings.appendNull()
                     case .bool(let flag): bindings.append(flag)
@@ -98,6 +101,7 @@ struct SQLRunner: Sendable {
                     case .double(let number): bindings.append(number)
                     case .string(let text): bindings.append(text)
                     case .list, .map: bindings.append(value.jsonText)
+                    case .number(let text): bindings.append(text)
                     }
                 }
                 var query = spec.query.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -207,8 +211,9 @@ struct SQLRunner: Sendable {
             return .failure(Failure(reason: "read_only", message: "the statement would write; a sql tool only reads"))
         }
         let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
-        for (offset, value) in parameters.enumerated() {
+        for (offset, given) in parameters.enumerated() {
             let index = Int32(offset + 1)
+            let value = given.sqlParameter
             switch value {
             case .null: sqlite_nio_sqlite3_bind_null(statement, index)
             case .bool(let flag): sqlite_nio_sqlite3_bind_int64(statement, index, flag ? 1 : 0)
@@ -216,6 +221,7 @@ struct SQLRunner: Sendable {
             case .double(let number): sqlite_nio_sqlite3_bind_double(statement, index, number)
             case .string(let text): sqlite_nio_sqlite3_bind_text(statement, index, text, -1, transient)
             case .list, .map: sqlite_nio_sqlite3_bind_text(statement, index, value.jsonText, -1, transient)
+            case .number(let text): sqlite_nio_sqlite3_bind_text(statement, index, text, -1, transient)
             }
         }
         let columns = (0 ..< sqlite_nio_sqlite3_column_count(statement)).map { String(cString: sqlite_nio_sqlite3_column_name(statement, $0)) }
@@ -272,5 +278,14 @@ final class InterruptHandle: @unchecked Sendable {
             self.interrupted = true
             if let db = self.db { sqlite_nio_sqlite3_interrupt(db) }
         }
+    }
+}
+
+extension ExprValue {
+    /// The value bound for a query parameter: a number kept as written as the int or double it
+    /// is when one holds it (so `-0` binds 0 and `1.50` binds 1.5), else unchanged.
+    var sqlParameter: ExprValue {
+        if case .number(let text) = self, let number = ExprNumber.arithmetic(text) { return number }
+        return self
     }
 }
