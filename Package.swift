@@ -80,6 +80,7 @@ let coreTargets: [Target] = [
             dependencies: [
                 "SparkWire",
                 "SparkProto",
+                "SparkExpr",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -136,6 +137,7 @@ let coreTargets: [Target] = [
                 "SparkRuntime",
                 "SparkToolService",
                 "SparkKit",
+                "SparkExpr",
                 "SparkWire",
                 "SparkProto",
                 "SparkTesting",

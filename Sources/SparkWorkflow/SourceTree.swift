@@ -33,6 +33,12 @@ indirect enum SourceNode {
             case "true", "True", "TRUE": return .bool(true)
             case "false", "False", "FALSE": return .bool(false)
             default:
+                // A number written as JSON writes it is read as JSON reads it, so that it keeps its
+                // text (integers beyond 64 bits, 1.50, 1e400); YAML's other forms (+1, .5) as YAML.
+                if let first = text.utf8.first, first == UInt8(ascii: "-") || (UInt8(ascii: "0") ... UInt8(ascii: "9")).contains(first),
+                    let number = try? ExprValue(jsonText: text) {
+                    return number
+                }
                 if let int = Int64(text) { return .int(int) }
                 if text.first.map({ $0.isNumber || $0 == "-" || $0 == "+" || $0 == "." }) == true, let double = Double(text), double.isFinite {
                     return .double(double)

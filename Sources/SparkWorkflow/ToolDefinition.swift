@@ -263,9 +263,12 @@ public struct ToolDefinition: Sendable, Hashable {
         return .map(fields)
     }
 
-    public var canonicalJSON: String { self.canonicalValue.stableJSONText }
+    /// Compact JSON of the canonical value, numbers as written: what is stored and shown.
+    public var canonicalJSON: String { self.canonicalValue.jsonText }
 
-    public var contentHash: String { ContentHash.of(self.canonicalJSON) }
+    /// Over the value's stable text (``ExprValue/stableJSONText``), which has not changed since
+    /// the first version: a definition keeps its hash.
+    public var contentHash: String { ContentHash.of(self.canonicalValue.stableJSONText) }
 }
 
 extension WorkflowReader {

@@ -36,12 +36,13 @@ extension WorkflowDefinition {
         return fraction.isEmpty ? "\(whole)" : "\(whole).\(fraction)"
     }
 
-    /// Compact JSON of ``canonicalValue``.
-    public var canonicalJSON: String { self.canonicalValue.stableJSONText }
+    /// Compact JSON of the canonical value, numbers as written: what is stored and shown.
+    public var canonicalJSON: String { self.canonicalValue.jsonText }
 
-    /// `sha256:` and the hex SHA-256 of ``canonicalJSON``: a version's identity. Applying a
-    /// definition with the same hash creates no new version.
-    public var contentHash: String { ContentHash.of(self.canonicalJSON) }
+    /// `sha256:` and the hex SHA-256 of the canonical value's stable text
+    /// (``ExprValue/stableJSONText``, unchanged since the first version): a version's identity.
+    /// Applying a definition with the same hash creates no new version.
+    public var contentHash: String { ContentHash.of(self.canonicalValue.stableJSONText) }
 }
 
 extension WorkflowStep {

@@ -205,7 +205,7 @@ struct APIClient {
         if let credential { request.headers.add(name: "Authorization", value: "Bearer \(credential)") }
         if let body {
             request.headers.add(name: "Content-Type", value: "application/json")
-            request.body = .bytes(ByteBuffer(data: try JSONSerialization.data(withJSONObject: body)))
+            request.body = .bytes(ByteBuffer(data: CLIJSON.data(body)))
         }
         let response: HTTPClientResponse
         do {
@@ -214,7 +214,7 @@ struct APIClient {
             throw APICallError(status: 0, code: "UNAVAILABLE", message: "cannot reach \(self.options.baseURL): \(error)")
         }
         let bytes = try await response.body.collect(upTo: 16 << 20)
-        let object = (try? JSONSerialization.jsonObject(with: Data(buffer: bytes))) as? [String: Any] ?? [:]
+        let object = (try? CLIJSON.parse(bytes.readableBytesView)) as? [String: Any] ?? [:]
         return (Int(response.status.code), object)
     }
 }

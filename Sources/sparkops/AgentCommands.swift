@@ -63,7 +63,7 @@ struct AgentCommand: AsyncParsableCommand {
             var body: [String: Any] = ["prompt": self.prompt]
             if let input = self.input {
                 let text = input.hasPrefix("@") ? try WorkflowFiles.read(String(input.dropFirst())) : input
-                guard let value = try? JSONSerialization.jsonObject(with: Data(text.utf8), options: [.fragmentsAllowed]) else {
+                guard let value = try? CLIJSON.parse(text) else {
                     throw ValidationError("--input is not JSON: \(text.prefix(80))")
                 }
                 body["input"] = value
@@ -90,8 +90,7 @@ struct AgentCommand: AsyncParsableCommand {
                     }
                 }
                 if let output = result["output"] as? [String: Any], output.keys.sorted() != ["text"] {
-                    let data = (try? JSONSerialization.data(withJSONObject: output, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])) ?? Data()
-                    print(String(decoding: data, as: UTF8.self))
+                    print(CLIJSON.text(output, pretty: true))
                 } else if let text = result["text"] as? String {
                     print(text)
                 }

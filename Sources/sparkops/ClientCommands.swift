@@ -12,8 +12,7 @@ enum Printer {
     static func print(_ object: [String: Any], format: OutputFormat, rows: String? = nil, columns: [(title: String, key: String)]) {
         switch format {
         case .json:
-            let data = (try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])) ?? Data()
-            Swift.print(String(decoding: data, as: UTF8.self))
+            Swift.print(CLIJSON.text(object, pretty: true))
         case .table:
             let items: [[String: Any]] = rows.map { object[$0] as? [[String: Any]] ?? [] } ?? [object]
             let cells = items.map { item in columns.map { Self.text(item[$0.key], key: $0.key) } }
@@ -31,6 +30,7 @@ enum Printer {
         case nil: return key.hasPrefix("is") ? "no" : ""
         case let string as String where key == "role": return string.replacingOccurrences(of: "ROLE_", with: "").lowercased()
         case let string as String: return string
+        case let flag as Bool where key.hasPrefix("is"): return flag ? "yes" : "no"
         case let number as NSNumber where key.hasPrefix("is"): return number.boolValue ? "yes" : "no"
         case let number as NSNumber: return number.stringValue
         default: return "\(value!)"

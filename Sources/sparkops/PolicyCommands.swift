@@ -149,7 +149,7 @@ struct PolicyCommand: AsyncParsableCommand {
 
         func run() async throws {
             let text = self.context.hasPrefix("@") ? try WorkflowFiles.read(String(self.context.dropFirst())) : self.context
-            guard let context = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
+            guard let context = (try? CLIJSON.parse(text)) as? [String: Any] else {
                 throw ValidationError("--context is not a JSON object: \(text.prefix(80))")
             }
             var body: [String: Any] = ["point": self.point, "context": context, "withSaved": self.withSaved]

@@ -28,7 +28,7 @@ struct RunCommand: AsyncParsableCommand {
     static func inputs(_ pairs: [String], json: String?) throws -> [String: Any] {
         var inputs: [String: Any] = [:]
         if let json {
-            guard let object = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else {
+            guard let object = (try? CLIJSON.parse(json)) as? [String: Any] else {
                 throw ValidationError("--inputs must be a JSON object, such as '{\"topic\": \"tides\"}'")
             }
             inputs = object
@@ -39,7 +39,7 @@ struct RunCommand: AsyncParsableCommand {
             }
             let name = String(pair[..<equals])
             let text = String(pair[pair.index(after: equals)...])
-            inputs[name] = (try? JSONSerialization.jsonObject(with: Data(text.utf8), options: [.fragmentsAllowed])) ?? text
+            inputs[name] = (try? CLIJSON.parse(text)) ?? text
         }
         return inputs
     }
@@ -90,10 +90,8 @@ struct RunCommand: AsyncParsableCommand {
         } else {
             let status = Printer.text(run["status"])
             print("run \(Printer.text(run["id"])) \(status)\((run["costMicros"] != nil) ? " (cost \(Dollars.text(run["costMicros"])))" : "")")
-            if let outputs = run["outputs"] as? [String: Any], !outputs.isEmpty,
-                let data = try? JSONSerialization.data(withJSONObject: outputs, options: [.sortedKeys, .prettyPrinted])
-            {
-                print("outputs: \(String(decoding: data, as: UTF8.self))")
+            if let outputs = run["outputs"] as? [String: Any], !outputs.isEmpty {
+                print("outputs: \(CLIJSON.text(outputs, pretty: true))")
             }
             if let error = run["error"] as? [String: Any] { print("error: \(Printer.text(error["reason"])): \(Printer.text(error["message"]))") }
         }

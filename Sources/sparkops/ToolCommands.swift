@@ -67,7 +67,7 @@ struct ToolCommand: AsyncParsableCommand {
             } else {
                 text = self.input
             }
-            guard let value = try? JSONSerialization.jsonObject(with: Data(text.utf8), options: [.fragmentsAllowed]) else {
+            guard let value = try? CLIJSON.parse(text) else {
                 throw ValidationError("--input is not JSON: \(text.prefix(80))")
             }
             var body: [String: Any] = ["input": value]
@@ -82,8 +82,7 @@ struct ToolCommand: AsyncParsableCommand {
                 Printer.print(result, format: .json, columns: [])
             } else {
                 if let output = result["output"] {
-                    let data = (try? JSONSerialization.data(withJSONObject: output, options: [.prettyPrinted, .sortedKeys, .fragmentsAllowed, .withoutEscapingSlashes])) ?? Data()
-                    print(String(decoding: data, as: UTF8.self))
+                    print(CLIJSON.text(output, pretty: true))
                 }
                 if let logs = result["logs"] as? String, !logs.isEmpty {
                     FileHandle.standardError.write(Data(logs.utf8))

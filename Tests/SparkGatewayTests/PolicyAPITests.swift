@@ -1,6 +1,7 @@
 import Foundation
 import GRPCCore
 import NIOHTTP1
+import SparkExpr
 import SparkKit
 import SparkProto
 import SparkTesting
@@ -81,7 +82,7 @@ struct PolicyAPITests {
             $0.tool.kind = "http"
             $0.tool.host = host
             $0.tool.sideEffects = "non_idempotent"
-            $0.tool.arguments = .init(structValue: .init(fields: ["amount": .init(numberValue: amount)]))
+            $0.tool.arguments = .with { $0.text = "{\"amount\": \(amount)}" }
         }
     }
 
@@ -266,13 +267,13 @@ struct PolicyAPITests {
                 """).status == 200)
             let allowed = try await Self.evaluate(cluster, project, point: "tool.invoke", .with {
                 $0.tool.name = "search"
-                $0.tool.arguments = .init(structValue: .init(fields: ["limit": .init(numberValue: 10)]))
+                $0.tool.arguments = .with { $0.text = #"{"limit": 10}"# }
             })
             let hour = Calendar.current.dateComponents(in: TimeZone(identifier: "Europe/Paris")!, from: Date()).hour ?? 12
             #expect(allowed.effect == (hour < 6 ? "deny" : "allow"))
             let broken = try await Self.evaluate(cluster, project, point: "tool.invoke", .with {
                 $0.tool.name = "search"
-                $0.tool.arguments = .init(structValue: .init(fields: ["limit": .init(stringValue: "lots")]))
+                $0.tool.arguments = .with { $0.text = #"{"limit": "lots"}"# }
             })
             #expect(broken.effect == "deny")
             #expect(broken.matches.first?.error.isEmpty == false)
@@ -391,8 +392,18 @@ struct PolicyAPITests {
             // The same limits over SparkWire, as the enforcing services call it.
             await #expect(throws: RPCError.self) {
                 _ = try await Self.evaluate(cluster, project, point: "tool.invoke", .with {
-                    $0.tool.arguments = .init(stringValue: big)
+                    $0.tool.arguments = Sparkops_Common_V1_Json(.string(big))
                 })
+            }
+            // Text that is not JSON is refused over SparkWire, naming the field.
+            do {
+                _ = try await Self.evaluate(cluster, project, point: "tool.invoke", .with {
+                    $0.tool.arguments = .with { $0.text = "{\"amount\": 12" }
+                })
+                Issue.record("arguments that are not JSON were taken")
+            } catch let error as RPCError {
+                #expect(error.code == .invalidArgument)
+                #expect(error.message.hasPrefix("context.tool.arguments: is not JSON"))
             }
             await #expect(throws: RPCError.self) {
                 _ = try await Self.evaluate(cluster, project, point: "step.begin", .init())

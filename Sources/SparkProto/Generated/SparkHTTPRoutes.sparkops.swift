@@ -25,6 +25,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ApplyAgent"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_ApplyAgentRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Agent_V1_ApplyAgentRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Agent_V1_ApplyAgentResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_ApplyAgentRequest, metadata: metadata),
@@ -50,6 +52,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ValidateAgent"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_ValidateAgentRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Agent_V1_ValidateAgentRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Agent_V1_ValidateAgentResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_ValidateAgentRequest, metadata: metadata),
@@ -75,6 +79,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "GetAgent"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_GetAgentRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Agent_V1_GetAgentRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Agent_V1_Agent.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_GetAgentRequest, metadata: metadata),
@@ -100,6 +106,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ListAgents"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_ListAgentsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Agent_V1_ListAgentsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Agent_V1_ListAgentsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_ListAgentsRequest, metadata: metadata),
@@ -125,6 +133,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "UpdateAgent"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_UpdateAgentRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Agent_V1_UpdateAgentRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Agent_V1_ApplyAgentResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_UpdateAgentRequest, metadata: metadata),
@@ -150,6 +160,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "DeleteAgent"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_DeleteAgentRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Agent_V1_DeleteAgentRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Agent_V1_DeleteAgentResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_DeleteAgentRequest, metadata: metadata),
@@ -175,6 +187,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "GetAgentVersion"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_GetAgentVersionRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Agent_V1_GetAgentVersionRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Agent_V1_AgentVersion.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_GetAgentVersionRequest, metadata: metadata),
@@ -200,6 +214,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ListAgentVersions"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_ListAgentVersionsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Agent_V1_ListAgentVersionsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Agent_V1_ListAgentVersionsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_ListAgentVersionsRequest, metadata: metadata),
@@ -225,6 +241,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ExecuteAgentStep"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_ExecuteAgentStepRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Agent_V1_ExecuteAgentStepRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Agent_V1_AgentExecution.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_ExecuteAgentStepRequest, metadata: metadata),
@@ -250,6 +268,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "GetAgentExecution"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_GetAgentExecutionRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Agent_V1_GetAgentExecutionRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Agent_V1_AgentExecution.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_GetAgentExecutionRequest, metadata: metadata),
@@ -275,6 +295,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ListAgentExecutions"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_ListAgentExecutionsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Agent_V1_ListAgentExecutionsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Agent_V1_ListAgentExecutionsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_ListAgentExecutionsRequest, metadata: metadata),
@@ -300,6 +322,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "ListAgentMemory"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_ListAgentMemoryRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Agent_V1_ListAgentMemoryRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Agent_V1_ListAgentMemoryResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_ListAgentMemoryRequest, metadata: metadata),
@@ -325,6 +349,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "PutAgentMemory"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_PutAgentMemoryRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Agent_V1_PutAgentMemoryRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Agent_V1_MemoryFact.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_PutAgentMemoryRequest, metadata: metadata),
@@ -350,6 +376,8 @@ extension SparkHTTPRoute {
             service: "agent",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.agent.v1.AgentService", method: "DeleteAgentMemory"),
             decodeRequest: { bytes, options in try Sparkops_Agent_V1_DeleteAgentMemoryRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Agent_V1_DeleteAgentMemoryRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Agent_V1_DeleteAgentMemoryResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Agent_V1_DeleteAgentMemoryRequest, metadata: metadata),
@@ -375,6 +403,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "SetBudget"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_SetBudgetRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Budget_V1_SetBudgetRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Budget_V1_SetBudgetResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_SetBudgetRequest, metadata: metadata),
@@ -400,6 +430,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "GetBudget"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_GetBudgetRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Budget_V1_GetBudgetRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Budget_V1_Budget.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_GetBudgetRequest, metadata: metadata),
@@ -425,6 +457,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "ListBudgets"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_ListBudgetsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Budget_V1_ListBudgetsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Budget_V1_ListBudgetsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_ListBudgetsRequest, metadata: metadata),
@@ -450,6 +484,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "DeleteBudget"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_DeleteBudgetRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Budget_V1_DeleteBudgetRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Budget_V1_DeleteBudgetResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_DeleteBudgetRequest, metadata: metadata),
@@ -475,6 +511,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "Reserve"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_ReserveRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Budget_V1_ReserveRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Budget_V1_ReserveResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_ReserveRequest, metadata: metadata),
@@ -500,6 +538,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "Settle"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_SettleRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Budget_V1_SettleRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Budget_V1_SettleResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_SettleRequest, metadata: metadata),
@@ -525,6 +565,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "Release"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_ReleaseRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Budget_V1_ReleaseRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Budget_V1_ReleaseResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_ReleaseRequest, metadata: metadata),
@@ -550,6 +592,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "GetReservation"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_GetReservationRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Budget_V1_GetReservationRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Budget_V1_Reservation.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_GetReservationRequest, metadata: metadata),
@@ -575,6 +619,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "GetUsage"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_GetUsageRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Budget_V1_GetUsageRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Budget_V1_GetUsageResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_GetUsageRequest, metadata: metadata),
@@ -600,6 +646,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "ListLedger"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_ListLedgerRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Budget_V1_ListLedgerRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Budget_V1_ListLedgerResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_ListLedgerRequest, metadata: metadata),
@@ -625,6 +673,8 @@ extension SparkHTTPRoute {
             service: "budget",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.budget.v1.BudgetService", method: "ListAlerts"),
             decodeRequest: { bytes, options in try Sparkops_Budget_V1_ListAlertsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Budget_V1_ListAlertsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Budget_V1_ListAlertsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Budget_V1_ListAlertsRequest, metadata: metadata),
@@ -650,6 +700,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ApplyPolicy"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_ApplyPolicyRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Policy_V1_ApplyPolicyRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Policy_V1_ApplyPolicyResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_ApplyPolicyRequest, metadata: metadata),
@@ -675,6 +727,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ValidatePolicy"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_ValidatePolicyRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Policy_V1_ValidatePolicyRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Policy_V1_ValidatePolicyResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_ValidatePolicyRequest, metadata: metadata),
@@ -700,6 +754,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetPolicy"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_GetPolicyRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Policy_V1_GetPolicyRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Policy_V1_Policy.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_GetPolicyRequest, metadata: metadata),
@@ -725,6 +781,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListPolicies"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_ListPoliciesRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Policy_V1_ListPoliciesRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Policy_V1_ListPoliciesResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_ListPoliciesRequest, metadata: metadata),
@@ -750,6 +808,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "DeletePolicy"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_DeletePolicyRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Policy_V1_DeletePolicyRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Policy_V1_DeletePolicyResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_DeletePolicyRequest, metadata: metadata),
@@ -775,6 +835,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetPolicyVersion"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_GetPolicyVersionRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Policy_V1_GetPolicyVersionRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Policy_V1_PolicyVersion.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_GetPolicyVersionRequest, metadata: metadata),
@@ -800,6 +862,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListPolicyVersions"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_ListPolicyVersionsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Policy_V1_ListPolicyVersionsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Policy_V1_ListPolicyVersionsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_ListPolicyVersionsRequest, metadata: metadata),
@@ -825,6 +889,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ApplyGlobalPolicy"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_ApplyPolicyRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Policy_V1_ApplyPolicyRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Policy_V1_ApplyPolicyResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_ApplyPolicyRequest, metadata: metadata),
@@ -850,6 +916,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetGlobalPolicy"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_GetPolicyRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Policy_V1_GetPolicyRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Policy_V1_Policy.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_GetPolicyRequest, metadata: metadata),
@@ -875,6 +943,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListGlobalPolicies"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_ListPoliciesRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Policy_V1_ListPoliciesRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Policy_V1_ListPoliciesResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_ListPoliciesRequest, metadata: metadata),
@@ -900,6 +970,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "DeleteGlobalPolicy"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_DeletePolicyRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Policy_V1_DeletePolicyRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Policy_V1_DeletePolicyResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_DeletePolicyRequest, metadata: metadata),
@@ -925,6 +997,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "TestPolicy"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_TestPolicyRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Policy_V1_TestPolicyRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Policy_V1_TestPolicyResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_TestPolicyRequest, metadata: metadata),
@@ -950,6 +1024,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "GetViolation"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_GetViolationRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Policy_V1_GetViolationRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Policy_V1_Violation.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_GetViolationRequest, metadata: metadata),
@@ -975,6 +1051,8 @@ extension SparkHTTPRoute {
             service: "policy",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.policy.v1.PolicyService", method: "ListViolations"),
             decodeRequest: { bytes, options in try Sparkops_Policy_V1_ListViolationsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Policy_V1_ListViolationsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Policy_V1_ListViolationsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Policy_V1_ListViolationsRequest, metadata: metadata),
@@ -1000,6 +1078,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "Login"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_LoginRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Project_V1_LoginRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Project_V1_Session.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_LoginRequest, metadata: metadata),
@@ -1025,6 +1105,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "Refresh"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_RefreshRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Project_V1_RefreshRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Project_V1_Session.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_RefreshRequest, metadata: metadata),
@@ -1050,6 +1132,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "Logout"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_LogoutRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Project_V1_LogoutRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Project_V1_LogoutResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_LogoutRequest, metadata: metadata),
@@ -1075,6 +1159,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "CreateUser"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_CreateUserRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Project_V1_CreateUserRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Project_V1_User.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_CreateUserRequest, metadata: metadata),
@@ -1100,6 +1186,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "GetCurrentUser"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_GetCurrentUserRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Project_V1_GetCurrentUserRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Project_V1_User.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_GetCurrentUserRequest, metadata: metadata),
@@ -1125,6 +1213,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "ChangePassword"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_ChangePasswordRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Project_V1_ChangePasswordRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Project_V1_ChangePasswordResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_ChangePasswordRequest, metadata: metadata),
@@ -1150,6 +1240,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "ClearLoginThrottle"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_ClearLoginThrottleRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Project_V1_ClearLoginThrottleRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Project_V1_ClearLoginThrottleResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_ClearLoginThrottleRequest, metadata: metadata),
@@ -1175,6 +1267,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "CreateProject"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_CreateProjectRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Project_V1_CreateProjectRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Project_V1_Project.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_CreateProjectRequest, metadata: metadata),
@@ -1200,6 +1294,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "GetProject"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_GetProjectRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Project_V1_GetProjectRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Project_V1_Project.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_GetProjectRequest, metadata: metadata),
@@ -1225,6 +1321,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "ListProjects"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_ListProjectsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Project_V1_ListProjectsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Project_V1_ListProjectsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_ListProjectsRequest, metadata: metadata),
@@ -1250,6 +1348,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "UpdateProject"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_UpdateProjectRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Project_V1_UpdateProjectRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Project_V1_Project.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_UpdateProjectRequest, metadata: metadata),
@@ -1275,6 +1375,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "DeleteProject"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_DeleteProjectRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Project_V1_DeleteProjectRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Project_V1_DeleteProjectResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_DeleteProjectRequest, metadata: metadata),
@@ -1300,6 +1402,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "AddMember"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_AddMemberRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Project_V1_AddMemberRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Project_V1_Member.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_AddMemberRequest, metadata: metadata),
@@ -1325,6 +1429,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "ListMembers"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_ListMembersRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Project_V1_ListMembersRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Project_V1_ListMembersResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_ListMembersRequest, metadata: metadata),
@@ -1350,6 +1456,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "RemoveMember"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_RemoveMemberRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Project_V1_RemoveMemberRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Project_V1_RemoveMemberResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_RemoveMemberRequest, metadata: metadata),
@@ -1375,6 +1483,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "CreateApiKey"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_CreateApiKeyRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Project_V1_CreateApiKeyRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Project_V1_CreateApiKeyResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_CreateApiKeyRequest, metadata: metadata),
@@ -1400,6 +1510,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "ListApiKeys"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_ListApiKeysRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Project_V1_ListApiKeysRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Project_V1_ListApiKeysResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_ListApiKeysRequest, metadata: metadata),
@@ -1425,6 +1537,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "RevokeApiKey"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_RevokeApiKeyRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Project_V1_RevokeApiKeyRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Project_V1_ApiKey.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_RevokeApiKeyRequest, metadata: metadata),
@@ -1450,6 +1564,8 @@ extension SparkHTTPRoute {
             service: "project",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.project.v1.ProjectService", method: "ListAuditEvents"),
             decodeRequest: { bytes, options in try Sparkops_Project_V1_ListAuditEventsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Project_V1_ListAuditEventsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Project_V1_ListAuditEventsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Project_V1_ListAuditEventsRequest, metadata: metadata),
@@ -1475,6 +1591,8 @@ extension SparkHTTPRoute {
             service: "run",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "CreateRun"),
             decodeRequest: { bytes, options in try Sparkops_Run_V1_CreateRunRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Run_V1_CreateRunRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Run_V1_CreateRunResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Run_V1_CreateRunRequest, metadata: metadata),
@@ -1500,6 +1618,8 @@ extension SparkHTTPRoute {
             service: "run",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "GetRun"),
             decodeRequest: { bytes, options in try Sparkops_Run_V1_GetRunRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Run_V1_GetRunRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Run_V1_Run.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Run_V1_GetRunRequest, metadata: metadata),
@@ -1525,6 +1645,8 @@ extension SparkHTTPRoute {
             service: "run",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ListRuns"),
             decodeRequest: { bytes, options in try Sparkops_Run_V1_ListRunsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Run_V1_ListRunsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Run_V1_ListRunsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Run_V1_ListRunsRequest, metadata: metadata),
@@ -1550,6 +1672,8 @@ extension SparkHTTPRoute {
             service: "run",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "CancelRun"),
             decodeRequest: { bytes, options in try Sparkops_Run_V1_CancelRunRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Run_V1_CancelRunRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Run_V1_Run.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Run_V1_CancelRunRequest, metadata: metadata),
@@ -1575,6 +1699,8 @@ extension SparkHTTPRoute {
             service: "run",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "RerunFrom"),
             decodeRequest: { bytes, options in try Sparkops_Run_V1_RerunFromRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Run_V1_RerunFromRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Run_V1_CreateRunResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Run_V1_RerunFromRequest, metadata: metadata),
@@ -1600,6 +1726,8 @@ extension SparkHTTPRoute {
             service: "run",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ResolveStep"),
             decodeRequest: { bytes, options in try Sparkops_Run_V1_ResolveStepRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Run_V1_ResolveStepRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Run_V1_Run.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Run_V1_ResolveStepRequest, metadata: metadata),
@@ -1625,6 +1753,8 @@ extension SparkHTTPRoute {
             service: "run",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ListRunEvents"),
             decodeRequest: { bytes, options in try Sparkops_Run_V1_ListRunEventsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Run_V1_ListRunEventsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Run_V1_ListRunEventsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Run_V1_ListRunEventsRequest, metadata: metadata),
@@ -1650,6 +1780,8 @@ extension SparkHTTPRoute {
             service: "run",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "ListApprovals"),
             decodeRequest: { bytes, options in try Sparkops_Run_V1_ListApprovalsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Run_V1_ListApprovalsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Run_V1_ListApprovalsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Run_V1_ListApprovalsRequest, metadata: metadata),
@@ -1675,6 +1807,8 @@ extension SparkHTTPRoute {
             service: "run",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.run.v1.RunService", method: "DecideApproval"),
             decodeRequest: { bytes, options in try Sparkops_Run_V1_DecideApprovalRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Run_V1_DecideApprovalRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Run_V1_Approval.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Run_V1_DecideApprovalRequest, metadata: metadata),
@@ -1700,6 +1834,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ApplyTool"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_ApplyToolRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Tool_V1_ApplyToolRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Tool_V1_ApplyToolResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_ApplyToolRequest, metadata: metadata),
@@ -1725,6 +1861,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ValidateTool"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_ValidateToolRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Tool_V1_ValidateToolRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Tool_V1_ValidateToolResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_ValidateToolRequest, metadata: metadata),
@@ -1750,6 +1888,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "GetTool"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_GetToolRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Tool_V1_GetToolRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Tool_V1_Tool.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_GetToolRequest, metadata: metadata),
@@ -1775,6 +1915,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListTools"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_ListToolsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Tool_V1_ListToolsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Tool_V1_ListToolsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_ListToolsRequest, metadata: metadata),
@@ -1800,6 +1942,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "UpdateTool"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_UpdateToolRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Tool_V1_UpdateToolRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Tool_V1_ApplyToolResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_UpdateToolRequest, metadata: metadata),
@@ -1825,6 +1969,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "DeleteTool"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_DeleteToolRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Tool_V1_DeleteToolRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Tool_V1_DeleteToolResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_DeleteToolRequest, metadata: metadata),
@@ -1850,6 +1996,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "GetToolVersion"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_GetToolVersionRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Tool_V1_GetToolVersionRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Tool_V1_ToolVersion.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_GetToolVersionRequest, metadata: metadata),
@@ -1875,6 +2023,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListToolVersions"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_ListToolVersionsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Tool_V1_ListToolVersionsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Tool_V1_ListToolVersionsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_ListToolVersionsRequest, metadata: metadata),
@@ -1900,6 +2050,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "InvokeTool"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_InvokeToolRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Tool_V1_InvokeToolRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Tool_V1_InvokeToolResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_InvokeToolRequest, metadata: metadata),
@@ -1925,6 +2077,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListToolFunctions"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_ListToolFunctionsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Tool_V1_ListToolFunctionsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Tool_V1_ListToolFunctionsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_ListToolFunctionsRequest, metadata: metadata),
@@ -1950,6 +2104,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "PutSecret"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_PutSecretRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Tool_V1_PutSecretRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Tool_V1_Secret.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_PutSecretRequest, metadata: metadata),
@@ -1975,6 +2131,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListSecrets"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_ListSecretsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Tool_V1_ListSecretsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Tool_V1_ListSecretsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_ListSecretsRequest, metadata: metadata),
@@ -2000,6 +2158,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "PutDocument"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_PutDocumentRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Tool_V1_PutDocumentRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Tool_V1_Document.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_PutDocumentRequest, metadata: metadata),
@@ -2025,6 +2185,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "GetDocument"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_GetDocumentRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Tool_V1_GetDocumentRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Tool_V1_Document.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_GetDocumentRequest, metadata: metadata),
@@ -2050,6 +2212,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "ListDocuments"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_ListDocumentsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Tool_V1_ListDocumentsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Tool_V1_ListDocumentsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_ListDocumentsRequest, metadata: metadata),
@@ -2075,6 +2239,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "DeleteDocument"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_DeleteDocumentRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Tool_V1_DeleteDocumentRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Tool_V1_DeleteDocumentResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_DeleteDocumentRequest, metadata: metadata),
@@ -2100,6 +2266,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "SearchDocuments"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_SearchDocumentsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Tool_V1_SearchDocumentsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Tool_V1_SearchDocumentsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_SearchDocumentsRequest, metadata: metadata),
@@ -2125,6 +2293,8 @@ extension SparkHTTPRoute {
             service: "tool",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.tool.v1.ToolService", method: "DeleteSecret"),
             decodeRequest: { bytes, options in try Sparkops_Tool_V1_DeleteSecretRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Tool_V1_DeleteSecretRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Tool_V1_DeleteSecretResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Tool_V1_DeleteSecretRequest, metadata: metadata),
@@ -2150,6 +2320,8 @@ extension SparkHTTPRoute {
             service: "workflow",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "CreateWorkflow"),
             decodeRequest: { bytes, options in try Sparkops_Workflow_V1_CreateWorkflowRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Workflow_V1_CreateWorkflowRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Workflow_V1_ApplyWorkflowResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Workflow_V1_CreateWorkflowRequest, metadata: metadata),
@@ -2175,6 +2347,8 @@ extension SparkHTTPRoute {
             service: "workflow",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ApplyWorkflow"),
             decodeRequest: { bytes, options in try Sparkops_Workflow_V1_ApplyWorkflowRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Workflow_V1_ApplyWorkflowRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Workflow_V1_ApplyWorkflowResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Workflow_V1_ApplyWorkflowRequest, metadata: metadata),
@@ -2200,6 +2374,8 @@ extension SparkHTTPRoute {
             service: "workflow",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ValidateWorkflow"),
             decodeRequest: { bytes, options in try Sparkops_Workflow_V1_ValidateWorkflowRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Workflow_V1_ValidateWorkflowRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Workflow_V1_ValidateWorkflowResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Workflow_V1_ValidateWorkflowRequest, metadata: metadata),
@@ -2225,6 +2401,8 @@ extension SparkHTTPRoute {
             service: "workflow",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "GetWorkflow"),
             decodeRequest: { bytes, options in try Sparkops_Workflow_V1_GetWorkflowRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Workflow_V1_GetWorkflowRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Workflow_V1_Workflow.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Workflow_V1_GetWorkflowRequest, metadata: metadata),
@@ -2250,6 +2428,8 @@ extension SparkHTTPRoute {
             service: "workflow",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ListWorkflows"),
             decodeRequest: { bytes, options in try Sparkops_Workflow_V1_ListWorkflowsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Workflow_V1_ListWorkflowsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Workflow_V1_ListWorkflowsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Workflow_V1_ListWorkflowsRequest, metadata: metadata),
@@ -2275,6 +2455,8 @@ extension SparkHTTPRoute {
             service: "workflow",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "UpdateWorkflow"),
             decodeRequest: { bytes, options in try Sparkops_Workflow_V1_UpdateWorkflowRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Workflow_V1_UpdateWorkflowRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Workflow_V1_UpdateWorkflowResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Workflow_V1_UpdateWorkflowRequest, metadata: metadata),
@@ -2300,6 +2482,8 @@ extension SparkHTTPRoute {
             service: "workflow",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "DeleteWorkflow"),
             decodeRequest: { bytes, options in try Sparkops_Workflow_V1_DeleteWorkflowRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Workflow_V1_DeleteWorkflowRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Workflow_V1_DeleteWorkflowResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Workflow_V1_DeleteWorkflowRequest, metadata: metadata),
@@ -2325,6 +2509,8 @@ extension SparkHTTPRoute {
             service: "workflow",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "GetWorkflowVersion"),
             decodeRequest: { bytes, options in try Sparkops_Workflow_V1_GetWorkflowVersionRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Workflow_V1_GetWorkflowVersionRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Workflow_V1_WorkflowVersion.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Workflow_V1_GetWorkflowVersionRequest, metadata: metadata),
@@ -2350,6 +2536,8 @@ extension SparkHTTPRoute {
             service: "workflow",
             descriptor: MethodDescriptor(fullyQualifiedService: "sparkops.workflow.v1.WorkflowService", method: "ListWorkflowVersions"),
             decodeRequest: { bytes, options in try Sparkops_Workflow_V1_ListWorkflowVersionsRequest(jsonUTF8Bytes: bytes, options: options) },
+            requestShape: (Sparkops_Workflow_V1_ListWorkflowVersionsRequest.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+            responseShape: (Sparkops_Workflow_V1_ListWorkflowVersionsResponse.self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
             call: { channel, request, metadata, options in
                 try await channel.unary(
                     request: ClientRequest(message: request as! Sparkops_Workflow_V1_ListWorkflowVersionsRequest, metadata: metadata),

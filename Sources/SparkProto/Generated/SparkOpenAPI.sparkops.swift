@@ -131,7 +131,7 @@ public enum SparkOpenAPI {
             "type" : "array"
           },
           "output" : {
-
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "outputTokens" : {
             "format" : "int64",
@@ -221,7 +221,7 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "definition" : {
-            "type" : "object"
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "source" : {
             "type" : "string"
@@ -290,7 +290,7 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "input" : {
-
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "projectId" : {
             "type" : "string"
@@ -444,7 +444,7 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "value" : {
-
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           }
         },
         "type" : "object"
@@ -481,7 +481,7 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "value" : {
-
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           }
         },
         "type" : "object"
@@ -490,7 +490,7 @@ public enum SparkOpenAPI {
         "additionalProperties" : false,
         "properties" : {
           "arguments" : {
-
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "callId" : {
             "type" : "string"
@@ -516,7 +516,7 @@ public enum SparkOpenAPI {
             "type" : "integer"
           },
           "output" : {
-
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "replayed" : {
             "type" : "boolean"
@@ -1548,7 +1548,7 @@ public enum SparkOpenAPI {
         "additionalProperties" : false,
         "properties" : {
           "arguments" : {
-
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "costMicros" : {
             "format" : "int64",
@@ -1663,7 +1663,7 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "definition" : {
-            "type" : "object"
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "policyId" : {
             "type" : "string"
@@ -1741,7 +1741,7 @@ public enum SparkOpenAPI {
             "$ref" : "#/components/schemas/sparkops.policy.v1.Decision"
           },
           "environment" : {
-            "type" : "object"
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           }
         },
         "type" : "object"
@@ -1780,7 +1780,7 @@ public enum SparkOpenAPI {
         "additionalProperties" : false,
         "properties" : {
           "context" : {
-            "type" : "object"
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "createTime" : {
             "format" : "date-time",
@@ -2376,7 +2376,7 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "inputs" : {
-            "type" : "object"
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "projectId" : {
             "type" : "string"
@@ -2543,10 +2543,10 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "inputs" : {
-            "type" : "object"
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "outputs" : {
-            "type" : "object"
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "projectId" : {
             "type" : "string"
@@ -2664,7 +2664,7 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "output" : {
-
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "retryTime" : {
             "format" : "date-time",
@@ -2744,7 +2744,7 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "metadata" : {
-            "type" : "object"
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "projectId" : {
             "type" : "string"
@@ -2775,7 +2775,7 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "input" : {
-
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "maxOutputBytes" : {
             "format" : "int64",
@@ -2831,7 +2831,7 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "output" : {
-
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "replayed" : {
             "type" : "boolean"
@@ -2928,7 +2928,7 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "metadata" : {
-            "type" : "object"
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "projectId" : {
             "type" : "string"
@@ -2998,7 +2998,7 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "metadata" : {
-            "type" : "object"
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "score" : {
             "type" : "number"
@@ -3060,7 +3060,7 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "inputSchema" : {
-            "type" : "object"
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "kind" : {
             "type" : "string"
@@ -3125,7 +3125,7 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "inputSchema" : {
-            "type" : "object"
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "name" : {
             "type" : "string"
@@ -3167,7 +3167,7 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "definition" : {
-            "type" : "object"
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "source" : {
             "type" : "string"
@@ -3460,7 +3460,7 @@ public enum SparkOpenAPI {
             "type" : "string"
           },
           "definition" : {
-            "type" : "object"
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
           },
           "source" : {
             "type" : "string"

@@ -59,6 +59,10 @@ public struct SparkHTTPRoute: Sendable {
     public var service: String
     public var descriptor: MethodDescriptor
     public var decodeRequest: Decode
+    /// Where the request and the response hold free-form JSON, if they do: the gateway takes any
+    /// JSON value there and splices the text out again (``SparkJSON``).
+    public var requestShape: SparkJSONShape?
+    public var responseShape: SparkJSONShape?
     public var call: Call
 
     public init(
@@ -76,6 +80,8 @@ public struct SparkHTTPRoute: Sendable {
         service: String,
         descriptor: MethodDescriptor,
         decodeRequest: @escaping Decode,
+        requestShape: SparkJSONShape? = nil,
+        responseShape: SparkJSONShape? = nil,
         call: @escaping Call
     ) {
         self.verb = verb
@@ -92,6 +98,8 @@ public struct SparkHTTPRoute: Sendable {
         self.service = service
         self.descriptor = descriptor
         self.decodeRequest = decodeRequest
+        self.requestShape = requestShape
+        self.responseShape = responseShape
         self.call = call
     }
 }

@@ -290,7 +290,7 @@ struct AgentLoop {
         let arguments: ExprValue
         do {
             arguments = call.arguments.trimmingCharacters(in: .whitespaces).isEmpty ? .map([:]) : try ExprValue(jsonText: call.arguments)
-            record.arguments = try Google_Protobuf_Value(jsonString: arguments.jsonText)
+            record.arguments = Sparkops_Common_V1_Json(arguments)
         } catch {
             return failed("invalid_arguments", "the arguments are not JSON: \(String(call.arguments.prefix(200)).debugDescription)")
         }
@@ -314,7 +314,7 @@ struct AgentLoop {
                 let response = try await self.projectTools.invoke(.with {
                     $0.projectID = self.projectID
                     $0.tool = target?.tool ?? call.name
-                    $0.input = try Google_Protobuf_Value(jsonString: input.jsonText)
+                    $0.input = Sparkops_Common_V1_Json(input)
                     if !self.idempotencyKey.isEmpty { $0.idempotencyKey = "\(self.idempotencyKey)/\(iteration)/\(index)" }
                     $0.timeoutMs = max(1, remaining.milliseconds)
                     $0.maxOutputBytes = Self.maxToolOutputBytes
@@ -337,7 +337,7 @@ struct AgentLoop {
                     return failed(response.error.reason, response.error.message)
                 }
                 record.output = response.output
-                output = (try? ExprValue(jsonText: response.output.jsonString())) ?? .null
+                output = (try? response.output.value(field: "output")) ?? .null
             } catch let error as RPCError {
                 let reason = switch error.code {
                 case .invalidArgument: "invalid_arguments"
@@ -351,7 +351,7 @@ struct AgentLoop {
                 return failed("refused", "\(error)")
             }
         }
-        if record.output.kind == nil { record.output = (try? Google_Protobuf_Value(jsonString: output.jsonText)) ?? .init() }
+        if record.output.isEmpty { record.output = Sparkops_Common_V1_Json(output) }
         var text = output.jsonText
         if text.count > Self.maxToolResultCharacters {
             text = String(text.prefix(Self.maxToolResultCharacters)) + " … (cut: the output is \(text.count) characters)"

@@ -37,7 +37,7 @@ extension AgentService {
         }
         let input: ExprValue?
         do {
-            input = message.hasInput ? try ExprValue(jsonText: try message.input.jsonString()) : nil
+            input = message.input.isEmpty ? nil : try message.input.value(field: "input")
         } catch {
             throw SparkError.invalid("input", "is not JSON")
         }
@@ -92,7 +92,7 @@ extension AgentService {
             case .success(let answer):
                 result.status = "succeeded"
                 result.text = answer.text
-                result.output = try Google_Protobuf_Value(jsonString: answer.output.jsonText)
+                result.output = Sparkops_Common_V1_Json(answer.output)
             case .failure(let failure):
                 result.status = "failed"
                 result.error = .with {
@@ -115,7 +115,7 @@ extension AgentService {
         result.outputTokens = result.llmCalls.reduce(0) { $0 + $1.outputTokens }
         result.costMicros = result.llmCalls.reduce(0) { $0 + $1.costMicros } + result.toolCalls.reduce(0) { $0 + $1.costMicros }
         result.durationMs = started.duration(to: .now).milliseconds
-        let record = try result.jsonString()
+        let record = try result.sparkJSONString()
         // A step a policy held did nothing final: its key is taken again by the next call (the
         // one a human approved), rather than answered with the hold.
         let status = result.status == "failed" && result.error.reason == "approval_required" ? "held" : result.status
@@ -156,7 +156,7 @@ extension AgentService {
             for name in definition.tools {
                 guard let tool = found[name] else { continue }
                 guard tool.kind == "mcp" else {
-                    let schema = (try? ExprValue(jsonText: tool.inputSchema.jsonString())) ?? .map(["type": "object"])
+                    let schema = (try? tool.inputSchema.value(field: "input_schema", absent: .map(["type": "object"]))) ?? .map(["type": "object"])
                     tools.append(OfferedTool(chat: ChatTool(name: name, description: tool.description_p, parameters: schema), tool: name))
                     continue
                 }
@@ -167,7 +167,7 @@ extension AgentService {
                         self.logger.warning("an MCP server's tool cannot be offered to a model under its name", metadata: ["tool": "\(name)", "function": "\(function.name)"])
                         continue
                     }
-                    let schema = (try? ExprValue(jsonText: function.inputSchema.jsonString())) ?? .map(["type": "object"])
+                    let schema = (try? function.inputSchema.value(field: "input_schema", absent: .map(["type": "object"]))) ?? .map(["type": "object"])
                     let description = function.description_p.isEmpty ? tool.description_p : function.description_p
                     tools.append(OfferedTool(chat: ChatTool(name: offered, description: description, parameters: schema), tool: name, function: function.name))
                 }
@@ -203,7 +203,7 @@ extension AgentService {
                 return nil
             }
             if earlier.status != "running" {
-                var stored = try Sparkops_Agent_V1_AgentExecution(jsonString: earlier.record)
+                var stored = try Sparkops_Agent_V1_AgentExecution(sparkJSON: earlier.record)
                 stored.replayed = true
                 return stored
             }
@@ -268,7 +268,7 @@ extension AgentService {
 
     static func message(_ row: ExecutionRow) throws -> Sparkops_Agent_V1_AgentExecution {
         if row.status != "running", !row.record.isEmpty {
-            return try Sparkops_Agent_V1_AgentExecution(jsonString: row.record)
+            return try Sparkops_Agent_V1_AgentExecution(sparkJSON: row.record)
         }
         return .with {
             $0.id = row.id

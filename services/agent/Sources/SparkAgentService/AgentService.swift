@@ -287,8 +287,8 @@ public final class AgentService: Sparkops_Agent_V1_AgentService.ServiceProtocol 
         let principal = try await self.access.require(request.metadata, projectID: message.projectID, permission: "agent.write")
         try Self.validateReference(message.agent)
         try AgentMemory.validateKey(message.key, field: "key")
-        guard message.hasValue else { throw SparkError.invalid("value", "is required") }
-        let value = try message.value.jsonString()
+        guard !message.value.isEmpty else { throw SparkError.invalid("value", "is required") }
+        let value = try message.value.value(field: "value").jsonText
         try AgentMemory.validateValue(value, field: "value")
         let fact = MemoryRow(key: message.key, value: value, updatedAt: AgentStore.now(), updatedBy: principal.id)
         let agentID = try await self.store.store.transaction { db -> String in
@@ -360,7 +360,7 @@ public final class AgentService: Sparkops_Agent_V1_AgentService.ServiceProtocol 
     }
 
     static func message(_ row: DefinitionVersionRow) throws -> Sparkops_Agent_V1_AgentVersion {
-        let definition = try Google_Protobuf_Struct(jsonString: row.canonical)
+        let definition = Sparkops_Common_V1_Json.with { $0.text = row.canonical }
         return .with {
             $0.agentID = row.ownerID
             $0.version = Int32(clamping: row.version)
@@ -382,7 +382,7 @@ public final class AgentService: Sparkops_Agent_V1_AgentService.ServiceProtocol 
     }
 
     static func message(_ fact: MemoryRow) throws -> Sparkops_Agent_V1_MemoryFact {
-        let value = try Google_Protobuf_Value(jsonString: fact.value)
+        let value = Sparkops_Common_V1_Json.with { $0.text = fact.value }
         return .with {
             $0.key = fact.key
             $0.value = value

@@ -156,7 +156,11 @@ struct RouteDispatcher: Sendable {
         options.timeout = max(self.config.callTimeout, .seconds(self.route.callTimeoutSeconds))
         let response = try await self.route.call(self.client, message, metadata, options)
         self.afterSuccess(credential: credential)
-        let bytes: [UInt8] = try response.jsonUTF8Bytes(options: Self.encodingOptions)
+        var bytes: [UInt8] = try response.jsonUTF8Bytes(options: Self.encodingOptions)
+        if let shape = self.route.responseShape {
+            // Free-form JSON goes out as the JSON it is, not as its Json message.
+            bytes = try SparkJSON.unwrap(bytes, shape: shape)
+        }
         return Response(
             status: .init(code: self.route.successStatus),
             headers: [.contentType: "application/json"],
@@ -206,7 +210,16 @@ struct RouteDispatcher: Sendable {
                     status: .unsupportedMediaType
                 )
             }
-            guard let parsed = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView), options: [.fragmentsAllowed]) else {
+            // Free-form JSON fields take any JSON value, passed on as its text exactly as sent
+            // (numbers included): wrapped into their Json messages before anything reads them.
+            var bodyBytes = Array(body.readableBytesView)
+            if let shape = self.route.requestShape {
+                guard let wrapped = try? SparkJSON.wrap(bodyBytes, shape: shape) else {
+                    throw APIError(.invalidArgument, "the body is not valid JSON", field: "body")
+                }
+                bodyBytes = wrapped
+            }
+            guard let parsed = try? JSONSerialization.jsonObject(with: Data(bodyBytes), options: [.fragmentsAllowed]) else {
                 throw APIError(.invalidArgument, "the body is not valid JSON", field: "body")
             }
             guard let dictionary = parsed as? [String: Any] else {

@@ -1,5 +1,6 @@
 import Foundation
 import SparkExpr
+import SparkKit
 import SparkProto
 import SparkWorkflow
 import SwiftProtobuf
@@ -133,7 +134,8 @@ enum PolicyEnvironment {
             "tool": .map([
                 "name": .string(context.tool.name), "kind": .string(context.tool.kind), "host": .string(context.tool.host),
                 "side_effects": .string(context.tool.sideEffects), "cost_micros": .int(context.tool.costMicros),
-                "arguments": context.tool.hasArguments ? ExprValue(protobuf: context.tool.arguments) : .null,
+                // Checked to be JSON when the request was (PolicyService.validate).
+                "arguments": (try? context.tool.arguments.value(field: "context.tool.arguments")) ?? .null,
             ]),
             "model": .map([
                 "provider": .string(context.model.provider), "name": .string(context.model.name),
@@ -154,20 +156,5 @@ enum PolicyEnvironment {
             ]),
             "labels": .map(context.labels.mapValues(ExprValue.string)),
         ]
-    }
-}
-
-extension ExprValue {
-    /// A protobuf `Value` as expressions read it: whole numbers as ints.
-    init(protobuf value: Google_Protobuf_Value) {
-        switch value.kind {
-        case .nullValue, .none: self = .null
-        case .boolValue(let flag): self = .bool(flag)
-        case .numberValue(let number):
-            if number.rounded() == number, abs(number) < 9.007_199_254_740_992e15 { self = .int(Int64(number)) } else { self = .double(number) }
-        case .stringValue(let text): self = .string(text)
-        case .listValue(let list): self = .list(list.values.map(ExprValue.init(protobuf:)))
-        case .structValue(let object): self = .map(object.fields.mapValues(ExprValue.init(protobuf:)))
-        }
     }
 }

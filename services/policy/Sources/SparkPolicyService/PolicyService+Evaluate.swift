@@ -82,7 +82,7 @@ extension PolicyService {
         let environment = PolicyEnvironment.make(point: point, projectID: message.projectID, context: message.context, time: time, zone: self.settings.timeZone)
         var decision = PolicyEngine.decide(point: point, policies: policies, environment: environment, fallback: self.settings.defaultEffect)
         decision.time = .init(date: time)
-        let shown = try Google_Protobuf_Struct(jsonString: ExprValue.map(environment).jsonText)
+        let shown = Sparkops_Common_V1_Json(.map(environment))
         return ServerResponse(message: .with {
             $0.decision = decision
             $0.environment = shown
@@ -128,7 +128,7 @@ extension PolicyService {
 
     static func message(_ row: ViolationRow, withContext: Bool) throws -> Sparkops_Policy_V1_Violation {
         let decision = try Sparkops_Policy_V1_Decision(jsonString: row.decision)
-        let context = withContext ? try Google_Protobuf_Struct(jsonString: row.context) : nil
+        let context = withContext ? Sparkops_Common_V1_Json.with { $0.text = row.context } : nil
         return .with {
             $0.id = row.id
             $0.projectID = row.projectID
@@ -206,10 +206,11 @@ extension PolicyService {
             throw SparkError.invalid("context.\(field)", "must not be negative")
         }
         if context.tool.hasArguments {
-            let size = try context.tool.arguments.jsonUTF8Data().count
+            let size = context.tool.arguments.text.utf8.count
             if size > Self.maxArgumentBytes {
                 throw SparkError.invalid("context.tool.arguments", "is \(size) bytes of JSON; at most \(Self.maxArgumentBytes)")
             }
+            _ = try context.tool.arguments.value(field: "context.tool.arguments")
         }
         if context.labels.count > Self.maxLabels {
             throw SparkError.invalid("context.labels", "has \(context.labels.count) labels; at most \(Self.maxLabels)")

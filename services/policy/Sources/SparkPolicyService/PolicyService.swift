@@ -281,7 +281,7 @@ public final class PolicyService: Sparkops_Policy_V1_PolicyService.ServiceProtoc
     }
 
     static func message(_ row: DefinitionVersionRow) throws -> Sparkops_Policy_V1_PolicyVersion {
-        let definition = try Google_Protobuf_Struct(jsonString: row.canonical)
+        let definition = Sparkops_Common_V1_Json.with { $0.text = row.canonical }
         return .with {
             $0.policyID = row.ownerID
             $0.version = Int32(clamping: row.version)

@@ -16,10 +16,8 @@ extension RunService {
         run.workflowVersion = Int32(clamping: row.workflowVersion)
         run.contentHash = row.contentHash
         run.status = machine.status.rawValue
-        if let inputs = try? Google_Protobuf_Struct(jsonString: ExprValue.map(machine.inputs).jsonText) { run.inputs = inputs }
-        if machine.status == .succeeded, let outputs = try? Google_Protobuf_Struct(jsonString: ExprValue.map(machine.outputs).jsonText) {
-            run.outputs = outputs
-        }
+        run.inputs = Sparkops_Common_V1_Json(.map(machine.inputs))
+        if machine.status == .succeeded { run.outputs = Sparkops_Common_V1_Json(.map(machine.outputs)) }
         if let failure = machine.failure { run.error = Self.error(failure.reason, failure.message) }
         run.costMicros = row.costMicros
         run.idempotencyKey = row.idempotencyKey
@@ -48,7 +46,7 @@ extension RunService {
             }
             step.status = state.status.rawValue
             step.attempt = Int32(clamping: state.attempt)
-            if state.output != .null, let output = try? Google_Protobuf_Value(jsonString: state.output.jsonText) { step.output = output }
+            if state.output != .null { step.output = Sparkops_Common_V1_Json(state.output) }
             if let error = state.error, state.status != .succeeded { step.error = Self.error(error.reason, error.message) }
             if let at = state.retryAt { step.retryTime = .init(microseconds: at * 1000) }
             for attempt in (byStep[state.id] ?? []).sorted(by: { $0.attempt < $1.attempt }) {

@@ -53,7 +53,7 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
         try Self.validateKey(message.idempotencyKey)
         let given: [String: ExprValue]
         do {
-            guard case .map(let fields) = try ExprValue(jsonText: message.hasInputs ? try message.inputs.jsonString() : "{}") else {
+            guard case .map(let fields) = try message.inputs.value(field: "inputs", absent: .map([:])) else {
                 throw SparkError.invalid("inputs", "must be a JSON object")
             }
             given = fields
@@ -133,7 +133,7 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
         guard row.requestHash == requestHash else {
             throw SparkError(.alreadyExists, "the idempotency key started another run with a different request (\(row.runID)); use a new key", field: "idempotency_key")
         }
-        var response = try Sparkops_Run_V1_CreateRunResponse(jsonString: row.response)
+        var response = try Sparkops_Run_V1_CreateRunResponse(sparkJSON: row.response)
         response.replayed = true
         return response
     }
@@ -188,7 +188,7 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
             stored.state = machine.snapshot
             let response = Sparkops_Run_V1_CreateRunResponse.with { $0.run = self.message(stored, machine: machine, attempts: []) }
             if !key.isEmpty {
-                guard try await self.store.insertKey(key, projectID: row.projectID, requestHash: requestHash, runID: runID, response: try response.jsonString(), now: now, on: db) else {
+                guard try await self.store.insertKey(key, projectID: row.projectID, requestHash: requestHash, runID: runID, response: try response.sparkJSONString(), now: now, on: db) else {
                     throw KeyTaken()
                 }
             }

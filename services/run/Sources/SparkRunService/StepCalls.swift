@@ -88,7 +88,7 @@ struct StepCalls: Sendable {
                 let request = Sparkops_Tool_V1_InvokeToolRequest.with {
                     $0.projectID = run.projectID
                     $0.tool = name
-                    $0.input = (try? Google_Protobuf_Value(jsonString: arguments.jsonText)) ?? Google_Protobuf_Value()
+                    $0.input = Sparkops_Common_V1_Json(arguments)
                     $0.idempotencyKey = task.key
                     $0.timeoutMs = timeout.milliseconds
                     $0.runID = run.id
@@ -107,7 +107,7 @@ struct StepCalls: Sendable {
                     $0.projectID = run.projectID
                     $0.agent = name
                     $0.prompt = prompt
-                    if let input = fields["input"], let value = try? Google_Protobuf_Value(jsonString: input.jsonText) { $0.input = value }
+                    if let input = fields["input"] { $0.input = Sparkops_Common_V1_Json(input) }
                     $0.idempotencyKey = task.key
                     $0.timeoutMs = timeout.milliseconds
                     $0.runID = run.id
@@ -161,7 +161,7 @@ struct StepCalls: Sendable {
                 retryable: Self.retryableToolReasons.contains(response.error.reason)
             )
         } else {
-            outcome.result = .succeeded((try? ExprValue(jsonText: response.output.jsonString())) ?? .null)
+            outcome.result = .succeeded((try? response.output.value(field: "output")) ?? .null)
         }
         return outcome
     }
@@ -169,7 +169,7 @@ struct StepCalls: Sendable {
     static func outcome(_ execution: Sparkops_Agent_V1_AgentExecution) -> Outcome {
         var outcome = Outcome(result: .succeeded(.null), costMicros: execution.replayed ? 0 : execution.costMicros, callID: execution.id)
         if execution.status == "succeeded" {
-            outcome.result = .succeeded((try? ExprValue(jsonText: execution.output.jsonString())) ?? .null)
+            outcome.result = .succeeded((try? execution.output.value(field: "output")) ?? .null)
         } else if execution.error.reason == "approval_required" {
             outcome.result = .held(execution.error.message)
         } else {

@@ -18,7 +18,10 @@ extension ToolService {
         guard message.title.utf8.count <= 1000 else { throw SparkError.invalid("title", "is longer than 1000 bytes") }
         guard !message.text.isEmpty else { throw SparkError.invalid("text", "is required") }
         guard message.text.utf8.count <= 2 << 20 else { throw SparkError.invalid("text", "is longer than 2 MiB") }
-        let metadata = message.hasMetadata ? try message.metadata.jsonString() : "{}"
+        guard message.metadata.text.utf8.count <= 64 * 1024 else { throw SparkError.invalid("metadata", "is larger than 64 KiB") }
+        let metadataValue = try message.metadata.value(field: "metadata", absent: .map([:]))
+        guard case .map = metadataValue else { throw SparkError.invalid("metadata", "must be a JSON object") }
+        let metadata = metadataValue.jsonText
         guard metadata.utf8.count <= 64 * 1024 else { throw SparkError.invalid("metadata", "is larger than 64 KiB") }
         let now = ToolStore.now()
         let (row, created) = try await self.store.store.transaction { db -> (DocumentRow, Bool) in
@@ -84,7 +87,7 @@ extension ToolService {
         let rows = try await self.search(projectID: message.projectID, query: message.query, collection: message.collection, limit: message.limit == 0 ? 10 : Int(message.limit))
         return ServerResponse(message: try .with {
             $0.hits = try rows.map { row in
-                let metadata = try Google_Protobuf_Struct(jsonString: row.metadata)
+                let metadata = Sparkops_Common_V1_Json.with { $0.text = row.metadata }
                 return .with {
                     $0.documentID = row.id
                     $0.collection = row.collection
@@ -133,7 +136,7 @@ extension ToolService {
     }
 
     static func message(_ row: DocumentRow) throws -> Sparkops_Tool_V1_Document {
-        let metadata = try Google_Protobuf_Struct(jsonString: row.metadata)
+        let metadata = Sparkops_Common_V1_Json.with { $0.text = row.metadata }
         return .with {
             $0.id = row.id
             $0.projectID = row.projectID

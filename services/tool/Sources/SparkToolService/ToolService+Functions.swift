@@ -55,8 +55,8 @@ extension ToolService {
     }
 
     static func function(name: String, description: String, schema: ExprValue) throws -> Sparkops_Tool_V1_ToolFunction {
-        var structure = Google_Protobuf_Struct()
-        if case .map = schema { structure = try Google_Protobuf_Struct(jsonString: schema.jsonText) }
+        var structure = Sparkops_Common_V1_Json()
+        if case .map = schema { structure = Sparkops_Common_V1_Json(schema) }
         return .with {
             $0.name = name
             $0.description_p = description

@@ -37,7 +37,7 @@ extension ToolService {
         guard message.maxOutputBytes >= 0 else { throw SparkError.invalid("max_output_bytes", "must be 0 (the tool's own cap) or more") }
         let input: ExprValue
         do {
-            input = message.hasInput ? try ExprValue(jsonText: try message.input.jsonString()) : .map([:])
+            input = try message.input.value(field: "input", absent: .map([:]))
         } catch {
             throw SparkError.invalid("input", "is not JSON")
         }
@@ -107,14 +107,14 @@ extension ToolService {
         let secrets = (try? await self.scrubber.secrets(projectID: projectID) { try await self.secretValues(projectID: projectID) }) ?? []
         switch result {
         case .success(let outcome):
-            response.output = try Google_Protobuf_Value(jsonString: SecretScrubber.scrub(outcome.output, secrets).jsonText)
+            response.output = Sparkops_Common_V1_Json(SecretScrubber.scrub(outcome.output, secrets))
             response.logs = Self.cut(SecretScrubber.scrub(outcome.logs, secrets))
         case .failure(let error):
             response.error = .with {
                 $0.reason = error.reason
                 $0.message = SecretScrubber.scrub(error.message, secrets)
             }
-            if let output = error.output { response.output = (try? Google_Protobuf_Value(jsonString: SecretScrubber.scrub(output, secrets).jsonText)) ?? Google_Protobuf_Value() }
+            if let output = error.output { response.output = Sparkops_Common_V1_Json(SecretScrubber.scrub(output, secrets)) }
             response.logs = Self.cut(SecretScrubber.scrub(error.logs, secrets))
         }
         // The tool ran, whatever came of it: its configured cost is spent.
@@ -136,7 +136,7 @@ extension ToolService {
                 $0.message = "the call was cancelled before it finished (\(response.error.message)); the tool is non_idempotent, so it may have had its effect"
             }
         }
-        let final = try response.jsonString()
+        let final = try response.sparkJSONString()
         // The result is kept even when the caller has gone: a retry under the key finds it.
         try await Task.detached {
             try await store.store.write { try await store.finish(id: invocationID, status: status, response: final, at: ToolStore.now(), on: $0) }
@@ -153,7 +153,7 @@ extension ToolService {
     func askPolicy(
         _ message: Sparkops_Tool_V1_InvokeToolRequest, definition: ToolDefinition, input: ExprValue, metadata: Metadata
     ) async throws -> Sparkops_Tool_V1_InvokeToolResponse? {
-        let arguments = try Google_Protobuf_Value(jsonString: input.jsonText)
+        let arguments = Sparkops_Common_V1_Json(input)
         let decision = try await self.policy.check("tool.invoke", projectID: message.projectID, context: .with {
             $0.tool = .with {
                 $0.name = definition.name
@@ -256,7 +256,7 @@ extension ToolService {
             guard taken else { throw SparkError(.aborted, "another call took over this idempotency key; ask again once it ends") }
             return nil
         default:
-            var response = try Sparkops_Tool_V1_InvokeToolResponse(jsonString: earlier.response)
+            var response = try Sparkops_Tool_V1_InvokeToolResponse(sparkJSON: earlier.response)
             response.replayed = true
             return response
         }

@@ -359,9 +359,9 @@ public final class ToolService: Sparkops_Tool_V1_ToolService.ServiceProtocol {
 
     static func message(_ row: ToolRow) throws -> Sparkops_Tool_V1_Tool {
         let canonical = try ExprValue(jsonText: row.canonical)
-        var schema = Google_Protobuf_Struct()
+        var schema = Sparkops_Common_V1_Json()
         if case .map(let fields) = canonical, let value = fields["input_schema"], case .map = value {
-            schema = try Google_Protobuf_Struct(jsonString: value.jsonText)
+            schema = Sparkops_Common_V1_Json(value)
         }
         return .with {
             $0.id = row.id
@@ -381,7 +381,7 @@ public final class ToolService: Sparkops_Tool_V1_ToolService.ServiceProtocol {
     }
 
     static func message(_ row: ToolVersionRow) throws -> Sparkops_Tool_V1_ToolVersion {
-        let definition = try Google_Protobuf_Struct(jsonString: row.canonical)
+        let definition = Sparkops_Common_V1_Json.with { $0.text = row.canonical }
         return .with {
             $0.toolID = row.toolID
             $0.version = Int32(clamping: row.version)

@@ -343,7 +343,7 @@ public final class WorkflowService: Sparkops_Workflow_V1_WorkflowService.Service
     }
 
     static func message(_ row: VersionRow) throws -> Sparkops_Workflow_V1_WorkflowVersion {
-        let definition = try Google_Protobuf_Struct(jsonString: row.canonical)
+        let definition = Sparkops_Common_V1_Json.with { $0.text = row.canonical }
         return .with {
             $0.workflowID = row.workflowID
             $0.version = Int32(clamping: row.version)

@@ -222,9 +222,8 @@ struct OpenAPIWriter {
         switch name {
         case "google.protobuf.Timestamp": return ["type": "string", "format": "date-time"]
         case "google.protobuf.Duration": return ["type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"]
-        case "google.protobuf.Struct": return ["type": "object"]
-        case "google.protobuf.Value": return [:]
-        case "google.protobuf.ListValue": return ["type": "array"]
+        // Free-form JSON: any JSON value, kept as sent (the gateway splices the text in).
+        case "sparkops.common.v1.Json": return ["description": "Any JSON value, kept exactly as sent: integers of any size, decimals as written."]
         case "google.protobuf.FieldMask": return ["type": "string"]
         case "google.protobuf.Empty": return ["type": "object"]
         default: return nil

@@ -45,6 +45,8 @@ struct RouteTableWriter {
                             service: "\(route.serviceName)",
                             descriptor: MethodDescriptor(fullyQualifiedService: "\(service)", method: "\(route.method.name)"),
                             decodeRequest: { bytes, options in try \(input)(jsonUTF8Bytes: bytes, options: options) },
+                            requestShape: (\(input).self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
+                            responseShape: (\(output).self as Any.Type as? any SparkJSONShaped.Type)?.sparkJSONShape,
                             call: { channel, request, metadata, options in
                                 try await channel.unary(
                                     request: ClientRequest(message: request as! \(input), metadata: metadata),

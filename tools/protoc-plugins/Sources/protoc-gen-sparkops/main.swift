@@ -7,6 +7,8 @@
 //   (the generated client API over `SparkWireChannel`) and each `ServiceProtocol`'s unary handlers;
 // - `SparkHTTPRoutes.sparkops.swift`: the gateway's route table, from `(sparkops.api.v1.http)`
 //   method options: path, verb, body mapping, permission, and typed calls to the owning service;
+// - `SparkJSONShapes.sparkops.swift`: where each message holds free-form JSON (`sparkops.common.v1.Json`),
+//   so that the gateway and the stores splice JSON text in and out of protobuf's JSON mapping;
 // - `SparkOpenAPI.sparkops.swift`: the OpenAPI 3.1 document of those routes, as a string;
 // - with the parameter `openapi`, only `openapi.json`: the same document as a file.
 import Foundation
@@ -44,6 +46,10 @@ struct SparkOpsGenerator: CodeGenerator {
         try generatorOutputs.add(
             fileName: "SparkHTTPRoutes.sparkops.swift",
             contents: RouteTableWriter(routes: routes).render()
+        )
+        try generatorOutputs.add(
+            fileName: "SparkJSONShapes.sparkops.swift",
+            contents: try JSONShapeWriter(files: files).render()
         )
         let document = try OpenAPIWriter(routes: routes).render()
         var swift = "// DO NOT EDIT.\n// swift-format-ignore-file\n//\n"

@@ -98,8 +98,8 @@ public nonisolated struct Sparkops_Agent_V1_AgentVersion: Sendable {
   public var source: String = String()
 
   /// The canonical definition: every default written out (see docs/agents.md).
-  public var definition: SwiftProtobuf.Google_Protobuf_Struct {
-    get {_definition ?? SwiftProtobuf.Google_Protobuf_Struct()}
+  public var definition: Sparkops_Common_V1_Json {
+    get {_definition ?? Sparkops_Common_V1_Json()}
     set {_definition = newValue}
   }
   /// Returns true if `definition` has been explicitly set.
@@ -122,7 +122,7 @@ public nonisolated struct Sparkops_Agent_V1_AgentVersion: Sendable {
 
   public init() {}
 
-  fileprivate var _definition: SwiftProtobuf.Google_Protobuf_Struct? = nil
+  fileprivate var _definition: Sparkops_Common_V1_Json? = nil
   fileprivate var _createTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 
@@ -383,8 +383,8 @@ public nonisolated struct Sparkops_Agent_V1_ExecuteAgentStepRequest: Sendable {
   public var prompt: String = String()
 
   /// Data for the task, sent after the prompt as JSON; optional.
-  public var input: SwiftProtobuf.Google_Protobuf_Value {
-    get {_input ?? SwiftProtobuf.Google_Protobuf_Value()}
+  public var input: Sparkops_Common_V1_Json {
+    get {_input ?? Sparkops_Common_V1_Json()}
     set {_input = newValue}
   }
   /// Returns true if `input` has been explicitly set.
@@ -419,7 +419,7 @@ public nonisolated struct Sparkops_Agent_V1_ExecuteAgentStepRequest: Sendable {
 
   public init() {}
 
-  fileprivate var _input: SwiftProtobuf.Google_Protobuf_Value? = nil
+  fileprivate var _input: Sparkops_Common_V1_Json? = nil
 }
 
 /// Why a step did not produce an answer.
@@ -491,8 +491,8 @@ public nonisolated struct Sparkops_Agent_V1_ToolCall: Sendable {
 
   public var tool: String = String()
 
-  public var arguments: SwiftProtobuf.Google_Protobuf_Value {
-    get {_arguments ?? SwiftProtobuf.Google_Protobuf_Value()}
+  public var arguments: Sparkops_Common_V1_Json {
+    get {_arguments ?? Sparkops_Common_V1_Json()}
     set {_arguments = newValue}
   }
   /// Returns true if `arguments` has been explicitly set.
@@ -500,8 +500,8 @@ public nonisolated struct Sparkops_Agent_V1_ToolCall: Sendable {
   /// Clears the value of `arguments`. Subsequent reads from it will return its default value.
   public mutating func clearArguments() {self._arguments = nil}
 
-  public var output: SwiftProtobuf.Google_Protobuf_Value {
-    get {_output ?? SwiftProtobuf.Google_Protobuf_Value()}
+  public var output: Sparkops_Common_V1_Json {
+    get {_output ?? Sparkops_Common_V1_Json()}
     set {_output = newValue}
   }
   /// Returns true if `output` has been explicitly set.
@@ -535,8 +535,8 @@ public nonisolated struct Sparkops_Agent_V1_ToolCall: Sendable {
 
   public init() {}
 
-  fileprivate var _arguments: SwiftProtobuf.Google_Protobuf_Value? = nil
-  fileprivate var _output: SwiftProtobuf.Google_Protobuf_Value? = nil
+  fileprivate var _arguments: Sparkops_Common_V1_Json? = nil
+  fileprivate var _output: Sparkops_Common_V1_Json? = nil
   fileprivate var _error: Sparkops_Agent_V1_AgentFailure? = nil
 }
 
@@ -583,8 +583,8 @@ public nonisolated struct Sparkops_Agent_V1_AgentExecution: @unchecked Sendable 
   }
 
   /// With an output_schema, the answer parsed as JSON; without one, `{"text": answer}`.
-  public var output: SwiftProtobuf.Google_Protobuf_Value {
-    get {_storage._output ?? SwiftProtobuf.Google_Protobuf_Value()}
+  public var output: Sparkops_Common_V1_Json {
+    get {_storage._output ?? Sparkops_Common_V1_Json()}
     set {_uniqueStorage()._output = newValue}
   }
   /// Returns true if `output` has been explicitly set.
@@ -721,8 +721,8 @@ public nonisolated struct Sparkops_Agent_V1_MemoryFact: Sendable {
 
   public var key: String = String()
 
-  public var value: SwiftProtobuf.Google_Protobuf_Value {
-    get {_value ?? SwiftProtobuf.Google_Protobuf_Value()}
+  public var value: Sparkops_Common_V1_Json {
+    get {_value ?? Sparkops_Common_V1_Json()}
     set {_value = newValue}
   }
   /// Returns true if `value` has been explicitly set.
@@ -746,7 +746,7 @@ public nonisolated struct Sparkops_Agent_V1_MemoryFact: Sendable {
 
   public init() {}
 
-  fileprivate var _value: SwiftProtobuf.Google_Protobuf_Value? = nil
+  fileprivate var _value: Sparkops_Common_V1_Json? = nil
   fileprivate var _updateTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 
@@ -818,8 +818,8 @@ public nonisolated struct Sparkops_Agent_V1_PutAgentMemoryRequest: Sendable {
 
   public var key: String = String()
 
-  public var value: SwiftProtobuf.Google_Protobuf_Value {
-    get {_value ?? SwiftProtobuf.Google_Protobuf_Value()}
+  public var value: Sparkops_Common_V1_Json {
+    get {_value ?? Sparkops_Common_V1_Json()}
     set {_value = newValue}
   }
   /// Returns true if `value` has been explicitly set.
@@ -831,7 +831,7 @@ public nonisolated struct Sparkops_Agent_V1_PutAgentMemoryRequest: Sendable {
 
   public init() {}
 
-  fileprivate var _value: SwiftProtobuf.Google_Protobuf_Value? = nil
+  fileprivate var _value: Sparkops_Common_V1_Json? = nil
 }
 
 public nonisolated struct Sparkops_Agent_V1_DeleteAgentMemoryRequest: Sendable {
@@ -1882,7 +1882,7 @@ nonisolated extension Sparkops_Agent_V1_AgentExecution: SwiftProtobuf.Message, S
     var _runID: String = String()
     var _stepID: String = String()
     var _status: String = String()
-    var _output: SwiftProtobuf.Google_Protobuf_Value? = nil
+    var _output: Sparkops_Common_V1_Json? = nil
     var _text: String = String()
     var _error: Sparkops_Agent_V1_AgentFailure? = nil
     var _llmCalls: [Sparkops_Agent_V1_LLMCall] = []

@@ -121,8 +121,8 @@ public nonisolated struct Sparkops_Policy_V1_PolicyVersion: Sendable {
   public var source: String = String()
 
   /// The canonical definition: every default written out.
-  public var definition: SwiftProtobuf.Google_Protobuf_Struct {
-    get {_definition ?? SwiftProtobuf.Google_Protobuf_Struct()}
+  public var definition: Sparkops_Common_V1_Json {
+    get {_definition ?? Sparkops_Common_V1_Json()}
     set {_definition = newValue}
   }
   /// Returns true if `definition` has been explicitly set.
@@ -145,7 +145,7 @@ public nonisolated struct Sparkops_Policy_V1_PolicyVersion: Sendable {
 
   public init() {}
 
-  fileprivate var _definition: SwiftProtobuf.Google_Protobuf_Struct? = nil
+  fileprivate var _definition: Sparkops_Common_V1_Json? = nil
   fileprivate var _createTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 
@@ -329,8 +329,8 @@ public nonisolated struct Sparkops_Policy_V1_PolicyContext: @unchecked Sendable 
     public var costMicros: Int64 = 0
 
     /// The call's input.
-    public var arguments: SwiftProtobuf.Google_Protobuf_Value {
-      get {_arguments ?? SwiftProtobuf.Google_Protobuf_Value()}
+    public var arguments: Sparkops_Common_V1_Json {
+      get {_arguments ?? Sparkops_Common_V1_Json()}
       set {_arguments = newValue}
     }
     /// Returns true if `arguments` has been explicitly set.
@@ -342,7 +342,7 @@ public nonisolated struct Sparkops_Policy_V1_PolicyContext: @unchecked Sendable 
 
     public init() {}
 
-    fileprivate var _arguments: SwiftProtobuf.Google_Protobuf_Value? = nil
+    fileprivate var _arguments: Sparkops_Common_V1_Json? = nil
   }
 
   public nonisolated struct Model: Sendable {
@@ -521,8 +521,8 @@ public nonisolated struct Sparkops_Policy_V1_Violation: @unchecked Sendable {
   public mutating func clearDecision() {_uniqueStorage()._decision = nil}
 
   /// The context the rules saw, as they saw it (docs/policies.md).
-  public var context: SwiftProtobuf.Google_Protobuf_Struct {
-    get {_storage._context ?? SwiftProtobuf.Google_Protobuf_Struct()}
+  public var context: Sparkops_Common_V1_Json {
+    get {_storage._context ?? Sparkops_Common_V1_Json()}
     set {_uniqueStorage()._context = newValue}
   }
   /// Returns true if `context` has been explicitly set.
@@ -863,8 +863,8 @@ public nonisolated struct Sparkops_Policy_V1_TestPolicyResponse: Sendable {
   public mutating func clearDecision() {self._decision = nil}
 
   /// The environment the rules saw (the context as names: docs/policies.md).
-  public var environment: SwiftProtobuf.Google_Protobuf_Struct {
-    get {_environment ?? SwiftProtobuf.Google_Protobuf_Struct()}
+  public var environment: Sparkops_Common_V1_Json {
+    get {_environment ?? Sparkops_Common_V1_Json()}
     set {_environment = newValue}
   }
   /// Returns true if `environment` has been explicitly set.
@@ -877,7 +877,7 @@ public nonisolated struct Sparkops_Policy_V1_TestPolicyResponse: Sendable {
   public init() {}
 
   fileprivate var _decision: Sparkops_Policy_V1_Decision? = nil
-  fileprivate var _environment: SwiftProtobuf.Google_Protobuf_Struct? = nil
+  fileprivate var _environment: Sparkops_Common_V1_Json? = nil
 }
 
 public nonisolated struct Sparkops_Policy_V1_GetViolationRequest: Sendable {
@@ -1783,7 +1783,7 @@ nonisolated extension Sparkops_Policy_V1_Violation: SwiftProtobuf.Message, Swift
     var _point: String = String()
     var _effect: String = String()
     var _decision: Sparkops_Policy_V1_Decision? = nil
-    var _context: SwiftProtobuf.Google_Protobuf_Struct? = nil
+    var _context: Sparkops_Common_V1_Json? = nil
     var _principalID: String = String()
     var _createTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 

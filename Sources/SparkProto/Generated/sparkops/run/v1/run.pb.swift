@@ -120,8 +120,8 @@ public nonisolated struct Sparkops_Run_V1_Step: Sendable {
   /// The current or last attempt, from 1; 0 before the first.
   public var attempt: Int32 = 0
 
-  public var output: SwiftProtobuf.Google_Protobuf_Value {
-    get {_output ?? SwiftProtobuf.Google_Protobuf_Value()}
+  public var output: Sparkops_Common_V1_Json {
+    get {_output ?? Sparkops_Common_V1_Json()}
     set {_output = newValue}
   }
   /// Returns true if `output` has been explicitly set.
@@ -157,7 +157,7 @@ public nonisolated struct Sparkops_Run_V1_Step: Sendable {
 
   public init() {}
 
-  fileprivate var _output: SwiftProtobuf.Google_Protobuf_Value? = nil
+  fileprivate var _output: Sparkops_Common_V1_Json? = nil
   fileprivate var _error: Sparkops_Run_V1_RunError? = nil
   fileprivate var _retryTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
@@ -206,8 +206,8 @@ public nonisolated struct Sparkops_Run_V1_Run: @unchecked Sendable {
   }
 
   /// The inputs as checked, defaults filled in.
-  public var inputs: SwiftProtobuf.Google_Protobuf_Struct {
-    get {_storage._inputs ?? SwiftProtobuf.Google_Protobuf_Struct()}
+  public var inputs: Sparkops_Common_V1_Json {
+    get {_storage._inputs ?? Sparkops_Common_V1_Json()}
     set {_uniqueStorage()._inputs = newValue}
   }
   /// Returns true if `inputs` has been explicitly set.
@@ -216,8 +216,8 @@ public nonisolated struct Sparkops_Run_V1_Run: @unchecked Sendable {
   public mutating func clearInputs() {_uniqueStorage()._inputs = nil}
 
   /// Set once the run succeeded.
-  public var outputs: SwiftProtobuf.Google_Protobuf_Struct {
-    get {_storage._outputs ?? SwiftProtobuf.Google_Protobuf_Struct()}
+  public var outputs: Sparkops_Common_V1_Json {
+    get {_storage._outputs ?? Sparkops_Common_V1_Json()}
     set {_uniqueStorage()._outputs = newValue}
   }
   /// Returns true if `outputs` has been explicitly set.
@@ -479,8 +479,8 @@ public nonisolated struct Sparkops_Run_V1_CreateRunRequest: Sendable {
   public var version: String = String()
 
   /// Checked against the workflow's declared inputs.
-  public var inputs: SwiftProtobuf.Google_Protobuf_Struct {
-    get {_inputs ?? SwiftProtobuf.Google_Protobuf_Struct()}
+  public var inputs: Sparkops_Common_V1_Json {
+    get {_inputs ?? Sparkops_Common_V1_Json()}
     set {_inputs = newValue}
   }
   /// Returns true if `inputs` has been explicitly set.
@@ -496,7 +496,7 @@ public nonisolated struct Sparkops_Run_V1_CreateRunRequest: Sendable {
 
   public init() {}
 
-  fileprivate var _inputs: SwiftProtobuf.Google_Protobuf_Struct? = nil
+  fileprivate var _inputs: Sparkops_Common_V1_Json? = nil
 }
 
 public nonisolated struct Sparkops_Run_V1_CreateRunResponse: Sendable {
@@ -944,8 +944,8 @@ nonisolated extension Sparkops_Run_V1_Run: SwiftProtobuf.Message, SwiftProtobuf.
     var _workflowVersion: Int32 = 0
     var _contentHash: String = String()
     var _status: String = String()
-    var _inputs: SwiftProtobuf.Google_Protobuf_Struct? = nil
-    var _outputs: SwiftProtobuf.Google_Protobuf_Struct? = nil
+    var _inputs: Sparkops_Common_V1_Json? = nil
+    var _outputs: Sparkops_Common_V1_Json? = nil
     var _error: Sparkops_Run_V1_RunError? = nil
     var _steps: [Sparkops_Run_V1_Step] = []
     var _costMicros: Int64 = 0

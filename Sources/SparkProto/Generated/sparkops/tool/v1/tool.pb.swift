@@ -49,8 +49,8 @@ public nonisolated struct Sparkops_Tool_V1_Tool: Sendable {
   public var costMicros: Int64 = 0
 
   /// The JSON Schema every invocation's input must satisfy.
-  public var inputSchema: SwiftProtobuf.Google_Protobuf_Struct {
-    get {_inputSchema ?? SwiftProtobuf.Google_Protobuf_Struct()}
+  public var inputSchema: Sparkops_Common_V1_Json {
+    get {_inputSchema ?? Sparkops_Common_V1_Json()}
     set {_inputSchema = newValue}
   }
   /// Returns true if `inputSchema` has been explicitly set.
@@ -87,7 +87,7 @@ public nonisolated struct Sparkops_Tool_V1_Tool: Sendable {
 
   public init() {}
 
-  fileprivate var _inputSchema: SwiftProtobuf.Google_Protobuf_Struct? = nil
+  fileprivate var _inputSchema: Sparkops_Common_V1_Json? = nil
   fileprivate var _createTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
   fileprivate var _updateTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
@@ -108,8 +108,8 @@ public nonisolated struct Sparkops_Tool_V1_ToolVersion: Sendable {
   public var source: String = String()
 
   /// The canonical definition: every default written out (see docs/tools.md).
-  public var definition: SwiftProtobuf.Google_Protobuf_Struct {
-    get {_definition ?? SwiftProtobuf.Google_Protobuf_Struct()}
+  public var definition: Sparkops_Common_V1_Json {
+    get {_definition ?? Sparkops_Common_V1_Json()}
     set {_definition = newValue}
   }
   /// Returns true if `definition` has been explicitly set.
@@ -132,7 +132,7 @@ public nonisolated struct Sparkops_Tool_V1_ToolVersion: Sendable {
 
   public init() {}
 
-  fileprivate var _definition: SwiftProtobuf.Google_Protobuf_Struct? = nil
+  fileprivate var _definition: Sparkops_Common_V1_Json? = nil
   fileprivate var _createTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 
@@ -428,8 +428,8 @@ public nonisolated struct Sparkops_Tool_V1_InvokeToolRequest: Sendable {
   public var tool: String = String()
 
   /// Checked against the tool's input schema.
-  public var input: SwiftProtobuf.Google_Protobuf_Value {
-    get {_input ?? SwiftProtobuf.Google_Protobuf_Value()}
+  public var input: Sparkops_Common_V1_Json {
+    get {_input ?? Sparkops_Common_V1_Json()}
     set {_input = newValue}
   }
   /// Returns true if `input` has been explicitly set.
@@ -469,7 +469,7 @@ public nonisolated struct Sparkops_Tool_V1_InvokeToolRequest: Sendable {
 
   public init() {}
 
-  fileprivate var _input: SwiftProtobuf.Google_Protobuf_Value? = nil
+  fileprivate var _input: Sparkops_Common_V1_Json? = nil
 }
 
 /// A policy holds the call for a human's decision: nothing ran.
@@ -520,8 +520,8 @@ public nonisolated struct Sparkops_Tool_V1_InvokeToolResponse: Sendable {
 
   /// The tool's output; for an http tool `{status, headers, body}`, also when it failed with
   /// reason http_status.
-  public var output: SwiftProtobuf.Google_Protobuf_Value {
-    get {_output ?? SwiftProtobuf.Google_Protobuf_Value()}
+  public var output: Sparkops_Common_V1_Json {
+    get {_output ?? Sparkops_Common_V1_Json()}
     set {_output = newValue}
   }
   /// Returns true if `output` has been explicitly set.
@@ -569,7 +569,7 @@ public nonisolated struct Sparkops_Tool_V1_InvokeToolResponse: Sendable {
 
   public init() {}
 
-  fileprivate var _output: SwiftProtobuf.Google_Protobuf_Value? = nil
+  fileprivate var _output: Sparkops_Common_V1_Json? = nil
   fileprivate var _error: Sparkops_Tool_V1_ToolFailure? = nil
   fileprivate var _approval: Sparkops_Tool_V1_ToolApproval? = nil
 }
@@ -584,8 +584,8 @@ public nonisolated struct Sparkops_Tool_V1_ToolFunction: Sendable {
 
   public var description_p: String = String()
 
-  public var inputSchema: SwiftProtobuf.Google_Protobuf_Struct {
-    get {_inputSchema ?? SwiftProtobuf.Google_Protobuf_Struct()}
+  public var inputSchema: Sparkops_Common_V1_Json {
+    get {_inputSchema ?? Sparkops_Common_V1_Json()}
     set {_inputSchema = newValue}
   }
   /// Returns true if `inputSchema` has been explicitly set.
@@ -597,7 +597,7 @@ public nonisolated struct Sparkops_Tool_V1_ToolFunction: Sendable {
 
   public init() {}
 
-  fileprivate var _inputSchema: SwiftProtobuf.Google_Protobuf_Struct? = nil
+  fileprivate var _inputSchema: Sparkops_Common_V1_Json? = nil
 }
 
 public nonisolated struct Sparkops_Tool_V1_ListToolFunctionsRequest: Sendable {
@@ -747,8 +747,8 @@ public nonisolated struct Sparkops_Tool_V1_Document: Sendable {
   public var text: String = String()
 
   /// Anything else, returned with search hits.
-  public var metadata: SwiftProtobuf.Google_Protobuf_Struct {
-    get {_metadata ?? SwiftProtobuf.Google_Protobuf_Struct()}
+  public var metadata: Sparkops_Common_V1_Json {
+    get {_metadata ?? Sparkops_Common_V1_Json()}
     set {_metadata = newValue}
   }
   /// Returns true if `metadata` has been explicitly set.
@@ -778,7 +778,7 @@ public nonisolated struct Sparkops_Tool_V1_Document: Sendable {
 
   public init() {}
 
-  fileprivate var _metadata: SwiftProtobuf.Google_Protobuf_Struct? = nil
+  fileprivate var _metadata: Sparkops_Common_V1_Json? = nil
   fileprivate var _createTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
   fileprivate var _updateTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
@@ -798,8 +798,8 @@ public nonisolated struct Sparkops_Tool_V1_PutDocumentRequest: Sendable {
 
   public var text: String = String()
 
-  public var metadata: SwiftProtobuf.Google_Protobuf_Struct {
-    get {_metadata ?? SwiftProtobuf.Google_Protobuf_Struct()}
+  public var metadata: Sparkops_Common_V1_Json {
+    get {_metadata ?? Sparkops_Common_V1_Json()}
     set {_metadata = newValue}
   }
   /// Returns true if `metadata` has been explicitly set.
@@ -811,7 +811,7 @@ public nonisolated struct Sparkops_Tool_V1_PutDocumentRequest: Sendable {
 
   public init() {}
 
-  fileprivate var _metadata: SwiftProtobuf.Google_Protobuf_Struct? = nil
+  fileprivate var _metadata: Sparkops_Common_V1_Json? = nil
 }
 
 public nonisolated struct Sparkops_Tool_V1_GetDocumentRequest: Sendable {
@@ -923,8 +923,8 @@ public nonisolated struct Sparkops_Tool_V1_SearchHit: Sendable {
   /// Higher is better; comparable within one search only.
   public var score: Double = 0
 
-  public var metadata: SwiftProtobuf.Google_Protobuf_Struct {
-    get {_metadata ?? SwiftProtobuf.Google_Protobuf_Struct()}
+  public var metadata: Sparkops_Common_V1_Json {
+    get {_metadata ?? Sparkops_Common_V1_Json()}
     set {_metadata = newValue}
   }
   /// Returns true if `metadata` has been explicitly set.
@@ -936,7 +936,7 @@ public nonisolated struct Sparkops_Tool_V1_SearchHit: Sendable {
 
   public init() {}
 
-  fileprivate var _metadata: SwiftProtobuf.Google_Protobuf_Struct? = nil
+  fileprivate var _metadata: Sparkops_Common_V1_Json? = nil
 }
 
 public nonisolated struct Sparkops_Tool_V1_SearchDocumentsResponse: Sendable {

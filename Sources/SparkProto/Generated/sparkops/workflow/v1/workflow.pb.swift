@@ -87,8 +87,8 @@ public nonisolated struct Sparkops_Workflow_V1_WorkflowVersion: Sendable {
   public var source: String = String()
 
   /// The canonical definition: every default written out (see docs/workflows.md).
-  public var definition: SwiftProtobuf.Google_Protobuf_Struct {
-    get {_definition ?? SwiftProtobuf.Google_Protobuf_Struct()}
+  public var definition: Sparkops_Common_V1_Json {
+    get {_definition ?? Sparkops_Common_V1_Json()}
     set {_definition = newValue}
   }
   /// Returns true if `definition` has been explicitly set.
@@ -111,7 +111,7 @@ public nonisolated struct Sparkops_Workflow_V1_WorkflowVersion: Sendable {
 
   public init() {}
 
-  fileprivate var _definition: SwiftProtobuf.Google_Protobuf_Struct? = nil
+  fileprivate var _definition: Sparkops_Common_V1_Json? = nil
   fileprivate var _createTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 

@@ -1,0 +1,25 @@
+public import SparkExpr
+public import SparkProto
+
+/// Free-form JSON in messages (`sparkops.common.v1.Json`): a value goes in as its JSON text, and
+/// comes out as the value that text holds, numbers as they were written.
+extension Sparkops_Common_V1_Json {
+    public init(_ value: ExprValue) {
+        self.init()
+        self.text = value.jsonText
+    }
+
+    /// Whether the message holds a value (an unset or empty text holds none).
+    public var isEmpty: Bool { self.text.isEmpty }
+
+    /// The value the text holds; `absent` for an empty text. Text that is not one JSON value is
+    /// INVALID_ARGUMENT naming `field`.
+    public func value(field: String, absent: ExprValue = .null) throws(SparkError) -> ExprValue {
+        guard !self.text.isEmpty else { return absent }
+        do {
+            return try ExprValue(jsonText: self.text)
+        } catch {
+            throw SparkError.invalid(field, "is not JSON (\(error))")
+        }
+    }
+}
