@@ -171,6 +171,7 @@ let coreTargets: [Target] = [
             dependencies: [
                 "SparkRuntime",
                 "SparkKit",
+                "SparkExpr",
                 "SparkWire",
                 "SparkProto",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),

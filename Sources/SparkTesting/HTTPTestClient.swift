@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 public import Foundation
 import NIOCore
+import SparkExpr
 import NIOFoundationCompat
 public import NIOHTTP1
 
@@ -11,9 +12,27 @@ public struct HTTPTestClient: Sendable {
         public var headers: HTTPHeaders
         public var text: String
 
-        /// The body as a JSON object (empty when it is not one).
-        public var json: [String: Any] {
-            (try? JSONSerialization.jsonObject(with: Data(self.text.utf8))) as? [String: Any] ?? [:]
+        /// The body as a JSON object (empty when it is not one). A number Foundation cannot read
+        /// (`1e400`) or would round is its text, a `String`; read ``text`` to see numbers as sent.
+        public var json: [String: Any] { Self.object(self.text) }
+
+        /// JSON text as an object, as ``json`` reads it (empty when it is not one).
+        public static func object(_ text: String) -> [String: Any] {
+            if let object = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] { return object }
+            return (try? ExprValue(jsonText: text)).map(Self.foundation) as? [String: Any] ?? [:]
+        }
+
+        static func foundation(_ value: ExprValue) -> Any {
+            switch value {
+            case .null: return NSNull()
+            case .bool(let flag): return flag
+            case .int(let number): return Int(number)
+            case .double(let number): return number
+            case .number(let text): return text
+            case .string(let text): return text
+            case .list(let items): return items.map(Self.foundation)
+            case .map(let fields): return fields.mapValues(Self.foundation)
+            }
         }
 
         /// `error.code` of an error body.

@@ -644,7 +644,8 @@ extension RunMachine {
         for input in declared {
             if var value = given[input.name], value != .null {
                 // JSON has one kind of number: a whole one is an integer where one is declared.
-                if input.type == .integer, case .double(let number) = value, number.rounded() == number, abs(number) < 9_007_199_254_740_992 {
+                // (`3.0` and `2E3` are the integers 3 and 2000; `-0` stays as written.)
+                if input.type == .integer, let number = value.wholeDouble, number.rounded() == number, abs(number) < 9_007_199_254_740_992 {
                     value = .int(Int64(number))
                 }
                 guard input.type.admits(value) else {
@@ -669,4 +670,16 @@ public struct RunInputError: Error, Sendable, Hashable, CustomStringConvertible 
     public var message: String
 
     public var description: String { "inputs.\(self.input): \(self.message)" }
+}
+
+extension ExprValue {
+    /// A double's value, or that of a number kept as written other than an integer beyond 64
+    /// bits: what may stand for a whole number given in another form.
+    fileprivate var wholeDouble: Double? {
+        switch self {
+        case .double(let number): return number
+        case .number(let text) where !ExprNumber.isIntegral(text): return Double(text)
+        default: return nil
+        }
+    }
 }

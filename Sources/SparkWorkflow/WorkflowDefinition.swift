@@ -79,9 +79,12 @@ public struct WorkflowInput: Sendable, Hashable {
         /// Whether `value` is of this type.
         public func admits(_ value: ExprValue) -> Bool {
             switch (self, value) {
-            case (.any, _), (.string, .string), (.integer, .int), (.number, .int), (.number, .double), (.boolean, .bool),
+            case (.any, _), (.string, .string), (.integer, .int), (.number, .int), (.number, .double), (.number, .number), (.boolean, .bool),
                 (.object, .map), (.array, .list):
                 return true
+            case (.integer, .number(let text)):
+                // An integer beyond 64 bits is still an integer, kept as written.
+                return ExprNumber.isIntegral(text)
             default:
                 return false
             }

@@ -25,7 +25,8 @@ struct CLITests {
         /// Runs a command with `--output json` and decodes what it printed.
         func json(_ arguments: String...) async throws -> [String: Any] {
             let result = try await ServiceProcess.run("sparkops", arguments + ["--output", "json"], environment: ["SPARKOPS_URL": self.url, "SPARKOPS_CREDENTIALS": self.credentials])
-            guard result.status == 0, let object = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any] else {
+            let object = HTTPTestClient.Reply.object(result.output)
+            guard result.status == 0, !object.isEmpty || result.output.trimmingCharacters(in: .whitespacesAndNewlines) == "{}" else {
                 throw TestSetupError(description: "sparkops \(arguments.joined(separator: " ")) failed (\(result.status)): \(result.output)")
             }
             return object
@@ -461,7 +462,7 @@ struct CLITests {
             let page = try await cli.json("violation", "list", "--project", project, "--effect", "deny")
             let id = try #require((page["violations"] as? [[String: Any]])?.first?["id"] as? String)
             let one = try await cli("violation", "get", id, "--project", project)
-            #expect(one.output.contains("\"refund\" : true"), "\(one.output)")
+            #expect(one.output.contains("\"refund\": true"), "\(one.output)")
         }
     }
     @Test("sparkops budget set, list, get, usage --by, ledger and alerts; a tool call refused once the budget is spent; bad amounts")

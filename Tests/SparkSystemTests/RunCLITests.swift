@@ -102,9 +102,22 @@ extension CLITests {
             #expect(unknown.status != 0)
             #expect(unknown.output.contains("inputs.topik"), "\(unknown.output)")
 
+            // Numbers given on the command line reach the run and come back as written.
+            let numbers = "name: numbers\nsteps:\n  - id: echo\n    tool: post\n    with: { id: \"${{ inputs.id }}\", all: \"${{ inputs }}\", line: \"id ${{ inputs.id }}\" }\noutputs: { echoed: \"${{ steps.echo.output }}\" }\ninputs: { id: { type: integer }, price: { type: number }, big: { type: integer }, far: { type: number } }\n"
+            try #require(try await cluster.http.send(.POST, "\(base)/workflows/apply", token: token, json: ["source": numbers]).status == 200)
+            let exact = try await cli(
+                "run", "start", "numbers", "--project", project, "--input", "id=9007199254740993", "--input", "price=1.50",
+                "--input", "big=123456789012345678901234567890", "--input", "far=1e400", "--watch"
+            )
+            #expect(exact.status == 0, "\(exact.output)")
+            for literal in ["\"id\": 9007199254740993", "\"price\": 1.50", "\"big\": 123456789012345678901234567890", "\"far\": 1e400", "\"line\": \"id 9007199254740993\""] {
+                #expect(exact.output.contains(literal), "\(literal) not in \(exact.output)")
+            }
+
             let listed = try await cli.json("run", "list", "--project", project, "--status", "succeeded")
-            #expect((listed["runs"] as? [[String: Any]])?.count == 1)
-            let table = try await cli("run", "get", try #require((listed["runs"] as? [[String: Any]])?.first?["id"] as? String), "--project", project)
+            #expect((listed["runs"] as? [[String: Any]])?.count == 2)
+            let brief = (listed["runs"] as? [[String: Any]])?.first { $0["workflowName"] as? String == "brief" }
+            let table = try await cli("run", "get", try #require(brief?["id"] as? String), "--project", project)
             #expect(table.output.contains("publish"), "\(table.output)")
             // The run's estimate, from the workflow's estimated_cost.
             #expect(table.output.contains("ESTIMATE") && table.output.contains("$0.25"), "\(table.output)")
