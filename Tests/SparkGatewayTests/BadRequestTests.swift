@@ -71,21 +71,29 @@ struct BadRequestTests {
         }
     }
 
-    @Test("a body within the limit whose message is over what a service takes gets 413 naming the body, not 429")
+    @Test("a body within the limit whose message is over what a service takes gets 413 naming the body, not 429; a tool input over 64 KiB is 400 naming the input")
     func encodedTooLarge() async throws {
         try await TestCluster.run(backend: .sqlite) { cluster in
             let admin = try await cluster.adminToken()
             let project = try await cluster.createProject("large", token: admin)
             let applied = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/tools/apply", token: admin, json: ["source": "tool: echo\nkind: echo\nside_effects: none\n"])
             try #require(applied.status == 200, "\(applied.text)")
-            // A JSON array of half a million numbers: under 1 MiB as text, more than the 4 MiB a
-            // SparkWire message may be once encoded.
-            let body = #"{"input":{"n":["# + Array(repeating: "1", count: 500_000).joined(separator: ",") + "]}}"
-            try #require(body.utf8.count < 1 << 20)
-            let reply = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/tools/echo/invoke", token: admin, body: body)
+            // A body at the agent route's 4 MiB limit: with the project and agent from the path,
+            // more than a SparkWire message may be once encoded.
+            let head = #"{"prompt":"x","input":""#
+            let body = head + String(repeating: "a", count: (4 << 20) - head.utf8.count - 2) + #""}"#
+            try #require(body.utf8.count == 4 << 20)
+            let reply = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/agents/helper/execute", token: admin, body: body)
             #expect(reply.status == 413, "\(reply.status) \(reply.text.prefix(300))")
             #expect(reply.errorField == "body")
             #expect(reply.headers.first(name: "Retry-After") == nil)
+
+            // A tool's input over 64 KiB (what a policy is shown of a call) is refused naming the input.
+            let large = #"{"input":{"n":["# + Array(repeating: "1", count: 500_000).joined(separator: ",") + "]}}"
+            let refused = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/tools/echo/invoke", token: admin, body: large)
+            #expect(refused.status == 400, "\(refused.status) \(refused.text.prefix(300))")
+            #expect(refused.errorField == "input", "\(refused.text.prefix(300))")
+            #expect(refused.errorMessage?.contains("at most 65536 bytes") == true, "\(refused.text.prefix(300))")
         }
     }
 

@@ -252,35 +252,45 @@ struct WorkflowValidationLoadTests {
             let admin = try await cluster.adminToken()
             let project = try await cluster.createProject("dense", token: admin)
             let source = Self.dense(290)
-            let started = ContinuousClock.now
-            async let validations: [Int] = withThrowingTaskGroup(of: Int.self) { group in
-                for _ in 0 ..< 4 {
-                    group.addTask {
-                        try await cluster.http.send(.POST, "/api/v1/projects/\(project)/workflows/validate", token: admin, json: ["source": source]).status
+            // Up to three rounds, the first that holds ends it: validations on a loop fail every
+            // round, while a stall of the loaded machine (other tests beside) fails one at most.
+            var rounds: [String] = []
+            for _ in 0 ..< 3 {
+                let started = ContinuousClock.now
+                async let validations: [Int] = withThrowingTaskGroup(of: Int.self) { group in
+                    for _ in 0 ..< 4 {
+                        group.addTask {
+                            try await cluster.http.send(.POST, "/api/v1/projects/\(project)/workflows/validate", token: admin, json: ["source": source]).status
+                        }
                     }
+                    return try await group.reduce(into: []) { $0.append($1) }
                 }
-                return try await group.reduce(into: []) { $0.append($1) }
+                // Meanwhile, an unrelated read, again and again, until the validations are done.
+                var slowest = Duration.zero
+                var reads = 0
+                try await Task.sleep(for: .milliseconds(50))
+                let readsUntil = ContinuousClock.now + .seconds(60)
+                while ContinuousClock.now < readsUntil {
+                    let sent = ContinuousClock.now
+                    let reply = try await cluster.http.send(.GET, "/api/v1/projects/\(project)", token: admin)
+                    slowest = max(slowest, ContinuousClock.now - sent)
+                    #expect(reply.status == 200)
+                    reads += 1
+                    if reads >= 5 && ContinuousClock.now - started > .seconds(1) { break }
+                }
+                let statuses = try await validations
+                let total = ContinuousClock.now - started
+                #expect(statuses == [200, 200, 200, 200])
+                // On a loop a validation holds, a read waits for all of it (seen: 2.3 s of 2.6 s);
+                // off the loops, a read takes its turn at the CPU like any other (0.55 s of 2.3 s
+                // with both cores busy besides). Relative, so that a loaded machine slows both alike.
+                if slowest * 2 < total {
+                    rounds = []
+                    break
+                }
+                rounds.append("an unrelated read took \(slowest) while four validations ran (\(total) in all)")
             }
-            // Meanwhile, an unrelated read, again and again, until the validations are done.
-            var slowest = Duration.zero
-            var reads = 0
-            try await Task.sleep(for: .milliseconds(50))
-            let readsUntil = ContinuousClock.now + .seconds(60)
-            while ContinuousClock.now < readsUntil {
-                let sent = ContinuousClock.now
-                let reply = try await cluster.http.send(.GET, "/api/v1/projects/\(project)", token: admin)
-                slowest = max(slowest, ContinuousClock.now - sent)
-                #expect(reply.status == 200)
-                reads += 1
-                if reads >= 5 && ContinuousClock.now - started > .seconds(1) { break }
-            }
-            let statuses = try await validations
-            let total = ContinuousClock.now - started
-            #expect(statuses == [200, 200, 200, 200])
-            // On a loop a validation holds, a read waits for all of it (seen: 2.3 s of 2.6 s);
-            // off the loops, a read takes its turn at the CPU like any other (0.55 s of 2.3 s
-            // with both cores busy besides). Relative, so that a loaded machine slows both alike.
-            #expect(slowest * 2 < total, "an unrelated read took \(slowest) while four validations ran (\(total) in all)")
+            #expect(rounds.isEmpty, "\(rounds)")
         }
     }
 }

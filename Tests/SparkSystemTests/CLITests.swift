@@ -330,7 +330,7 @@ struct CLITests {
             #expect(listed.output.contains("greet") && listed.output.contains("python"), "\(listed.output)")
             let greeted = try await cli("tool", "invoke", "greet", "--project", project, "--input", #"{"name": "Ada"}"#)
             #expect(greeted.status == 0, "\(greeted.output)")
-            #expect(greeted.output.contains(#""greeting" : "hello Ada""#), "\(greeted.output)")
+            #expect(greeted.output.contains(#""greeting": "hello Ada""#), "\(greeted.output)")
             let refused = try await cli("tool", "invoke", "greet", "--project", project, "--input", #"{"nom": "Ada"}"#)
             #expect(refused.status != 0)
             #expect(refused.output.contains("input.name: is required"), "\(refused.output)")

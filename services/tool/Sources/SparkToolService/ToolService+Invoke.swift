@@ -35,6 +35,10 @@ extension ToolService {
             }
         }
         guard message.maxOutputBytes >= 0 else { throw SparkError.invalid("max_output_bytes", "must be 0 (the tool's own cap) or more") }
+        // Policies are shown a call's arguments, and see at most this much of them.
+        guard message.input.text.utf8.count <= Self.maxInputBytes else {
+            throw SparkError.invalid("input", "is \(message.input.text.utf8.count) bytes of JSON; a tool's input is at most \(Self.maxInputBytes) bytes")
+        }
         let input: ExprValue
         do {
             input = try message.input.value(field: "input", absent: .map([:]))
@@ -146,6 +150,9 @@ extension ToolService {
         }
         return ServerResponse(message: response)
     }
+
+    /// The largest input, as JSON text: what the policy service takes as a call's arguments.
+    static let maxInputBytes = 64 * 1024
 
     /// Asks the policy service (`tool.invoke`) before the call runs: a deny throws
     /// PERMISSION_DENIED naming the rule; a require_approval is the response to give (nothing
