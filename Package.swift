@@ -59,6 +59,7 @@ let coreTargets: [Target] = [
             name: "SparkProto",
             dependencies: [
                 "SparkWire",
+                "SparkExpr",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),

@@ -86,8 +86,8 @@ extension ExprValue {
     /// or exponent that fits 64 bits is an `.int`, one a double writes back the same a `.double`,
     /// any other a `.number` that keeps its text.
     public init(jsonText: String) throws {
-        var reader = ExprJSON.Reader(jsonText)
-        self = try reader.document()
+        var scanner = JSONScanner(jsonText)
+        self = try scanner.document()
     }
 
     /// The value as `JSONSerialization` writes it.

@@ -1,3 +1,4 @@
+import SparkExpr
 public import SwiftProtobuf
 
 /// A message that holds free-form JSON (`sparkops.common.v1.Json`), directly or through the
@@ -57,36 +58,36 @@ public enum SparkJSON {
     }
 
     /// Whether the bytes are one JSON value, white space around it allowed.
-    public static func isValue(_ bytes: some Collection<UInt8>) -> Bool {
-        var splicer = Splicer(input: Array(bytes), unwrapping: false)
+    public static func isValue(_ bytes: [UInt8]) -> Bool {
+        var scanner = JSONScanner(bytes)
         do {
-            splicer.skipSpace()
-            try splicer.skipValue(depth: 0)
-            splicer.skipSpace()
-            return splicer.index == splicer.input.count
+            try scanner.skipValue(maxDepth: Self.maxDepth)
+            scanner.skipSpace()
+            return scanner.isAtEnd
         } catch {
             return false
         }
     }
 
     struct Splicer {
-        let input: [UInt8]
+        var scanner: JSONScanner
         let unwrapping: Bool
-        var index = 0
         var out: [UInt8] = []
         /// The JSON names from the top to the value being read, for errors.
         var path: [String] = []
 
         init(input: [UInt8], unwrapping: Bool) {
-            self.input = input
+            self.scanner = JSONScanner(input)
             self.unwrapping = unwrapping
             self.out.reserveCapacity(input.count + 64)
         }
 
+        var input: [UInt8] { self.scanner.bytes }
+
         mutating func document(_ shape: SparkJSONShape) throws(Failure) -> [UInt8] {
             try self.value(.message(shape), depth: 0)
-            self.skipSpace()
-            guard self.index == self.input.count else { throw self.failure("text after the value") }
+            self.scanner.skipSpace()
+            guard self.scanner.isAtEnd else { throw self.failure("text after the value") }
             return self.out
         }
 
@@ -94,153 +95,120 @@ public enum SparkJSON {
             Failure(field: self.path.joined(separator: "."), reason: reason)
         }
 
-        mutating func skipSpace() {
-            while self.index < self.input.count {
-                switch self.input[self.index] {
-                case UInt8(ascii: " "), UInt8(ascii: "\n"), UInt8(ascii: "\r"), UInt8(ascii: "\t"): self.index += 1
-                default: return
-                }
+        /// Runs a read of the scanner, its syntax error as a failure at the current path.
+        mutating func reading<T>(_ read: (inout JSONScanner) throws(JSONScanner.SyntaxError) -> T) throws(Failure) -> T {
+            do {
+                return try read(&self.scanner)
+            } catch {
+                throw self.failure(error.reason)
             }
         }
 
-        var next: UInt8? { self.index < self.input.count ? self.input[self.index] : nil }
-
-        mutating func expect(_ byte: UInt8) throws(Failure) {
-            self.skipSpace()
-            guard self.next == byte else { throw self.failure("expected '\(Character(Unicode.Scalar(byte)))'") }
-            self.index += 1
+        /// Copies one value as it is, checking its syntax.
+        mutating func copyValue(depth: Int) throws(Failure) {
+            let start = self.scanner.index
+            try self.reading { (scanner: inout JSONScanner) throws(JSONScanner.SyntaxError) in try scanner.skipValue(depth: depth, maxDepth: SparkJSON.maxDepth) }
+            self.out.append(contentsOf: self.input[start ..< self.scanner.index])
         }
 
         /// Copies or rewrites one value, as `node` says it is (nil: nothing to splice inside).
         mutating func value(_ node: SparkJSONShape.Node?, depth: Int) throws(Failure) {
             guard depth < SparkJSON.maxDepth else { throw self.failure("nested deeper than \(SparkJSON.maxDepth) levels") }
-            self.skipSpace()
-            switch (node, self.next) {
+            self.scanner.skipSpace()
+            switch (node, self.scanner.next) {
             case (.json?, _):
                 if self.unwrapping { try self.unwrapJSON(depth: depth) } else { try self.wrapJSON(depth: depth) }
             case (.message(let shape)?, UInt8(ascii: "{")?):
-                try self.members(depth: depth) { (splicer: inout Splicer, key: String) throws(Failure) in
-                    try splicer.value(shape.fields[key], depth: depth + 1)
-                }
+                try self.object(depth: depth) { key in shape.fields[key] }
             case (.map(let inner)?, UInt8(ascii: "{")?):
-                try self.members(depth: depth) { (splicer: inout Splicer, _: String) throws(Failure) in
-                    try splicer.value(inner, depth: depth + 1)
-                }
+                try self.object(depth: depth) { _ in inner }
             case (.list(let inner)?, UInt8(ascii: "[")?):
-                self.index += 1
+                self.scanner.index += 1
                 self.out.append(UInt8(ascii: "["))
-                self.skipSpace()
-                if self.next == UInt8(ascii: "]") {
-                    self.index += 1
-                    self.out.append(UInt8(ascii: "]"))
-                    return
-                }
                 var position = 0
                 while true {
+                    self.scanner.skipSpace()
+                    if position == 0, self.scanner.peek(UInt8(ascii: "]")) { break }
                     self.path.append("\(position)")
                     try self.value(inner, depth: depth + 1)
                     self.path.removeLast()
                     position += 1
-                    self.skipSpace()
-                    if self.next == UInt8(ascii: ",") {
-                        self.index += 1
+                    self.scanner.skipSpace()
+                    if self.scanner.peek(UInt8(ascii: ",")) {
                         self.out.append(UInt8(ascii: ","))
                         continue
                     }
-                    try self.expect(UInt8(ascii: "]"))
-                    self.out.append(UInt8(ascii: "]"))
-                    return
+                    guard self.scanner.peek(UInt8(ascii: "]")) else { throw self.failure("',' or ']' must follow an item") }
+                    break
                 }
+                self.out.append(UInt8(ascii: "]"))
             default:
-                let start = self.index
-                try self.skipValue(depth: depth)
-                self.out.append(contentsOf: self.input[start ..< self.index])
+                try self.copyValue(depth: depth)
             }
         }
 
-        /// An object's members, each key copied and its value handed to `member`.
-        mutating func members(depth: Int, _ member: (inout Splicer, String) throws(Failure) -> Void) throws(Failure) {
-            self.index += 1
+        /// An object's members, each key copied and its value read as `node(key)` says.
+        mutating func object(depth: Int, _ node: (String) -> SparkJSONShape.Node?) throws(Failure) {
+            self.scanner.index += 1
             self.out.append(UInt8(ascii: "{"))
-            self.skipSpace()
-            if self.next == UInt8(ascii: "}") {
-                self.index += 1
-                self.out.append(UInt8(ascii: "}"))
-                return
-            }
+            var first = true
             while true {
-                self.skipSpace()
-                guard self.next == UInt8(ascii: "\"") else { throw self.failure("a key must be a string") }
-                let start = self.index
-                let key = String(decoding: try self.string(), as: UTF8.self)
-                self.out.append(contentsOf: self.input[start ..< self.index])
-                try self.expect(UInt8(ascii: ":"))
+                self.scanner.skipSpace()
+                if first, self.scanner.peek(UInt8(ascii: "}")) { break }
+                first = false
+                guard self.scanner.next == UInt8(ascii: "\"") else { throw self.failure("a key must be a string") }
+                let start = self.scanner.index
+                let key = try self.reading { (scanner: inout JSONScanner) throws(JSONScanner.SyntaxError) in try scanner.string() }
+                self.out.append(contentsOf: self.input[start ..< self.scanner.index])
+                try self.reading { (scanner: inout JSONScanner) throws(JSONScanner.SyntaxError) in try scanner.expect(UInt8(ascii: ":"), "':' must follow a key") }
                 self.out.append(UInt8(ascii: ":"))
                 self.path.append(key)
-                try member(&self, key)
+                try self.value(node(key), depth: depth + 1)
                 self.path.removeLast()
-                self.skipSpace()
-                if self.next == UInt8(ascii: ",") {
-                    self.index += 1
+                self.scanner.skipSpace()
+                if self.scanner.peek(UInt8(ascii: ",")) {
                     self.out.append(UInt8(ascii: ","))
                     continue
                 }
-                try self.expect(UInt8(ascii: "}"))
-                self.out.append(UInt8(ascii: "}"))
-                return
+                guard self.scanner.peek(UInt8(ascii: "}")) else { throw self.failure("',' or '}' must follow a member") }
+                break
             }
+            self.out.append(UInt8(ascii: "}"))
         }
 
         /// Any JSON value → `{"text":"<the value's text>"}`.
         mutating func wrapJSON(depth: Int) throws(Failure) {
-            let start = self.index
-            try self.skipValue(depth: depth)
+            let start = self.scanner.index
+            try self.reading { (scanner: inout JSONScanner) throws(JSONScanner.SyntaxError) in try scanner.skipValue(depth: depth, maxDepth: SparkJSON.maxDepth) }
             self.out.append(contentsOf: #"{"text":"#.utf8)
-            Self.quote(self.input[start ..< self.index], into: &self.out)
+            Self.quote(self.input[start ..< self.scanner.index], into: &self.out)
             self.out.append(UInt8(ascii: "}"))
         }
 
         /// `{"text":"…"}` → the text, which must be one JSON value; `{}` (no text) → `null`.
         mutating func unwrapJSON(depth: Int) throws(Failure) {
-            guard self.next == UInt8(ascii: "{") else {
+            guard self.scanner.next == UInt8(ascii: "{") else {
                 // null (an unset message) and anything else are as they are.
-                let start = self.index
-                try self.skipValue(depth: depth)
-                self.out.append(contentsOf: self.input[start ..< self.index])
+                try self.copyValue(depth: depth)
                 return
             }
-            self.index += 1
-            var text: [UInt8] = []
-            self.skipSpace()
-            if self.next == UInt8(ascii: "}") {
-                self.index += 1
-            } else {
-                while true {
-                    self.skipSpace()
-                    guard self.next == UInt8(ascii: "\"") else { throw self.failure("a key must be a string") }
-                    let key = try self.string()
-                    try self.expect(UInt8(ascii: ":"))
-                    self.skipSpace()
-                    if key == Array("text".utf8), self.next == UInt8(ascii: "\"") {
-                        text = try self.string()
+            var text = ""
+            try self.reading { (scanner: inout JSONScanner) throws(JSONScanner.SyntaxError) in
+                try scanner.members { (scanner: inout JSONScanner, key: String) throws(JSONScanner.SyntaxError) in
+                    scanner.skipSpace()
+                    if key == "text", scanner.next == UInt8(ascii: "\"") {
+                        text = try scanner.string()
                     } else {
-                        try self.skipValue(depth: depth + 1)
+                        try scanner.skipValue(depth: depth + 1, maxDepth: SparkJSON.maxDepth)
                     }
-                    self.skipSpace()
-                    if self.next == UInt8(ascii: ",") {
-                        self.index += 1
-                        continue
-                    }
-                    try self.expect(UInt8(ascii: "}"))
-                    break
                 }
             }
             if text.isEmpty {
                 self.out.append(contentsOf: "null".utf8)
                 return
             }
-            guard SparkJSON.isValue(text) else { throw self.failure("the JSON text is not one JSON value") }
-            self.out.append(contentsOf: text)
+            guard SparkJSON.isValue(Array(text.utf8)) else { throw self.failure("the JSON text is not one JSON value") }
+            self.out.append(contentsOf: text.utf8)
         }
 
         static func quote(_ bytes: ArraySlice<UInt8>, into out: inout [UInt8]) {
@@ -254,154 +222,6 @@ public enum SparkJSON {
                 }
             }
             out.append(UInt8(ascii: "\""))
-        }
-
-        // MARK: Reading
-
-        /// Steps over one value, checking its syntax.
-        mutating func skipValue(depth: Int) throws(Failure) {
-            guard depth < SparkJSON.maxDepth else { throw self.failure("nested deeper than \(SparkJSON.maxDepth) levels") }
-            self.skipSpace()
-            guard let byte = self.next else { throw self.failure("the text ends where a value should be") }
-            switch byte {
-            case UInt8(ascii: "{"):
-                self.index += 1
-                self.skipSpace()
-                if self.next == UInt8(ascii: "}") {
-                    self.index += 1
-                    return
-                }
-                while true {
-                    self.skipSpace()
-                    guard self.next == UInt8(ascii: "\"") else { throw self.failure("a key must be a string") }
-                    _ = try self.string()
-                    try self.expect(UInt8(ascii: ":"))
-                    try self.skipValue(depth: depth + 1)
-                    self.skipSpace()
-                    if self.next == UInt8(ascii: ",") {
-                        self.index += 1
-                        continue
-                    }
-                    try self.expect(UInt8(ascii: "}"))
-                    return
-                }
-            case UInt8(ascii: "["):
-                self.index += 1
-                self.skipSpace()
-                if self.next == UInt8(ascii: "]") {
-                    self.index += 1
-                    return
-                }
-                while true {
-                    try self.skipValue(depth: depth + 1)
-                    self.skipSpace()
-                    if self.next == UInt8(ascii: ",") {
-                        self.index += 1
-                        continue
-                    }
-                    try self.expect(UInt8(ascii: "]"))
-                    return
-                }
-            case UInt8(ascii: "\""):
-                _ = try self.string()
-            case UInt8(ascii: "t"): try self.literal("true")
-            case UInt8(ascii: "f"): try self.literal("false")
-            case UInt8(ascii: "n"): try self.literal("null")
-            default: try self.number()
-            }
-        }
-
-        mutating func literal(_ word: String) throws(Failure) {
-            let bytes = Array(word.utf8)
-            guard self.index + bytes.count <= self.input.count, self.input[self.index ..< self.index + bytes.count].elementsEqual(bytes) else {
-                throw self.failure("not a JSON value")
-            }
-            self.index += bytes.count
-        }
-
-        mutating func number() throws(Failure) {
-            func digits(_ splicer: inout Splicer) -> Int {
-                let from = splicer.index
-                while let byte = splicer.next, (UInt8(ascii: "0") ... UInt8(ascii: "9")).contains(byte) { splicer.index += 1 }
-                return splicer.index - from
-            }
-            if self.next == UInt8(ascii: "-") { self.index += 1 }
-            let leading = self.index
-            let whole = digits(&self)
-            guard whole > 0 else { throw self.failure("not a JSON value") }
-            guard whole == 1 || self.input[leading] != UInt8(ascii: "0") else { throw self.failure("a number does not start with 0") }
-            if self.next == UInt8(ascii: ".") {
-                self.index += 1
-                guard digits(&self) > 0 else { throw self.failure("digits must follow '.'") }
-            }
-            if self.next == UInt8(ascii: "e") || self.next == UInt8(ascii: "E") {
-                self.index += 1
-                if self.next == UInt8(ascii: "+") || self.next == UInt8(ascii: "-") { self.index += 1 }
-                guard digits(&self) > 0 else { throw self.failure("digits must follow the exponent") }
-            }
-        }
-
-        /// A string's decoded UTF-8 bytes; the index is left after its closing quote.
-        mutating func string() throws(Failure) -> [UInt8] {
-            self.index += 1
-            var out: [UInt8] = []
-            while true {
-                guard let byte = self.next else { throw self.failure("a string is not closed") }
-                self.index += 1
-                switch byte {
-                case UInt8(ascii: "\""):
-                    return out
-                case UInt8(ascii: "\\"):
-                    guard let escape = self.next else { throw self.failure("a string is not closed") }
-                    self.index += 1
-                    switch escape {
-                    case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): out.append(escape)
-                    case UInt8(ascii: "b"): out.append(0x08)
-                    case UInt8(ascii: "f"): out.append(0x0C)
-                    case UInt8(ascii: "n"): out.append(0x0A)
-                    case UInt8(ascii: "r"): out.append(0x0D)
-                    case UInt8(ascii: "t"): out.append(0x09)
-                    case UInt8(ascii: "u"):
-                        var scalar = try self.hex4()
-                        if (0xD800 ... 0xDBFF).contains(scalar) {
-                            guard self.next == UInt8(ascii: "\\"), self.index + 1 < self.input.count, self.input[self.index + 1] == UInt8(ascii: "u") else {
-                                throw self.failure("a lone surrogate")
-                            }
-                            self.index += 2
-                            let low = try self.hex4()
-                            guard (0xDC00 ... 0xDFFF).contains(low) else { throw self.failure("a lone surrogate") }
-                            scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
-                        } else if (0xDC00 ... 0xDFFF).contains(scalar) {
-                            throw self.failure("a lone surrogate")
-                        }
-                        out.append(contentsOf: String(Unicode.Scalar(scalar)!).utf8)
-                    default:
-                        throw self.failure("unknown escape")
-                    }
-                case 0 ..< 0x20:
-                    throw self.failure("a control character in a string")
-                default:
-                    out.append(byte)
-                }
-            }
-        }
-
-        mutating func hex4() throws(Failure) -> UInt32 {
-            guard self.index + 4 <= self.input.count else { throw self.failure("\\u needs four hex digits") }
-            var value: UInt32 = 0
-            for _ in 0 ..< 4 {
-                let byte = self.input[self.index]
-                let digit: UInt8
-                switch byte {
-                case UInt8(ascii: "0") ... UInt8(ascii: "9"): digit = byte - UInt8(ascii: "0")
-                case UInt8(ascii: "a") ... UInt8(ascii: "f"): digit = byte - UInt8(ascii: "a") + 10
-                case UInt8(ascii: "A") ... UInt8(ascii: "F"): digit = byte - UInt8(ascii: "A") + 10
-                default: throw self.failure("\\u needs four hex digits")
-                }
-                value = value << 4 | UInt32(digit)
-                self.index += 1
-            }
-            return value
         }
     }
 }
