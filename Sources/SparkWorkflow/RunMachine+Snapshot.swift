@@ -17,6 +17,8 @@ extension RunMachine {
             if let at = state.deadline { fields["deadline"] = .int(at) }
             if let at = state.approvalExpiresAt { fields["approvalExpiresAt"] = .int(at) }
             if state.timedOut { fields["timedOut"] = .bool(true) }
+            if !state.grants.isEmpty { fields["grants"] = .list(state.grants.map(ExprValue.string)) }
+            if let call = state.heldCall { fields["heldCall"] = call }
             steps.append(.map(fields))
         }
         var fields: [String: ExprValue] = [
@@ -54,6 +56,8 @@ extension RunMachine {
             if case .int(let at)? = step["approvalExpiresAt"] { state.approvalExpiresAt = at }
             if case .bool(let approved)? = step["approved"] { state.approved = approved }
             if case .bool(let timedOut)? = step["timedOut"] { state.timedOut = timedOut }
+            if case .list(let grants)? = step["grants"] { state.grants = grants.compactMap { if case .string(let digest) = $0 { digest } else { nil } } }
+            state.heldCall = step["heldCall"]
             steps.append(state)
         }
         guard steps.map(\.id) == definition.steps.map(\.id) else {

@@ -62,6 +62,11 @@ public struct StepState: Sendable, Hashable {
     public var approvalExpiresAt: Int64?
     /// A policy's hold on this attempt was approved: the attempt goes ahead with that grant.
     public var approved = false
+    /// The digests of the held calls humans approved for this attempt: each of those calls goes
+    /// ahead, and any other call a policy holds waits for its own decision.
+    public var grants: [String] = []
+    /// While awaiting approval of a held call: that call (kind, target, arguments, digest, rule).
+    public var heldCall: ExprValue?
     /// A tool step's attempt ran past its timeout and was told to stop: its worker's report
     /// (or the loss of its worker) says whether the call may have run, and so what comes next.
     public var timedOut = false
@@ -77,7 +82,7 @@ public enum RunEffect: Sendable, Hashable {
     /// Queue an attempt of a tool or agent step for a worker, with its arguments rendered.
     case dispatch(step: String, attempt: Int, arguments: ExprValue, idempotencyKey: String, approved: Bool)
     /// Ask a human: for the run itself (`step` nil) or for one step.
-    case requestApproval(step: String?, message: String, approvers: [String], expiresAt: Int64?)
+    case requestApproval(step: String?, message: String, approvers: [String], expiresAt: Int64?, call: ExprValue? = nil)
     /// Stop an attempt that is running (cancellation reaches it over SparkWire).
     case cancelAttempt(step: String, attempt: Int)
     /// Append this event to the run's history.
@@ -115,7 +120,7 @@ public enum RunInput: Sendable, Hashable {
     /// The attempt failed; `retryable` false (a bad request, a denial) fails it without retries.
     case stepFailed(step: String, attempt: Int, failure: RunFailure, retryable: Bool)
     /// A policy requires approval of something the attempt was about to do; nothing was done.
-    case stepHeld(step: String, attempt: Int, message: String, approvers: [String])
+    case stepHeld(step: String, attempt: Int, message: String, approvers: [String], call: ExprValue? = nil)
     case approveStep(step: String, by: String, comment: String)
     case rejectStep(step: String, by: String, reason: String)
     /// The attempt's worker vanished (its lease expired). `mayRepeat`: the step's effects are
@@ -252,11 +257,12 @@ public struct RunMachine: Sendable, Hashable {
             let index = try self.current(id, attempt, in: [.running, .ready])
             // A call stopped at its timeout fails as a timeout, whatever its stop looked like.
             self.fail(index, self.steps[index].timedOut ? self.timeoutFailure(index) : failure, retryable: retryable, now: now, &effects)
-        case .stepHeld(let id, let attempt, let message, let approvers):
+        case .stepHeld(let id, let attempt, let message, let approvers, let call):
             let index = try self.current(id, attempt, in: [.running])
             self.steps[index].deadline = nil
+            self.steps[index].heldCall = call
             self.setStep(index, .awaitingApproval, message: message, &effects)
-            effects.append(.requestApproval(step: id, message: message, approvers: approvers, expiresAt: nil))
+            effects.append(.requestApproval(step: id, message: message, approvers: approvers, expiresAt: nil, call: call))
         case .approveStep(let id, let by, let comment):
             let index = try self.index(id, in: [.awaitingApproval], for: "approve")
             self.steps[index].approvalExpiresAt = nil
@@ -265,14 +271,19 @@ public struct RunMachine: Sendable, Hashable {
                 self.setStep(index, .succeeded, message: "approved by \(by)", &effects)
                 self.advance(now: now, &effects)
             } else {
-                // A policy's hold: the same attempt goes ahead, with the grant.
+                // A policy's hold: the same attempt goes ahead, with the grant of the held call.
                 self.steps[index].approved = true
+                if case .map(let call)? = self.steps[index].heldCall, case .string(let digest)? = call["digest"], !self.steps[index].grants.contains(digest) {
+                    self.steps[index].grants.append(digest)
+                }
+                self.steps[index].heldCall = nil
                 self.setStep(index, .ready, message: "approved by \(by)", &effects)
                 self.dispatch(index, now: now, &effects)
             }
         case .rejectStep(let id, let by, let reason):
             let index = try self.index(id, in: [.awaitingApproval], for: "reject")
             self.steps[index].approvalExpiresAt = nil
+            self.steps[index].heldCall = nil
             let message = "rejected by \(by)\(reason.isEmpty ? "" : ": \(reason)")"
             self.fail(index, RunFailure(reason: "rejected", message: message), retryable: false, now: now, &effects)
         case .attemptLost(let id, let attempt, let mayRepeat):
@@ -296,6 +307,7 @@ public struct RunMachine: Sendable, Hashable {
             if retry {
                 self.steps[index].attempt += 1
                 self.steps[index].approved = false
+                self.steps[index].grants = []
                 self.setStep(index, .ready, message: "retried by \(by)", &effects)
                 self.dispatch(index, now: now, &effects)
             } else {
@@ -333,6 +345,7 @@ public struct RunMachine: Sendable, Hashable {
                 self.steps[index].retryAt = nil
                 self.steps[index].attempt += 1
                 self.steps[index].approved = false
+                self.steps[index].grants = []
                 self.setStep(index, .ready, &effects)
                 self.dispatch(index, now: now, &effects)
             } else if state.status == .running, let deadline = state.deadline, now >= deadline {

@@ -271,9 +271,21 @@ struct ApprovalCommand: AsyncParsableCommand {
             var path = "\(ApprovalCommand.base(self.project))?pageSize=500"
             if let status = self.status { path += "&status=\(ToolCommand.escape(status))" }
             if let run = self.run { path += "&runId=\(ToolCommand.escape(run))" }
-            let page = try await APIClient(options: self.client).call(.GET, path)
+            var page = try await APIClient(options: self.client).call(.GET, path)
+            if self.client.output == .table {
+                // The call a policy held, as the approver decides on it: the tool (or model) and
+                // the arguments it would be sent.
+                page["approvals"] = (page["approvals"] as? [[String: Any]] ?? []).map { approval in
+                    var row = approval
+                    if let call = approval["heldCall"] as? [String: Any] {
+                        let arguments = call["arguments"].map { CLIJSON.text($0) } ?? ""
+                        row["call"] = "\(Printer.text(call["kind"])) \(Printer.text(call["target"])) \(arguments.count > 200 ? String(arguments.prefix(200)) + "…" : arguments)"
+                    }
+                    return row
+                }
+            }
             Printer.print(page, format: self.client.output, rows: "approvals", columns: [
-                ("id", "id"), ("run", "runId"), ("step", "stepId"), ("status", "status"), ("message", "message"), ("decided by", "decidedBy"),
+                ("id", "id"), ("run", "runId"), ("step", "stepId"), ("status", "status"), ("message", "message"), ("call", "call"), ("decided by", "decidedBy"),
             ])
         }
     }

@@ -82,4 +82,102 @@ struct RunAgentTests {
             #expect(forged.errorField == "approved")
         }
     }
+
+    @Test("a hold is bound to the call it holds: the approver sees it, a grant lets that call run and no other, and the policy sees the step and workflow version", arguments: TestBackend.all)
+    func grantsCoverOneCall(backend: TestBackend) async throws {
+        let llm = try await FakeLLMServer.start()
+        defer { Task { try? await llm.stop() } }
+        try await TestCluster.run(backend: backend, overrides: AgentAPITests.overrides(llm)) { cluster in
+            let project = try await AgentAPITests.project(cluster, "holds")
+            let (token, base) = (project.token, project.base)
+            for source in ["tool: lookup\nkind: echo\ninput_schema: { type: object, properties: { q: { type: string } }, required: [q] }\n"] {
+                try #require(try await cluster.http.send(.POST, "\(base)/tools/apply", token: token, json: ["source": source]).status == 200)
+            }
+            try #require(try await AgentAPITests.apply(cluster, project, AgentAPITests.agent("looker").replacingOccurrences(of: "tools: [repeat]", with: "tools: [lookup]")).status == 200)
+            let policy = try await cluster.http.send(.POST, "\(base)/policies/apply", token: token, json: ["source": """
+                policy: lookups
+                points: [tool.invoke]
+                rules:
+                  - name: look-first
+                    effect: require_approval
+                    when: tool.name == "lookup"
+                    message: A person looks at each lookup.
+                """])
+            try #require(policy.status == 200, "\(policy.text)")
+            let workflow = """
+                name: looking
+                steps:
+                  - id: look
+                    agent: looker
+                    with: { prompt: "Look it up." }
+                  - id: direct
+                    tool: lookup
+                    needs: [look]
+                    with: { q: "direct-1" }
+                """
+            try #require(try await cluster.http.send(.POST, "\(base)/workflows/apply", token: token, json: ["source": workflow]).status == 200)
+            llm.enqueue(.toolCalls([.init(name: "lookup", arguments: #"{"q":"attempt-1"}"#)]))
+            let created = try await cluster.http.send(.POST, "\(base)/runs", token: token, json: ["workflow": "looking"])
+            let id = try #require((created.json["run"] as? [String: Any])?["id"] as? String, "\(created.text)")
+            let workflowID = try #require((created.json["run"] as? [String: Any])?["workflowId"] as? String)
+
+            func pending(_ step: String) async throws -> [String: Any] {
+                _ = try await RunAPITests.until(cluster, token, project: project.id, run: id) { RunAPITests.steps($0)[step]?["status"] as? String == "awaiting_approval" }
+                let approvals = try await cluster.http.send(.GET, "\(base)/approvals?runId=\(id)&status=pending", token: token).json["approvals"] as? [[String: Any]] ?? []
+                return try #require(approvals.first { $0["stepId"] as? String == step }, "\(approvals)")
+            }
+            func approve(_ approval: [String: Any]) async throws {
+                let decided = try await cluster.http.send(.POST, "\(base)/approvals/\(approval["id"] as? String ?? "")/decide", token: token, json: ["decision": "approve"])
+                #expect(decided.status == 200, "\(decided.text)")
+            }
+            /// The lookups the agent's calls ran (those with an output and no error).
+            func lookups() async throws -> [String] {
+                let page = try await cluster.http.send(.GET, "\(base)/agent-executions?pageSize=100", token: token)
+                var calls: [[String: Any]] = []
+                for execution in page.json["executions"] as? [[String: Any]] ?? [] {
+                    let full = try await cluster.http.send(.GET, "\(base)/agent-executions/\(execution["id"] as? String ?? "")", token: token)
+                    calls += full.json["toolCalls"] as? [[String: Any]] ?? []
+                }
+                return calls.filter { $0["error"] == nil }.compactMap { ($0["output"] as? [String: Any])?["q"] as? String }
+            }
+
+            // The approver sees the exact call: the tool, its arguments and their digest, the rule.
+            let first = try await pending("look")
+            let held = try #require(first["heldCall"] as? [String: Any], "\(first)")
+            #expect(held["kind"] as? String == "tool")
+            #expect(held["target"] as? String == "lookup")
+            #expect((held["arguments"] as? [String: Any])?["q"] as? String == "attempt-1", "\(held)")
+            #expect((held["digest"] as? String)?.hasPrefix("sha256:") == true)
+            #expect(held["rule"] as? String == "lookups/look-first")
+            // The policy was told which step, attempt and workflow version the call belongs to.
+            let violation = try await cluster.http.send(.GET, "\(base)/violations/\(held["violationId"] as? String ?? "")", token: token)
+            let context = violation.json["context"] as? [String: Any] ?? [:]
+            #expect((context["step"] as? [String: Any])?["kind"] as? String == "agent", "\(violation.text)")
+            #expect((context["step"] as? [String: Any])?["attempt"] as? Int == 1, "\(violation.text)")
+            #expect((context["workflow"] as? [String: Any])?["id"] as? String == workflowID, "\(violation.text)")
+            #expect((context["workflow"] as? [String: Any])?["version"] as? Int == 1, "\(violation.text)")
+
+            // Approved, the model asks for another call: that one is held in turn, and does not run.
+            llm.enqueue(.toolCalls([.init(name: "lookup", arguments: #"{"q":"attempt-2"}"#)]))
+            try await approve(first)
+            let second = try await pending("look")
+            #expect(second["id"] as? String != first["id"] as? String)
+            #expect(((second["heldCall"] as? [String: Any])?["arguments"] as? [String: Any])?["q"] as? String == "attempt-2", "\(second)")
+            #expect(try await lookups().isEmpty, "a call ran on a grant for another")
+
+            // Approved in turn, that call runs; the step ends.
+            llm.enqueue(.toolCalls([.init(name: "lookup", arguments: #"{"q":"attempt-2"}"#)]), .text("Found it."))
+            try await approve(second)
+            // The tool step's own call is held, shown and approved the same way.
+            let direct = try await pending("direct")
+            #expect(((direct["heldCall"] as? [String: Any])?["arguments"] as? [String: Any])?["q"] as? String == "direct-1", "\(direct)")
+            try await approve(direct)
+            let done = try await RunAPITests.finished(cluster, token, project: project.id, run: id)
+            #expect(done["status"] as? String == "succeeded", "\(done)")
+            let ran = try await lookups()
+            let executions = try await cluster.http.send(.GET, "\(base)/agent-executions?pageSize=100", token: token).text
+            #expect(ran == ["attempt-2"], "\(executions)")
+            #expect((RunAPITests.steps(done)["direct"]?["output"] as? [String: Any])?["q"] as? String == "direct-1", "\(done)")
+        }
+    }
 }

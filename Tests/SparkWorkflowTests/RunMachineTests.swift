@@ -68,7 +68,7 @@ extension [RunEffect] {
     }
 
     var approvals: [(step: String?, message: String, approvers: [String], expiresAt: Int64?)] {
-        self.compactMap { if case .requestApproval(let step, let message, let approvers, let expiresAt) = $0 { (step, message, approvers, expiresAt) } else { nil } }
+        self.compactMap { if case .requestApproval(let step, let message, let approvers, let expiresAt, _) = $0 { (step, message, approvers, expiresAt) } else { nil } }
     }
 }
 
@@ -340,6 +340,23 @@ struct RunMachineTests {
         #expect(dispatch.attempt == 1 && dispatch.key == "run_1/pay/1" && dispatch.approved)
         try run.succeed("pay")
         #expect(run.machine.status == .succeeded)
+
+        // A held call: the approval carries it, and each grant names one call; grants add up and
+        // outlive a restore, and a retry by a human starts without them.
+        var calls = try RunDriver(yaml)
+        try calls.start()
+        try calls.apply(.stepStarted(step: "pay", attempt: 1))
+        let call: ExprValue = .map(["kind": "tool", "target": "payments", "arguments": .map(["amount": .int(120)]), "digest": "sha256:aa"])
+        let asked = try calls.apply(.stepHeld(step: "pay", attempt: 1, message: "m", approvers: [], call: call))
+        #expect(asked.contains { if case .requestApproval(_, _, _, _, let shown) = $0 { shown == call } else { false } })
+        try calls.apply(.approveStep(step: "pay", by: "usr_boss", comment: ""))
+        #expect(calls.machine.step("pay")?.grants == ["sha256:aa"] && calls.machine.step("pay")?.heldCall == nil)
+        try calls.apply(.stepStarted(step: "pay", attempt: 1))
+        try calls.apply(.stepHeld(step: "pay", attempt: 1, message: "m", approvers: [], call: .map(["digest": "sha256:bb"])))
+        #expect(calls.machine.step("pay")?.heldCall != nil)
+        try calls.apply(.approveStep(step: "pay", by: "usr_boss", comment: ""))
+        let restored = try RunMachine(runID: "run_1", definition: calls.machine.definition, inputs: calls.machine.inputs, deadline: nil, snapshot: calls.machine.snapshot)
+        #expect(restored.step("pay")?.grants == ["sha256:aa", "sha256:bb"])
 
         var refused = try RunDriver(yaml)
         try refused.start()

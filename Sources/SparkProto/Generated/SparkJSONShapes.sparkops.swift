@@ -24,7 +24,7 @@ extension Sparkops_Agent_V1_ToolCall: SparkJSONShaped {
 }
 
 extension Sparkops_Agent_V1_AgentExecution: SparkJSONShaped {
-    public static let sparkJSONShape = SparkJSONShape(fields: ["output": .json, "toolCalls": .list(.message(Sparkops_Agent_V1_ToolCall.sparkJSONShape)), "tool_calls": .list(.message(Sparkops_Agent_V1_ToolCall.sparkJSONShape))])
+    public static let sparkJSONShape = SparkJSONShape(fields: ["output": .json, "toolCalls": .list(.message(Sparkops_Agent_V1_ToolCall.sparkJSONShape)), "tool_calls": .list(.message(Sparkops_Agent_V1_ToolCall.sparkJSONShape)), "heldCall": .message(Sparkops_Common_V1_HeldCall.sparkJSONShape), "held_call": .message(Sparkops_Common_V1_HeldCall.sparkJSONShape)])
 }
 
 extension Sparkops_Agent_V1_ListAgentExecutionsResponse: SparkJSONShaped {
@@ -41,6 +41,10 @@ extension Sparkops_Agent_V1_ListAgentMemoryResponse: SparkJSONShaped {
 
 extension Sparkops_Agent_V1_PutAgentMemoryRequest: SparkJSONShaped {
     public static let sparkJSONShape = SparkJSONShape(fields: ["value": .json])
+}
+
+extension Sparkops_Common_V1_HeldCall: SparkJSONShaped {
+    public static let sparkJSONShape = SparkJSONShape(fields: ["arguments": .json])
 }
 
 extension Sparkops_Policy_V1_PolicyVersion: SparkJSONShaped {
@@ -91,6 +95,10 @@ extension Sparkops_Run_V1_Run: SparkJSONShaped {
     public static let sparkJSONShape = SparkJSONShape(fields: ["inputs": .json, "outputs": .json, "steps": .list(.message(Sparkops_Run_V1_Step.sparkJSONShape))])
 }
 
+extension Sparkops_Run_V1_Approval: SparkJSONShaped {
+    public static let sparkJSONShape = SparkJSONShape(fields: ["heldCall": .message(Sparkops_Common_V1_HeldCall.sparkJSONShape), "held_call": .message(Sparkops_Common_V1_HeldCall.sparkJSONShape)])
+}
+
 extension Sparkops_Run_V1_CreateRunRequest: SparkJSONShaped {
     public static let sparkJSONShape = SparkJSONShape(fields: ["inputs": .json])
 }
@@ -101,6 +109,10 @@ extension Sparkops_Run_V1_CreateRunResponse: SparkJSONShaped {
 
 extension Sparkops_Run_V1_ListRunsResponse: SparkJSONShaped {
     public static let sparkJSONShape = SparkJSONShape(fields: ["runs": .list(.message(Sparkops_Run_V1_Run.sparkJSONShape))])
+}
+
+extension Sparkops_Run_V1_ListApprovalsResponse: SparkJSONShaped {
+    public static let sparkJSONShape = SparkJSONShape(fields: ["approvals": .list(.message(Sparkops_Run_V1_Approval.sparkJSONShape))])
 }
 
 extension Sparkops_Tool_V1_Tool: SparkJSONShaped {
@@ -127,8 +139,12 @@ extension Sparkops_Tool_V1_InvokeToolRequest: SparkJSONShaped {
     public static let sparkJSONShape = SparkJSONShape(fields: ["input": .json])
 }
 
+extension Sparkops_Tool_V1_ToolApproval: SparkJSONShaped {
+    public static let sparkJSONShape = SparkJSONShape(fields: ["call": .message(Sparkops_Common_V1_HeldCall.sparkJSONShape)])
+}
+
 extension Sparkops_Tool_V1_InvokeToolResponse: SparkJSONShaped {
-    public static let sparkJSONShape = SparkJSONShape(fields: ["output": .json])
+    public static let sparkJSONShape = SparkJSONShape(fields: ["output": .json, "approval": .message(Sparkops_Tool_V1_ToolApproval.sparkJSONShape)])
 }
 
 extension Sparkops_Tool_V1_ToolFunction: SparkJSONShaped {

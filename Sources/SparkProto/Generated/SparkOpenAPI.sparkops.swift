@@ -116,6 +116,9 @@ public enum SparkOpenAPI {
           "error" : {
             "$ref" : "#/components/schemas/sparkops.agent.v1.AgentFailure"
           },
+          "heldCall" : {
+            "$ref" : "#/components/schemas/sparkops.common.v1.HeldCall"
+          },
           "id" : {
             "type" : "string"
           },
@@ -286,6 +289,16 @@ public enum SparkOpenAPI {
           "approved" : {
             "type" : "boolean"
           },
+          "approvedDigests" : {
+            "items" : {
+              "type" : "string"
+            },
+            "type" : "array"
+          },
+          "attempt" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
           "idempotencyKey" : {
             "type" : "string"
           },
@@ -311,6 +324,13 @@ public enum SparkOpenAPI {
           },
           "workflow" : {
             "type" : "string"
+          },
+          "workflowId" : {
+            "type" : "string"
+          },
+          "workflowVersion" : {
+            "format" : "int32",
+            "type" : "integer"
           }
         },
         "type" : "object"
@@ -1063,6 +1083,33 @@ public enum SparkOpenAPI {
           "spentMicros" : {
             "format" : "int64",
             "pattern" : "^-?[0-9]+$",
+            "type" : "string"
+          }
+        },
+        "type" : "object"
+      },
+      "sparkops.common.v1.HeldCall" : {
+        "additionalProperties" : false,
+        "properties" : {
+          "arguments" : {
+            "description" : "Any JSON value, kept exactly as sent: integers of any size, decimals as written."
+          },
+          "digest" : {
+            "type" : "string"
+          },
+          "kind" : {
+            "type" : "string"
+          },
+          "message" : {
+            "type" : "string"
+          },
+          "rule" : {
+            "type" : "string"
+          },
+          "target" : {
+            "type" : "string"
+          },
+          "violationId" : {
             "type" : "string"
           }
         },
@@ -2289,6 +2336,9 @@ public enum SparkOpenAPI {
             "format" : "date-time",
             "type" : "string"
           },
+          "heldCall" : {
+            "$ref" : "#/components/schemas/sparkops.common.v1.HeldCall"
+          },
           "id" : {
             "type" : "string"
           },
@@ -2771,6 +2821,16 @@ public enum SparkOpenAPI {
           "approved" : {
             "type" : "boolean"
           },
+          "approvedDigests" : {
+            "items" : {
+              "type" : "string"
+            },
+            "type" : "array"
+          },
+          "attempt" : {
+            "format" : "int32",
+            "type" : "integer"
+          },
           "idempotencyKey" : {
             "type" : "string"
           },
@@ -2791,6 +2851,9 @@ public enum SparkOpenAPI {
           "stepId" : {
             "type" : "string"
           },
+          "stepKind" : {
+            "type" : "string"
+          },
           "timeoutMs" : {
             "format" : "int64",
             "pattern" : "^-?[0-9]+$",
@@ -2801,6 +2864,13 @@ public enum SparkOpenAPI {
           },
           "workflow" : {
             "type" : "string"
+          },
+          "workflowId" : {
+            "type" : "string"
+          },
+          "workflowVersion" : {
+            "format" : "int32",
+            "type" : "integer"
           }
         },
         "type" : "object"
@@ -3090,6 +3160,9 @@ public enum SparkOpenAPI {
         "properties" : {
           "argumentsDigest" : {
             "type" : "string"
+          },
+          "call" : {
+            "$ref" : "#/components/schemas/sparkops.common.v1.HeldCall"
           },
           "message" : {
             "type" : "string"

@@ -43,8 +43,16 @@ struct AgentLoop {
     var runID = ""
     var stepID = ""
     var workflow = ""
-    /// A human approved this step after a hold: calls a policy holds go ahead.
+    /// A human approved this step after a hold: the held call goes ahead (its digest is
+    /// `approvedDigests`); any other call a policy holds is held again.
     var approved = false
+    var approvedDigests: [String] = []
+    /// The step's attempt and the workflow version, for policies (`step.attempt`, `workflow.id`, `workflow.version`).
+    var attempt: Int32 = 0
+    var workflowID = ""
+    var workflowVersion: Int32 = 0
+    /// The call a policy held, for the approver: set when the step ends held.
+    var heldCall: Sparkops_Common_V1_HeldCall?
     /// The caller can pause the step for a human (the run service): a tool call a policy holds
     /// ends the step with `approval_required` rather than go back to the model.
     var pausesOnHold = false
@@ -135,7 +143,7 @@ struct AgentLoop {
             record.error = "the task alone does not fit the model's window of \(window.contextWindow) tokens"
             return .failure(Failure(reason: "context_length", message: "the task and the system prompt do not fit \(self.definition.model)'s context window of \(window.contextWindow) tokens with max_tokens \(self.definition.maxTokens)"))
         }
-        if let refusal = await self.askPolicy(estimatedTokens: fitted.estimatedTokens) {
+        if let refusal = await self.askPolicy(estimatedTokens: fitted.estimatedTokens, messages: fitted.messages, system: system) {
             record.error = refusal.message
             return .failure(refusal)
         }
@@ -232,10 +240,42 @@ struct AgentLoop {
         }
     }
 
+    /// A model call as a hold records it: the model, and what it would be sent (the system
+    /// prompt's size and the messages, each cut at 2,000 characters for the approver), with a
+    /// digest over all of it as sent, which a grant names.
+    func modelCall(messages: [ChatMessage], system: String, estimatedTokens: Int, decision: Sparkops_Policy_V1_Decision) -> Sparkops_Common_V1_HeldCall {
+        let shown: [ExprValue] = messages.map { message in
+            var fields: [String: ExprValue] = ["role": .string(message.role.rawValue), "text": .string(String(message.text.prefix(2000)))]
+            if !message.toolCalls.isEmpty {
+                fields["tool_calls"] = .list(message.toolCalls.map { .map(["name": .string($0.name), "arguments": .string(String($0.arguments.prefix(2000)))]) })
+            }
+            if !message.toolCallID.isEmpty { fields["tool_call_id"] = .string(message.toolCallID) }
+            return .map(fields)
+        }
+        var sent = "model\u{0}\(self.provider.name)/\(self.definition.model)\u{0}\(system)"
+        for message in messages {
+            sent += "\u{0}\(message.role.rawValue)\u{0}\(message.text)\u{0}\(message.toolCallID)"
+            for call in message.toolCalls { sent += "\u{0}\(call.id)\u{0}\(call.name)\u{0}\(call.arguments)" }
+        }
+        let first = decision.decidedBy.first
+        return .with {
+            $0.kind = "model"
+            $0.target = "\(self.provider.name)/\(self.definition.model)"
+            $0.arguments = Sparkops_Common_V1_Json(.map([
+                "estimated_input_tokens": .int(Int64(estimatedTokens)), "max_tokens": .int(Int64(self.definition.maxTokens)),
+                "system_prompt_characters": .int(Int64(system.count)), "messages": .list(shown),
+            ]))
+            $0.digest = "sha256:" + AgentService.hash(sent)
+            $0.rule = first.map { $0.rule.isEmpty ? $0.policyName : "\($0.policyName)/\($0.rule)" } ?? ""
+            $0.message = first?.message ?? decision.message
+            $0.violationID = decision.violationID
+        }
+    }
+
     /// Asks the policy service before a model call, with the call's worst case (the prompt as
     /// estimated plus max_tokens, at the model's price); the failure that ends the step when a
     /// policy denies or holds the call, or cannot be asked.
-    func askPolicy(estimatedTokens: Int) async -> Failure? {
+    mutating func askPolicy(estimatedTokens: Int, messages: [ChatMessage], system: String) async -> Failure? {
         let inputTokens = Int64(estimatedTokens)
         let maxTokens = Int64(self.definition.maxTokens)
         do {
@@ -249,14 +289,22 @@ struct AgentLoop {
                 $0.estimatedCostMicros = self.worstCase(estimatedTokens: estimatedTokens)
                 $0.agent = self.definition.name
                 $0.workflow.name = self.workflow
+                $0.workflow.id = self.workflowID
+                $0.workflow.version = self.workflowVersion
                 $0.runID = self.runID
                 $0.step.id = self.stepID
+                if !self.stepID.isEmpty {
+                    $0.step.kind = "agent"
+                    $0.step.attempt = self.attempt
+                }
             }, metadata: self.principal.metadata)
             guard decision.effect == "require_approval" else { return nil }
-            guard !self.approved else {
-                self.logger.info("a held model call goes ahead: a human approved the step", metadata: ["run": "\(self.runID)", "step": "\(self.stepID)", "violation": "\(decision.violationID)"])
+            let call = self.modelCall(messages: messages, system: system, estimatedTokens: estimatedTokens, decision: decision)
+            guard !(self.approved && self.approvedDigests.contains(call.digest)) else {
+                self.logger.info("a held model call goes ahead: a human approved it", metadata: ["run": "\(self.runID)", "step": "\(self.stepID)", "violation": "\(decision.violationID)"])
                 return nil
             }
+            self.heldCall = call
             return Failure(reason: "approval_required", message: "held by policy \(decision.message): a human must approve this model call (violation \(decision.violationID))")
         } catch let error as SparkError where error.code == .permissionDenied {
             return Failure(reason: "policy_denied", message: error.message)
@@ -323,6 +371,11 @@ struct AgentLoop {
                     $0.runID = self.runID
                     $0.stepID = self.stepID
                     $0.approved = self.approved
+                    $0.approvedDigests = self.approvedDigests
+                    if !self.stepID.isEmpty { $0.stepKind = "agent" }
+                    $0.attempt = self.attempt
+                    $0.workflowID = self.workflowID
+                    $0.workflowVersion = self.workflowVersion
                 }, principal: self.principal, timeout: remaining)
                 record.costMicros = response.costMicros
                 record.replayed = response.replayed
@@ -331,6 +384,7 @@ struct AgentLoop {
                     // A policy holds the call: the step waits for a human rather than the model
                     // working around it.
                     self.held = Failure(reason: "approval_required", message: "\(response.error.message) (tool \(call.name))")
+                    self.heldCall = response.approval.call
                 }
                 if response.hasError {
                     if response.hasOutput { record.output = response.output }

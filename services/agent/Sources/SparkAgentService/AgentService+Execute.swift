@@ -84,10 +84,12 @@ extension AgentService {
             let fromRun = context.sparkWirePeer?.identity == ServiceName.run.rawValue
             let outcome = try await self.run(
                 definition, provider: provider, pricing: pricing, prompt: message.prompt, input: input, execution: execution, workflow: message.workflow,
-                principal: principal, approved: message.approved, pausesOnHold: fromRun, deadline: started.advanced(by: timeout)
+                principal: principal, approved: message.approved, approvedDigests: message.approvedDigests,
+                step: StepLabels(attempt: message.attempt, workflowID: message.workflowID, workflowVersion: message.workflowVersion), pausesOnHold: fromRun, deadline: started.advanced(by: timeout)
             )
             result.llmCalls = outcome.llmCalls
             result.toolCalls = outcome.toolCalls
+            if case .failure(let failure) = outcome.result, failure.reason == "approval_required", let held = outcome.heldCall { result.heldCall = held }
             switch outcome.result {
             case .success(let answer):
                 result.status = "succeeded"
@@ -127,15 +129,23 @@ extension AgentService {
         return ServerResponse(message: result)
     }
 
+    /// The step a run's agent step is, for policies.
+    struct StepLabels {
+        var attempt: Int32 = 0
+        var workflowID = ""
+        var workflowVersion: Int32 = 0
+    }
+
     struct LoopOutcome {
         var result: Result<(text: String, output: ExprValue), AgentLoop.Failure>
         var llmCalls: [Sparkops_Agent_V1_LLMCall]
         var toolCalls: [Sparkops_Agent_V1_ToolCall]
+        var heldCall: Sparkops_Common_V1_HeldCall?
     }
 
     func run(
         _ definition: AgentDefinition, provider: ModelCatalog.Provider, pricing: ModelCatalog.Model, prompt: String, input: ExprValue?,
-        execution: ExecutionRow, workflow: String, principal: Sparkops_Common_V1_Principal, approved: Bool = false, pausesOnHold: Bool = false,
+        execution: ExecutionRow, workflow: String, principal: Sparkops_Common_V1_Principal, approved: Bool = false, approvedDigests: [String] = [], step: StepLabels = StepLabels(), pausesOnHold: Bool = false,
         deadline: ContinuousClock.Instant
     ) async throws -> LoopOutcome {
         let secretName = definition.apiKeySecret.isEmpty ? provider.apiKeySecret : definition.apiKeySecret
@@ -180,8 +190,12 @@ extension AgentService {
             idempotencyKey: execution.key == execution.id ? "" : execution.key, deadline: deadline, logger: self.logger,
             runID: execution.runID, stepID: execution.stepID, workflow: workflow, approved: approved, pausesOnHold: pausesOnHold
         )
+        loop.approvedDigests = approvedDigests
+        loop.attempt = step.attempt
+        loop.workflowID = step.workflowID
+        loop.workflowVersion = step.workflowVersion
         let result = await loop.run(prompt: prompt, input: input)
-        return LoopOutcome(result: result, llmCalls: loop.llmCalls, toolCalls: loop.toolCalls)
+        return LoopOutcome(result: result, llmCalls: loop.llmCalls, toolCalls: loop.toolCalls, heldCall: loop.heldCall)
     }
 
     /// Takes the key for this step, or answers what an earlier call under it did.

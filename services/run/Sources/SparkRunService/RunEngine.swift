@@ -84,7 +84,7 @@ final class RunEngine: Sendable {
                 self.attempts.append(attemptRow)
                 let taken = Taken(
                     taskID: SparkID.make("tsk"), owner: owner, leaseUntil: self.now + leaseMicros, task: task,
-                    step: self.machine.definition.steps[index], attemptRow: attemptRow
+                    step: self.machine.definition.steps[index], attemptRow: attemptRow, grants: self.machine.steps[index].grants
                 )
                 self.taken = taken
                 return taken
@@ -101,6 +101,8 @@ final class RunEngine: Sendable {
         var task: StepTask
         var step: WorkflowStep
         var attemptRow: AttemptRow
+        /// The held calls humans approved for the step (their digests).
+        var grants: [String] = []
         /// Set once the transition committed: the task's claim, with its fencing token.
         var claim: TaskQueue.Claim?
     }
@@ -228,11 +230,11 @@ final class RunEngine: Sendable {
                 }
                 let payload = StepTask(run: run.id, step: step, attempt: attempt, key: key, arguments: arguments.jsonText, approved: approved)
                 tasks.append(.init(id: SparkID.make("tsk"), kind: "step", payload: String(decoding: try JSONEncoder().encode(payload), as: UTF8.self), runAt: now))
-            case .requestApproval(let step, let message, let approvers, let expiresAt):
+            case .requestApproval(let step, let message, let approvers, let expiresAt, let call):
                 try await self.store.insert(ApprovalRow(
                     id: SparkID.make("apr"), projectID: run.projectID, runID: run.id, stepID: step ?? "", status: "pending", message: message,
                     approvers: approvers, workflowName: run.workflowName, requestedBy: run.createdBy, createdAt: now,
-                    expiresAt: expiresAt.map { $0 * 1000 }, decidedBy: "", decidedAt: 0, comment: ""
+                    expiresAt: expiresAt.map { $0 * 1000 }, decidedBy: "", decidedAt: 0, comment: "", heldCall: call?.jsonText ?? ""
                 ), on: db)
             case .cancelAttempt(let step, let attempt):
                 cancelled.append("\(run.id)/\(step)/\(attempt)")

@@ -105,6 +105,22 @@ extension RunService {
             $0.comment = approval.comment
             $0.workflowName = approval.workflowName
             $0.requestedBy = approval.requestedBy
+            if let call = Self.heldCall(approval.heldCall) { $0.heldCall = call }
+        }
+    }
+
+    /// A held call as an approval row keeps it (RunWorkers.value), back as its message.
+    static func heldCall(_ text: String) -> Sparkops_Common_V1_HeldCall? {
+        guard !text.isEmpty, case .map(let fields)? = try? ExprValue(jsonText: text) else { return nil }
+        func string(_ key: String) -> String { if case .string(let value)? = fields[key] { value } else { "" } }
+        return .with {
+            $0.kind = string("kind")
+            $0.target = string("target")
+            if let arguments = fields["arguments"] { $0.arguments = Sparkops_Common_V1_Json(arguments) }
+            $0.digest = string("digest")
+            $0.rule = string("rule")
+            $0.message = string("message")
+            $0.violationID = string("violation_id")
         }
     }
 }

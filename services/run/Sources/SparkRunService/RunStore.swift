@@ -80,6 +80,9 @@ struct ApprovalRow: Sendable {
     var decidedBy: String
     var decidedAt: Int64
     var comment: String
+    /// The call a policy held, as JSON (kind, target, arguments, digest, rule, message,
+    /// violation_id); empty for an approval step or a run's hold.
+    var heldCall: String = ""
 }
 
 /// The run service's tables: runs, the definitions they pin, step attempts, events with their
@@ -198,6 +201,9 @@ struct RunStore: Sendable {
                 "ALTER TABLE runs ADD COLUMN envelope_id TEXT NOT NULL DEFAULT ''",
                 "ALTER TABLE runs ADD COLUMN estimated_cost_micros BIGINT NOT NULL DEFAULT 0",
             ]
+        },
+        SparkMigration("run_0003_held_calls") { _ in
+            ["ALTER TABLE run_approvals ADD COLUMN held_call TEXT NOT NULL DEFAULT ''"]
         },
     ]
 
@@ -503,10 +509,10 @@ struct RunStore: Sendable {
     func insert(_ approval: ApprovalRow, on db: any SQLDatabase) async throws {
         let approvers = String(decoding: try JSONSerialization.data(withJSONObject: approval.approvers), as: UTF8.self)
         try await db.raw("""
-            INSERT INTO run_approvals (id, project_id, run_id, step_id, status, message, approvers, workflow_name, requested_by, created_at, expires_at)
+            INSERT INTO run_approvals (id, project_id, run_id, step_id, status, message, approvers, workflow_name, requested_by, created_at, expires_at, held_call)
             VALUES (\(bind: approval.id), \(bind: approval.projectID), \(bind: approval.runID), \(bind: approval.stepID), \(bind: approval.status),
                 \(bind: approval.message), \(bind: approvers), \(bind: approval.workflowName), \(bind: approval.requestedBy),
-                \(bind: approval.createdAt), \(bind: approval.expiresAt))
+                \(bind: approval.createdAt), \(bind: approval.expiresAt), \(bind: approval.heldCall))
             """).run()
     }
 
@@ -549,7 +555,8 @@ struct RunStore: Sendable {
             expiresAt: try row.decode(column: "expires_at", as: Int64?.self),
             decidedBy: try row.decode(column: "decided_by", as: String.self),
             decidedAt: try row.decode(column: "decided_at", as: Int64.self),
-            comment: try row.decode(column: "comment", as: String.self)
+            comment: try row.decode(column: "comment", as: String.self),
+            heldCall: try row.decode(column: "held_call", as: String.self)
         )
     }
 

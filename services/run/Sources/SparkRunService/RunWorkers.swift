@@ -182,7 +182,7 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
     /// What a step task finds when its worker begins it.
     enum Beginning: Sendable {
         /// The attempt is now running, here.
-        case started(RunRow, WorkflowStep)
+        case started(RunRow, WorkflowStep, grants: [String])
         /// It was running under an earlier claim whose worker stopped.
         case wasRunning(RunRow, WorkflowStep)
         /// The run or the step moved on (cancelled, timed out, retried): the task is done.
@@ -212,7 +212,7 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
                 if machine.steps[index].status == .running { return .wasRunning(transition.run, step) }
                 try transition.apply(.stepStarted(step: task.step, attempt: task.attempt))
                 transition.attempts.append(attemptRow)
-                return .started(transition.run, step)
+                return .started(transition.run, step, grants: transition.machine.steps[index].grants)
             }
         } catch let error as RunMachineError {
             self.logger.info("a step task is out of date", metadata: ["task": "\(claim.id)", "reason": "\(error)"])
@@ -239,9 +239,9 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
                 }
             }
             return
-        case .started(let found, let startedStep):
+        case .started(let found, let startedStep, let grants):
             Self.claimedSteps.increment()
-            try await self.attempts(from: Started(claim: claim, task: task, run: found, step: startedStep, attemptRow: attemptRow))
+            try await self.attempts(from: Started(claim: claim, task: task, run: found, step: startedStep, attemptRow: attemptRow, grants: grants))
         }
     }
 
@@ -252,19 +252,22 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
         var run: RunRow
         var step: WorkflowStep
         var attemptRow: AttemptRow
+        /// The held calls humans approved for the step: each goes ahead, and no other.
+        var grants: [String]
 
-        init(claim: TaskQueue.Claim, task: StepTask, run: RunRow, step: WorkflowStep, attemptRow: AttemptRow) {
+        init(claim: TaskQueue.Claim, task: StepTask, run: RunRow, step: WorkflowStep, attemptRow: AttemptRow, grants: [String]) {
             self.claim = claim
             self.task = task
             self.run = run
             self.step = step
             self.attemptRow = attemptRow
+            self.grants = grants
         }
 
         init?(_ taken: RunEngine.Taken?, run: RunRow) {
             guard let taken, let claim = taken.claim else { return nil }
             RunWorkers.takenSteps.increment()
-            self.init(claim: claim, task: taken.task, run: run, step: taken.step, attemptRow: taken.attemptRow)
+            self.init(claim: claim, task: taken.task, run: run, step: taken.step, attemptRow: taken.attemptRow, grants: taken.grants)
         }
     }
 
@@ -295,7 +298,7 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
         let principal = try Sparkops_Common_V1_Principal(jsonString: row.principal)
         let key = "\(row.id)/\(task.step)/\(task.attempt)"
         let answered = await self.withLease(claim, attempt: key) {
-            await self.calls.call(step, task: task, run: row, principal: principal)
+            await self.calls.call(step, task: task, run: row, grants: started.grants, principal: principal)
         }
         guard var checked = answered else { throw RunEngine.StaleLease() }
         if Task.isCancelled {
@@ -333,11 +336,11 @@ final class RunWorkers: ServiceLifecycle.Service, Sendable {
                     attempt.errorReason = "lost"
                     attempt.errorMessage = message
                     try transition.apply(.attemptLost(step: task.step, attempt: task.attempt, mayRepeat: false))
-                case .held(let message):
+                case .held(let message, let call):
                     attempt.status = "held"
                     attempt.errorReason = "approval_required"
                     attempt.errorMessage = message
-                    try transition.apply(.stepHeld(step: task.step, attempt: task.attempt, message: message, approvers: []))
+                    try transition.apply(.stepHeld(step: task.step, attempt: task.attempt, message: message, approvers: [], call: call.map(Self.value)))
                 }
             } catch {
                 // Cancelled or timed out meanwhile: the attempt's record stays as the machine left it.
@@ -404,5 +407,15 @@ final class FirstAnswer<T: Sendable>: Sendable {
             }
             if let ready { continuation.resume(with: ready) }
         }
+    }
+}
+
+extension RunWorkers {
+    /// A held call as the run's state and its approval keep it.
+    static func value(_ call: Sparkops_Common_V1_HeldCall) -> ExprValue {
+        .map([
+            "kind": .string(call.kind), "target": .string(call.target), "arguments": (try? call.arguments.value(field: "arguments")) ?? .null,
+            "digest": .string(call.digest), "rule": .string(call.rule), "message": .string(call.message), "violation_id": .string(call.violationID),
+        ])
     }
 }

@@ -22,8 +22,9 @@ struct StepCalls: Sendable {
     enum Result: Sendable {
         case succeeded(ExprValue)
         case failed(RunFailure, retryable: Bool)
-        /// A policy requires a human's approval first; nothing was done.
-        case held(String)
+        /// A policy requires a human's approval first; nothing was done. The call it held, when
+        /// a call was held (not the step's start).
+        case held(String, call: Sparkops_Common_V1_HeldCall? = nil)
         /// A send may have had its effect and must not be repeated: the step waits for a human.
         case lost(String)
     }
@@ -57,7 +58,7 @@ struct StepCalls: Sendable {
         }
     }
 
-    func call(_ step: WorkflowStep, task: StepTask, run: RunRow, principal: Sparkops_Common_V1_Principal) async -> Outcome {
+    func call(_ step: WorkflowStep, task: StepTask, run: RunRow, grants: [String], principal: Sparkops_Common_V1_Principal) async -> Outcome {
         let timeout = step.timeout.map { Duration.milliseconds($0.milliseconds) } ?? self.defaultTimeout
         var options = CallOptions.defaults
         options.timeout = timeout + .seconds(5)
@@ -95,6 +96,11 @@ struct StepCalls: Sendable {
                     $0.stepID = step.id
                     $0.workflow = run.workflowName
                     $0.approved = task.approved
+                    $0.approvedDigests = grants
+                    $0.stepKind = "tool"
+                    $0.attempt = Int32(clamping: task.attempt)
+                    $0.workflowID = run.workflowID
+                    $0.workflowVersion = Int32(clamping: run.workflowVersion)
                 }
                 return try await Self.resending(until: ContinuousClock.now + timeout) {
                     Self.outcome(try await self.tools.invokeTool(request, metadata: principal.metadata, options: options))
@@ -114,16 +120,16 @@ struct StepCalls: Sendable {
                     $0.stepID = step.id
                     $0.workflow = run.workflowName
                     $0.approved = task.approved
+                    $0.approvedDigests = grants
+                    $0.attempt = Int32(clamping: task.attempt)
+                    $0.workflowID = run.workflowID
+                    $0.workflowVersion = Int32(clamping: run.workflowVersion)
                 }
-                var outcome = try await Self.resending(until: ContinuousClock.now + timeout) {
+                // A call held again after a grant is another call (a grant covers one call): it
+                // waits for its own decision.
+                return try await Self.resending(until: ContinuousClock.now + timeout) {
                     Self.outcome(try await self.agents.executeAgentStep(request, metadata: principal.metadata, options: options))
                 }
-                if task.approved, case .held(let message) = outcome.result {
-                    // The grant lets held calls go ahead; held again all the same, the step fails
-                    // rather than ask the same question forever.
-                    outcome.result = .failed(RunFailure(reason: "approval_required", message: "\(message) (again, after a human approved the step)"), retryable: false)
-                }
-                return outcome
             case .approval:
                 return Outcome(result: .failed(RunFailure(reason: "internal", message: "an approval step is not run by a worker"), retryable: false))
             }
@@ -154,7 +160,7 @@ struct StepCalls: Sendable {
     static func outcome(_ response: Sparkops_Tool_V1_InvokeToolResponse) -> Outcome {
         var outcome = Outcome(result: .succeeded(.null), costMicros: response.replayed ? 0 : response.costMicros, callID: response.invocationID)
         if response.hasApproval {
-            outcome.result = .held("held by policy \(response.approval.rule): \(response.approval.message)")
+            outcome.result = .held("held by policy \(response.approval.rule): \(response.approval.message)", call: response.approval.hasCall ? response.approval.call : nil)
         } else if response.hasError {
             outcome.result = .failed(
                 RunFailure(reason: response.error.reason, message: response.error.message),
@@ -171,7 +177,7 @@ struct StepCalls: Sendable {
         if execution.status == "succeeded" {
             outcome.result = .succeeded((try? execution.output.value(field: "output")) ?? .null)
         } else if execution.error.reason == "approval_required" {
-            outcome.result = .held(execution.error.message)
+            outcome.result = .held(execution.error.message, call: execution.hasHeldCall ? execution.heldCall : nil)
         } else {
             outcome.result = .failed(
                 RunFailure(reason: execution.error.reason, message: execution.error.message),

@@ -55,8 +55,9 @@ extension ToolService {
             throw SparkError(.invalidArgument, "the input does not fit the tool's input_schema: \(listed)", field: first.path)
         }
         if let held = try await self.askPolicy(message, definition: definition, input: input, metadata: request.metadata) {
-            // A hold a human approved, as the run service says: the call goes ahead.
-            if !message.approved { return ServerResponse(message: held) }
+            // A hold a human approved, as the run service says, lets this very call go ahead;
+            // any other call it holds waits for its own decision.
+            if !(message.approved && message.approvedDigests.contains(held.approval.call.digest)) { return ServerResponse(message: held) }
         }
         var timeout = Duration.milliseconds(definition.timeout.milliseconds)
         if message.timeoutMs > 0 { timeout = min(timeout, .milliseconds(message.timeoutMs)) }
@@ -151,6 +152,11 @@ extension ToolService {
         return ServerResponse(message: response)
     }
 
+    /// What a grant of a held call names: the tool and its input.
+    static func callDigest(tool: String, input: ExprValue) -> String {
+        "sha256:" + Self.hash("tool\u{0}\(tool)\u{0}\(input.stableJSONText)")
+    }
+
     /// The largest input, as JSON text: what the policy service takes as a call's arguments.
     static let maxInputBytes = 64 * 1024
 
@@ -173,11 +179,16 @@ extension ToolService {
             $0.estimatedCostMicros = definition.costMicros
             $0.runID = message.runID
             $0.step.id = message.stepID
+            $0.step.kind = message.stepKind
+            $0.step.attempt = message.attempt
             $0.agent = message.agent
             $0.workflow.name = message.workflow
+            $0.workflow.id = message.workflowID
+            $0.workflow.version = message.workflowVersion
         }, metadata: metadata)
         guard decision.effect == "require_approval" else { return nil }
         let first = decision.decidedBy.first
+        let rule = first.map { $0.rule.isEmpty ? $0.policyName : "\($0.policyName)/\($0.rule)" } ?? ""
         return .with {
             $0.error = .with {
                 $0.reason = "approval_required"
@@ -186,9 +197,18 @@ extension ToolService {
             $0.approval = .with {
                 $0.tool = definition.name
                 $0.argumentsDigest = "sha256:" + Self.hash(input.stableJSONText)
-                $0.rule = first.map { $0.rule.isEmpty ? $0.policyName : "\($0.policyName)/\($0.rule)" } ?? ""
+                $0.rule = rule
                 $0.message = first?.message ?? decision.message
                 $0.violationID = decision.violationID
+                $0.call = .with {
+                    $0.kind = "tool"
+                    $0.target = definition.name
+                    $0.arguments = arguments
+                    $0.digest = Self.callDigest(tool: definition.name, input: input)
+                    $0.rule = rule
+                    $0.message = first?.message ?? decision.message
+                    $0.violationID = decision.violationID
+                }
             }
         }
     }

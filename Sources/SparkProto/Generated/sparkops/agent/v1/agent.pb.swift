@@ -410,10 +410,22 @@ public nonisolated struct Sparkops_Agent_V1_ExecuteAgentStepRequest: Sendable {
   /// budgets that count its spend (a budget scoped to this workflow).
   public var workflow: String = String()
 
-  /// A human approved the step after a policy held one of its calls: model and tool calls that a
-  /// policy holds (require_approval) go ahead, and a denial still stops them. A step that ended
-  /// held is run again under its key. Only the run service may set it (403 naming `approved`).
+  /// A human approved the step after a policy held one of its calls: the held calls approved go
+  /// ahead (their digests are `approved_digests`), any other call that a policy holds is held again, and a
+  /// denial still stops them. A step that ended held is run again under its key. Only the run
+  /// service may set it (403 naming `approved`).
   public var approved: Bool = false
+
+  /// The digests of the held calls humans approved for the step (HeldCall.digest).
+  public var approvedDigests: [String] = []
+
+  /// More of what the step belongs to, for the policies of its model and tool calls (`step.attempt`,
+  /// `workflow.id`, `workflow.version`; `step.kind` is agent).
+  public var attempt: Int32 = 0
+
+  public var workflowID: String = String()
+
+  public var workflowVersion: Int32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -657,6 +669,16 @@ public nonisolated struct Sparkops_Agent_V1_AgentExecution: @unchecked Sendable 
     get {_storage._replayed}
     set {_uniqueStorage()._replayed = newValue}
   }
+
+  /// Ended held (error reason approval_required): the call a policy held, for the approver.
+  public var heldCall: Sparkops_Common_V1_HeldCall {
+    get {_storage._heldCall ?? Sparkops_Common_V1_HeldCall()}
+    set {_uniqueStorage()._heldCall = newValue}
+  }
+  /// Returns true if `heldCall` has been explicitly set.
+  public var hasHeldCall: Bool {_storage._heldCall != nil}
+  /// Clears the value of `heldCall`. Subsequent reads from it will return its default value.
+  public mutating func clearHeldCall() {_uniqueStorage()._heldCall = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1599,7 +1621,7 @@ nonisolated extension Sparkops_Agent_V1_ListAgentVersionsResponse: SwiftProtobuf
 
 nonisolated extension Sparkops_Agent_V1_ExecuteAgentStepRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ExecuteAgentStepRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}agent\0\u{1}prompt\0\u{1}input\0\u{3}idempotency_key\0\u{3}timeout_ms\0\u{3}run_id\0\u{3}step_id\0\u{1}workflow\0\u{1}approved\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}agent\0\u{1}prompt\0\u{1}input\0\u{3}idempotency_key\0\u{3}timeout_ms\0\u{3}run_id\0\u{3}step_id\0\u{1}workflow\0\u{1}approved\0\u{3}approved_digests\0\u{1}attempt\0\u{3}workflow_id\0\u{3}workflow_version\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1617,6 +1639,10 @@ nonisolated extension Sparkops_Agent_V1_ExecuteAgentStepRequest: SwiftProtobuf.M
       case 8: try { try decoder.decodeSingularStringField(value: &self.stepID) }()
       case 9: try { try decoder.decodeSingularStringField(value: &self.workflow) }()
       case 10: try { try decoder.decodeSingularBoolField(value: &self.approved) }()
+      case 11: try { try decoder.decodeRepeatedStringField(value: &self.approvedDigests) }()
+      case 12: try { try decoder.decodeSingularInt32Field(value: &self.attempt) }()
+      case 13: try { try decoder.decodeSingularStringField(value: &self.workflowID) }()
+      case 14: try { try decoder.decodeSingularInt32Field(value: &self.workflowVersion) }()
       default: break
       }
     }
@@ -1657,6 +1683,18 @@ nonisolated extension Sparkops_Agent_V1_ExecuteAgentStepRequest: SwiftProtobuf.M
     if self.approved != false {
       try visitor.visitSingularBoolField(value: self.approved, fieldNumber: 10)
     }
+    if !self.approvedDigests.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.approvedDigests, fieldNumber: 11)
+    }
+    if self.attempt != 0 {
+      try visitor.visitSingularInt32Field(value: self.attempt, fieldNumber: 12)
+    }
+    if !self.workflowID.isEmpty {
+      try visitor.visitSingularStringField(value: self.workflowID, fieldNumber: 13)
+    }
+    if self.workflowVersion != 0 {
+      try visitor.visitSingularInt32Field(value: self.workflowVersion, fieldNumber: 14)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1671,6 +1709,10 @@ nonisolated extension Sparkops_Agent_V1_ExecuteAgentStepRequest: SwiftProtobuf.M
     if lhs.stepID != rhs.stepID {return false}
     if lhs.workflow != rhs.workflow {return false}
     if lhs.approved != rhs.approved {return false}
+    if lhs.approvedDigests != rhs.approvedDigests {return false}
+    if lhs.attempt != rhs.attempt {return false}
+    if lhs.workflowID != rhs.workflowID {return false}
+    if lhs.workflowVersion != rhs.workflowVersion {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1872,7 +1914,7 @@ nonisolated extension Sparkops_Agent_V1_ToolCall: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Sparkops_Agent_V1_AgentExecution: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AgentExecution"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}project_id\0\u{3}agent_id\0\u{3}agent_version\0\u{3}run_id\0\u{3}step_id\0\u{1}status\0\u{1}output\0\u{1}text\0\u{1}error\0\u{3}llm_calls\0\u{3}tool_calls\0\u{3}input_tokens\0\u{3}output_tokens\0\u{3}cost_micros\0\u{3}duration_ms\0\u{3}start_time\0\u{3}started_by\0\u{1}replayed\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}project_id\0\u{3}agent_id\0\u{3}agent_version\0\u{3}run_id\0\u{3}step_id\0\u{1}status\0\u{1}output\0\u{1}text\0\u{1}error\0\u{3}llm_calls\0\u{3}tool_calls\0\u{3}input_tokens\0\u{3}output_tokens\0\u{3}cost_micros\0\u{3}duration_ms\0\u{3}start_time\0\u{3}started_by\0\u{1}replayed\0\u{3}held_call\0")
 
   fileprivate class _StorageClass {
     var _id: String = String()
@@ -1894,6 +1936,7 @@ nonisolated extension Sparkops_Agent_V1_AgentExecution: SwiftProtobuf.Message, S
     var _startTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
     var _startedBy: String = String()
     var _replayed: Bool = false
+    var _heldCall: Sparkops_Common_V1_HeldCall? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1923,6 +1966,7 @@ nonisolated extension Sparkops_Agent_V1_AgentExecution: SwiftProtobuf.Message, S
       _startTime = source._startTime
       _startedBy = source._startedBy
       _replayed = source._replayed
+      _heldCall = source._heldCall
     }
   }
 
@@ -1960,6 +2004,7 @@ nonisolated extension Sparkops_Agent_V1_AgentExecution: SwiftProtobuf.Message, S
         case 17: try { try decoder.decodeSingularMessageField(value: &_storage._startTime) }()
         case 18: try { try decoder.decodeSingularStringField(value: &_storage._startedBy) }()
         case 19: try { try decoder.decodeSingularBoolField(value: &_storage._replayed) }()
+        case 20: try { try decoder.decodeSingularMessageField(value: &_storage._heldCall) }()
         default: break
         }
       }
@@ -2029,6 +2074,9 @@ nonisolated extension Sparkops_Agent_V1_AgentExecution: SwiftProtobuf.Message, S
       if _storage._replayed != false {
         try visitor.visitSingularBoolField(value: _storage._replayed, fieldNumber: 19)
       }
+      try { if let v = _storage._heldCall {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -2057,6 +2105,7 @@ nonisolated extension Sparkops_Agent_V1_AgentExecution: SwiftProtobuf.Message, S
         if _storage._startTime != rhs_storage._startTime {return false}
         if _storage._startedBy != rhs_storage._startedBy {return false}
         if _storage._replayed != rhs_storage._replayed {return false}
+        if _storage._heldCall != rhs_storage._heldCall {return false}
         return true
       }
       if !storagesAreEqual {return false}

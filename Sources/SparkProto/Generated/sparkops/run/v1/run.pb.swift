@@ -458,6 +458,17 @@ public nonisolated struct Sparkops_Run_V1_Approval: @unchecked Sendable {
     set {_uniqueStorage()._requestedBy = newValue}
   }
 
+  /// For a step whose call a policy held: that exact call (tool or model, its arguments and their
+  /// digest, the rule). Approving it lets this call go ahead, and no other.
+  public var heldCall: Sparkops_Common_V1_HeldCall {
+    get {_storage._heldCall ?? Sparkops_Common_V1_HeldCall()}
+    set {_uniqueStorage()._heldCall = newValue}
+  }
+  /// Returns true if `heldCall` has been explicitly set.
+  public var hasHeldCall: Bool {_storage._heldCall != nil}
+  /// Clears the value of `heldCall`. Subsequent reads from it will return its default value.
+  public mutating func clearHeldCall() {_uniqueStorage()._heldCall = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1225,7 +1236,7 @@ nonisolated extension Sparkops_Run_V1_RunEvent: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Sparkops_Run_V1_Approval: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Approval"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}project_id\0\u{3}run_id\0\u{3}step_id\0\u{1}status\0\u{1}message\0\u{1}approvers\0\u{3}create_time\0\u{3}expire_time\0\u{3}decided_by\0\u{3}decide_time\0\u{1}comment\0\u{3}workflow_name\0\u{3}requested_by\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}project_id\0\u{3}run_id\0\u{3}step_id\0\u{1}status\0\u{1}message\0\u{1}approvers\0\u{3}create_time\0\u{3}expire_time\0\u{3}decided_by\0\u{3}decide_time\0\u{1}comment\0\u{3}workflow_name\0\u{3}requested_by\0\u{3}held_call\0")
 
   fileprivate class _StorageClass {
     var _id: String = String()
@@ -1242,6 +1253,7 @@ nonisolated extension Sparkops_Run_V1_Approval: SwiftProtobuf.Message, SwiftProt
     var _comment: String = String()
     var _workflowName: String = String()
     var _requestedBy: String = String()
+    var _heldCall: Sparkops_Common_V1_HeldCall? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1266,6 +1278,7 @@ nonisolated extension Sparkops_Run_V1_Approval: SwiftProtobuf.Message, SwiftProt
       _comment = source._comment
       _workflowName = source._workflowName
       _requestedBy = source._requestedBy
+      _heldCall = source._heldCall
     }
   }
 
@@ -1298,6 +1311,7 @@ nonisolated extension Sparkops_Run_V1_Approval: SwiftProtobuf.Message, SwiftProt
         case 12: try { try decoder.decodeSingularStringField(value: &_storage._comment) }()
         case 13: try { try decoder.decodeSingularStringField(value: &_storage._workflowName) }()
         case 14: try { try decoder.decodeSingularStringField(value: &_storage._requestedBy) }()
+        case 15: try { try decoder.decodeSingularMessageField(value: &_storage._heldCall) }()
         default: break
         }
       }
@@ -1352,6 +1366,9 @@ nonisolated extension Sparkops_Run_V1_Approval: SwiftProtobuf.Message, SwiftProt
       if !_storage._requestedBy.isEmpty {
         try visitor.visitSingularStringField(value: _storage._requestedBy, fieldNumber: 14)
       }
+      try { if let v = _storage._heldCall {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1375,6 +1392,7 @@ nonisolated extension Sparkops_Run_V1_Approval: SwiftProtobuf.Message, SwiftProt
         if _storage._comment != rhs_storage._comment {return false}
         if _storage._workflowName != rhs_storage._workflowName {return false}
         if _storage._requestedBy != rhs_storage._requestedBy {return false}
+        if _storage._heldCall != rhs_storage._heldCall {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -459,11 +459,25 @@ public nonisolated struct Sparkops_Tool_V1_InvokeToolRequest: Sendable {
 
   public var workflow: String = String()
 
-  /// A human approved this call after a policy held it: a require_approval then lets it run (a
-  /// deny still refuses it). Only the run service may set it, for an attempt it held and a person
-  /// with approval.decide approved, and the agent service, for the tool calls of such an agent
-  /// step; from any other caller it is refused.
+  /// A human approved calls after a policy held them: a require_approval then lets this call run
+  /// if it is one of them (its digest is in `approved_digests`; a deny still refuses it), and any
+  /// other call is decided afresh. Only the run service may set it, for an attempt it held and a
+  /// person with approval.decide approved, and the agent service, for the tool calls of such an
+  /// agent step; from any other caller it is refused.
   public var approved: Bool = false
+
+  /// The digests of the held calls humans approved for the step (HeldCall.digest).
+  public var approvedDigests: [String] = []
+
+  /// More of what the call belongs to, for policies (`step.kind`, `step.attempt`, `workflow.id`,
+  /// `workflow.version`): the step's kind (tool or agent), its attempt, and the workflow version.
+  public var stepKind: String = String()
+
+  public var attempt: Int32 = 0
+
+  public var workflowID: String = String()
+
+  public var workflowVersion: Int32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -490,9 +504,21 @@ public nonisolated struct Sparkops_Tool_V1_ToolApproval: Sendable {
 
   public var violationID: String = String()
 
+  /// The call held, as the approver is shown it.
+  public var call: Sparkops_Common_V1_HeldCall {
+    get {_call ?? Sparkops_Common_V1_HeldCall()}
+    set {_call = newValue}
+  }
+  /// Returns true if `call` has been explicitly set.
+  public var hasCall: Bool {self._call != nil}
+  /// Clears the value of `call`. Subsequent reads from it will return its default value.
+  public mutating func clearCall() {self._call = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _call: Sparkops_Common_V1_HeldCall? = nil
 }
 
 /// How a tool run failed: the call was valid and the tool ran (or was refused before it could
@@ -513,7 +539,7 @@ public nonisolated struct Sparkops_Tool_V1_ToolFailure: Sendable {
   public init() {}
 }
 
-public nonisolated struct Sparkops_Tool_V1_InvokeToolResponse: Sendable {
+public nonisolated struct Sparkops_Tool_V1_InvokeToolResponse: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
@@ -521,57 +547,73 @@ public nonisolated struct Sparkops_Tool_V1_InvokeToolResponse: Sendable {
   /// The tool's output; for an http tool `{status, headers, body}`, also when it failed with
   /// reason http_status.
   public var output: Sparkops_Common_V1_Json {
-    get {_output ?? Sparkops_Common_V1_Json()}
-    set {_output = newValue}
+    get {_storage._output ?? Sparkops_Common_V1_Json()}
+    set {_uniqueStorage()._output = newValue}
   }
   /// Returns true if `output` has been explicitly set.
-  public var hasOutput: Bool {self._output != nil}
+  public var hasOutput: Bool {_storage._output != nil}
   /// Clears the value of `output`. Subsequent reads from it will return its default value.
-  public mutating func clearOutput() {self._output = nil}
+  public mutating func clearOutput() {_uniqueStorage()._output = nil}
 
   /// The version that ran.
-  public var toolVersion: Int32 = 0
+  public var toolVersion: Int32 {
+    get {_storage._toolVersion}
+    set {_uniqueStorage()._toolVersion = newValue}
+  }
 
-  public var durationMs: Int64 = 0
+  public var durationMs: Int64 {
+    get {_storage._durationMs}
+    set {_uniqueStorage()._durationMs = newValue}
+  }
 
-  public var costMicros: Int64 = 0
+  public var costMicros: Int64 {
+    get {_storage._costMicros}
+    set {_uniqueStorage()._costMicros = newValue}
+  }
 
   /// The result was stored under this idempotency key by an earlier call; nothing ran now.
-  public var replayed: Bool = false
+  public var replayed: Bool {
+    get {_storage._replayed}
+    set {_uniqueStorage()._replayed = newValue}
+  }
 
-  public var invocationID: String = String()
+  public var invocationID: String {
+    get {_storage._invocationID}
+    set {_uniqueStorage()._invocationID = newValue}
+  }
 
   /// What the tool wrote to stderr (python, node), cut at 64 KiB.
-  public var logs: String = String()
+  public var logs: String {
+    get {_storage._logs}
+    set {_uniqueStorage()._logs = newValue}
+  }
 
   /// Set when the tool failed; `output` is then empty unless the reason says otherwise.
   public var error: Sparkops_Tool_V1_ToolFailure {
-    get {_error ?? Sparkops_Tool_V1_ToolFailure()}
-    set {_error = newValue}
+    get {_storage._error ?? Sparkops_Tool_V1_ToolFailure()}
+    set {_uniqueStorage()._error = newValue}
   }
   /// Returns true if `error` has been explicitly set.
-  public var hasError: Bool {self._error != nil}
+  public var hasError: Bool {_storage._error != nil}
   /// Clears the value of `error`. Subsequent reads from it will return its default value.
-  public mutating func clearError() {self._error = nil}
+  public mutating func clearError() {_uniqueStorage()._error = nil}
 
   /// Set when a policy requires approval for the call (error reason approval_required): the
   /// tool did not run.
   public var approval: Sparkops_Tool_V1_ToolApproval {
-    get {_approval ?? Sparkops_Tool_V1_ToolApproval()}
-    set {_approval = newValue}
+    get {_storage._approval ?? Sparkops_Tool_V1_ToolApproval()}
+    set {_uniqueStorage()._approval = newValue}
   }
   /// Returns true if `approval` has been explicitly set.
-  public var hasApproval: Bool {self._approval != nil}
+  public var hasApproval: Bool {_storage._approval != nil}
   /// Clears the value of `approval`. Subsequent reads from it will return its default value.
-  public mutating func clearApproval() {self._approval = nil}
+  public mutating func clearApproval() {_uniqueStorage()._approval = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _output: Sparkops_Common_V1_Json? = nil
-  fileprivate var _error: Sparkops_Tool_V1_ToolFailure? = nil
-  fileprivate var _approval: Sparkops_Tool_V1_ToolApproval? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 /// What a model can call of a tool: the tool itself, or for an mcp tool each of its server's tools.
@@ -1744,7 +1786,7 @@ nonisolated extension Sparkops_Tool_V1_ListToolVersionsResponse: SwiftProtobuf.M
 
 nonisolated extension Sparkops_Tool_V1_InvokeToolRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".InvokeToolRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}tool\0\u{1}input\0\u{3}idempotency_key\0\u{3}timeout_ms\0\u{3}max_output_bytes\0\u{3}run_id\0\u{3}step_id\0\u{1}agent\0\u{1}workflow\0\u{1}approved\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}tool\0\u{1}input\0\u{3}idempotency_key\0\u{3}timeout_ms\0\u{3}max_output_bytes\0\u{3}run_id\0\u{3}step_id\0\u{1}agent\0\u{1}workflow\0\u{1}approved\0\u{3}approved_digests\0\u{3}step_kind\0\u{1}attempt\0\u{3}workflow_id\0\u{3}workflow_version\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1763,6 +1805,11 @@ nonisolated extension Sparkops_Tool_V1_InvokeToolRequest: SwiftProtobuf.Message,
       case 9: try { try decoder.decodeSingularStringField(value: &self.agent) }()
       case 10: try { try decoder.decodeSingularStringField(value: &self.workflow) }()
       case 11: try { try decoder.decodeSingularBoolField(value: &self.approved) }()
+      case 12: try { try decoder.decodeRepeatedStringField(value: &self.approvedDigests) }()
+      case 13: try { try decoder.decodeSingularStringField(value: &self.stepKind) }()
+      case 14: try { try decoder.decodeSingularInt32Field(value: &self.attempt) }()
+      case 15: try { try decoder.decodeSingularStringField(value: &self.workflowID) }()
+      case 16: try { try decoder.decodeSingularInt32Field(value: &self.workflowVersion) }()
       default: break
       }
     }
@@ -1806,6 +1853,21 @@ nonisolated extension Sparkops_Tool_V1_InvokeToolRequest: SwiftProtobuf.Message,
     if self.approved != false {
       try visitor.visitSingularBoolField(value: self.approved, fieldNumber: 11)
     }
+    if !self.approvedDigests.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.approvedDigests, fieldNumber: 12)
+    }
+    if !self.stepKind.isEmpty {
+      try visitor.visitSingularStringField(value: self.stepKind, fieldNumber: 13)
+    }
+    if self.attempt != 0 {
+      try visitor.visitSingularInt32Field(value: self.attempt, fieldNumber: 14)
+    }
+    if !self.workflowID.isEmpty {
+      try visitor.visitSingularStringField(value: self.workflowID, fieldNumber: 15)
+    }
+    if self.workflowVersion != 0 {
+      try visitor.visitSingularInt32Field(value: self.workflowVersion, fieldNumber: 16)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1821,6 +1883,11 @@ nonisolated extension Sparkops_Tool_V1_InvokeToolRequest: SwiftProtobuf.Message,
     if lhs.agent != rhs.agent {return false}
     if lhs.workflow != rhs.workflow {return false}
     if lhs.approved != rhs.approved {return false}
+    if lhs.approvedDigests != rhs.approvedDigests {return false}
+    if lhs.stepKind != rhs.stepKind {return false}
+    if lhs.attempt != rhs.attempt {return false}
+    if lhs.workflowID != rhs.workflowID {return false}
+    if lhs.workflowVersion != rhs.workflowVersion {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1828,7 +1895,7 @@ nonisolated extension Sparkops_Tool_V1_InvokeToolRequest: SwiftProtobuf.Message,
 
 nonisolated extension Sparkops_Tool_V1_ToolApproval: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ToolApproval"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tool\0\u{3}arguments_digest\0\u{1}rule\0\u{1}message\0\u{3}violation_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tool\0\u{3}arguments_digest\0\u{1}rule\0\u{1}message\0\u{3}violation_id\0\u{1}call\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1841,12 +1908,17 @@ nonisolated extension Sparkops_Tool_V1_ToolApproval: SwiftProtobuf.Message, Swif
       case 3: try { try decoder.decodeSingularStringField(value: &self.rule) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.message) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.violationID) }()
+      case 6: try { try decoder.decodeSingularMessageField(value: &self._call) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.tool.isEmpty {
       try visitor.visitSingularStringField(value: self.tool, fieldNumber: 1)
     }
@@ -1862,6 +1934,9 @@ nonisolated extension Sparkops_Tool_V1_ToolApproval: SwiftProtobuf.Message, Swif
     if !self.violationID.isEmpty {
       try visitor.visitSingularStringField(value: self.violationID, fieldNumber: 5)
     }
+    try { if let v = self._call {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1871,6 +1946,7 @@ nonisolated extension Sparkops_Tool_V1_ToolApproval: SwiftProtobuf.Message, Swif
     if lhs.rule != rhs.rule {return false}
     if lhs.message != rhs.message {return false}
     if lhs.violationID != rhs.violationID {return false}
+    if lhs._call != rhs._call {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1915,71 +1991,123 @@ nonisolated extension Sparkops_Tool_V1_InvokeToolResponse: SwiftProtobuf.Message
   public static let protoMessageName: String = _protobuf_package + ".InvokeToolResponse"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}output\0\u{3}tool_version\0\u{3}duration_ms\0\u{3}cost_micros\0\u{1}replayed\0\u{3}invocation_id\0\u{1}logs\0\u{1}error\0\u{1}approval\0")
 
+  fileprivate class _StorageClass {
+    var _output: Sparkops_Common_V1_Json? = nil
+    var _toolVersion: Int32 = 0
+    var _durationMs: Int64 = 0
+    var _costMicros: Int64 = 0
+    var _replayed: Bool = false
+    var _invocationID: String = String()
+    var _logs: String = String()
+    var _error: Sparkops_Tool_V1_ToolFailure? = nil
+    var _approval: Sparkops_Tool_V1_ToolApproval? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _output = source._output
+      _toolVersion = source._toolVersion
+      _durationMs = source._durationMs
+      _costMicros = source._costMicros
+      _replayed = source._replayed
+      _invocationID = source._invocationID
+      _logs = source._logs
+      _error = source._error
+      _approval = source._approval
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularMessageField(value: &self._output) }()
-      case 2: try { try decoder.decodeSingularInt32Field(value: &self.toolVersion) }()
-      case 3: try { try decoder.decodeSingularInt64Field(value: &self.durationMs) }()
-      case 4: try { try decoder.decodeSingularInt64Field(value: &self.costMicros) }()
-      case 5: try { try decoder.decodeSingularBoolField(value: &self.replayed) }()
-      case 6: try { try decoder.decodeSingularStringField(value: &self.invocationID) }()
-      case 7: try { try decoder.decodeSingularStringField(value: &self.logs) }()
-      case 8: try { try decoder.decodeSingularMessageField(value: &self._error) }()
-      case 9: try { try decoder.decodeSingularMessageField(value: &self._approval) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._output) }()
+        case 2: try { try decoder.decodeSingularInt32Field(value: &_storage._toolVersion) }()
+        case 3: try { try decoder.decodeSingularInt64Field(value: &_storage._durationMs) }()
+        case 4: try { try decoder.decodeSingularInt64Field(value: &_storage._costMicros) }()
+        case 5: try { try decoder.decodeSingularBoolField(value: &_storage._replayed) }()
+        case 6: try { try decoder.decodeSingularStringField(value: &_storage._invocationID) }()
+        case 7: try { try decoder.decodeSingularStringField(value: &_storage._logs) }()
+        case 8: try { try decoder.decodeSingularMessageField(value: &_storage._error) }()
+        case 9: try { try decoder.decodeSingularMessageField(value: &_storage._approval) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    try { if let v = self._output {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
-    } }()
-    if self.toolVersion != 0 {
-      try visitor.visitSingularInt32Field(value: self.toolVersion, fieldNumber: 2)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      try { if let v = _storage._output {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+      } }()
+      if _storage._toolVersion != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._toolVersion, fieldNumber: 2)
+      }
+      if _storage._durationMs != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._durationMs, fieldNumber: 3)
+      }
+      if _storage._costMicros != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._costMicros, fieldNumber: 4)
+      }
+      if _storage._replayed != false {
+        try visitor.visitSingularBoolField(value: _storage._replayed, fieldNumber: 5)
+      }
+      if !_storage._invocationID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._invocationID, fieldNumber: 6)
+      }
+      if !_storage._logs.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._logs, fieldNumber: 7)
+      }
+      try { if let v = _storage._error {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+      } }()
+      try { if let v = _storage._approval {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+      } }()
     }
-    if self.durationMs != 0 {
-      try visitor.visitSingularInt64Field(value: self.durationMs, fieldNumber: 3)
-    }
-    if self.costMicros != 0 {
-      try visitor.visitSingularInt64Field(value: self.costMicros, fieldNumber: 4)
-    }
-    if self.replayed != false {
-      try visitor.visitSingularBoolField(value: self.replayed, fieldNumber: 5)
-    }
-    if !self.invocationID.isEmpty {
-      try visitor.visitSingularStringField(value: self.invocationID, fieldNumber: 6)
-    }
-    if !self.logs.isEmpty {
-      try visitor.visitSingularStringField(value: self.logs, fieldNumber: 7)
-    }
-    try { if let v = self._error {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
-    } }()
-    try { if let v = self._approval {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
-    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Sparkops_Tool_V1_InvokeToolResponse, rhs: Sparkops_Tool_V1_InvokeToolResponse) -> Bool {
-    if lhs._output != rhs._output {return false}
-    if lhs.toolVersion != rhs.toolVersion {return false}
-    if lhs.durationMs != rhs.durationMs {return false}
-    if lhs.costMicros != rhs.costMicros {return false}
-    if lhs.replayed != rhs.replayed {return false}
-    if lhs.invocationID != rhs.invocationID {return false}
-    if lhs.logs != rhs.logs {return false}
-    if lhs._error != rhs._error {return false}
-    if lhs._approval != rhs._approval {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._output != rhs_storage._output {return false}
+        if _storage._toolVersion != rhs_storage._toolVersion {return false}
+        if _storage._durationMs != rhs_storage._durationMs {return false}
+        if _storage._costMicros != rhs_storage._costMicros {return false}
+        if _storage._replayed != rhs_storage._replayed {return false}
+        if _storage._invocationID != rhs_storage._invocationID {return false}
+        if _storage._logs != rhs_storage._logs {return false}
+        if _storage._error != rhs_storage._error {return false}
+        if _storage._approval != rhs_storage._approval {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
