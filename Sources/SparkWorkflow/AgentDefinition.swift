@@ -68,6 +68,20 @@ public struct AgentDefinition: Sendable, Hashable {
         return definition
     }
 
+    /// The `provider` and `model` a source names at its top, with where: read even when the rest
+    /// of the definition is not valid, so that a check of the catalog reports beside the other
+    /// problems. Nil when the source is not a mapping or names neither.
+    public static func declaredModel(in source: String) -> (provider: String, model: String, line: Int, column: Int)? {
+        var tree = SourceTreeReader(limits: .default)
+        guard let root = tree.read(source), case .mapping(let pairs, _) = root else { return nil }
+        func scalar(_ key: String) -> (String, SourceLocation)? {
+            guard let pair = pairs.first(where: { $0.key == key }), case .scalar(let text, _, let at) = pair.value else { return nil }
+            return (text, at)
+        }
+        guard let provider = scalar("provider"), let model = scalar("model") else { return nil }
+        return (provider.0, model.0, model.1.line, model.1.column)
+    }
+
     // MARK: Canonical form
 
     public var canonicalValue: ExprValue {

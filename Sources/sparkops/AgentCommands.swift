@@ -82,7 +82,10 @@ struct AgentCommand: AsyncParsableCommand {
                 let toolCalls = result["toolCalls"] as? [[String: Any]] ?? []
                 if self.verbose {
                     for call in llmCalls {
-                        Self.note("llm \(Printer.text(call["iteration"])): \(Printer.text(call["model"])) \(Printer.text(call["inputTokens"]))+\(Printer.text(call["outputTokens"])) tokens, \(Printer.text(call["durationMs"])) ms, \(Printer.text(call["finishReason"]))")
+                        // Zero counts are left out of the JSON; a call refused before it was sent has none.
+                        let tokens = "\(Printer.text(call["inputTokens"] ?? 0))+\(Printer.text(call["outputTokens"] ?? 0)) tokens"
+                        let outcome = (call["error"] as? String).map { "not sent or failed: \($0)" } ?? Printer.text(call["finishReason"])
+                        Self.note("llm \(Printer.text(call["iteration"])): \(Printer.text(call["model"])) \(tokens), \(Printer.text(call["durationMs"] ?? 0)) ms, \(outcome)")
                     }
                     for call in toolCalls {
                         let error = (call["error"] as? [String: Any]).map { " error \(Printer.text($0["reason"])): \(Printer.text($0["message"]))" } ?? ""

@@ -21,6 +21,7 @@ struct AgentAPITests {
                   - { provider: fake-openai, name: "*", input_per_million: 2000000, output_per_million: 8000000, context_window: 100000 }
                   - { provider: fake-anthropic, name: "*", input_per_million: 2000000, output_per_million: 8000000, context_window: 100000 }
                   - { provider: fake-openai, name: tiny, input_per_million: 0, output_per_million: 0, context_window: 700 }
+                  - { provider: fake-openai, name: penny, input_per_million: 1, output_per_million: 1, context_window: 100000 }
                 """,
         ]
     }
@@ -127,6 +128,10 @@ struct AgentAPITests {
                 #expect(refused.errorField == "source")
             }
             #expect((try await cluster.http.send(.GET, "\(project.base)/agents", token: project.token).json["agents"] as? [[String: Any]])?.count == 1)
+            // An unpriced model is reported beside the definition's other problems, at its line.
+            let both = try await cluster.http.send(.POST, "\(project.base)/agents/validate", token: project.token, json: ["source": "agent: a9\nprovider: openai\nmodel: gpt-unpriced\ntemprature: 1\n"])
+            let fields = (both.json["problems"] as? [[String: Any]] ?? []).map { "\($0["field"] as? String ?? "")@\($0["line"] as? Int ?? 0)" }
+            #expect(Set(fields) == ["temprature@4", "model@3"], "\(both.text)")
 
             // Another project's tool is not this project's; another project's agent is not found.
             let other = try await cluster.createProject("other", token: project.token)
@@ -253,6 +258,7 @@ struct AgentAPITests {
             #expect(Self.int(reply.json["costMicros"]) == Int64(720 + 250))
             #expect(Self.int(reply.json["inputTokens"]) == 200)
 
+
             let requests = llm.requests
             try #require(requests.count == 2)
             let second = try #require(requests.last)
@@ -287,6 +293,14 @@ struct AgentAPITests {
             #expect((stored.json["toolCalls"] as? [[String: Any]])?.count == 1)
             let listed = try await cluster.http.send(.GET, "\(project.base)/agent-executions?agent=helper", token: project.token)
             #expect((listed.json["executions"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == [id])
+            // Cost is rounded up once per call, not per direction: 100 + 20 tokens at 1 µ$ per
+            // million each is 1 µ$, not 2.
+            if provider == "fake-openai" {
+                try #require(try await Self.apply(cluster, project, Self.agent("penny", provider: provider, model: "penny")).status == 200)
+                llm.enqueue(.text("Cheap."))
+                let cheap = try await Self.execute(cluster, project, agent: "penny", ["prompt": "Say something."])
+                #expect(((cheap.json["llmCalls"] as? [[String: Any]])?.first).map { Self.int($0["costMicros"]) } == 1, "\(cheap.text)")
+            }
         }
     }
 

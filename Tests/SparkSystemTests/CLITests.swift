@@ -398,9 +398,11 @@ struct CLITests {
             #expect(ran.output.contains("tool 1: shout"), "\(ran.output)")
             #expect(ran.output.contains("2 LLM calls, 1 tool calls, 200 tokens in, 40 out, $0.000240"), "\(ran.output)")
             llm.enqueue(.status(400, message: "model tiny-1 not found"))
-            let failed = try await cli("agent", "run", "crier", "--project", project, "--prompt", "Again.")
+            let failed = try await cli("agent", "run", "crier", "--project", project, "--prompt", "Again.", "--verbose")
             #expect(failed.status == 1)
             #expect(failed.output.contains("agent step failed (llm_error)") && failed.output.contains("model tiny-1 not found"), "\(failed.output)")
+            // A call that got no answer shows zero tokens and why, not blanks.
+            #expect(failed.output.contains("llm 1: tiny-1 0+0 tokens") && failed.output.contains("not sent or failed:"), "\(failed.output)")
         }
     }
 

@@ -49,14 +49,12 @@ public final class AgentService: Sparkops_Agent_V1_AgentService.ServiceProtocol 
         do {
             definition = try AgentDefinition.read(source)
         } catch {
-            return .failure(error)
+            // The catalog's problem with the model is reported beside the definition's own.
+            guard let declared = AgentDefinition.declaredModel(in: source) else { return .failure(error) }
+            let catalog = self.catalogProblems(provider: declared.provider, model: declared.model, line: declared.line, column: declared.column)
+            return .failure(WorkflowValidationError(problems: error.problems + catalog.filter { problem in !error.problems.contains { $0.field == problem.field } }))
         }
-        var problems: [WorkflowProblem] = []
-        if self.catalog.provider(definition.provider) == nil {
-            problems.append(WorkflowProblem(line: 1, column: 1, field: "provider", message: "the model catalog has no provider \(definition.provider.debugDescription); known: \(self.catalog.providers.keys.sorted().joined(separator: ", "))"))
-        } else if self.catalog.pricing(provider: definition.provider, model: definition.model) == nil {
-            problems.append(WorkflowProblem(line: 1, column: 1, field: "model", message: "the model catalog has no price for \(definition.model.debugDescription) of \(definition.provider); add it to agent.catalog (or set agent.allowUnpricedModels)"))
-        }
+        var problems = self.catalogProblems(provider: definition.provider, model: definition.model, line: 1, column: 1)
         if !definition.tools.isEmpty {
             let known = Set(try await self.tools.list(projectID: projectID, principal: principal).map(\.name))
             do {
@@ -67,6 +65,16 @@ public final class AgentService: Sparkops_Agent_V1_AgentService.ServiceProtocol 
         }
         guard problems.isEmpty else { return .failure(WorkflowValidationError(problems: Self.located(problems, in: source))) }
         return .success(definition)
+    }
+
+    /// What the catalog says of an agent's provider and model: nothing, or why it cannot run.
+    func catalogProblems(provider: String, model: String, line: Int, column: Int) -> [WorkflowProblem] {
+        if self.catalog.provider(provider) == nil {
+            return [WorkflowProblem(line: line, column: column, field: "provider", message: "the model catalog has no provider \(provider.debugDescription); known: \(self.catalog.providers.keys.sorted().joined(separator: ", "))")]
+        } else if self.catalog.pricing(provider: provider, model: model) == nil {
+            return [WorkflowProblem(line: line, column: column, field: "model", message: "the model catalog has no price for \(model.debugDescription) of \(provider); add it to agent.catalog (or set agent.allowUnpricedModels)")]
+        }
+        return []
     }
 
     /// Problems found after reading point at their field's line where the source shows it.

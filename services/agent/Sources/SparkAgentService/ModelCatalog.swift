@@ -48,13 +48,14 @@ struct ModelCatalog: Sendable {
         /// Tokens the model reads and writes in one call.
         var contextWindow: Int
 
-        /// What a call cost, rounded up to a whole micro-dollar per direction.
+        /// What a call cost: its input and output tokens at their prices, summed, then rounded up
+        /// to a whole micro-dollar once per call (docs/agents.md).
         func cost(inputTokens: Int64, outputTokens: Int64) -> Int64 {
-            func part(_ tokens: Int64, _ price: Int64) -> Int64 {
-                let (product, overflow) = max(tokens, 0).multipliedReportingOverflow(by: price)
-                return overflow ? Int64.max / 4 : (product + 999_999) / 1_000_000
-            }
-            return part(inputTokens, self.inputPerMillion) + part(outputTokens, self.outputPerMillion)
+            let (input, inputOverflow) = max(inputTokens, 0).multipliedReportingOverflow(by: self.inputPerMillion)
+            let (output, outputOverflow) = max(outputTokens, 0).multipliedReportingOverflow(by: self.outputPerMillion)
+            let (sum, sumOverflow) = input.addingReportingOverflow(output)
+            guard !inputOverflow, !outputOverflow, !sumOverflow, sum <= Int64.max - 999_999 else { return Int64.max / 4 }
+            return (sum + 999_999) / 1_000_000
         }
     }
 

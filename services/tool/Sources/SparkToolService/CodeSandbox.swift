@@ -138,9 +138,9 @@ struct CodeSandbox: Sendable {
             } catch {
                 result = .failure(error)
             }
-            // Whatever the program left running (a child in a session of its own, a daemon) ends
-            // with the call: every process of the slot's user, or of the program's session.
-            if let uid { ProcessSweep.kill(uid: uid) }
+            // Whatever the program left running (a child in a session of its own, a daemon) ended
+            // with the call (`execute` sweeps the slot's user and the program's session); what
+            // bubblewrap left to the machine's init is reaped here.
             await OrphanReaper.reap(uid: uid.map { Int($0) })
             return try result.get()
         }
