@@ -157,16 +157,21 @@ struct RunAgentTests {
             #expect((context["workflow"] as? [String: Any])?["id"] as? String == workflowID, "\(violation.text)")
             #expect((context["workflow"] as? [String: Any])?["version"] as? Int == 1, "\(violation.text)")
 
-            // Approved, the model asks for another call: that one is held in turn, and does not run.
+            // Approved, the step resumes with the held call itself: it runs, the model is not
+            // asked for it again, and is then given its result. It asks for another call: that one
+            // is held in turn, and does not run.
+            #expect(llm.requests.count == 1)
             llm.enqueue(.toolCalls([.init(name: "lookup", arguments: #"{"q":"attempt-2"}"#)]))
             try await approve(first)
             let second = try await pending("look")
             #expect(second["id"] as? String != first["id"] as? String)
             #expect(((second["heldCall"] as? [String: Any])?["arguments"] as? [String: Any])?["q"] as? String == "attempt-2", "\(second)")
-            #expect(try await lookups().isEmpty, "a call ran on a grant for another")
+            #expect(try await lookups() == ["attempt-1"], "the held call ran, and only it")
+            #expect(llm.requests.count == 2)
+            #expect(llm.requests.last?.body.contains("attempt-1") == true)
 
-            // Approved in turn, that call runs; the step ends.
-            llm.enqueue(.toolCalls([.init(name: "lookup", arguments: #"{"q":"attempt-2"}"#)]), .text("Found it."))
+            // Approved in turn, that call runs; the model answers; the step ends.
+            llm.enqueue(.text("Found it."))
             try await approve(second)
             // The tool step's own call is held, shown and approved the same way.
             let direct = try await pending("direct")
@@ -176,7 +181,17 @@ struct RunAgentTests {
             #expect(done["status"] as? String == "succeeded", "\(done)")
             let ran = try await lookups()
             let executions = try await cluster.http.send(.GET, "\(base)/agent-executions?pageSize=100", token: token).text
-            #expect(ran == ["attempt-2"], "\(executions)")
+            #expect(ran == ["attempt-1", "attempt-2"], "\(executions)")
+            // Every model call once: three made, three in the record (two carried from the holds),
+            // and the run's cost is theirs, counted once.
+            #expect(llm.requests.count == 3)
+            let executionID = try #require((try await cluster.http.send(.GET, "\(base)/agent-executions?pageSize=1", token: token).json["executions"] as? [[String: Any]])?.first?["id"] as? String)
+            let record = try await cluster.http.send(.GET, "\(base)/agent-executions/\(executionID)", token: token).json
+            let llmCalls = record["llmCalls"] as? [[String: Any]] ?? []
+            #expect(llmCalls.count == 3, "\(record)")
+            #expect(llmCalls.map { $0["carried"] as? Bool == true } == [true, true, false], "\(record)")
+            let modelCost = llmCalls.compactMap { AgentAPITests.int($0["costMicros"]) }.reduce(0, +)
+            #expect(modelCost > 0 && AgentAPITests.int(done["costMicros"]) == modelCost, "run cost \(done["costMicros"] ?? "") against calls \(modelCost)")
             #expect((RunAPITests.steps(done)["direct"]?["output"] as? [String: Any])?["q"] as? String == "direct-1", "\(done)")
         }
     }

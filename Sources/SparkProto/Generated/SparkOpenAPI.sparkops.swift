@@ -405,6 +405,9 @@ public enum SparkOpenAPI {
             "format" : "int32",
             "type" : "integer"
           },
+          "carried" : {
+            "type" : "boolean"
+          },
           "costMicros" : {
             "format" : "int64",
             "pattern" : "^-?[0-9]+$",
@@ -514,6 +517,9 @@ public enum SparkOpenAPI {
           },
           "callId" : {
             "type" : "string"
+          },
+          "carried" : {
+            "type" : "boolean"
           },
           "costMicros" : {
             "format" : "int64",

@@ -53,6 +53,11 @@ struct AgentLoop {
     var workflowVersion: Int32 = 0
     /// The call a policy held, for the approver: set when the step ends held.
     var heldCall: Sparkops_Common_V1_HeldCall?
+    /// Where the step stands when it ends held, to resume there once the call is approved.
+    var resumePoint: ResumePoint?
+    /// Where to start: a held step's resume point, its held call first, without asking the
+    /// model again for it.
+    var resumeFrom: ResumePoint?
     /// The caller can pause the step for a human (the run service): a tool call a policy holds
     /// ends the step with `approval_required` rather than go back to the model.
     var pausesOnHold = false
@@ -85,12 +90,31 @@ struct AgentLoop {
         var task = prompt
         if let input, input != .null { task += "\n\nInput (JSON):\n\(input.jsonText)" }
         var messages: [ChatMessage] = [.user(task)]
+        var first = 1
+        if let resume = self.resumeFrom {
+            // A held step resumes where it stood: the same system prompt and messages, and the
+            // held call (then the rest of its turn) made now, the model not asked again.
+            system = resume.system
+            messages = resume.messages
+            first = resume.iteration
+            if !resume.pending.isEmpty {
+                for (offset, call) in resume.pending.enumerated() {
+                    let result = await self.invoke(call, iteration: resume.iteration, index: resume.nextIndex + offset, offered: offered)
+                    if let held = self.held {
+                        self.resumePoint = ResumePoint(system: system, messages: messages, iteration: resume.iteration, pending: Array(resume.pending[offset...]), nextIndex: resume.nextIndex + offset)
+                        return .failure(held)
+                    }
+                    messages.append(result)
+                }
+                first = resume.iteration + 1
+            }
+        }
         var window = ContextWindow(
             contextWindow: self.pricing.contextWindow, maxTokens: self.definition.maxTokens,
             fixedTokens: system.utf8.count / 4 + offered.reduce(0) { $0 + $1.estimatedTokens }
         )
 
-        for iteration in 1 ... self.definition.maxIterations {
+        for iteration in stride(from: first, through: self.definition.maxIterations, by: 1) {
             if Task.isCancelled { return .failure(Failure(reason: "cancelled", message: "the step was cancelled")) }
             guard ContinuousClock.now < self.deadline else {
                 return .failure(Failure(reason: "timeout", message: "the step's deadline passed after \(iteration - 1) model calls"))
@@ -98,13 +122,22 @@ struct AgentLoop {
             let response: ChatResponse
             switch await self.call(&window, messages: messages, system: system, tools: offered, iteration: iteration) {
             case .success(let answer): response = answer
-            case .failure(let failure): return .failure(failure)
+            case .failure(let failure):
+                if failure.reason == "approval_required", self.pausesOnHold, self.heldCall?.kind == "model" {
+                    self.resumePoint = ResumePoint(system: system, messages: messages, iteration: iteration, pending: [], nextIndex: 0)
+                }
+                return .failure(failure)
             }
             if !response.toolCalls.isEmpty {
                 messages.append(ChatMessage(role: .assistant, text: response.text, toolCalls: response.toolCalls))
                 for (index, call) in response.toolCalls.enumerated() {
-                    messages.append(await self.invoke(call, iteration: iteration, index: index + 1, offered: offered))
-                    if let held = self.held { return .failure(held) }
+                    let result = await self.invoke(call, iteration: iteration, index: index + 1, offered: offered)
+                    if let held = self.held {
+                        // Kept without the held call's result: it is made when approved.
+                        self.resumePoint = ResumePoint(system: system, messages: messages, iteration: iteration, pending: Array(response.toolCalls[index...]), nextIndex: index + 1)
+                        return .failure(held)
+                    }
+                    messages.append(result)
                 }
                 continue
             }
@@ -143,7 +176,7 @@ struct AgentLoop {
             record.error = "the task alone does not fit the model's window of \(window.contextWindow) tokens"
             return .failure(Failure(reason: "context_length", message: "the task and the system prompt do not fit \(self.definition.model)'s context window of \(window.contextWindow) tokens with max_tokens \(self.definition.maxTokens)"))
         }
-        if let refusal = await self.askPolicy(estimatedTokens: fitted.estimatedTokens, messages: fitted.messages, system: system) {
+        if let refusal = await self.askPolicy(estimatedTokens: fitted.estimatedTokens, messages: messages, system: system) {
             record.error = refusal.message
             return .failure(refusal)
         }
@@ -496,3 +529,65 @@ struct ContextWindow {
         self.share *= 0.6
     }
 }
+
+extension AgentLoop {
+    /// Where a held step stood: its system prompt and messages, the iteration, and the calls of
+    /// the turn from the held one on (none when the model call itself was held). Kept with the
+    /// held execution, as JSON, so that the step resumes there once a human approved the call.
+    struct ResumePoint: Sendable {
+        var system: String
+        var messages: [ChatMessage]
+        var iteration: Int
+        var pending: [ChatToolCall]
+        /// The position in its turn (from 1) of the first pending call.
+        var nextIndex: Int
+
+        var value: ExprValue {
+            .map([
+                "system": .string(self.system), "iteration": .int(Int64(self.iteration)), "next_index": .int(Int64(self.nextIndex)),
+                "messages": .list(self.messages.map { message in
+                    .map([
+                        "role": .string(message.role.rawValue), "text": .string(message.text), "tool_call_id": .string(message.toolCallID),
+                        "is_error": .bool(message.isError), "tool_calls": .list(message.toolCalls.map(Self.value)),
+                    ])
+                }),
+                "pending": .list(self.pending.map(Self.value)),
+            ])
+        }
+
+        static func value(_ call: ChatToolCall) -> ExprValue {
+            .map(["id": .string(call.id), "name": .string(call.name), "arguments": .string(call.arguments)])
+        }
+
+        init(system: String, messages: [ChatMessage], iteration: Int, pending: [ChatToolCall], nextIndex: Int) {
+            self.system = system
+            self.messages = messages
+            self.iteration = iteration
+            self.pending = pending
+            self.nextIndex = nextIndex
+        }
+
+        /// A resume point as stored; nil for anything else.
+        init?(_ value: ExprValue) {
+            func call(_ value: ExprValue) -> ChatToolCall? {
+                guard case .map(let fields) = value, case .string(let id)? = fields["id"], case .string(let name)? = fields["name"],
+                    case .string(let arguments)? = fields["arguments"] else { return nil }
+                return ChatToolCall(id: id, name: name, arguments: arguments)
+            }
+            guard case .map(let fields) = value, case .string(let system)? = fields["system"], case .int(let iteration)? = fields["iteration"],
+                case .int(let nextIndex)? = fields["next_index"], case .list(let stored)? = fields["messages"], case .list(let pending)? = fields["pending"]
+            else { return nil }
+            var messages: [ChatMessage] = []
+            for item in stored {
+                guard case .map(let message) = item, case .string(let roleName)? = message["role"], let role = ChatMessage.Role(rawValue: roleName),
+                    case .string(let text)? = message["text"], case .list(let calls)? = message["tool_calls"] else { return nil }
+                var restored = ChatMessage(role: role, text: text, toolCalls: calls.compactMap(call))
+                if case .string(let id)? = message["tool_call_id"] { restored.toolCallID = id }
+                if case .bool(let isError)? = message["is_error"] { restored.isError = isError }
+                messages.append(restored)
+            }
+            self.init(system: system, messages: messages, iteration: Int(iteration), pending: pending.compactMap(call), nextIndex: Int(nextIndex))
+        }
+    }
+}
+

@@ -61,13 +61,19 @@ extension AgentService {
             requestHash: Self.hash("\(message.prompt)\u{0}\(input?.stableJSONText ?? "")"), runID: message.runID, stepID: message.stepID,
             status: "running", record: "", startedAt: now, startedBy: principal.id, deadlineAt: now + Int64(timeout.milliseconds) * 1000
         )
-        if !key.isEmpty, let earlier = try await self.claim(execution) {
-            return ServerResponse(message: earlier)
-        } else if key.isEmpty {
+        var resume: (record: Sparkops_Agent_V1_AgentExecution, point: AgentLoop.ResumePoint)?
+        if !key.isEmpty {
+            switch try await self.claim(execution) {
+            case .replay(let earlier): return ServerResponse(message: earlier)
+            case .resume(let record, let point): resume = (record, point)
+            case .fresh: break
+            }
+        } else {
             try await self.store.store.transaction { _ = try await self.store.begin(execution, on: $0) }
         }
 
         let started = ContinuousClock.now
+        var resumePoint: AgentLoop.ResumePoint?
         var result = Sparkops_Agent_V1_AgentExecution.with {
             $0.id = executionID
             $0.projectID = message.projectID
@@ -85,8 +91,10 @@ extension AgentService {
             let outcome = try await self.run(
                 definition, provider: provider, pricing: pricing, prompt: message.prompt, input: input, execution: execution, workflow: message.workflow,
                 principal: principal, approved: message.approved, approvedDigests: message.approvedDigests,
-                step: StepLabels(attempt: message.attempt, workflowID: message.workflowID, workflowVersion: message.workflowVersion), pausesOnHold: fromRun, deadline: started.advanced(by: timeout)
+                step: StepLabels(attempt: message.attempt, workflowID: message.workflowID, workflowVersion: message.workflowVersion), pausesOnHold: fromRun,
+                resume: resume, deadline: started.advanced(by: timeout)
             )
+            resumePoint = outcome.resumePoint
             result.llmCalls = outcome.llmCalls
             result.toolCalls = outcome.toolCalls
             if case .failure(let failure) = outcome.result, failure.reason == "approval_required", let held = outcome.heldCall { result.heldCall = held }
@@ -113,15 +121,19 @@ extension AgentService {
             }
             throw error
         }
-        result.inputTokens = result.llmCalls.reduce(0) { $0 + $1.inputTokens }
-        result.outputTokens = result.llmCalls.reduce(0) { $0 + $1.outputTokens }
-        result.costMicros = result.llmCalls.reduce(0) { $0 + $1.costMicros } + result.toolCalls.reduce(0) { $0 + $1.costMicros }
+        // What this execution spent: calls carried from the held execution it resumed were
+        // counted by that one (and reported to the run with its hold).
+        let own = result.llmCalls.filter { !$0.carried }
+        result.inputTokens = own.reduce(0) { $0 + $1.inputTokens }
+        result.outputTokens = own.reduce(0) { $0 + $1.outputTokens }
+        result.costMicros = own.reduce(0) { $0 + $1.costMicros } + result.toolCalls.filter { !$0.carried }.reduce(0) { $0 + $1.costMicros }
         result.durationMs = started.duration(to: .now).milliseconds
         let record = try result.sparkJSONString()
         // A step a policy held did nothing final: its key is taken again by the next call (the
         // one a human approved), rather than answered with the hold.
         let status = result.status == "failed" && result.error.reason == "approval_required" ? "held" : result.status
-        try await self.store.store.transaction { try await self.store.finish(id: executionID, status: status, record: record, on: $0) }
+        let point = status == "held" ? resumePoint?.value.jsonText ?? "" : ""
+        try await self.store.store.transaction { try await self.store.finish(id: executionID, status: status, record: record, resume: point, on: $0) }
         self.logger.info("agent step", metadata: [
             "agent": "\(definition.name)", "status": "\(status)", "llm_calls": "\(result.llmCalls.count)", "tool_calls": "\(result.toolCalls.count)",
             "cost_micros": "\(result.costMicros)", "duration_ms": "\(result.durationMs)",
@@ -141,11 +153,13 @@ extension AgentService {
         var llmCalls: [Sparkops_Agent_V1_LLMCall]
         var toolCalls: [Sparkops_Agent_V1_ToolCall]
         var heldCall: Sparkops_Common_V1_HeldCall?
+        var resumePoint: AgentLoop.ResumePoint?
     }
 
     func run(
         _ definition: AgentDefinition, provider: ModelCatalog.Provider, pricing: ModelCatalog.Model, prompt: String, input: ExprValue?,
         execution: ExecutionRow, workflow: String, principal: Sparkops_Common_V1_Principal, approved: Bool = false, approvedDigests: [String] = [], step: StepLabels = StepLabels(), pausesOnHold: Bool = false,
+        resume: (record: Sparkops_Agent_V1_AgentExecution, point: AgentLoop.ResumePoint)? = nil,
         deadline: ContinuousClock.Instant
     ) async throws -> LoopOutcome {
         let secretName = definition.apiKeySecret.isEmpty ? provider.apiKeySecret : definition.apiKeySecret
@@ -191,17 +205,33 @@ extension AgentService {
             runID: execution.runID, stepID: execution.stepID, workflow: workflow, approved: approved, pausesOnHold: pausesOnHold
         )
         loop.approvedDigests = approvedDigests
+        if let resume {
+            // The calls made before the hold are kept in this record, marked as carried.
+            loop.resumeFrom = resume.point
+            loop.llmCalls = resume.record.llmCalls.map { var call = $0; call.carried = true; return call }
+            loop.toolCalls = resume.record.toolCalls.map { var call = $0; call.carried = true; return call }
+        }
         loop.attempt = step.attempt
         loop.workflowID = step.workflowID
         loop.workflowVersion = step.workflowVersion
         let result = await loop.run(prompt: prompt, input: input)
-        return LoopOutcome(result: result, llmCalls: loop.llmCalls, toolCalls: loop.toolCalls, heldCall: loop.heldCall)
+        return LoopOutcome(result: result, llmCalls: loop.llmCalls, toolCalls: loop.toolCalls, heldCall: loop.heldCall, resumePoint: loop.resumePoint)
+    }
+
+    /// What taking a step's key found.
+    enum Claimed {
+        /// The key was free, or its step was abandoned: the step runs from the start.
+        case fresh
+        /// An earlier call under the key ended: its answer.
+        case replay(Sparkops_Agent_V1_AgentExecution)
+        /// An earlier call ended held: the step resumes where it stood, with its calls so far.
+        case resume(Sparkops_Agent_V1_AgentExecution, AgentLoop.ResumePoint)
     }
 
     /// Takes the key for this step, or answers what an earlier call under it did.
-    func claim(_ execution: ExecutionRow) async throws -> Sparkops_Agent_V1_AgentExecution? {
-        try await self.store.store.transaction { db -> Sparkops_Agent_V1_AgentExecution? in
-            if try await self.store.begin(execution, on: db) { return nil }
+    func claim(_ execution: ExecutionRow) async throws -> Claimed {
+        try await self.store.store.transaction { db -> Claimed in
+            if try await self.store.begin(execution, on: db) { return .fresh }
             guard let earlier = try await self.store.execution(projectID: execution.projectID, agentID: execution.agentID, key: execution.key, on: db) else {
                 throw SparkError(.aborted, "the idempotency key is being written by another call; try again")
             }
@@ -209,17 +239,22 @@ extension AgentService {
                 throw SparkError(.alreadyExists, "the idempotency key was used with another prompt or input", field: "idempotency_key")
             }
             if earlier.status == "held" {
-                // Held by a policy, nothing final done: this call runs the step again (its tool
-                // calls that ran replay under their own keys).
+                // Held by a policy, nothing final done: this call takes the step over and
+                // resumes it where it stood (an execution held before resume points were kept
+                // runs again, its tool calls that ran replayed under their own keys).
                 guard try await self.store.retake(execution, from: earlier, on: db) else {
                     throw SparkError(.aborted, "another call took over this idempotency key; try again")
                 }
-                return nil
+                if !earlier.resume.isEmpty, let value = try? ExprValue(jsonText: earlier.resume), let point = AgentLoop.ResumePoint(value),
+                    let record = try? Sparkops_Agent_V1_AgentExecution(sparkJSON: earlier.record) {
+                    return .resume(record, point)
+                }
+                return .fresh
             }
             if earlier.status != "running" {
                 var stored = try Sparkops_Agent_V1_AgentExecution(sparkJSON: earlier.record)
                 stored.replayed = true
-                return stored
+                return .replay(stored)
             }
             guard earlier.deadlineAt + Self.abandonGrace < execution.startedAt else {
                 throw SparkError(.aborted, "a step under this idempotency key is still running; try again when it has ended", field: "idempotency_key")
@@ -228,7 +263,7 @@ extension AgentService {
             guard try await self.store.retake(execution, from: earlier, on: db) else {
                 throw SparkError(.aborted, "another call took over this idempotency key; try again")
             }
-            return nil
+            return .fresh
         }
     }
 

@@ -35,6 +35,8 @@ struct ExecutionRow: Sendable {
     var startedAt: Int64
     var startedBy: String
     var deadlineAt: Int64
+    /// A held step's resume point (``AgentLoop/ResumePoint``) as JSON; empty otherwise.
+    var resume: String = ""
 }
 
 /// The agent service's schema and queries. Times are microseconds since 1970.
@@ -91,6 +93,9 @@ struct AgentStore: Sendable {
                 "CREATE UNIQUE INDEX agent_executions_key ON agent_executions (project_id, agent_id, idempotency_key)",
                 "CREATE INDEX agent_executions_project ON agent_executions (project_id, id)",
             ]),
+            SparkMigration("0002_agent_resume") { _ in
+                ["ALTER TABLE agent_executions ADD COLUMN resume TEXT NOT NULL DEFAULT ''"]
+            },
         ]
     }
 
@@ -214,9 +219,10 @@ struct AgentStore: Sendable {
         return try await self.execution(projectID: execution.projectID, agentID: execution.agentID, key: execution.key, on: db)?.id == execution.id
     }
 
-    func finish(id: String, status: String, record: String, on db: any SQLDatabase) async throws {
+    func finish(id: String, status: String, record: String, resume: String = "", on db: any SQLDatabase) async throws {
         try await db.raw("""
-            UPDATE agent_executions SET status = \(bind: status), record = \(bind: record) WHERE id = \(bind: id) AND status = 'running'
+            UPDATE agent_executions SET status = \(bind: status), record = \(bind: record), resume = \(bind: resume)
+            WHERE id = \(bind: id) AND status = 'running'
             """).run()
     }
 
@@ -245,7 +251,8 @@ struct AgentStore: Sendable {
             record: try row.decode(column: "record", as: String.self),
             startedAt: try row.decode(column: "started_at", as: Int64.self),
             startedBy: try row.decode(column: "started_by", as: String.self),
-            deadlineAt: try row.decode(column: "deadline_at", as: Int64.self)
+            deadlineAt: try row.decode(column: "deadline_at", as: Int64.self),
+            resume: try row.decode(column: "resume", as: String.self)
         )
     }
 }

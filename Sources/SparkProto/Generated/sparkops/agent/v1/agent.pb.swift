@@ -485,6 +485,10 @@ public nonisolated struct Sparkops_Agent_V1_LLMCall: Sendable {
   /// The HTTP status and message of the last failed attempt, when the call failed.
   public var error: String = String()
 
+  /// Made before the step was held, by the execution this one resumed: counted (cost and tokens)
+  /// by that one, shown here so that the record holds every call of the step once.
+  public var carried: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -542,6 +546,9 @@ public nonisolated struct Sparkops_Agent_V1_ToolCall: Sendable {
   public var replayed: Bool = false
 
   public var invocationID: String = String()
+
+  /// Made before the step was held, by the execution this one resumed (see LLMCall.carried).
+  public var carried: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1755,7 +1762,7 @@ nonisolated extension Sparkops_Agent_V1_AgentFailure: SwiftProtobuf.Message, Swi
 
 nonisolated extension Sparkops_Agent_V1_LLMCall: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".LLMCall"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}iteration\0\u{1}provider\0\u{1}model\0\u{3}input_tokens\0\u{3}output_tokens\0\u{3}cost_micros\0\u{3}duration_ms\0\u{1}attempts\0\u{3}finish_reason\0\u{1}dropped\0\u{1}error\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}iteration\0\u{1}provider\0\u{1}model\0\u{3}input_tokens\0\u{3}output_tokens\0\u{3}cost_micros\0\u{3}duration_ms\0\u{1}attempts\0\u{3}finish_reason\0\u{1}dropped\0\u{1}error\0\u{1}carried\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1774,6 +1781,7 @@ nonisolated extension Sparkops_Agent_V1_LLMCall: SwiftProtobuf.Message, SwiftPro
       case 9: try { try decoder.decodeSingularStringField(value: &self.finishReason) }()
       case 10: try { try decoder.decodeRepeatedStringField(value: &self.dropped) }()
       case 11: try { try decoder.decodeSingularStringField(value: &self.error) }()
+      case 12: try { try decoder.decodeSingularBoolField(value: &self.carried) }()
       default: break
       }
     }
@@ -1813,6 +1821,9 @@ nonisolated extension Sparkops_Agent_V1_LLMCall: SwiftProtobuf.Message, SwiftPro
     if !self.error.isEmpty {
       try visitor.visitSingularStringField(value: self.error, fieldNumber: 11)
     }
+    if self.carried != false {
+      try visitor.visitSingularBoolField(value: self.carried, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1828,6 +1839,7 @@ nonisolated extension Sparkops_Agent_V1_LLMCall: SwiftProtobuf.Message, SwiftPro
     if lhs.finishReason != rhs.finishReason {return false}
     if lhs.dropped != rhs.dropped {return false}
     if lhs.error != rhs.error {return false}
+    if lhs.carried != rhs.carried {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1835,7 +1847,7 @@ nonisolated extension Sparkops_Agent_V1_LLMCall: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Sparkops_Agent_V1_ToolCall: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ToolCall"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}iteration\0\u{3}call_id\0\u{1}tool\0\u{1}arguments\0\u{1}output\0\u{1}error\0\u{3}duration_ms\0\u{3}cost_micros\0\u{1}replayed\0\u{3}invocation_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}iteration\0\u{3}call_id\0\u{1}tool\0\u{1}arguments\0\u{1}output\0\u{1}error\0\u{3}duration_ms\0\u{3}cost_micros\0\u{1}replayed\0\u{3}invocation_id\0\u{1}carried\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1853,6 +1865,7 @@ nonisolated extension Sparkops_Agent_V1_ToolCall: SwiftProtobuf.Message, SwiftPr
       case 8: try { try decoder.decodeSingularInt64Field(value: &self.costMicros) }()
       case 9: try { try decoder.decodeSingularBoolField(value: &self.replayed) }()
       case 10: try { try decoder.decodeSingularStringField(value: &self.invocationID) }()
+      case 11: try { try decoder.decodeSingularBoolField(value: &self.carried) }()
       default: break
       }
     }
@@ -1893,6 +1906,9 @@ nonisolated extension Sparkops_Agent_V1_ToolCall: SwiftProtobuf.Message, SwiftPr
     if !self.invocationID.isEmpty {
       try visitor.visitSingularStringField(value: self.invocationID, fieldNumber: 10)
     }
+    if self.carried != false {
+      try visitor.visitSingularBoolField(value: self.carried, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1907,6 +1923,7 @@ nonisolated extension Sparkops_Agent_V1_ToolCall: SwiftProtobuf.Message, SwiftPr
     if lhs.costMicros != rhs.costMicros {return false}
     if lhs.replayed != rhs.replayed {return false}
     if lhs.invocationID != rhs.invocationID {return false}
+    if lhs.carried != rhs.carried {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
