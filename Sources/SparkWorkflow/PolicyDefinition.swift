@@ -50,6 +50,8 @@ public struct PolicyDefinition: Sendable, Hashable {
         public var message: String
         /// Empty: every point of the policy.
         public var points: [Point]
+        /// A require_approval rule's hold needs an approver other than the run's starter.
+        public var excludeStarter = false
     }
 
     public var name: String
@@ -99,7 +101,7 @@ public struct PolicyDefinition: Sendable, Hashable {
                     "when": .string(rule.when),
                     "message": .string(rule.message),
                     "points": .list(rule.points.map { .string($0.rawValue) }),
-                ])
+                ].merging(rule.excludeStarter ? ["exclude_starter": .bool(true)] : [:]) { first, _ in first })
             }),
         ])
     }
@@ -175,7 +177,7 @@ public enum PolicyContextSchema {
 
 extension WorkflowReader {
     static let policyFields = ["policy", "description", "default", "points", "rules"]
-    static let ruleFields = ["name", "effect", "when", "message", "points"]
+    static let ruleFields = ["name", "effect", "when", "message", "points", "exclude_starter"]
 
     mutating func effect(_ node: SourceNode?, _ field: String, required: Bool) -> PolicyDefinition.Effect? {
         guard let node else {
@@ -257,8 +259,17 @@ extension WorkflowReader {
             for point in points where !policy.applies(at: point) {
                 self.problem("\(path).points", "\(point.rawValue) is not among the policy's points", at: fields["points"]?.0.location ?? item.location)
             }
+            var excludeStarter = false
+            if let flag = fields["exclude_starter"]?.0 {
+                if case .bool(let value) = flag.value { excludeStarter = value } else { self.problem("\(path).exclude_starter", "must be true or false", at: flag.location) }
+                if excludeStarter, let effect, effect != .requireApproval {
+                    self.problem("\(path).exclude_starter", "applies to a require_approval rule only", at: flag.location)
+                }
+            }
             guard let ruleName, let effect else { continue }
-            policy.rules.append(PolicyDefinition.Rule(name: ruleName, effect: effect, when: when, condition: condition, message: message, points: points))
+            var rule = PolicyDefinition.Rule(name: ruleName, effect: effect, when: when, condition: condition, message: message, points: points)
+            rule.excludeStarter = excludeStarter
+            policy.rules.append(rule)
         }
         guard name != nil else { return nil }
         return policy

@@ -109,7 +109,7 @@ public enum RunInput: Sendable, Hashable {
     /// The policy allowed the run: `pending → queued`.
     case admit
     /// The policy requires a human's approval first: `pending → awaiting_approval`.
-    case hold(message: String, approvers: [String])
+    case hold(message: String, approvers: [String], call: ExprValue? = nil)
     case approveRun(by: String)
     case rejectRun(by: String, reason: String)
     /// A worker takes the run: `queued → running`, and the first steps become ready.
@@ -224,10 +224,10 @@ public struct RunMachine: Sendable, Hashable {
         case .admit:
             try self.expectRun(.pending, for: "admit")
             self.setRun(.queued, &effects)
-        case .hold(let message, let approvers):
+        case .hold(let message, let approvers, let call):
             try self.expectRun(.pending, for: "hold")
             self.setRun(.awaitingApproval, message: message, &effects)
-            effects.append(.requestApproval(step: nil, message: message, approvers: approvers, expiresAt: nil))
+            effects.append(.requestApproval(step: nil, message: message, approvers: approvers, expiresAt: nil, call: call))
         case .approveRun(let by):
             try self.expectRun(.awaitingApproval, for: "approve")
             self.setRun(.queued, message: "approved by \(by)", &effects)

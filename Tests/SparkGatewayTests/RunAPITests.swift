@@ -266,6 +266,27 @@ struct RunAPITests {
             let second = try #require((try await cluster.http.send(.GET, "/api/v1/projects/\(project)/approvals?runId=\(keyedID)", token: admin).json["approvals"] as? [[String: Any]])?.first?["id"] as? String)
             #expect(try await cluster.http.send(.POST, "/api/v1/projects/\(project)/approvals/\(second)/decide", token: admin, json: ["decision": "approve"]).status == 403)
             #expect(try await cluster.http.send(.POST, "/api/v1/projects/\(project)/approvals/\(second)/decide", token: editor, json: ["decision": "reject"]).status == 200)
+
+            // A policy's require_approval rule with exclude_starter holds a call the same way.
+            let policy = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/policies/apply", token: admin, json: ["source": """
+                policy: echo-four-eyes
+                points: [tool.invoke]
+                rules:
+                  - { name: second-person, effect: require_approval, when: 'tool.name == "echo"', message: Someone else looks., exclude_starter: true }
+                """])
+            try #require(policy.status == 200, "\(policy.text)")
+            let badRule = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/policies/validate", token: admin, json: ["source": "policy: p\npoints: [tool.invoke]\nrules:\n  - { name: r, effect: deny, exclude_starter: true }\n"])
+            #expect((badRule.json["problems"] as? [[String: Any]])?.first?["field"] as? String == "rules[0].exclude_starter", "\(badRule.text)")
+            let held = try await cluster.http.send(.POST, "/api/v1/projects/\(project)/runs", token: admin, json: ["workflow": "three", "inputs": ["word": "x"]])
+            let heldID = try #require((held.json["run"] as? [String: Any])?["id"] as? String, "\(held.text)")
+            _ = try await Self.until(cluster, admin, project: project, run: heldID) { Self.steps($0).values.contains { $0["status"] as? String == "awaiting_approval" } }
+            let hold = try #require((try await cluster.http.send(.GET, "/api/v1/projects/\(project)/approvals?runId=\(heldID)", token: admin).json["approvals"] as? [[String: Any]])?.first)
+            #expect((hold["heldCall"] as? [String: Any])?["excludeStarter"] as? Bool == true, "\(hold)")
+            let holdDecide = "/api/v1/projects/\(project)/approvals/\(hold["id"] as? String ?? "")/decide"
+            let refusedHold = try await cluster.http.send(.POST, holdDecide, token: admin, json: ["decision": "approve"])
+            #expect(refusedHold.status == 403, "\(refusedHold.text)")
+            #expect(refusedHold.errorMessage?.contains("echo-four-eyes/second-person needs an approver other than the person who started the run") == true, "\(refusedHold.text)")
+            #expect(try await cluster.http.send(.POST, holdDecide, token: editor, json: ["decision": "reject"]).status == 200)
         }
     }
 

@@ -1103,6 +1103,9 @@ public enum SparkOpenAPI {
           "digest" : {
             "type" : "string"
           },
+          "excludeStarter" : {
+            "type" : "boolean"
+          },
           "kind" : {
             "type" : "string"
           },
@@ -1341,6 +1344,9 @@ public enum SparkOpenAPI {
           },
           "effect" : {
             "type" : "string"
+          },
+          "excludeStarter" : {
+            "type" : "boolean"
           },
           "matches" : {
             "items" : {
@@ -1739,6 +1745,9 @@ public enum SparkOpenAPI {
           },
           "error" : {
             "type" : "string"
+          },
+          "excludeStarter" : {
+            "type" : "boolean"
           },
           "global" : {
             "type" : "boolean"

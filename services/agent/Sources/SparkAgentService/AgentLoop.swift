@@ -302,6 +302,7 @@ struct AgentLoop {
             $0.rule = first.map { $0.rule.isEmpty ? $0.policyName : "\($0.policyName)/\($0.rule)" } ?? ""
             $0.message = first?.message ?? decision.message
             $0.violationID = decision.violationID
+            $0.excludeStarter = decision.excludeStarter
         }
     }
 

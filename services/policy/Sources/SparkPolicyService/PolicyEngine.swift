@@ -55,6 +55,7 @@ enum PolicyEngine {
             var counted: [(PolicyDefinition.Effect, Sparkops_Policy_V1_RuleMatch)] = []
             for rule in policy.definition.rules where rule.points.isEmpty || rule.points.contains(point) {
                 var match = Self.match(policy, rule: rule.name, effect: rule.effect, message: rule.message)
+                match.excludeStarter = rule.excludeStarter
                 if let condition = rule.condition {
                     do {
                         let value = try condition.evaluate(in: environment, limits: Self.limits)
@@ -82,6 +83,7 @@ enum PolicyEngine {
         let effect = outcomes.isEmpty ? fallback : outcomes.map(\.0).max()!
         decision.effect = effect.rawValue
         decision.decidedBy = outcomes.filter { $0.0 == effect }.flatMap(\.1)
+        decision.excludeStarter = effect == .requireApproval && decision.decidedBy.contains(where: \.excludeStarter)
         if let first = decision.decidedBy.first {
             let source = first.rule.isEmpty ? first.policyName : "\(first.policyName)/\(first.rule)"
             decision.message = first.message.isEmpty ? "\(source): \(effect.rawValue)" : "\(source): \(first.message)"

@@ -121,6 +121,7 @@ extension RunService {
             $0.rule = string("rule")
             $0.message = string("message")
             $0.violationID = string("violation_id")
+            $0.excludeStarter = fields["exclude_starter"] == .bool(true)
         }
     }
 }

@@ -84,6 +84,11 @@ extension RunService {
             {
                 throw SparkError(.permissionDenied, "the step \(approval.stepID) needs an approver other than the person who started the run (exclude_starter)")
             }
+            // The same for a hold whose rule says so.
+            if Self.heldCall(approval.heldCall)?.excludeStarter == true, Self.isStarter(principal, of: transition.run) {
+                let rule = Self.heldCall(approval.heldCall)?.rule ?? ""
+                throw SparkError(.permissionDenied, "the hold by \(rule) needs an approver other than the person who started the run (exclude_starter)")
+            }
             try Self.mapped { () throws(RunMachineError) in
                 switch (approval.stepID.isEmpty, approve) {
                 case (true, true): try transition.apply(.approveRun(by: principal.id))

@@ -163,7 +163,8 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
         let now = RunStore.now()
         var effects: [RunEffect]
         if decision.effect == "require_approval" {
-            effects = try machine.apply(.hold(message: "held by policy \(decision.message)", approvers: []), now: now / 1000)
+            let held = RunWorkers.value(StepCalls.heldCall(decision, kind: "run", target: pinned.definition.name))
+            effects = try machine.apply(.hold(message: "held by policy \(decision.message)", approvers: [], call: held), now: now / 1000)
         } else {
             effects = try machine.apply(.admit, now: now / 1000)
         }

@@ -416,6 +416,7 @@ extension RunWorkers {
         .map([
             "kind": .string(call.kind), "target": .string(call.target), "arguments": (try? call.arguments.value(field: "arguments")) ?? .null,
             "digest": .string(call.digest), "rule": .string(call.rule), "message": .string(call.message), "violation_id": .string(call.violationID),
+            "exclude_starter": .bool(call.excludeStarter),
         ])
     }
 }

@@ -208,6 +208,7 @@ extension ToolService {
                     $0.rule = rule
                     $0.message = first?.message ?? decision.message
                     $0.violationID = decision.violationID
+                    $0.excludeStarter = decision.excludeStarter
                 }
             }
         }

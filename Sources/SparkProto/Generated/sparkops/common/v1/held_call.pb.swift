@@ -29,7 +29,8 @@ public nonisolated struct Sparkops_Common_V1_HeldCall: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// tool (a tool call, by a tool step or an agent) or model (an LLM call of an agent).
+  /// tool (a tool call, by a tool step or an agent), model (an LLM call of an agent), step (a
+  /// step's start, held at step.start) or run (a run's creation, held at run.create).
   public var kind: String = String()
 
   /// The tool's name, or the model as provider/model.
@@ -55,6 +56,9 @@ public nonisolated struct Sparkops_Common_V1_HeldCall: Sendable {
 
   public var violationID: String = String()
 
+  /// The rule asks for an approver other than the run's starter (`exclude_starter: true`).
+  public var excludeStarter: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -68,7 +72,7 @@ fileprivate nonisolated let _protobuf_package = "sparkops.common.v1"
 
 nonisolated extension Sparkops_Common_V1_HeldCall: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HeldCall"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}target\0\u{1}arguments\0\u{1}digest\0\u{1}rule\0\u{1}message\0\u{3}violation_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}target\0\u{1}arguments\0\u{1}digest\0\u{1}rule\0\u{1}message\0\u{3}violation_id\0\u{3}exclude_starter\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -83,6 +87,7 @@ nonisolated extension Sparkops_Common_V1_HeldCall: SwiftProtobuf.Message, SwiftP
       case 5: try { try decoder.decodeSingularStringField(value: &self.rule) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.message) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.violationID) }()
+      case 8: try { try decoder.decodeSingularBoolField(value: &self.excludeStarter) }()
       default: break
       }
     }
@@ -114,6 +119,9 @@ nonisolated extension Sparkops_Common_V1_HeldCall: SwiftProtobuf.Message, SwiftP
     if !self.violationID.isEmpty {
       try visitor.visitSingularStringField(value: self.violationID, fieldNumber: 7)
     }
+    if self.excludeStarter != false {
+      try visitor.visitSingularBoolField(value: self.excludeStarter, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -125,6 +133,7 @@ nonisolated extension Sparkops_Common_V1_HeldCall: SwiftProtobuf.Message, SwiftP
     if lhs.rule != rhs.rule {return false}
     if lhs.message != rhs.message {return false}
     if lhs.violationID != rhs.violationID {return false}
+    if lhs.excludeStarter != rhs.excludeStarter {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -417,6 +417,9 @@ public nonisolated struct Sparkops_Policy_V1_RuleMatch: Sendable {
   /// The policy is global.
   public var global: Bool = false
 
+  /// The rule's `exclude_starter`: the hold it makes needs an approver other than the run's starter.
+  public var excludeStarter: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -476,6 +479,10 @@ public nonisolated struct Sparkops_Policy_V1_Decision: Sendable {
   public var hasTime: Bool {self._time != nil}
   /// Clears the value of `time`. Subsequent reads from it will return its default value.
   public mutating func clearTime() {self._time = nil}
+
+  /// A require_approval one of whose deciding rules says `exclude_starter: true`: the person who
+  /// started the run (or an API key of theirs) may not approve the hold.
+  public var excludeStarter: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1596,7 +1603,7 @@ nonisolated extension Sparkops_Policy_V1_PolicyContext.Budget: SwiftProtobuf.Mes
 
 nonisolated extension Sparkops_Policy_V1_RuleMatch: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RuleMatch"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}policy_id\0\u{3}policy_name\0\u{3}policy_version\0\u{1}rule\0\u{1}effect\0\u{1}message\0\u{1}error\0\u{1}global\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}policy_id\0\u{3}policy_name\0\u{3}policy_version\0\u{1}rule\0\u{1}effect\0\u{1}message\0\u{1}error\0\u{1}global\0\u{3}exclude_starter\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1612,6 +1619,7 @@ nonisolated extension Sparkops_Policy_V1_RuleMatch: SwiftProtobuf.Message, Swift
       case 6: try { try decoder.decodeSingularStringField(value: &self.message) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.error) }()
       case 8: try { try decoder.decodeSingularBoolField(value: &self.global) }()
+      case 9: try { try decoder.decodeSingularBoolField(value: &self.excludeStarter) }()
       default: break
       }
     }
@@ -1642,6 +1650,9 @@ nonisolated extension Sparkops_Policy_V1_RuleMatch: SwiftProtobuf.Message, Swift
     if self.global != false {
       try visitor.visitSingularBoolField(value: self.global, fieldNumber: 8)
     }
+    if self.excludeStarter != false {
+      try visitor.visitSingularBoolField(value: self.excludeStarter, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1654,6 +1665,7 @@ nonisolated extension Sparkops_Policy_V1_RuleMatch: SwiftProtobuf.Message, Swift
     if lhs.message != rhs.message {return false}
     if lhs.error != rhs.error {return false}
     if lhs.global != rhs.global {return false}
+    if lhs.excludeStarter != rhs.excludeStarter {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1706,7 +1718,7 @@ nonisolated extension Sparkops_Policy_V1_PolicyRef: SwiftProtobuf.Message, Swift
 
 nonisolated extension Sparkops_Policy_V1_Decision: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Decision"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}effect\0\u{3}decided_by\0\u{1}matches\0\u{1}policies\0\u{1}message\0\u{3}violation_id\0\u{1}point\0\u{1}time\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}effect\0\u{3}decided_by\0\u{1}matches\0\u{1}policies\0\u{1}message\0\u{3}violation_id\0\u{1}point\0\u{1}time\0\u{3}exclude_starter\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1722,6 +1734,7 @@ nonisolated extension Sparkops_Policy_V1_Decision: SwiftProtobuf.Message, SwiftP
       case 6: try { try decoder.decodeSingularStringField(value: &self.violationID) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.point) }()
       case 8: try { try decoder.decodeSingularMessageField(value: &self._time) }()
+      case 9: try { try decoder.decodeSingularBoolField(value: &self.excludeStarter) }()
       default: break
       }
     }
@@ -1756,6 +1769,9 @@ nonisolated extension Sparkops_Policy_V1_Decision: SwiftProtobuf.Message, SwiftP
     try { if let v = self._time {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
     } }()
+    if self.excludeStarter != false {
+      try visitor.visitSingularBoolField(value: self.excludeStarter, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1768,6 +1784,7 @@ nonisolated extension Sparkops_Policy_V1_Decision: SwiftProtobuf.Message, SwiftP
     if lhs.violationID != rhs.violationID {return false}
     if lhs.point != rhs.point {return false}
     if lhs._time != rhs._time {return false}
+    if lhs.excludeStarter != rhs.excludeStarter {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
