@@ -113,6 +113,7 @@ struct SecretCommand: AsyncParsableCommand {
     struct Set: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Write a secret; its value is read from stdin.", discussion: "printf %s \"$TOKEN\" | sparkops secret set api-token --project prj_…")
         @Argument(help: "The secret's name.") var name: String
+        @Option(name: .customLong("host"), help: "A host the value may be sent to (api.example.com, *.example.com); repeat for more. None: any host.") var hosts: [String] = []
         @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
         @OptionGroup var client: ClientOptions
 
@@ -121,8 +122,10 @@ struct SecretCommand: AsyncParsableCommand {
             // A value typed or echoed ends with a new line that is not part of it.
             if value.hasSuffix("\r\n") { value.removeLast(2) } else if value.hasSuffix("\n") { value.removeLast() }
             guard !value.isEmpty else { throw ValidationError("the secret's value is read from stdin, which was empty") }
-            let secret = try await APIClient(options: self.client).call(.PUT, "/api/v1/projects/\(self.project)/secrets/\(ToolCommand.escape(self.name))", body: ["value": value])
-            Printer.print(secret, format: self.client.output, columns: [("name", "name"), ("updated", "updateTime"), ("by", "updatedBy")])
+            let secret = try await APIClient(options: self.client).call(.PUT, "/api/v1/projects/\(self.project)/secrets/\(ToolCommand.escape(self.name))", body: ["value": value, "hosts": self.hosts])
+            var shown = secret
+            if self.client.output == .table { shown["hosts"] = (secret["hosts"] as? [String]).map { $0.joined(separator: ",") } ?? "any" }
+            Printer.print(shown, format: self.client.output, columns: [("name", "name"), ("hosts", "hosts"), ("updated", "updateTime"), ("by", "updatedBy")])
         }
     }
 
@@ -132,8 +135,15 @@ struct SecretCommand: AsyncParsableCommand {
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
-            let page = try await APIClient(options: self.client).call(.GET, "/api/v1/projects/\(self.project)/secrets?page_size=500")
-            Printer.print(page, format: self.client.output, rows: "secrets", columns: [("name", "name"), ("created", "createTime"), ("updated", "updateTime"), ("by", "updatedBy")])
+            var page = try await APIClient(options: self.client).call(.GET, "/api/v1/projects/\(self.project)/secrets?page_size=500")
+            if self.client.output == .table {
+                page["secrets"] = (page["secrets"] as? [[String: Any]] ?? []).map { row in
+                    var shown = row
+                    shown["hosts"] = (row["hosts"] as? [String]).map { $0.joined(separator: ",") } ?? "any"
+                    return shown
+                }
+            }
+            Printer.print(page, format: self.client.output, rows: "secrets", columns: [("name", "name"), ("hosts", "hosts"), ("created", "createTime"), ("updated", "updateTime"), ("by", "updatedBy")])
         }
     }
 

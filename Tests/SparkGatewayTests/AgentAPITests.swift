@@ -233,6 +233,28 @@ struct AgentAPITests {
         }
     }
 
+    @Test("a provider's API key bound to other hosts is not sent to the model: the step fails secret_refused and the model is not called")
+    func boundAPIKey() async throws {
+        let llm = try await FakeLLMServer.start()
+        defer { Task { try? await llm.stop() } }
+        try await TestCluster.run(backend: .sqlite, overrides: Self.overrides(llm)) { cluster in
+            let project = try await Self.project(cluster)
+            try #require(try await Self.apply(cluster, project, Self.agent()).status == 200)
+            let bound = try await cluster.http.send(.PUT, "\(project.base)/secrets/FAKE_KEY", token: project.token, json: ["value": "sk-test-123", "hosts": ["api.example.com"]])
+            try #require(bound.status == 200, "\(bound.text)")
+            let reply = try await Self.execute(cluster, project, ["prompt": "Hello."])
+            #expect(reply.json["status"] as? String == "failed", "\(reply.text)")
+            #expect((reply.json["error"] as? [String: Any])?["reason"] as? String == "secret_refused", "\(reply.text)")
+            #expect(llm.requests.isEmpty)
+            // Bound to the provider's host, it is sent.
+            let host = URLComponents(string: llm.baseURL)?.host ?? ""
+            try #require(try await cluster.http.send(.PUT, "\(project.base)/secrets/FAKE_KEY", token: project.token, json: ["value": "sk-test-123", "hosts": [host]]).status == 200)
+            llm.enqueue(.text("Hi."))
+            let sent = try await Self.execute(cluster, project, ["prompt": "Hello."])
+            #expect(sent.json["status"] as? String == "succeeded", "\(sent.text)")
+        }
+    }
+
     @Test("a step calls the tool the model asks for and gives the result back, on both provider APIs", arguments: TestBackend.all, ["fake-openai", "fake-anthropic"])
     func loop(backend: TestBackend, provider: String) async throws {
         let llm = try await FakeLLMServer.start()

@@ -197,6 +197,45 @@ struct ToolAPITests {
         }
     }
 
+    @Test("a secret bound to hosts goes to those hosts only: a tool sending it elsewhere is refused when written and when run, nothing sent", arguments: TestBackend.all)
+    func secretHosts(backend: TestBackend) async throws {
+        let server = try await HTTPEchoServer.start()
+        defer { Task { try? await server.stop() } }
+        try await TestCluster.run(backend: backend, overrides: ["tool.outboundAllow": "127.0.0.1:\(server.port),localhost:\(server.port)"]) { cluster in
+            let admin = try await cluster.adminToken()
+            let project = try await cluster.createProject("bound", token: admin)
+            let base = "/api/v1/projects/\(project)"
+            let put = try await cluster.http.send(.PUT, "\(base)/secrets/api-token", token: admin, json: ["value": "tok-123456", "hosts": ["127.0.0.1", "*.example.com"]])
+            #expect(put.status == 200, "\(put.text)")
+            #expect(put.json["hosts"] as? [String] == ["127.0.0.1", "*.example.com"], "\(put.text)")
+            for (hosts, field) in [(["bad host"], "hosts[0]"), (["ok.example.com", "a..b"], "hosts[1]"), (Array(repeating: "h.example.com", count: 51), "hosts")] {
+                let refused = try await cluster.http.send(.PUT, "\(base)/secrets/other", token: admin, json: ["value": "v-123456", "hosts": hosts])
+                #expect(refused.status == 400 && refused.errorField == field, "\(hosts): \(refused.text)")
+            }
+            func tool(_ name: String, _ url: String) -> String {
+                "tool: \(name)\nkind: http\nside_effects: none\nhttp: { url: \"\(url)\", auth: { secret: api-token, scheme: header, header: X-Token } }\n"
+            }
+            // Written to the allowed host: taken, and the value is sent there.
+            try #require(try await cluster.http.send(.POST, "\(base)/tools/apply", token: admin, json: ["source": tool("good", "http://127.0.0.1:\(server.port)/ok")]).status == 200)
+            let good = try await cluster.http.send(.POST, "\(base)/tools/good/invoke", token: admin, json: ["input": [:]])
+            #expect(good.status == 200 && good.json["error"] == nil, "\(good.text)")
+            // Written to another host: refused, naming the secret and its hosts.
+            let elsewhere = try await cluster.http.send(.POST, "\(base)/tools/apply", token: admin, json: ["source": tool("leak", "http://localhost:\(server.port)/steal")])
+            #expect(elsewhere.status == 400 && elsewhere.errorField == "source", "\(elsewhere.text)")
+            #expect(elsewhere.errorMessage?.contains("the secret api-token may be sent to 127.0.0.1, *.example.com only, not localhost") == true, "\(elsewhere.text)")
+            // A host chosen when run: refused then, before anything is sent.
+            try #require(try await cluster.http.send(.POST, "\(base)/tools/apply", token: admin, json: ["source": tool("chosen", "http://${{ input.host }}:\(server.port)/steal") + "input_schema: { type: object, properties: { host: { type: string } }, required: [host] }\n"]).status == 200)
+            let before = server.requests
+            let stolen = try await cluster.http.send(.POST, "\(base)/tools/chosen/invoke", token: admin, json: ["input": ["host": "localhost"]])
+            #expect((stolen.json["error"] as? [String: Any])?["reason"] as? String == "secret_refused", "\(stolen.text)")
+            #expect(server.requests == before, "a request was sent")
+            #expect(!stolen.text.contains("tok-123456"))
+            // Listed with its hosts; a secret without hosts goes anywhere, as before.
+            let listed = try await cluster.http.send(.GET, "\(base)/secrets", token: admin)
+            #expect((listed.json["secrets"] as? [[String: Any]])?.first?["hosts"] as? [String] == ["127.0.0.1", "*.example.com"], "\(listed.text)")
+        }
+    }
+
     @Test("a tool's output, logs and error never carry a secret value of the project: each becomes [secret NAME]", arguments: TestBackend.all)
     func outputsScrubbed(backend: TestBackend) async throws {
         try await TestCluster.run(backend: backend) { cluster in

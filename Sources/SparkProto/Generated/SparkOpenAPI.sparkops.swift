@@ -3030,6 +3030,12 @@ public enum SparkOpenAPI {
       "sparkops.tool.v1.PutSecretRequest" : {
         "additionalProperties" : false,
         "properties" : {
+          "hosts" : {
+            "items" : {
+              "type" : "string"
+            },
+            "type" : "array"
+          },
           "name" : {
             "type" : "string"
           },
@@ -3103,6 +3109,12 @@ public enum SparkOpenAPI {
           "createTime" : {
             "format" : "date-time",
             "type" : "string"
+          },
+          "hosts" : {
+            "items" : {
+              "type" : "string"
+            },
+            "type" : "array"
           },
           "name" : {
             "type" : "string"

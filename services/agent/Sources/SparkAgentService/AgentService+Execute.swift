@@ -165,7 +165,11 @@ extension AgentService {
         let secretName = definition.apiKeySecret.isEmpty ? provider.apiKeySecret : definition.apiKeySecret
         var apiKey: String?
         if !secretName.isEmpty {
-            apiKey = try await self.tools.secret(secretName, projectID: execution.projectID, principal: principal)
+            do {
+                apiKey = try await self.tools.secret(secretName, host: URLComponents(string: provider.baseURL)?.host ?? "", projectID: execution.projectID, principal: principal)
+            } catch let error as RPCError where error.code == .permissionDenied {
+                return LoopOutcome(result: .failure(AgentLoop.Failure(reason: "secret_refused", message: "the API key of \(provider.name): \(error.message)")), llmCalls: [], toolCalls: [])
+            }
             if apiKey == nil {
                 return LoopOutcome(result: .failure(AgentLoop.Failure(reason: "secret_missing", message: "the project has no secret \(secretName.debugDescription) holding the API key of \(provider.name); write it with `sparkops secret set \(secretName)`")), llmCalls: [], toolCalls: [])
             }

@@ -44,12 +44,14 @@ struct ProjectTools: Sendable {
         return try await self.client.invokeTool(request, metadata: principal.metadata, options: options)
     }
 
-    /// The secret's value; nil when the project has no such secret.
-    func secret(_ name: String, projectID: String, principal: Sparkops_Common_V1_Principal) async throws -> String? {
+    /// The secret's value, for sending to `host`; nil when the project has no such secret.
+    /// PERMISSION_DENIED when the secret may not be sent there.
+    func secret(_ name: String, host: String, projectID: String, principal: Sparkops_Common_V1_Principal) async throws -> String? {
         do {
             return try await self.client.revealSecret(.with {
                 $0.projectID = projectID
                 $0.name = name
+                $0.host = host
             }, metadata: principal.metadata).value
         } catch let error as RPCError where error.code == .notFound {
             return nil

@@ -17,6 +17,9 @@ struct GuardedHTTPClient: Sendable {
         var url: String
         var headers: [(String, String)]
         var body: [UInt8]?
+        /// Headers that carry a secret (an auth `header` scheme's): dropped, like Authorization,
+        /// when a redirect leads to another host.
+        var sensitive: [String] = []
     }
 
     struct Response: Sendable {
@@ -83,7 +86,8 @@ struct GuardedHTTPClient: Sendable {
             }
             let nextHost = URLComponents(string: next)?.host?.lowercased()
             if nextHost != target.host.lowercased() {
-                current.headers.removeAll { $0.0.lowercased() == "authorization" || $0.0.lowercased() == "cookie" }
+                let sensitive = Set(current.sensitive.map { $0.lowercased() })
+                current.headers.removeAll { $0.0.lowercased() == "authorization" || $0.0.lowercased() == "cookie" || sensitive.contains($0.0.lowercased()) }
             }
             if response.status == 303 || ((response.status == 301 || response.status == 302) && current.method == .POST) {
                 current.method = .GET

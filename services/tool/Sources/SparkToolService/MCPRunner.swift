@@ -29,7 +29,7 @@ struct MCPRunner: Sendable {
     }
 
     /// The server's tools, those of `spec.tools` only when it names some.
-    func list(_ spec: ToolDefinition.MCP, timeout: Duration, maxBytes: Int, secret: @escaping @Sendable (String) async throws -> String?) async throws(Failure) -> [Function] {
+    func list(_ spec: ToolDefinition.MCP, timeout: Duration, maxBytes: Int, secret: @escaping ToolRunner.SecretOpener) async throws(Failure) -> [Function] {
         let tools = try await self.converse(spec, timeout: timeout, maxBytes: maxBytes, secret: secret) { client in
             var found: [MCP.Tool] = []
             var cursor: String?
@@ -47,7 +47,7 @@ struct MCPRunner: Sendable {
 
     /// Calls one of the server's tools: `{content, text}` (its content blocks, and their text
     /// joined), or a failure `tool_error` when the server says the call failed.
-    func call(_ spec: ToolDefinition.MCP, tool: String, arguments: ExprValue, timeout: Duration, maxBytes: Int, secret: @escaping @Sendable (String) async throws -> String?) async throws(Failure) -> ExprValue {
+    func call(_ spec: ToolDefinition.MCP, tool: String, arguments: ExprValue, timeout: Duration, maxBytes: Int, secret: @escaping ToolRunner.SecretOpener) async throws(Failure) -> ExprValue {
         guard spec.tools.isEmpty || spec.tools.contains(tool) else {
             throw Failure(reason: "unknown_tool", message: "the server's tool \(tool.debugDescription) is not among this tool's mcp.tools")
         }
@@ -78,7 +78,7 @@ struct MCPRunner: Sendable {
 
     /// Connects, runs `body` with an initialized client, and disconnects.
     private func converse<T: Sendable>(
-        _ spec: ToolDefinition.MCP, timeout: Duration, maxBytes: Int, secret: @escaping @Sendable (String) async throws -> String?,
+        _ spec: ToolDefinition.MCP, timeout: Duration, maxBytes: Int, secret: @escaping ToolRunner.SecretOpener,
         _ body: @escaping @Sendable (Client) async throws -> T
     ) async throws(Failure) -> T {
         let run: @Sendable (any Transport) async throws -> T = { transport in
@@ -110,7 +110,7 @@ struct MCPRunner: Sendable {
             var headers: [(String, String)] = []
             if let auth = spec.auth {
                 do {
-                    headers.append(try await ToolRunner.header(for: auth, secret: secret))
+                    headers.append(try await ToolRunner.header(for: auth, host: URLComponents(string: url)?.host ?? "", secret: secret))
                 } catch {
                     throw Failure(reason: error.reason, message: error.message)
                 }

@@ -25,10 +25,22 @@ struct ToolRunner: Sendable {
         var logs: String
     }
 
+    /// Opens a secret of the project by name for sending to a host (nil: not sent to a host; nil
+    /// back: there is no such secret); throws ``SecretRefused`` when the secret may not go there.
+    typealias SecretOpener = @Sendable (_ name: String, _ host: String?) async throws -> String?
+
+    /// A secret bound to hosts, asked for another.
+    struct SecretRefused: Error, CustomStringConvertible {
+        var name: String
+        var host: String
+        var hosts: [String]
+        var description: String { "the secret \(self.name) may be sent to \(self.hosts.joined(separator: ", ")) only, not \(self.host)" }
+    }
+
     /// What a call may use of its project: its secrets by name (nil: there is none), and a
     /// search of its documents (query, collection, limit → hits).
     struct Project: Sendable {
-        var secret: @Sendable (String) async throws -> String?
+        var secret: ToolRunner.SecretOpener
         var search: @Sendable (String, String, Int) async throws -> [ExprValue]
     }
 
@@ -158,7 +170,7 @@ struct ToolRunner: Sendable {
 
     // MARK: sql
 
-    func sql(_ spec: ToolDefinition.SQL, input: ExprValue, timeout: Duration, secret: @Sendable (String) async throws -> String?) async throws(Failure) -> Outcome {
+    func sql(_ spec: ToolDefinition.SQL, input: ExprValue, timeout: Duration, secret: ToolRunner.SecretOpener) async throws(Failure) -> Outcome {
         let environment: [String: ExprValue] = ["input": input]
         var parameters: [ExprValue] = []
         for (index, template) in spec.parameters.enumerated() {
@@ -166,7 +178,7 @@ struct ToolRunner: Sendable {
         }
         let connection: String?
         do {
-            connection = try await secret(spec.connection)
+            connection = try await secret(spec.connection, nil)
         } catch {
             throw Failure(reason: "secret_missing", message: "the secret \(spec.connection) cannot be opened: \(error)")
         }
@@ -235,10 +247,13 @@ struct ToolRunner: Sendable {
     }
 
     /// The request header that carries `auth`'s secret.
-    static func header(for auth: ToolDefinition.Auth, secret: @Sendable (String) async throws -> String?) async throws(Failure) -> (String, String) {
+    static func header(for auth: ToolDefinition.Auth, host: String, secret: ToolRunner.SecretOpener) async throws(Failure) -> (String, String) {
         let value: String?
         do {
-            value = try await secret(auth.secret)
+            value = try await secret(auth.secret, host)
+        } catch let refused as SecretRefused {
+            // Nothing is sent: the secret is not the tool's to send there.
+            throw Failure(reason: "secret_refused", message: refused.description)
         } catch {
             throw Failure(reason: "secret_missing", message: "the secret \(auth.secret) cannot be opened: \(error)")
         }
@@ -255,7 +270,7 @@ struct ToolRunner: Sendable {
         input: ExprValue,
         timeout: Duration,
         maxOutputBytes: Int,
-        secret: @Sendable (String) async throws -> String?
+        secret: ToolRunner.SecretOpener
     ) async throws(Failure) -> Outcome {
         let environment: [String: ExprValue] = ["input": input]
         var url = try Self.renderURL(spec.url, environment)
@@ -278,7 +293,9 @@ struct ToolRunner: Sendable {
             }
             headers.append((name, value))
         }
-        if let auth = spec.auth { headers.append(try await Self.header(for: auth, secret: secret)) }
+        if let auth = spec.auth {
+            headers.append(try await Self.header(for: auth, host: URLComponents(string: url)?.host ?? "", secret: secret))
+        }
         let method = HTTPMethod(rawValue: spec.method)
         var body: [UInt8]?
         let hasContentType = headers.contains { $0.0.lowercased() == "content-type" }
@@ -296,7 +313,7 @@ struct ToolRunner: Sendable {
         let response: GuardedHTTPClient.Response
         do {
             response = try await self.http.send(
-                .init(method: method, url: url, headers: headers, body: body),
+                .init(method: method, url: url, headers: headers, body: body, sensitive: spec.auth.map { $0.scheme == .header ? [$0.header] : [] } ?? []),
                 hosts: spec.allow, redirects: spec.followRedirects, maxBytes: min(spec.maxResponseBytes, max(maxOutputBytes, 1)), timeout: timeout
             )
         } catch {

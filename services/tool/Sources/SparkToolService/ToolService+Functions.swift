@@ -39,7 +39,7 @@ extension ToolService {
         do {
             functions = try await self.runner.mcp.list(
                 spec, timeout: .milliseconds(definition.timeout.milliseconds), maxBytes: definition.maxOutputBytes,
-                secret: { name in try await self.openSecret(projectID: projectID, name: name) }
+                secret: { name, host in try await self.openSecret(projectID: projectID, name: name, host: host) }
             )
         } catch {
             throw SparkError(.unavailable, "the tool's MCP server could not list its tools (\(error.reason)): \(error.message)")

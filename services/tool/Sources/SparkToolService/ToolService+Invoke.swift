@@ -93,7 +93,7 @@ extension ToolService {
         let result: Result<ToolRunner.Outcome, ToolRunner.Failure>
         do {
             let project = ToolRunner.Project(
-                secret: { name in try await self.openSecret(projectID: projectID, name: name) },
+                secret: { name, host in try await self.openSecret(projectID: projectID, name: name, host: host) },
                 search: { query, collection, limit in
                     try await self.search(projectID: projectID, query: query, collection: collection, limit: limit).map { row in
                         .map([
@@ -325,8 +325,9 @@ extension ToolService {
         }
     }
 
-    func openSecret(projectID: String, name: String) async throws -> String? {
+    func openSecret(projectID: String, name: String, host: String?) async throws -> String? {
         guard let row = try await self.store.store.sql({ try await self.store.secret(projectID: projectID, name: name, on: $0) }) else { return nil }
+        if let host, !row.allows(host) { throw ToolRunner.SecretRefused(name: name, host: host, hosts: row.hosts) }
         return try self.secrets.open(keyID: row.keyID, sealed: row.sealed, projectID: projectID, name: name)
     }
 

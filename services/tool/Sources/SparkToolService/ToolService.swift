@@ -93,6 +93,7 @@ public final class ToolService: Sparkops_Tool_V1_ToolService.ServiceProtocol {
         let projectID = request.message.projectID
         let principal = try await self.access.require(request.metadata, projectID: projectID, permission: "tool.write")
         let definition = try Self.read(request.message.source)
+        try await self.checkSecretHosts(definition, projectID: projectID)
         let result = try await self.store.store.transaction { db -> Sparkops_Tool_V1_ApplyToolResponse in
             guard let existing = try await self.store.tool(definition.name, projectID: projectID, on: db) else {
                 return try await self.create(definition, source: request.message.source, projectID: projectID, by: principal.id, on: db)
@@ -114,6 +115,7 @@ public final class ToolService: Sparkops_Tool_V1_ToolService.ServiceProtocol {
         try Self.validateReference(message.tool)
         let mask = try UpdateMask(message.updateMask, allowed: ["source"])
         let definition = mask.contains("source") ? try Self.read(message.source) : nil
+        if let definition { try await self.checkSecretHosts(definition, projectID: message.projectID) }
         let result = try await self.store.store.transaction { db -> Sparkops_Tool_V1_ApplyToolResponse in
             guard let existing = try await self.store.tool(message.tool, projectID: message.projectID, on: db) else {
                 throw SparkError.notFound("tool")
@@ -134,6 +136,22 @@ public final class ToolService: Sparkops_Tool_V1_ToolService.ServiceProtocol {
             await self.audit(principal, projectID: message.projectID, action: "tool.update", target: result.tool.id, detail: "v\(result.version.version)", metadata: request.metadata)
         }
         return ServerResponse(message: result)
+    }
+
+    /// A tool that would send a secret to a host the secret does not allow is refused when written
+    /// (it is refused again when run, against the host it reaches then). A URL whose host is a
+    /// template is checked when run only.
+    func checkSecretHosts(_ definition: ToolDefinition, projectID: String) async throws {
+        var uses: [(field: String, secret: String, url: String)] = []
+        if let http = definition.http, let auth = http.auth { uses.append(("http.auth.secret", auth.secret, http.url)) }
+        if let mcp = definition.mcp, let auth = mcp.auth, case .url(let url) = mcp.server { uses.append(("mcp.auth.secret", auth.secret, url)) }
+        for use in uses {
+            guard let host = URLComponents(string: use.url)?.host, !host.contains("$") else { continue }
+            guard let row = try await self.store.store.sql({ try await self.store.secret(projectID: projectID, name: use.secret, on: $0) }) else { continue }
+            guard row.allows(host) else {
+                throw SparkError(.invalidArgument, "source: \(use.field): \(ToolRunner.SecretRefused(name: use.secret, host: host, hosts: row.hosts).description)", field: "source")
+            }
+        }
     }
 
     func create(_ definition: ToolDefinition, source: String, projectID: String, by actor: String, on db: any SQLDatabase) async throws -> Sparkops_Tool_V1_ApplyToolResponse {
@@ -281,16 +299,34 @@ public final class ToolService: Sparkops_Tool_V1_ToolService.ServiceProtocol {
         try Self.validateSecretName(message.name)
         guard !message.value.isEmpty else { throw SparkError.invalid("value", "is required") }
         guard message.value.utf8.count <= 32 * 1024 else { throw SparkError.invalid("value", "is longer than 32 KiB") }
+        let hosts = try Self.validateSecretHosts(message.hosts)
         let (keyID, sealed) = try self.secrets.seal(message.value, projectID: message.projectID, name: message.name)
         let now = ToolStore.now()
         let (row, created) = try await self.store.store.transaction { db -> (SecretRow, Bool) in
             let existing = try await self.store.secret(projectID: message.projectID, name: message.name, on: db)
-            let row = SecretRow(projectID: message.projectID, name: message.name, keyID: keyID, sealed: sealed, createdAt: existing?.createdAt ?? now, updatedAt: now, updatedBy: principal.id)
+            let row = SecretRow(projectID: message.projectID, name: message.name, keyID: keyID, sealed: sealed, createdAt: existing?.createdAt ?? now, updatedAt: now, updatedBy: principal.id, hosts: hosts)
             return (row, try await self.store.put(row, on: db))
         }
         self.scrubber.forget(projectID: message.projectID)
         await self.audit(principal, projectID: message.projectID, action: created ? "secret.create" : "secret.update", target: message.name, metadata: request.metadata)
         return ServerResponse(message: Self.message(row))
+    }
+
+    /// A secret's hosts: each a host name (a `*.` prefix for every name below a domain) or an
+    /// address, lower-cased, at most 50; INVALID_ARGUMENT naming `hosts[i]` otherwise.
+    static func validateSecretHosts(_ hosts: [String]) throws(SparkError) -> [String] {
+        guard hosts.count <= 50 else { throw SparkError.invalid("hosts", "has \(hosts.count) hosts; at most 50") }
+        var out: [String] = []
+        for (index, given) in hosts.enumerated() {
+            let host = given.trimmingCharacters(in: .whitespaces).lowercased()
+            let name = host.hasPrefix("*.") ? String(host.dropFirst(2)) : host
+            let allowed = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyz0123456789.-:")
+            guard !name.isEmpty, name.utf8.count <= 253, name.unicodeScalars.allSatisfy(allowed.contains), !name.hasPrefix("."), !name.hasSuffix("."), !name.contains("..") else {
+                throw SparkError.invalid("hosts[\(index)]", "\(given.debugDescription) is not a host name (api.example.com, *.example.com) or an address")
+            }
+            if !out.contains(host) { out.append(host) }
+        }
+        return out
     }
 
     public func listSecrets(
@@ -331,6 +367,9 @@ public final class ToolService: Sparkops_Tool_V1_ToolService.ServiceProtocol {
         try Self.validateSecretName(message.name)
         guard let row = try await self.store.store.sql({ try await self.store.secret(projectID: message.projectID, name: message.name, on: $0) }) else {
             throw SparkError.notFound("secret")
+        }
+        guard row.allows(message.host) else {
+            throw SparkError(.permissionDenied, ToolRunner.SecretRefused(name: row.name, host: message.host, hosts: row.hosts).description, field: "host")
         }
         let value = try self.secrets.open(keyID: row.keyID, sealed: row.sealed, projectID: row.projectID, name: row.name)
         return ServerResponse(message: .with { $0.value = value })
@@ -400,6 +439,7 @@ public final class ToolService: Sparkops_Tool_V1_ToolService.ServiceProtocol {
             $0.createTime = .init(microseconds: row.createdAt)
             $0.updateTime = .init(microseconds: row.updatedAt)
             $0.updatedBy = row.updatedBy
+            $0.hosts = row.hosts
         }
     }
 }

@@ -38,6 +38,14 @@ struct SecretRow: Sendable {
     var createdAt: Int64
     var updatedAt: Int64
     var updatedBy: String
+    /// The hosts the value may be sent to; empty: any.
+    var hosts: [String] = []
+
+    /// Whether the value may be sent to `host`: an entry names it exactly (case aside), or is
+    /// `*.domain` and the host is below that domain.
+    func allows(_ host: String) -> Bool {
+        GuardedHTTPClient.host(host.trimmingCharacters(in: CharacterSet(charactersIn: "[]")), isIn: self.hosts)
+    }
 }
 
 /// One call of a tool under an idempotency key: `running` until it ends, then `succeeded` or
@@ -123,6 +131,7 @@ enum ToolMigrations {
             "CREATE INDEX invocations_started ON invocations (started_at)",
         ]),
         documents,
+        SparkMigration("0003_secret_hosts", ["ALTER TABLE secrets ADD COLUMN hosts TEXT NOT NULL DEFAULT ''"]),
     ]
 }
 
@@ -201,15 +210,15 @@ struct ToolStore: Sendable {
         let existing = try await db.raw("SELECT created_at FROM secrets WHERE project_id = \(bind: secret.projectID) AND name = \(bind: secret.name)").first()
         if existing == nil {
             try await db.raw("""
-                INSERT INTO secrets (project_id, name, key_id, sealed, created_at, updated_at, updated_by)
+                INSERT INTO secrets (project_id, name, key_id, sealed, created_at, updated_at, updated_by, hosts)
                 VALUES (\(bind: secret.projectID), \(bind: secret.name), \(bind: secret.keyID), \(bind: secret.sealed),
-                        \(bind: secret.createdAt), \(bind: secret.updatedAt), \(bind: secret.updatedBy))
+                        \(bind: secret.createdAt), \(bind: secret.updatedAt), \(bind: secret.updatedBy), \(bind: secret.hosts.joined(separator: "\n")))
                 """).run()
             return true
         }
         try await db.raw("""
             UPDATE secrets SET key_id = \(bind: secret.keyID), sealed = \(bind: secret.sealed), updated_at = \(bind: secret.updatedAt),
-                updated_by = \(bind: secret.updatedBy)
+                updated_by = \(bind: secret.updatedBy), hosts = \(bind: secret.hosts.joined(separator: "\n"))
             WHERE project_id = \(bind: secret.projectID) AND name = \(bind: secret.name)
             """).run()
         return false
@@ -333,7 +342,8 @@ struct ToolStore: Sendable {
             sealed: try row.decode(column: "sealed", as: String.self),
             createdAt: try row.decode(column: "created_at", as: Int64.self),
             updatedAt: try row.decode(column: "updated_at", as: Int64.self),
-            updatedBy: try row.decode(column: "updated_by", as: String.self)
+            updatedBy: try row.decode(column: "updated_by", as: String.self),
+            hosts: try row.decode(column: "hosts", as: String.self).split(separator: "\n").map(String.init)
         )
     }
 

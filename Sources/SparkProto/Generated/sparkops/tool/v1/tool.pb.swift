@@ -184,6 +184,10 @@ public nonisolated struct Sparkops_Tool_V1_Secret: Sendable {
 
   public var updatedBy: String = String()
 
+  /// The hosts the value may be sent to (an http or mcp tool's auth, an agent's model provider):
+  /// names such as api.example.com or *.example.com, or addresses. Empty: any host.
+  public var hosts: [String] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -684,6 +688,9 @@ public nonisolated struct Sparkops_Tool_V1_PutSecretRequest: Sendable {
   /// Stored encrypted; never returned.
   public var value: String = String()
 
+  /// The hosts the value may be sent to (see Secret.hosts); at most 50. Empty: any host.
+  public var hosts: [String] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -752,6 +759,9 @@ public nonisolated struct Sparkops_Tool_V1_RevealSecretRequest: Sendable {
   public var projectID: String = String()
 
   public var name: String = String()
+
+  /// The host the value is about to be sent to: refused (PERMISSION_DENIED) unless the secret allows it.
+  public var host: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1202,7 +1212,7 @@ nonisolated extension Sparkops_Tool_V1_ToolProblem: SwiftProtobuf.Message, Swift
 
 nonisolated extension Sparkops_Tool_V1_Secret: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Secret"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}project_id\0\u{3}create_time\0\u{3}update_time\0\u{3}updated_by\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}project_id\0\u{3}create_time\0\u{3}update_time\0\u{3}updated_by\0\u{1}hosts\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1215,6 +1225,7 @@ nonisolated extension Sparkops_Tool_V1_Secret: SwiftProtobuf.Message, SwiftProto
       case 3: try { try decoder.decodeSingularMessageField(value: &self._createTime) }()
       case 4: try { try decoder.decodeSingularMessageField(value: &self._updateTime) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.updatedBy) }()
+      case 6: try { try decoder.decodeRepeatedStringField(value: &self.hosts) }()
       default: break
       }
     }
@@ -1240,6 +1251,9 @@ nonisolated extension Sparkops_Tool_V1_Secret: SwiftProtobuf.Message, SwiftProto
     if !self.updatedBy.isEmpty {
       try visitor.visitSingularStringField(value: self.updatedBy, fieldNumber: 5)
     }
+    if !self.hosts.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.hosts, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1249,6 +1263,7 @@ nonisolated extension Sparkops_Tool_V1_Secret: SwiftProtobuf.Message, SwiftProto
     if lhs._createTime != rhs._createTime {return false}
     if lhs._updateTime != rhs._updateTime {return false}
     if lhs.updatedBy != rhs.updatedBy {return false}
+    if lhs.hosts != rhs.hosts {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2229,7 +2244,7 @@ nonisolated extension Sparkops_Tool_V1_ListToolFunctionsResponse: SwiftProtobuf.
 
 nonisolated extension Sparkops_Tool_V1_PutSecretRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PutSecretRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}name\0\u{1}value\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}name\0\u{1}value\0\u{1}hosts\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2240,6 +2255,7 @@ nonisolated extension Sparkops_Tool_V1_PutSecretRequest: SwiftProtobuf.Message, 
       case 1: try { try decoder.decodeSingularStringField(value: &self.projectID) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.name) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.value) }()
+      case 4: try { try decoder.decodeRepeatedStringField(value: &self.hosts) }()
       default: break
       }
     }
@@ -2255,6 +2271,9 @@ nonisolated extension Sparkops_Tool_V1_PutSecretRequest: SwiftProtobuf.Message, 
     if !self.value.isEmpty {
       try visitor.visitSingularStringField(value: self.value, fieldNumber: 3)
     }
+    if !self.hosts.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.hosts, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2262,6 +2281,7 @@ nonisolated extension Sparkops_Tool_V1_PutSecretRequest: SwiftProtobuf.Message, 
     if lhs.projectID != rhs.projectID {return false}
     if lhs.name != rhs.name {return false}
     if lhs.value != rhs.value {return false}
+    if lhs.hosts != rhs.hosts {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2398,7 +2418,7 @@ nonisolated extension Sparkops_Tool_V1_DeleteSecretResponse: SwiftProtobuf.Messa
 
 nonisolated extension Sparkops_Tool_V1_RevealSecretRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RevealSecretRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}name\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}name\0\u{1}host\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2408,6 +2428,7 @@ nonisolated extension Sparkops_Tool_V1_RevealSecretRequest: SwiftProtobuf.Messag
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.projectID) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.host) }()
       default: break
       }
     }
@@ -2420,12 +2441,16 @@ nonisolated extension Sparkops_Tool_V1_RevealSecretRequest: SwiftProtobuf.Messag
     if !self.name.isEmpty {
       try visitor.visitSingularStringField(value: self.name, fieldNumber: 2)
     }
+    if !self.host.isEmpty {
+      try visitor.visitSingularStringField(value: self.host, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Sparkops_Tool_V1_RevealSecretRequest, rhs: Sparkops_Tool_V1_RevealSecretRequest) -> Bool {
     if lhs.projectID != rhs.projectID {return false}
     if lhs.name != rhs.name {return false}
+    if lhs.host != rhs.host {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
