@@ -173,10 +173,12 @@ struct RunCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A run with its steps, attempts, inputs, outputs and cost.")
         @Argument(help: "The run's id.") var run: String
         @Option(help: ProjectDefault.help) var project: String = ProjectDefault.current
+        @Flag(help: "Also every LLM call and tool call of its agent steps: tokens, cost, duration, outcome.") var steps = false
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
-            let run = try await APIClient(options: self.client).call(.GET, "\(RunCommand.base(self.project))/\(ToolCommand.escape(self.run))")
+            let api = APIClient(options: self.client)
+            let run = try await api.call(.GET, "\(RunCommand.base(self.project))/\(ToolCommand.escape(self.run))")
             guard self.client.output == .table else { return Printer.print(run, format: .json, columns: []) }
             var row = RunCommand.row(run)
             var columns = RunCommand.columns
@@ -194,6 +196,48 @@ struct RunCommand: AsyncParsableCommand {
             }
             Printer.print(["steps": steps], format: .table, rows: "steps", columns: [
                 ("step", "id"), ("kind", "kind"), ("target", "target"), ("status", "status"), ("attempts", "attempts"), ("error", "error"),
+            ])
+            if self.steps { try await self.printCalls(run, api: api) }
+        }
+
+        /// Every call of the run's agent steps, from their executions' records, oldest first.
+        func printCalls(_ run: [String: Any], api: APIClient) async throws {
+            var calls: [[String: Any]] = []
+            for step in run["steps"] as? [[String: Any]] ?? [] where step["kind"] as? String == "agent" {
+                var seen: Set<String> = []
+                for attempt in step["attempts"] as? [[String: Any]] ?? [] {
+                    guard let id = attempt["callId"] as? String, id.hasPrefix("exec_"), seen.insert(id).inserted else { continue }
+                    // A held execution that was resumed is gone: the one that resumed it lists its calls.
+                    guard let execution = try? await api.call(.GET, "/api/v1/projects/\(self.project)/agent-executions/\(ToolCommand.escape(id))") else { continue }
+                    var events: [(Int, Int, [String: Any])] = []
+                    for call in execution["llmCalls"] as? [[String: Any]] ?? [] {
+                        let outcome = (call["error"] as? String).map { "failed: \($0)" } ?? Printer.text(call["finishReason"])
+                        events.append((Int(Printer.text(call["iteration"])) ?? 0, 0, [
+                            "call": "llm", "name": "\(Printer.text(call["provider"]))/\(Printer.text(call["model"]))",
+                            "tokens": "\(Printer.text(call["inputTokens"] ?? 0))+\(Printer.text(call["outputTokens"] ?? 0))",
+                            "cost": Dollars.text(call["costMicros"] ?? "0"), "duration": "\(Printer.text(call["durationMs"] ?? 0)) ms", "outcome": outcome,
+                        ]))
+                    }
+                    for call in execution["toolCalls"] as? [[String: Any]] ?? [] {
+                        let error = call["error"] as? [String: Any]
+                        events.append((Int(Printer.text(call["iteration"])) ?? 0, 1, [
+                            "call": "tool", "name": Printer.text(call["tool"]), "tokens": "",
+                            "cost": Dollars.text(call["costMicros"] ?? "0"), "duration": "\(Printer.text(call["durationMs"] ?? 0)) ms",
+                            "outcome": error.map { "\(Printer.text($0["reason"])): \(Printer.text($0["message"]))" } ?? (call["replayed"] as? Bool == true ? "replayed" : "succeeded"),
+                        ]))
+                    }
+                    for (iteration, _, var row) in events.sorted(by: { ($0.0, $0.1) < ($1.0, $1.1) }) {
+                        row["step"] = Printer.text(step["id"])
+                        row["attempt"] = Printer.text(attempt["attempt"])
+                        row["iteration"] = "\(iteration)"
+                        calls.append(row)
+                    }
+                }
+            }
+            print("")
+            Printer.print(["calls": calls], format: .table, rows: "calls", columns: [
+                ("step", "step"), ("attempt", "attempt"), ("iteration", "iteration"), ("call", "call"), ("name", "name"),
+                ("tokens", "tokens"), ("cost", "cost"), ("duration", "duration"), ("outcome", "outcome"),
             ])
         }
     }

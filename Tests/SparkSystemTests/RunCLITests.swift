@@ -121,6 +121,11 @@ extension CLITests {
             #expect(table.output.contains("publish"), "\(table.output)")
             // The run's estimate, from the workflow's estimated_cost.
             #expect(table.output.contains("ESTIMATE") && table.output.contains("$0.25"), "\(table.output)")
+            // With --steps, every call of its agent step: the model, tokens, cost, duration, outcome.
+            let calls = try await cli("run", "get", try #require(brief?["id"] as? String), "--project", project, "--steps")
+            #expect(calls.status == 0, "\(calls.output)")
+            let llmRow = calls.output.split(separator: "\n").first { $0.contains(" llm ") }.map(String.init) ?? ""
+            #expect(llmRow.contains("draft") && llmRow.contains("fake-openai/m1") && llmRow.contains("100+20") && llmRow.contains("$0.00036") && llmRow.contains("stop"), "\(calls.output)")
         }
     }
 }
