@@ -23,3 +23,21 @@ extension Sparkops_Common_V1_Json {
         }
     }
 }
+
+/// A call a policy held (`sparkops.common.v1.HeldCall`), as the services that ask build it.
+extension Sparkops_Common_V1_HeldCall {
+    /// The hold `decision` (a require_approval) makes of a call: its first deciding rule as
+    /// `policy/rule`, that rule's message, the violation, and whether the starter is excluded.
+    public init(_ decision: Sparkops_Policy_V1_Decision, kind: String, target: String, arguments: ExprValue? = nil, digest: String = "") {
+        self.init()
+        let first = decision.decidedBy.first
+        self.kind = kind
+        self.target = target
+        if let arguments { self.arguments = Sparkops_Common_V1_Json(arguments) }
+        self.digest = digest
+        self.rule = first.map { $0.rule.isEmpty ? $0.policyName : "\($0.policyName)/\($0.rule)" } ?? ""
+        self.message = first?.message ?? decision.message
+        self.violationID = decision.violationID
+        self.excludeStarter = decision.excludeStarter
+    }
+}

@@ -290,20 +290,13 @@ struct AgentLoop {
             sent += "\u{0}\(message.role.rawValue)\u{0}\(message.text)\u{0}\(message.toolCallID)"
             for call in message.toolCalls { sent += "\u{0}\(call.id)\u{0}\(call.name)\u{0}\(call.arguments)" }
         }
-        let first = decision.decidedBy.first
-        return .with {
-            $0.kind = "model"
-            $0.target = "\(self.provider.name)/\(self.definition.model)"
-            $0.arguments = Sparkops_Common_V1_Json(.map([
-                "estimated_input_tokens": .int(Int64(estimatedTokens)), "max_tokens": .int(Int64(self.definition.maxTokens)),
-                "system_prompt_characters": .int(Int64(system.count)), "messages": .list(shown),
-            ]))
-            $0.digest = "sha256:" + AgentService.hash(sent)
-            $0.rule = first.map { $0.rule.isEmpty ? $0.policyName : "\($0.policyName)/\($0.rule)" } ?? ""
-            $0.message = first?.message ?? decision.message
-            $0.violationID = decision.violationID
-            $0.excludeStarter = decision.excludeStarter
-        }
+        let arguments: ExprValue = .map([
+            "estimated_input_tokens": .int(Int64(estimatedTokens)), "max_tokens": .int(Int64(self.definition.maxTokens)),
+            "system_prompt_characters": .int(Int64(system.count)), "messages": .list(shown),
+        ])
+        return Sparkops_Common_V1_HeldCall(
+            decision, kind: "model", target: "\(self.provider.name)/\(self.definition.model)", arguments: arguments, digest: "sha256:" + AgentService.hash(sent)
+        )
     }
 
     /// Asks the policy service before a model call, with the call's worst case (the prompt as

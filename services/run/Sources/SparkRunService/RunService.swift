@@ -163,7 +163,7 @@ public final class RunService: Sparkops_Run_V1_RunService.ServiceProtocol {
         let now = RunStore.now()
         var effects: [RunEffect]
         if decision.effect == "require_approval" {
-            let held = RunWorkers.value(StepCalls.heldCall(decision, kind: "run", target: pinned.definition.name))
+            let held = RunWorkers.value(Sparkops_Common_V1_HeldCall(decision, kind: "run", target: pinned.definition.name))
             effects = try machine.apply(.hold(message: "held by policy \(decision.message)", approvers: [], call: held), now: now / 1000)
         } else {
             effects = try machine.apply(.admit, now: now / 1000)

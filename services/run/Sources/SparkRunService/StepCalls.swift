@@ -81,7 +81,7 @@ struct StepCalls: Sendable {
                     $0.runID = run.id
                 }, metadata: principal.metadata) }
                 if decision.effect == "require_approval" {
-                    return Outcome(result: .held("held by policy \(decision.message)", call: Self.heldCall(decision, kind: "step", target: step.id)))
+                    return Outcome(result: .held("held by policy \(decision.message)", call: Sparkops_Common_V1_HeldCall(decision, kind: "step", target: step.id)))
                 }
             }
             switch step.kind {
@@ -170,19 +170,6 @@ struct StepCalls: Sendable {
             outcome.result = .succeeded((try? response.output.value(field: "output")) ?? .null)
         }
         return outcome
-    }
-
-    /// A hold of a run's creation or a step's start, as its approval shows it.
-    static func heldCall(_ decision: Sparkops_Policy_V1_Decision, kind: String, target: String) -> Sparkops_Common_V1_HeldCall {
-        let first = decision.decidedBy.first
-        return .with {
-            $0.kind = kind
-            $0.target = target
-            $0.rule = first.map { $0.rule.isEmpty ? $0.policyName : "\($0.policyName)/\($0.rule)" } ?? ""
-            $0.message = first?.message ?? decision.message
-            $0.violationID = decision.violationID
-            $0.excludeStarter = decision.excludeStarter
-        }
     }
 
     static func outcome(_ execution: Sparkops_Agent_V1_AgentExecution) -> Outcome {

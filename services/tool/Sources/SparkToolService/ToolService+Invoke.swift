@@ -187,8 +187,7 @@ extension ToolService {
             $0.workflow.version = message.workflowVersion
         }, metadata: metadata)
         guard decision.effect == "require_approval" else { return nil }
-        let first = decision.decidedBy.first
-        let rule = first.map { $0.rule.isEmpty ? $0.policyName : "\($0.policyName)/\($0.rule)" } ?? ""
+        let call = Sparkops_Common_V1_HeldCall(decision, kind: "tool", target: definition.name, arguments: input, digest: Self.callDigest(tool: definition.name, input: input))
         return .with {
             $0.error = .with {
                 $0.reason = "approval_required"
@@ -197,19 +196,10 @@ extension ToolService {
             $0.approval = .with {
                 $0.tool = definition.name
                 $0.argumentsDigest = "sha256:" + Self.hash(input.stableJSONText)
-                $0.rule = rule
-                $0.message = first?.message ?? decision.message
+                $0.rule = call.rule
+                $0.message = call.message
                 $0.violationID = decision.violationID
-                $0.call = .with {
-                    $0.kind = "tool"
-                    $0.target = definition.name
-                    $0.arguments = arguments
-                    $0.digest = Self.callDigest(tool: definition.name, input: input)
-                    $0.rule = rule
-                    $0.message = first?.message ?? decision.message
-                    $0.violationID = decision.violationID
-                    $0.excludeStarter = decision.excludeStarter
-                }
+                $0.call = call
             }
         }
     }
